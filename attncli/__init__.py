@@ -1,0 +1,32 @@
+"""attncli: see attention weights in the terminal.
+
+The library API needs no CLI: `attention(query, key, value, ...)` returns an `AttentionResult` with
+`.weights` and `.output`, and `load_tensor(path)` reads one tensor. Both are imported on first use,
+so that `import attncli` (and `attn --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from attncli.core import AttentionResult, attention
+    from attncli.loaders import load_tensor
+
+__all__ = ["AttentionResult", "__version__", "attention", "load_tensor"]
+
+_LAZY = {
+    "attention": "attncli.core",
+    "AttentionResult": "attncli.core",
+    "load_tensor": "attncli.loaders",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attncli' has no attribute {name!r}")

@@ -1,0 +1,479 @@
+"""Read tensors from .npy, .npz, .safetensors and JSON files, or from stdin, as NumPy arrays.
+
+Nothing here imports torch, prints or exits: every problem is an `InputError` (or `UsageError`)
+whose message names the file. Nothing read is ever executed: `.npy`/`.npz` are read with
+`allow_pickle=False`, and JSON becomes numbers or an error.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from attncli.errors import InputError, UsageError
+
+STDIN = "-"
+STDIN_LABEL = "<stdin>"
+FORMAT_BY_SUFFIX = {
+    ".npy": "npy",
+    ".npz": "npz",
+    ".safetensors": "safetensors",
+    ".json": "json",
+}
+#: The names a multi-tensor file may give each role, in order of preference.
+ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "query": ("query", "q"),
+    "key": ("key", "k"),
+    "value": ("value", "v"),
+}
+#: The key a result file keeps its metadata under (JSON object key; an .npz array of one string).
+META_KEY = "meta"
+
+# safetensors dtype -> NumPy dtype; BF16 has no NumPy dtype and is widened to float32 exactly.
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
+_DTYPE_KIND_WORDS = {
+    "c": "complex numbers",
+    "U": "strings",
+    "S": "byte strings",
+    "O": "Python objects",
+    "V": "structured records",
+    "M": "dates",
+    "m": "time spans",
+}
+
+
+@dataclass(frozen=True)
+class TensorFile:
+    """The tensors read from one path (or stdin)."""
+
+    label: str  # how messages name the source: the path, or "<stdin>"
+    tensors: dict[str, np.ndarray]
+    named: bool  # False for a format that holds one unnamed tensor (.npy, a JSON array)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """Query, key and value as read for `attn compute`, with a label for each saying where it came from."""
+
+    query: np.ndarray
+    key: np.ndarray
+    value: np.ndarray
+    sources: dict[str, str]  # role -> label, e.g. {"query": "qkv.npz:query", ...}
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`PATH:NAME` -> (PATH, NAME); a path that exists as given, or has no such suffix, -> (path, None)."""
+    if spec == STDIN or os.path.exists(spec):
+        return spec, None
+    path, sep, name = spec.rpartition(":")
+    if sep and path and name and "/" not in name and "\\" not in name:
+        return path, name
+    return spec, None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Guess the format of bytes without a file name (stdin): None when it is none of ours."""
+    if data.startswith(b"\x93NUMPY"):
+        return "npy"
+    if data.startswith(b"PK\x03\x04") or data.startswith(b"PK\x05\x06"):
+        return "npz"
+    if len(data) > 8 and data[8:9] == b"{":
+        header_size = int.from_bytes(data[:8], "little")
+        if 8 + header_size <= len(data):
+            return "safetensors"
+    if data.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    return None
+
+
+def read_tensors(path: str, stdin: BinaryIO | None = None) -> TensorFile:
+    """Read every tensor in the file at `path` (`-`: the bytes of `stdin`)."""
+    if path == STDIN:
+        if stdin is None:
+            raise UsageError("'-' means stdin, but there is no stdin to read")
+        data = stdin.read()
+        if not data:
+            raise InputError(
+                f"{STDIN_LABEL} is empty: pipe in a .npy, .npz, .safetensors or JSON tensor file"
+            )
+        fmt = sniff_format(data)
+        if fmt is None:
+            raise InputError(
+                f"{STDIN_LABEL} is not a tensor file: expected .npy, .npz or .safetensors bytes, "
+                "or JSON starting with '[' or '{'"
+            )
+        return _PARSERS[fmt](data, STDIN_LABEL)
+    return _PARSERS[_format_of(path)](_read_file(path), path)
+
+
+def load_tensor(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
+    """Load one tensor: `PATH`, `PATH:NAME` or `-` (stdin). A file of several tensors needs the NAME."""
+    path, name = split_spec(spec)
+    return pick_tensor(read_tensors(path, stdin), name)
+
+
+def pick_tensor(source: TensorFile, name: str | None) -> np.ndarray:
+    """The tensor called `name` in `source`, or its only tensor when `name` is None."""
+    if name is not None:
+        if name not in source.tensors:
+            raise InputError(f"{source.label} has no tensor named '{name}'; it holds {_names(source)}")
+        return source.tensors[name]
+    if len(source.tensors) == 1:
+        return next(iter(source.tensors.values()))
+    raise InputError(
+        f"{source.label} holds {len(source.tensors)} tensors ({_names(source)}); "
+        f"pick one with {source.label}:NAME"
+    )
+
+
+def load_attention_inputs(specs: Sequence[str], stdin: BinaryIO | None = None) -> AttentionInputs:
+    """Resolve the paths of `attn compute` into query, key and value.
+
+    Three specs are query, key and value. One spec is either a file that names its tensors
+    query/key/value (or q/k/v), or a single tensor used as query, key and value (self-attention).
+    """
+    if len(specs) not in (1, 3):
+        raise UsageError(
+            f"got {len(specs)} paths; give one (a file holding query, key and value, or one tensor "
+            "for self-attention) or three (QUERY KEY VALUE)"
+        )
+    if sum(spec == STDIN for spec in specs) > 1:
+        raise UsageError("stdin ('-') can be given as only one of the paths")
+    if len(specs) == 3:
+        tensors, sources = {}, {}
+        for role, spec in zip(ROLE_NAMES, specs, strict=True):
+            tensors[role] = load_tensor(spec, stdin)
+            sources[role] = STDIN_LABEL if spec == STDIN else spec
+    else:
+        path, name = split_spec(specs[0])
+        source = read_tensors(path, stdin)
+        tensors, sources = _roles_from_one_file(source, name)
+    for role, array in tensors.items():
+        check_numeric_input(array, sources[role], role)
+    return AttentionInputs(tensors["query"], tensors["key"], tensors["value"], sources)
+
+
+def load_mask(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
+    """Load an attention mask: booleans (True = may attend) or floats added to the scores."""
+    mask = load_tensor(spec, stdin)
+    label = STDIN_LABEL if spec == STDIN else spec
+    if mask.dtype.kind in "iu":
+        raise InputError(
+            f"{label}: the mask holds integers, which could mean 'allowed' or 'added to the scores'; "
+            "use booleans (true = may attend) or floats (0 and -inf, added to the scores)"
+        )
+    if mask.dtype.kind not in "bf":
+        raise InputError(f"{label}: the mask holds {mask.dtype}; use booleans or floats")
+    if mask.size == 0:
+        raise InputError(f"{label}: the mask is empty (shape {tuple(mask.shape)})")
+    if mask.dtype.kind == "f":
+        bad = np.isnan(mask) | np.isposinf(mask)
+        if bad.any():
+            raise InputError(
+                f"{label}: the mask holds {int(bad.sum())} NaN or +inf values, the first at index "
+                f"{_first_index(bad)}; use 0 for keys that may be attended and -inf (or a large "
+                "negative number) for keys that may not"
+            )
+    return mask
+
+
+def check_numeric_input(array: np.ndarray, label: str, role: str) -> None:
+    """Refuse what attention cannot use: non-numbers, scalars, empty axes, NaN and Inf."""
+    where = f"{label}: {role}"
+    if array.dtype.kind == "b":
+        raise InputError(f"{where} holds booleans; query, key and value must be numbers")
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"{where} holds {array.dtype}; query, key and value must be real numbers")
+    if array.ndim == 0:
+        raise InputError(
+            f"{where} is a single number; it needs at least one axis of features "
+            "(a 1-D vector is one position)"
+        )
+    if array.size == 0:
+        raise InputError(f"{where} has an axis of length zero (shape {tuple(array.shape)})")
+    if array.dtype.kind == "f":
+        nonfinite = ~np.isfinite(array)
+        if nonfinite.any():
+            nan_count = int(np.isnan(array).sum())
+            inf_count = int(nonfinite.sum()) - nan_count
+            raise InputError(
+                f"{where} holds {nan_count} NaN and {inf_count} Inf values, the first at index "
+                f"{_first_index(nonfinite)}; attention needs finite inputs"
+            )
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def _format_of(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMAT_BY_SUFFIX:
+        if not os.path.exists(path):
+            raise InputError(f"{path}: no such file")
+        known = ", ".join(FORMAT_BY_SUFFIX)
+        shown = f"suffix '{suffix}'" if suffix else "no suffix"
+        raise InputError(f"{path}: {shown} is not a tensor format attncli reads ({known})")
+    return FORMAT_BY_SUFFIX[suffix]
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a tensor file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot be read: {error.strerror or error}") from None
+    if not data:
+        raise InputError(f"{path}: the file is empty")
+    return data
+
+
+def _parse_npy(data: bytes, label: str) -> TensorFile:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise InputError(
+                f"{label}: holds Python objects (an object array); attncli never unpickles files, "
+                "save a numeric array instead"
+            ) from None
+        raise InputError(f"{label}: not a valid .npy file ({_reason(error)})") from None
+    except (OSError, EOFError) as error:
+        raise InputError(f"{label}: not a valid .npy file ({_reason(error)})") from None
+    if not isinstance(array, np.ndarray):
+        raise InputError(f"{label}: not a .npy file")
+    return TensorFile(label, {"tensor": _checked_dtype(array, label)}, named=False)
+
+
+def _parse_npz(data: bytes, label: str) -> TensorFile:
+    tensors: dict[str, np.ndarray] = {}
+    metadata: dict[str, str] = {}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            for name in archive.files:
+                array = archive[name]
+                if name == META_KEY and array.dtype.kind == "U" and array.ndim == 0:
+                    metadata = _metadata_from_json(str(array), label)
+                    continue
+                tensors[name] = _checked_dtype(array, f"{label}:{name}")
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise InputError(
+                f"{label}: holds Python objects (an object array); attncli never unpickles files, "
+                "save numeric arrays instead"
+            ) from None
+        raise InputError(f"{label}: not a valid .npz file ({_reason(error)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise InputError(f"{label}: not a valid .npz file ({_reason(error)})") from None
+    if not tensors:
+        raise InputError(f"{label}: the archive holds no tensors")
+    return TensorFile(label, tensors, named=True, metadata=metadata)
+
+
+def _parse_safetensors(data: bytes, label: str) -> TensorFile:
+    import safetensors  # the Rust reader validates the header, offsets and sizes
+
+    try:
+        entries = safetensors.deserialize(data)  # type: ignore[no-untyped-call]
+    except Exception as error:  # SafetensorError has no public import path
+        message = str(error).removeprefix("Error while deserializing: ")
+        raise InputError(f"{label}: not a valid .safetensors file ({message})") from None
+    tensors = {name: _safetensors_array(info, f"{label}:{name}") for name, info in entries}
+    if not tensors:
+        raise InputError(f"{label}: the file holds no tensors")
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size])
+    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    return TensorFile(label, tensors, named=True, metadata=metadata)
+
+
+def _safetensors_array(info: Mapping[str, Any], label: str) -> np.ndarray:
+    dtype, shape, buffer = info["dtype"], tuple(info["shape"]), info["data"]
+    if dtype == "BF16":
+        # bfloat16 is the top half of a float32: widening it is exact.
+        widened = np.frombuffer(buffer, dtype="<u2").astype("<u4") << 16
+        return widened.view("<f4").reshape(shape)
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise InputError(f"{label}: dtype {dtype} is not supported (use F64, F32, F16, BF16 or integers)")
+    return np.frombuffer(buffer, dtype=_SAFETENSORS_DTYPES[dtype]).reshape(shape)
+
+
+def _parse_json(data: bytes, label: str) -> TensorFile:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{label}: not UTF-8 text, so not JSON") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(
+            f"{label}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None
+    except RecursionError:
+        raise InputError(f"{label}: JSON nested too deeply to be a tensor") from None
+    may_hold_booleans = b"true" in data or b"false" in data
+    if isinstance(document, dict):
+        tensors: dict[str, np.ndarray] = {}
+        metadata: dict[str, str] = {}
+        for name, value in document.items():
+            if name == META_KEY and isinstance(value, dict):
+                metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+                continue
+            tensors[name] = _json_array(value, f"{label}: '{name}'", may_hold_booleans)
+        if not tensors:
+            raise InputError(f"{label}: the JSON object holds no tensors")
+        return TensorFile(label, tensors, named=True, metadata=metadata)
+    return TensorFile(label, {"tensor": _json_array(document, label, may_hold_booleans)}, named=False)
+
+
+def _json_array(value: Any, where: str, may_hold_booleans: bool) -> np.ndarray:
+    if isinstance(value, str | dict) or value is None:
+        kind = "a string" if isinstance(value, str) else "an object" if isinstance(value, dict) else "null"
+        raise InputError(f"{where} is {kind}, not an array of numbers")
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError) as error:
+        if "inhomogeneous" in str(error) or "sequence" in str(error):
+            raise InputError(
+                f"{where} is a ragged array: rows at the same depth have different lengths"
+            ) from None
+        raise InputError(f"{where} is not an array of numbers ({_reason(error)})") from None
+    except RecursionError:
+        raise InputError(f"{where} is nested too deeply to be a tensor") from None
+    if array.dtype.kind in "OUS":
+        raise InputError(f"{where} holds {_odd_element(value)}; tensors hold numbers only")
+    if array.dtype.kind in "iuf" and may_hold_booleans and _holds_boolean(value):
+        raise InputError(f"{where} mixes true/false with numbers; tensors hold numbers only")
+    return array
+
+
+def _holds_boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_holds_boolean(item) for item in value)
+
+
+def _odd_element(value: Any) -> str:
+    """Describe the first element of a nested list that is not a number."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif item is None:
+            return "null"
+        elif isinstance(item, str):
+            return f"a string ({item[:20]!r})"
+        elif isinstance(item, dict):
+            return "an object"
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**63:
+            return f"an integer too large for 64 bits ({item})"
+    return "values that are not numbers"
+
+
+def _checked_dtype(array: np.ndarray, label: str) -> np.ndarray:
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        words = _DTYPE_KIND_WORDS.get(kind, str(array.dtype))
+        raise InputError(f"{label}: holds {words} ({array.dtype}); tensors must hold real numbers")
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+def _metadata_from_json(text: str, label: str) -> dict[str, str]:
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError:
+        raise InputError(f"{label}: its '{META_KEY}' entry is not JSON") from None
+    if not isinstance(decoded, dict):
+        raise InputError(f"{label}: its '{META_KEY}' entry is not a JSON object")
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in decoded.items()}
+
+
+def _roles_from_one_file(
+    source: TensorFile, name: str | None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Query, key and value from one file: by their names, or one tensor used for all three."""
+    if name is not None or len(source.tensors) == 1:
+        tensor = pick_tensor(source, name)
+        label = source.label if name is None else f"{source.label}:{name}"
+        return dict.fromkeys(ROLE_NAMES, tensor), dict.fromkeys(ROLE_NAMES, label)
+    found = {
+        role: next((n for n in names if n in source.tensors), None) for role, names in ROLE_NAMES.items()
+    }
+    missing = [role for role, n in found.items() if n is None]
+    if len(missing) == 3:
+        raise InputError(
+            f"{source.label} holds {len(source.tensors)} tensors ({_names(source)}) and none is named "
+            "query, key or value (or q, k, v); rename them, or pick one for self-attention with "
+            f"{source.label}:NAME"
+        )
+    if missing:
+        raise InputError(
+            f"{source.label} has no tensor named {' or '.join(ROLE_NAMES[missing[0]])} "
+            f"(it holds {_names(source)})"
+        )
+    tensors = {role: source.tensors[n] for role, n in found.items() if n is not None}
+    sources = {role: f"{source.label}:{n}" for role, n in found.items()}
+    return tensors, sources
+
+
+def _names(source: TensorFile) -> str:
+    names = list(source.tensors)
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    return shown
+
+
+def _first_index(flags: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(flags)), flags.shape))
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().rstrip(".")
+    return text[:200] if text else type(error).__name__
+
+
+_PARSERS = {
+    "npy": _parse_npy,
+    "npz": _parse_npz,
+    "safetensors": _parse_safetensors,
+    "json": _parse_json,
+}
+
+__all__ = [
+    "AttentionInputs",
+    "TensorFile",
+    "check_numeric_input",
+    "load_attention_inputs",
+    "load_mask",
+    "load_tensor",
+    "pick_tensor",
+    "read_tensors",
+    "sniff_format",
+    "split_spec",
+]
