@@ -1,0 +1,378 @@
+"""The attention core: `weights = softmax(query @ key^T * scale + mask)`, `output = weights @ value`.
+
+Computed by hand in torch, because the fused `scaled_dot_product_attention` returns no weights; the
+tests hold this against it and against a float64 NumPy reference. No I/O, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from attncli.errors import ComputeError, ShapeError, UsageError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+#: Dtypes whose softmax is accumulated in float32.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_ROLES = ("query", "key", "value")
+
+TensorLike = torch.Tensor | np.ndarray
+
+
+@dataclass(frozen=True)
+class AttentionResult:
+    """Weights and output of one attention computation, with what it was computed from.
+
+    `weights` has shape (..., Lq, Lk) and `output` (..., Lq, Dv); with `heads` set, a heads axis
+    stands before (Lq, Lk) in `weights`, and `output` has the heads merged back into its features.
+    """
+
+    weights: torch.Tensor
+    output: torch.Tensor
+    scale: float
+    causal: bool
+    heads: int | None  # the feature axis was split into this many heads
+    query_heads_per_key_head: int  # grouped-query attention: > 1 when key/value heads are shared
+    masked_rows: torch.Tensor | None  # (..., Lq) bool: query rows whose every key was masked
+    input_shapes: Mapping[str, tuple[int, ...]]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
+    def fully_masked_rows(self) -> list[tuple[int, ...]]:
+        """Indices (batch..., row) of the query rows that could attend to no key: their weights are 0."""
+        if self.masked_rows is None:
+            return []
+        return [tuple(int(i) for i in index) for index in self.masked_rows.nonzero().tolist()]
+
+
+def check_scale(scale: float) -> float:
+    """`scale` as a float, or ValueError when it is not a finite, non-zero number."""
+    value = float(scale)
+    if not math.isfinite(value) or value == 0.0:
+        raise ValueError(f"must be a finite, non-zero number, not {scale}")
+    return value
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N` or `auto` (CUDA when there is one) -> a device that exists here."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = spec.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index_text = text.partition(":")[2]
+        if index_text and not index_text.isdigit():
+            raise UsageError(f"device '{spec}' is not one of cpu, cuda, cuda:N, auto")
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UsageError(f"device '{spec}' is not available: {why}; use --device cpu")
+        count = torch.cuda.device_count()
+        if index_text and int(index_text) >= count:
+            raise UsageError(f"device '{spec}' does not exist: this machine has {count} CUDA device(s)")
+        return torch.device(text)
+    raise UsageError(f"device '{spec}' is not one of cpu, cuda, cuda:N, auto")
+
+
+def resolve_dtype(spec: str | torch.dtype | None, *inputs: TensorLike) -> torch.dtype:
+    """`auto` keeps float64 when an input is float64, else float32; otherwise the named dtype."""
+    if isinstance(spec, torch.dtype):
+        if spec not in DTYPES.values():
+            raise UsageError(f"dtype {spec} is not one of {', '.join(DTYPES)}")
+        return spec
+    if spec is None or spec == "auto":
+        wide = any(x.dtype in (np.float64, torch.float64) for x in inputs)
+        return torch.float64 if wide else torch.float32
+    if spec not in DTYPES:
+        raise UsageError(f"dtype '{spec}' is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+def attention(
+    query: TensorLike,
+    key: TensorLike,
+    value: TensorLike,
+    *,
+    scale: float | None = None,
+    mask: TensorLike | None = None,
+    causal: bool = False,
+    heads: int | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+    names: Mapping[str, str] | None = None,
+) -> AttentionResult:
+    """Compute attention weights and output.
+
+    query (..., Lq, D), key (..., Lk, D), value (..., Lk, Dv): torch tensors or NumPy arrays; a 1-D
+    vector is one position; leading axes broadcast. 4-D query and key/value with different head
+    counts (axis -3) are grouped-query attention. `mask` is boolean (True = may attend) or float
+    (added to the scores) and broadcasts against the weights. `causal` lets query i see keys j <= i.
+    `heads` splits the feature axis into that many heads. `names` says how error messages name
+    each of query/key/value/mask (file names, say).
+    """
+    label = {role: role for role in (*_ROLES, "mask")} | dict(names or {})
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, query, key, value)
+    q, k, v = (
+        _as_tensor(x, target_dtype, target_device, role)
+        for x, role in zip((query, key, value), _ROLES, strict=True)
+    )
+    input_shapes = {role: tuple(t.shape) for role, t in zip(_ROLES, (q, k, v), strict=True)}
+    q, k, v = (t.unsqueeze(0) if t.ndim == 1 else t for t in (q, k, v))  # a vector is one position
+    _check_pair(q, k, "query", "key", -1, "features", label)
+    _check_pair(k, v, "key", "value", -2, "positions", label)
+
+    if heads is not None:
+        q, k, v = (_split_heads(t, heads, role, label) for t, role in zip((q, k, v), _ROLES, strict=True))
+    group = _query_heads_per_key_head(q, k, v, label)
+    batch_shape = _batch_shape(q, k, v, group, label)
+    heads_axis = (q.shape[-3],) if group > 1 else ()
+    weights_shape = (*batch_shape, *heads_axis, q.shape[-2], k.shape[-2])
+
+    mask_tensor = None
+    if mask is not None:
+        mask_tensor = _as_mask(mask, target_device)
+        try:
+            weights_shape = tuple(
+                torch.broadcast_shapes(  # type: ignore[no-untyped-call]
+                    weights_shape, mask_tensor.shape
+                )
+            )
+        except RuntimeError:
+            raise ShapeError(
+                f"the mask does not broadcast to the weights' shape: {label['mask']} "
+                f"{tuple(mask_tensor.shape)}, weights {weights_shape}"
+            ) from None
+
+    if scale is None:
+        scale = 1.0 / math.sqrt(k.shape[-1])
+    else:
+        try:
+            scale = check_scale(scale)
+        except ValueError as error:
+            raise UsageError(f"scale {error}") from None
+    try:
+        weights, output, masked_rows = _attend(q, k, v, scale, mask_tensor, causal, group, weights_shape)
+    except torch.OutOfMemoryError as error:
+        raise ComputeError(_memory_message(weights_shape, target_dtype, error)) from None
+    except RuntimeError as error:
+        if "memory" in str(error).lower():
+            raise ComputeError(_memory_message(weights_shape, target_dtype, error)) from None
+        raise
+
+    if heads is not None:
+        # (..., H, Lq, Dv/H) -> (..., Lq, H, Dv/H) -> (..., Lq, Dv)
+        output = output.transpose(-3, -2).flatten(-2)
+    return AttentionResult(
+        weights=weights,
+        output=output,
+        scale=scale,
+        causal=causal,
+        heads=heads,
+        query_heads_per_key_head=group,
+        masked_rows=masked_rows,
+        input_shapes=input_shapes,
+    )
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+    causal: bool,
+    group: int,
+    weights_shape: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The maths, on tensors already checked and on their device; one N x N buffer, updated in place."""
+    compute_dtype = q.dtype
+    if group > 1:
+        # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
+        q = q.reshape(*q.shape[:-3], k.shape[-3], group, *q.shape[-2:])  # (..., Hkv, G, Lq, D)
+        k = k.unsqueeze(-3)  # (..., Hkv, 1, Lk, D)
+        v = v.unsqueeze(-3)  # (..., Hkv, 1, Lk, Dv)
+    # Scaling the query (Lq x D numbers) costs less than scaling the scores (Lq x Lk).
+    scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (..., Lq, D) @ (..., D, Lk) -> (..., Lq, Lk)
+    if group > 1:
+        scores = scores.flatten(-4, -3)  # (..., Hkv, G, Lq, Lk) -> (..., Hq, Lq, Lk)
+    if compute_dtype in _HALF_DTYPES:
+        scores = scores.float()  # the softmax of half-precision inputs is accumulated in float32
+    if tuple(scores.shape) != weights_shape:
+        scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes than the inputs
+
+    masked_rows = None
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, -math.inf)
+        else:
+            scores.add_(mask.to(scores.dtype))
+    if causal:
+        lq, lk = scores.shape[-2:]
+        above_diagonal = torch.ones(lq, lk, dtype=torch.bool, device=scores.device).triu_(1)
+        scores.masked_fill_(above_diagonal, -math.inf)
+    if mask is not None:
+        # A row with every key masked has no softmax; it gets zero weights instead of NaN.
+        masked_rows = scores.amax(dim=-1) == -math.inf  # (..., Lq)
+        scores.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
+    weights = torch.softmax(scores, dim=-1, out=scores)  # in place: no second N x N buffer
+    if masked_rows is not None:
+        weights.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
+    weights = weights.to(compute_dtype)
+
+    if group > 1:
+        # (..., Hkv, G, Lq, Lk) @ (..., Hkv, 1, Lk, Dv) -> (..., Hkv, G, Lq, Dv) -> (..., Hq, Lq, Dv)
+        grouped = weights.reshape(*weights.shape[:-3], k.shape[-4], group, *weights.shape[-2:])
+        output = torch.matmul(grouped, v).flatten(-4, -3)
+    else:
+        output = torch.matmul(weights, v)  # (..., Lq, Lk) @ (..., Lk, Dv) -> (..., Lq, Dv)
+    return weights, output, masked_rows
+
+
+def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "iuf":
+            raise UsageError(f"{role} holds {x.dtype}; query, key and value must be real numbers")
+        wanted = np.float64 if dtype == torch.float64 else np.float32
+        # astype also makes the array native-endian and writable, which torch.from_numpy needs.
+        if x.dtype != wanted or not x.flags.writeable:
+            x = x.astype(wanted)
+        return torch.from_numpy(x).to(device=device, dtype=dtype)
+    if isinstance(x, torch.Tensor):
+        if x.dtype == torch.bool or x.is_complex():
+            raise UsageError(f"{role} holds {x.dtype}; query, key and value must be real numbers")
+        return x.to(device=device, dtype=dtype)
+    raise TypeError(f"{role} must be a torch.Tensor or numpy.ndarray, not {type(x).__name__}")
+
+
+def _as_mask(mask: TensorLike, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(mask)) if isinstance(mask, np.ndarray) else mask
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or numpy.ndarray, not {type(mask).__name__}")
+    if tensor.dtype != torch.bool and not tensor.is_floating_point():
+        raise UsageError(f"the mask holds {tensor.dtype}; use booleans (True = may attend) or floats")
+    return tensor.to(device)
+
+
+def _check_pair(
+    a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, axis: int, what: str, label: Mapping[str, str]
+) -> None:
+    if a.shape[axis] != b.shape[axis]:
+        raise ShapeError(
+            f"{name_a} has {a.shape[axis]} {what} but {name_b} has {b.shape[axis]}: "
+            f"{label[name_a]} {tuple(a.shape)}, {label[name_b]} {tuple(b.shape)}"
+        )
+
+
+def _split_heads(x: torch.Tensor, heads: int, role: str, label: Mapping[str, str]) -> torch.Tensor:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise UsageError(f"heads must be a positive whole number, not {heads}")
+    features = x.shape[-1]
+    if features % heads:
+        raise ShapeError(
+            f"{heads} heads do not divide the {features} features of {role}: {label[role]} {tuple(x.shape)}"
+        )
+    # (..., L, D) -> (..., L, H, D/H) -> (..., H, L, D/H)
+    return x.reshape(*x.shape[:-1], heads, features // heads).transpose(-3, -2)
+
+
+def _query_heads_per_key_head(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, label: Mapping[str, str]
+) -> int:
+    """How many query heads share each key/value head: 1 unless 4-D inputs have different head counts."""
+    if q.ndim < 4 or k.ndim < 4 or v.ndim < 4:
+        return 1
+    query_heads, key_heads, value_heads = q.shape[-3], k.shape[-3], v.shape[-3]
+    if key_heads != value_heads:
+        raise ShapeError(
+            f"key has {key_heads} heads but value has {value_heads}: "
+            f"{label['key']} {tuple(k.shape)}, {label['value']} {tuple(v.shape)}"
+        )
+    if query_heads == key_heads or key_heads == 1:
+        return 1
+    if query_heads % key_heads:
+        raise ShapeError(
+            f"query has {query_heads} heads and key/value {key_heads}; grouped-query attention needs "
+            f"query heads to be a multiple of key/value heads: {label['query']} {tuple(q.shape)}, "
+            f"{label['key']} {tuple(k.shape)}"
+        )
+    return query_heads // key_heads
+
+
+def _batch_shape(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, label: Mapping[str, str]
+) -> tuple[int, ...]:
+    """The broadcast leading axes (the heads axis excluded when heads are grouped)."""
+    cut = -3 if group > 1 else -2
+    try:
+        return tuple(
+            torch.broadcast_shapes(  # type: ignore[no-untyped-call]
+                q.shape[:cut], k.shape[:cut], v.shape[:cut]
+            )
+        )
+    except RuntimeError:
+        raise ShapeError(
+            "the batch axes do not broadcast: "
+            + ", ".join(f"{label[r]} {tuple(t.shape)}" for r, t in zip(_ROLES, (q, k, v), strict=True))
+        ) from None
+
+
+def _memory_message(shape: tuple[int, ...], dtype: torch.dtype, error: BaseException) -> str:
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return f"out of memory computing weights of shape {shape} ({size / 2**30:.2f} GiB): {str(error)[:120]}"
+
+
+def describe(result: AttentionResult) -> dict[str, Any]:
+    """The settings of a result as plain JSON-able values (for headers and file metadata)."""
+    return {
+        "scale": result.scale,
+        "causal": result.causal,
+        "heads": result.heads,
+        "query_heads_per_key_head": result.query_heads_per_key_head,
+        "dtype": str(result.dtype).removeprefix("torch."),
+        "device": str(result.device),
+        "input_shapes": {role: list(shape) for role, shape in result.input_shapes.items()},
+        "weights_shape": list(result.weights.shape),
+        "weights_axes": [*_leading_axis_names(result), "query", "key"],
+        "output_shape": list(result.output.shape),
+        "fully_masked_rows": len(result.fully_masked_rows()),
+    }
+
+
+def _leading_axis_names(result: AttentionResult) -> list[str]:
+    """Names of the weights' leading axes: the last is 'head' when there are heads, the rest 'batch'."""
+    leading = result.weights.ndim - 2
+    has_heads = result.heads is not None or len(result.input_shapes["query"]) >= 4
+    names = ["batch"] * leading
+    if has_heads and leading:
+        names[-1] = "head"
+    return names
+
+
+def result_arrays(result: AttentionResult) -> dict[str, np.ndarray]:
+    """Weights and output as NumPy arrays on the CPU (bfloat16, which NumPy lacks, widened exactly)."""
+    arrays = {}
+    for name, tensor in (("weights", result.weights), ("output", result.output)):
+        tensor = tensor.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        arrays[name] = tensor.numpy()
+    return arrays
