@@ -1,0 +1,134 @@
+"""Write results to .safetensors, .npz or .json, never leaving a partial or clobbered file.
+
+A result is a few named NumPy arrays (`weights`, `output`) and a metadata mapping. Each file is
+written to a temporary name in the target folder and renamed over the target only once complete,
+so an interrupted write leaves the old file as it was (and a memory-mapped reader of it unharmed).
+Nothing here prints or exits; problems are `UsageError`s naming the path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from attncli.errors import OutputError, UsageError
+
+OUTPUT_FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".json": "json"}
+META_KEY = "meta"
+
+
+def check_output_path(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Refuse, before any work is done, an output path that could not or should not be written."""
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        shown = f"suffix '{suffix}'" if suffix else "no suffix"
+        raise UsageError(
+            f"--output {target}: {shown} is not a format attncli writes ({', '.join(OUTPUT_FORMATS)})"
+        )
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"--output {target}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {target}: the folder {folder} is not writable")
+    if target.is_dir():
+        raise UsageError(f"--output {target}: is a directory")
+    if target.exists() and not force:
+        raise UsageError(f"--output {target}: the file exists; add --force to replace it")
+    return target
+
+
+def write_result(
+    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]
+) -> None:
+    """Write `tensors` and `metadata` to `path` in the format its suffix names, atomically."""
+    target = Path(path)
+    fmt = OUTPUT_FORMATS.get(target.suffix.lower())
+    if fmt == "safetensors":
+        _write_atomically(target, lambda file: file.write(_safetensors_bytes(tensors, metadata)))
+    elif fmt == "npz":
+        _write_atomically(target, lambda file: _write_npz(file, tensors, metadata))
+    elif fmt == "json":
+        _write_atomically(target, lambda file: file.write(json_text(tensors, metadata).encode()))
+    else:
+        raise UsageError(f"--output {target}: not a format attncli writes ({', '.join(OUTPUT_FORMATS)})")
+
+
+def json_text(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> str:
+    """`{"weights": [...], "output": [...], "meta": {...}}` with each number as its shortest exact text."""
+    parts = [f"{json.dumps(name)}: {_json_array(array)}" for name, array in tensors.items()]
+    parts.append(f"{json.dumps(META_KEY)}: {json.dumps(dict(metadata))}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _json_array(array: np.ndarray) -> str:
+    # NumPy's str() of a float is the shortest text that reads back as the same value of its dtype.
+    texts = np.asarray(array).astype(str)
+    if texts.size and array.dtype.kind == "f":
+        texts[np.isnan(array)] = "NaN"
+        texts[np.isposinf(array)] = "Infinity"
+        texts[np.isneginf(array)] = "-Infinity"
+    return _nest(texts)
+
+
+def _nest(texts: np.ndarray) -> str:
+    if texts.ndim == 0:
+        return str(texts)
+    if texts.ndim == 1:
+        return "[" + ",".join(texts.tolist()) + "]"
+    return "[" + ",".join(_nest(row) for row in texts) + "]"
+
+
+def _safetensors_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> bytes:
+    from safetensors.numpy import save
+
+    flat = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    data: bytes = save({name: np.ascontiguousarray(array) for name, array in tensors.items()}, metadata=flat)
+    return data
+
+
+def _write_npz(file: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+    # The metadata is one JSON string: a unicode array, which loads without pickle.
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {**tensors, META_KEY: np.array(json.dumps(dict(metadata)))}
+    np.savez(buffer, **arrays)
+    file.write(buffer.getbuffer())
+
+
+def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
+        )
+    except OSError as error:
+        raise OutputError(f"--output {target}: could not be written: {error.strerror or error}") from None
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, _mode_for(target))
+        os.replace(temporary, target)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputError(f"--output {target}: could not be written: {error.strerror or error}") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _mode_for(target: Path) -> int:
+    """Keep the mode of a file being replaced; give a new file the usual 0666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
