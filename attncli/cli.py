@@ -208,6 +208,11 @@ def compute(
                 "(e.g. 'attn compute q.npy k.npy v.npy' or 'cat qkv.json | attn compute')"
             )
         specs = ["-"]
+    if len(specs) not in (1, 3):
+        raise UsageError(
+            f"got {len(specs)} paths; give one (a file holding query, key and value, or one tensor "
+            "for self-attention) or three (QUERY KEY VALUE)"
+        )
     if mask == "-" and "-" in specs:
         raise UsageError("stdin ('-') can feed the inputs or --mask, not both")
 

@@ -70,7 +70,7 @@ class TensorFile:
     label: str  # how messages name the source: the path, or "<stdin>"
     tensors: dict[str, np.ndarray]
     named: bool  # False for a format that holds one unnamed tensor (.npy, a JSON array)
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # a result file's "meta", decoded
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,7 @@ def load_attention_inputs(specs: Sequence[str], stdin: BinaryIO | None = None) -
     query/key/value (or q/k/v), or a single tensor used as query, key and value (self-attention).
     """
     if len(specs) not in (1, 3):
-        raise UsageError(
-            f"got {len(specs)} paths; give one (a file holding query, key and value, or one tensor "
-            "for self-attention) or three (QUERY KEY VALUE)"
-        )
+        raise UsageError(f"expected 1 or 3 paths, got {len(specs)}")
     if sum(spec == STDIN for spec in specs) > 1:
         raise UsageError("stdin ('-') can be given as only one of the paths")
     if len(specs) == 3:
@@ -177,8 +174,11 @@ def load_attention_inputs(specs: Sequence[str], stdin: BinaryIO | None = None) -
 
 def load_mask(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
     """Load an attention mask: booleans (True = may attend) or floats added to the scores."""
-    mask = load_tensor(spec, stdin)
-    label = STDIN_LABEL if spec == STDIN else spec
+    try:
+        mask = load_tensor(spec, stdin)
+    except InputError as error:
+        raise InputError(f"--mask {error}") from None
+    label = f"--mask {STDIN_LABEL if spec == STDIN else spec}"
     if mask.dtype.kind in "iu":
         raise InputError(
             f"{label}: the mask holds integers, which could mean 'allowed' or 'added to the scores'; "
@@ -271,7 +271,7 @@ def _parse_npy(data: bytes, label: str) -> TensorFile:
 
 def _parse_npz(data: bytes, label: str) -> TensorFile:
     tensors: dict[str, np.ndarray] = {}
-    metadata: dict[str, str] = {}
+    metadata: dict[str, Any] = {}
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             for name in archive.files:
@@ -307,7 +307,7 @@ def _parse_safetensors(data: bytes, label: str) -> TensorFile:
         raise InputError(f"{label}: the file holds no tensors")
     header_size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_size])
-    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    metadata = {str(k): _decoded(str(v)) for k, v in (header.get("__metadata__") or {}).items()}
     return TensorFile(label, tensors, named=True, metadata=metadata)
 
 
@@ -338,10 +338,10 @@ def _parse_json(data: bytes, label: str) -> TensorFile:
     may_hold_booleans = b"true" in data or b"false" in data
     if isinstance(document, dict):
         tensors: dict[str, np.ndarray] = {}
-        metadata: dict[str, str] = {}
+        metadata: dict[str, Any] = {}
         for name, value in document.items():
             if name == META_KEY and isinstance(value, dict):
-                metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+                metadata = value
                 continue
             tensors[name] = _json_array(value, f"{label}: '{name}'", may_hold_booleans)
         if not tensors:
@@ -405,14 +405,22 @@ def _checked_dtype(array: np.ndarray, label: str) -> np.ndarray:
     return array
 
 
-def _metadata_from_json(text: str, label: str) -> dict[str, str]:
+def _metadata_from_json(text: str, label: str) -> dict[str, Any]:
     try:
         decoded = json.loads(text)
     except json.JSONDecodeError:
         raise InputError(f"{label}: its '{META_KEY}' entry is not JSON") from None
     if not isinstance(decoded, dict):
         raise InputError(f"{label}: its '{META_KEY}' entry is not a JSON object")
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in decoded.items()}
+    return decoded
+
+
+def _decoded(text: str) -> Any:
+    """A safetensors metadata value: JSON as attncli writes it, or the plain string another tool wrote."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _roles_from_one_file(

@@ -27,7 +27,7 @@ from rich.text import Text
 _SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 # Blue for negative, light grey for zero, red for positive (RdBu, reversed).
 _DIVERGING = ((5, 48, 97), (67, 147, 195), (230, 230, 230), (214, 96, 77), (103, 0, 31))
-_LEVELS = 64  # colours are quantised, so a matrix needs at most this many distinct styles
+_LEVELS = 65  # colours are quantised (odd, so zero sits exactly mid-scale): few distinct styles
 _ELLIPSIS = "…"
 DEFAULT_MAX_ROWS = 32
 DEFAULT_MAX_MATRICES = 8
@@ -103,7 +103,7 @@ def weight_table(
     width: int = 80,
     max_rows: int = DEFAULT_MAX_ROWS,
     title: str = "",
-) -> Table:
+) -> Group:
     """One (Lq, Lk) weight matrix as a heatmap table; the largest weight of each row in bold."""
     row_max = matrix.max(axis=1) if matrix.size else np.zeros(matrix.shape[0])
 
@@ -121,7 +121,7 @@ def output_table(
     width: int = 80,
     max_rows: int = DEFAULT_MAX_ROWS,
     title: str = "",
-) -> Table:
+) -> Group:
     """One (Lq, Dv) output matrix; colour from -limit (blue) through 0 (grey) to +limit (red)."""
 
     def style(row: int, value: float) -> Style:
@@ -167,7 +167,7 @@ def _matrices(
     name: str,
     tensor: np.ndarray,
     axes: Sequence[str],
-    table: Callable[[np.ndarray, str], Table],
+    table: Callable[[np.ndarray, str], Group],
     max_matrices: int,
 ) -> list[RenderableType]:
     """One titled table per matrix of `tensor` (..., rows, cols), at most `max_matrices` of them."""
@@ -207,21 +207,25 @@ def _matrix_table(
     max_rows: int,
     title: str,
     corner: str,
-) -> Table:
+) -> Group:
     rows, cols = matrix.shape
-    texts = _formatted(matrix, precision)
-    cell_width = max(len(max(texts.flat, key=len, default="")), len(str(cols - 1)))
+    # The widest text is that of the smallest or the largest value: no need to format them all.
+    extremes = [float(matrix.min()), float(matrix.max())] if matrix.size else [0.0]
+    cell_width = max(*(len(f"{x:.{precision}f}") for x in extremes), len(str(cols - 1)))
     label_width = max(len(corner), len(str(rows - 1)))
     row_indices = visible_indices(rows, max_rows)
     col_indices = visible_indices(cols, columns_that_fit(width, cell_width, label_width))
+    shown_matrix = matrix[
+        np.ix_([i for i in row_indices if i is not None], [j for j in col_indices if j is not None])
+    ]
+    texts = _formatted(shown_matrix, precision)
+    row_position = {i: n for n, i in enumerate(i for i in row_indices if i is not None)}
+    col_position = {j: n for n, j in enumerate(j for j in col_indices if j is not None)}
     shown_rows = sum(i is not None for i in row_indices)
     shown_cols = sum(i is not None for i in col_indices)
     if (shown_rows, shown_cols) != (rows, cols):
         title += f"  (showing {shown_rows} rows × {shown_cols} columns)"
     table = Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
@@ -240,9 +244,11 @@ def _matrix_table(
             if j is None:
                 cells.append(_ELLIPSIS)
             else:
-                cells.append(Text(texts[i, j], style=style(i, float(matrix[i, j]))))
+                cells.append(
+                    Text(texts[row_position[i], col_position[j]], style=style(i, float(matrix[i, j])))
+                )
         table.add_row(*cells)
-    return table
+    return Group(Text(title, style="bold"), table)
 
 
 def _formatted(matrix: np.ndarray, precision: int) -> np.ndarray:

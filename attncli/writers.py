@@ -89,7 +89,8 @@ def _nest(texts: np.ndarray) -> str:
 def _safetensors_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> bytes:
     from safetensors.numpy import save
 
-    flat = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    # safetensors metadata maps strings to strings: every value is stored as JSON, strings included.
+    flat = {key: json.dumps(value) for key, value in metadata.items()}
     data: bytes = save({name: np.ascontiguousarray(array) for name, array in tensors.items()}, metadata=flat)
     return data
 

@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` runs attncli on sample_inputs/, `make test` runs the tests.
+# Each creates the virtual environment it needs (.venv) on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch where the platform offers it (here: a wheel on this machine's disk);
+# elsewhere set TORCH to the wheel spec that suits the machine, e.g. make TORCH='torch==2.13.0+cpu'.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint bench docs docs-check clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/attn demo
+	$(BIN)/attn compute sample_inputs/seed_query.npy sample_inputs/seed_key.npy sample_inputs/seed_value.npy
+	$(BIN)/attn compute sample_inputs/multihead.safetensors --mask sample_inputs/padding_mask.npy --causal --precision 2
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check attncli tests sample_inputs
+	$(BIN)/ruff format --check attncli tests sample_inputs
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed
+	$(BIN)/python tests/bench/bench.py
+
+docs: $(VENV)/.installed
+	$(BIN)/python docs/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+docs-check: $(VENV)/.installed
+	$(BIN)/python docs/generate.py --check

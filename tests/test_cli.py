@@ -1,0 +1,444 @@
+"""The `attn` command line end to end: every input and output format, options, errors, the demo.
+
+Expected numbers come from tests/reference.py (float64 NumPy) on the same inputs, never from attncli.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from reference import reference_attention
+from safetensors.numpy import load_file, save_file
+from typer.testing import CliRunner
+
+from attncli import cli
+from attncli.cli import app
+
+runner = CliRunner()
+RNG = np.random.default_rng(7)
+
+
+def invoke(*args: str, input: bytes | str | None = None, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), input=input, env={"COLUMNS": "100", **(env or {})})
+
+
+def json_result(*args: str, input: bytes | str | None = None) -> dict:
+    result = invoke("compute", *args, "--format", "json", input=input)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    return json.loads(result.stdout)
+
+
+def assert_error(result, *words: str, status: int = 2) -> None:
+    """One `attn: error:` line on stderr naming the problem; nothing on stdout; no traceback."""
+    assert result.exit_code == status, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("attn: error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+@pytest.fixture
+def qkv(tmp_path: Path) -> dict[str, np.ndarray]:
+    tensors = {
+        "query": RNG.standard_normal((2, 5, 8)).astype(np.float32),
+        "key": RNG.standard_normal((2, 6, 8)).astype(np.float32),
+        "value": RNG.standard_normal((2, 6, 3)).astype(np.float32),
+    }
+    for name, array in tensors.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    np.savez(tmp_path / "qkv.npz", **tensors)
+    save_file(tensors, str(tmp_path / "qkv.safetensors"))
+    (tmp_path / "qkv.json").write_text(json.dumps({k: v.tolist() for k, v in tensors.items()}))
+    return tensors
+
+
+def assert_matches_reference(
+    payload: dict, tensors: dict[str, np.ndarray], atol: float = 1e-6, **options
+) -> None:
+    weights, output = reference_attention(tensors["query"], tensors["key"], tensors["value"], **options)
+    np.testing.assert_allclose(np.array(payload["weights"]), weights, atol=atol, rtol=1e-5)
+    np.testing.assert_allclose(np.array(payload["output"]), output, atol=atol, rtol=1e-5)
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["query.npy", "key.npy", "value.npy"],
+        ["qkv.npz"],
+        ["qkv.safetensors"],
+        ["qkv.json"],
+        ["qkv.npz:query", "qkv.safetensors:key", "qkv.json:value"],
+    ],
+)
+def test_every_input_format_matches_the_reference(tmp_path, qkv, paths):
+    payload = json_result(*(str(tmp_path / p) for p in paths))
+    assert_matches_reference(payload, qkv)
+    assert payload["meta"]["input_shapes"] == {k: list(v.shape) for k, v in qkv.items()}
+
+
+@pytest.mark.parametrize("name", ["qkv.npz", "qkv.safetensors", "qkv.json", "query.npy"])
+def test_stdin_is_read_by_content_with_or_without_dash(tmp_path, qkv, name):
+    data = (tmp_path / name).read_bytes()
+    for args in ([], ["-"]):
+        payload = json_result(*args, input=data)
+        if name == "query.npy":  # one tensor: self-attention
+            q = qkv["query"]
+            assert_matches_reference(payload, {"query": q, "key": q, "value": q})
+        else:
+            assert_matches_reference(payload, qkv)
+        assert payload["meta"]["sources"]["query"].startswith("<stdin>")
+
+
+def test_stdin_can_be_one_of_three_paths(tmp_path, qkv):
+    data = (tmp_path / "key.npy").read_bytes()
+    payload = json_result(str(tmp_path / "query.npy"), "-", str(tmp_path / "value.npy"), input=data)
+    assert_matches_reference(payload, qkv)
+
+
+def test_one_tensor_is_self_attention(tmp_path):
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    payload = json_result(str(tmp_path / "x.npy"))
+    assert_matches_reference(payload, {"query": x, "key": x, "value": x})
+
+
+def test_integer_inputs_are_promoted_and_one_dimensional_inputs_are_one_position(tmp_path):
+    q = np.array([1, 0, 2], dtype=np.int64)
+    k = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.int32)
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "k.npy", k)
+    payload = json_result(str(tmp_path / "q.npy"), str(tmp_path / "k.npy"), str(tmp_path / "k.npy"))
+    assert np.array(payload["weights"]).shape == (1, 3)
+    assert payload["meta"]["dtype"] == "float32"
+    assert_matches_reference(payload, {"query": q, "key": k, "value": k})
+
+
+def test_json_numbers_are_float64_so_auto_computes_in_float64(tmp_path, qkv):
+    payload = json_result(str(tmp_path / "qkv.json"))
+    assert payload["meta"]["dtype"] == "float64"
+    weights, _ = reference_attention(qkv["query"], qkv["key"], qkv["value"])
+    np.testing.assert_allclose(np.array(payload["weights"]), weights, atol=1e-12)
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+def test_causal_bool_mask_and_float_mask_combine(tmp_path, qkv):
+    allowed = RNG.random((5, 6)) > 0.3
+    allowed[:, 0] = True  # every row keeps one key
+    additive = RNG.standard_normal((1, 5, 6)).astype(np.float32)
+    np.save(tmp_path / "allowed.npy", allowed)
+    np.save(tmp_path / "additive.npy", additive)
+    npz = str(tmp_path / "qkv.npz")
+    payload = json_result(npz, "--causal", "--mask", str(tmp_path / "allowed.npy"))
+    assert_matches_reference(payload, qkv, causal=True, mask=allowed)
+    payload = json_result(npz, "--mask", str(tmp_path / "additive.npy"), "--scale", "0.3")
+    assert_matches_reference(payload, qkv, mask=additive, scale=0.3)
+
+
+def test_mask_from_stdin(tmp_path, qkv):
+    allowed = np.tril(np.ones((5, 6), dtype=bool))
+    buffer = io.BytesIO()
+    np.save(buffer, allowed)
+    payload = json_result(str(tmp_path / "qkv.npz"), "--mask", "-", input=buffer.getvalue())
+    assert_matches_reference(payload, qkv, mask=allowed)
+    assert payload["meta"]["mask"] == "<stdin>"
+
+
+def test_heads_split_features_and_merge_the_output(tmp_path):
+    x = RNG.standard_normal((2, 5, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    payload = json_result(str(tmp_path / "x.npy"), "--heads", "3", "--causal")
+    assert np.array(payload["weights"]).shape == (2, 3, 5, 5)
+    assert np.array(payload["output"]).shape == (2, 5, 12)
+    assert_matches_reference(payload, {"query": x, "key": x, "value": x}, heads=3, causal=True)
+    # and the fused kernel agrees on the output
+    heads = torch.from_numpy(x).view(2, 5, 3, 4).transpose(1, 2)
+    fused = (
+        F.scaled_dot_product_attention(heads, heads, heads, is_causal=True).transpose(1, 2).reshape(2, 5, 12)
+    )
+    np.testing.assert_allclose(np.array(payload["output"]), fused.numpy(), atol=1e-5)
+
+
+def test_grouped_query_sample_matches_sdpa(samples):
+    payload = json_result(str(samples / "gqa.npz"))
+    with np.load(samples / "gqa.npz") as archive:
+        q, k, v = (torch.from_numpy(archive[n]) for n in ("query", "key", "value"))
+    fused = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    np.testing.assert_allclose(np.array(payload["output"]), fused.numpy(), atol=1e-5)
+    assert payload["meta"]["query_heads_per_key_head"] == 4
+
+
+@pytest.mark.parametrize(
+    ("dtype", "atol"), [("float64", 1e-12), ("float32", 1e-6), ("float16", 2e-3), ("bfloat16", 2e-2)]
+)
+def test_dtypes(tmp_path, qkv, dtype, atol):
+    payload = json_result(str(tmp_path / "qkv.npz"), "--dtype", dtype)
+    assert payload["meta"]["dtype"] == dtype
+    assert_matches_reference(payload, qkv, atol=atol)
+
+
+def test_fully_masked_rows_are_zero_with_a_warning(tmp_path, qkv):
+    allowed = np.ones((5, 6), dtype=bool)
+    allowed[2] = False
+    np.save(tmp_path / "allowed.npy", allowed)
+    result = invoke(
+        "compute", str(tmp_path / "qkv.npz"), "--mask", str(tmp_path / "allowed.npy"), "--format", "json"
+    )
+    assert result.exit_code == 0
+    assert "attn: warning: 2 query row(s) have every key masked" in result.stderr
+    assert "(0, 2), (1, 2)" in result.stderr
+    payload = json.loads(result.stdout)
+    assert np.all(np.array(payload["weights"])[:, 2] == 0)
+    assert np.all(np.array(payload["output"])[:, 2] == 0)
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".json"])
+def test_output_files_hold_weights_output_and_metadata(tmp_path, qkv, suffix):
+    target = tmp_path / f"result{suffix}"
+    result = invoke("compute", str(tmp_path / "qkv.npz"), "--causal", "-q", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    if suffix == ".safetensors":
+        tensors = load_file(str(target))
+        from safetensors import safe_open
+
+        with safe_open(str(target), "np") as handle:
+            meta = {k: json.loads(v) for k, v in handle.metadata().items()}
+    elif suffix == ".npz":
+        with np.load(target, allow_pickle=False) as archive:
+            tensors = {name: archive[name] for name in ("weights", "output")}
+            meta = json.loads(str(archive["meta"]))
+    else:
+        document = json.loads(target.read_text())
+        tensors = {name: np.array(document[name]) for name in ("weights", "output")}
+        meta = document["meta"]
+    assert_matches_reference(tensors, qkv, causal=True)
+    assert meta["causal"] is True
+    assert meta["scale"] == pytest.approx(1 / np.sqrt(8))
+    assert meta["dtype"] == "float32"
+    assert meta["device"] == "cpu"
+    assert meta["input_shapes"]["value"] == [2, 6, 3]
+    assert meta["attncli_version"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_existing_output_is_kept_without_force_and_replaced_with_it(tmp_path, qkv):
+    target = tmp_path / "result.npz"
+    target.write_bytes(b"precious")
+    assert_error(invoke("compute", str(tmp_path / "qkv.npz"), "-o", str(target)), "--force", str(target))
+    assert target.read_bytes() == b"precious"
+    result = invoke("compute", str(tmp_path / "qkv.npz"), "-q", "-o", str(target), "--force")
+    assert result.exit_code == 0
+    with np.load(target) as archive:
+        assert archive["weights"].shape == (2, 5, 6)
+
+
+def test_bad_input_leaves_no_output_file(tmp_path):
+    target = tmp_path / "result.safetensors"
+    np.save(tmp_path / "q.npy", np.zeros((3, 4)))
+    np.save(tmp_path / "k.npy", np.zeros((3, 5)))
+    result = invoke("compute", *(str(tmp_path / n) for n in ("q.npy", "k.npy", "k.npy")), "-o", str(target))
+    assert_error(result, "query has 4 features but key has 5", "q.npy (3, 4)", "k.npy (3, 5)")
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.npy", "q.npy"]
+
+
+def test_table_view_shows_every_weight_of_the_seed(samples):
+    result = invoke("compute", str(samples / "seed.npz"))
+    assert result.exit_code == 0, result.output
+    with np.load(samples / "seed.npz") as archive:
+        weights, output = reference_attention(archive["query"], archive["key"], archive["value"])
+    for value in (*weights.ravel(), *output.ravel()):
+        assert f"{value:.4f}" in result.stdout
+    assert "float32 · cpu · scale 0.5 = 1/√4" in result.stdout
+    assert "\x1b[" not in result.stdout  # not a terminal: no colour codes
+
+
+def test_precision_and_quiet(samples):
+    result = invoke("compute", str(samples / "seed.npz"), "--precision", "2")
+    assert "0.42" in result.stdout
+    assert "0.4223" not in result.stdout
+    result = invoke("compute", str(samples / "seed.npz"), "--quiet")
+    assert result.exit_code == 0
+    assert result.output == ""
+
+
+def test_colour_in_a_terminal_and_none_with_no_color(samples):
+    forced = {"FORCE_COLOR": "1", "TERM": "xterm-256color"}
+    coloured = invoke("compute", str(samples / "seed.npz"), env=forced)
+    assert "\x1b[" in coloured.stdout
+    for env, args in (({**forced, "NO_COLOR": "1"}, []), (forced, ["--no-color"])):
+        plain = invoke("compute", str(samples / "seed.npz"), *args, env=env)
+        assert "\x1b[38;" not in plain.stdout
+        assert "\x1b[48;" not in plain.stdout
+
+
+def test_demo_shows_the_tutorial_and_agrees_with_it():
+    result = invoke("demo")
+    assert result.exit_code == 0, result.output
+    assert "def self_attention(query, key, value):" in result.stdout
+    assert "max |Δ weights| = 0, max |Δ output| = 0" in result.stdout
+    query = np.array([[1.0, 0, 1, 0], [0, 2, 0, 2], [1, 1, 1, 1]])
+    value = np.array([[0.0, 1, 0, 1], [1, 0, 1, 0], [0, 0, 1, 1]])
+    weights, output = reference_attention(query, query, value)
+    for number in (*weights.ravel(), *output.ravel()):
+        assert f"{number:.4f}" in result.stdout
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["compute", "a.npy", "b.npy"], ["got 2 paths"]),
+        (["compute", "missing.npy"], ["missing.npy", "no such file"]),
+        (["compute", "SEED", "--scale", "nan"], ["--scale", "finite"]),
+        (["compute", "SEED", "--scale", "0"], ["--scale"]),
+        (["compute", "SEED", "--dtype", "float8"], ["--dtype", "float8"]),
+        (["compute", "SEED", "--device", "gpu"], ["device 'gpu'"]),
+        (["compute", "SEED", "--heads", "0"], ["--heads"]),
+        (["compute", "SEED", "--heads", "3"], ["3 heads do not divide the 4 features", "seed.npz:query"]),
+        (["compute", "SEED", "--precision", "x"], ["--precision"]),
+        (["compute", "SEED", "--bogus"], ["--bogus"]),
+        (["compute", "SEED", "-o", "/no/such/folder/r.npz"], ["--output", "does not exist"]),
+        (["compute", "SEED", "-o", "r.txt"], ["--output", ".txt"]),
+        (["compute", "SEED", "--mask", "SEED"], ["--mask", "seed.npz holds 3 tensors"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_errors_are_one_line_with_status_2(samples, args, words):
+    args = [str(samples / "seed.npz") if a == "SEED" else a for a in args]
+    assert_error(invoke(*args), *words)
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(samples):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_error(
+        invoke("compute", str(samples / "seed.npz"), "--device", "cuda"), "device 'cuda' is not available"
+    )
+
+
+def test_no_path_and_a_terminal_on_stdin_shows_an_example(monkeypatch):
+    monkeypatch.setattr(cli, "_stdin", lambda: None)
+    assert_error(invoke("compute"), "no input", "cat qkv.json | attn compute")
+
+
+def test_stdin_garbage_and_empty(tmp_path):
+    assert_error(invoke("compute", input=b""), "<stdin> is empty")
+    assert_error(invoke("compute", input=b"\x00\x01garbage"), "<stdin>", "not a tensor file")
+
+
+def test_nan_in_an_input_is_refused_naming_the_file(tmp_path):
+    x = np.ones((3, 4))
+    x[1, 2] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    assert_error(invoke("compute", str(tmp_path / "x.npy")), "x.npy", "1 NaN", "(1, 2)")
+
+
+def test_traceback_flag_shows_the_exception(tmp_path):
+    result = invoke("compute", str(tmp_path / "missing.npy"), "--traceback")
+    assert result.exit_code != 0
+    from attncli.errors import InputError
+
+    assert isinstance(result.exception, InputError)
+
+
+def test_internal_errors_are_one_line_with_status_70(samples, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("attncli.core.attention", broken)
+    assert_error(
+        invoke("compute", str(samples / "seed.npz")), "internal error", "ZeroDivisionError", status=70
+    )
+
+
+def test_no_command_prints_help_and_version_works():
+    result = invoke()
+    assert result.exit_code == 0
+    assert "compute" in result.stdout
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("attncli ")
+
+
+# --- the real console script -----------------------------------------------------------------
+
+
+def run_attn(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    attn = Path(sys.executable).with_name("attn")
+    env = {**os.environ, "COLUMNS": "100"}
+    return subprocess.run([str(attn), *args], capture_output=True, text=True, env=env, timeout=120, **kwargs)
+
+
+@pytest.mark.slow
+def test_console_script_and_module_run(samples):
+    done = run_attn("compute", str(samples / "seed.npz"), "--format", "json", stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["meta"]["sources"]["query"].endswith("seed.npz:query")
+    module = subprocess.run([sys.executable, "-m", "attncli", "--version"], capture_output=True, text=True)
+    assert module.returncode == 0
+    assert module.stdout.startswith("attncli ")
+
+
+@pytest.mark.slow
+def test_help_and_usage_errors_import_neither_torch_nor_numpy():
+    probe = (
+        "import sys\n"
+        "from attncli.cli import main\n"
+        "sys.argv = ['attn', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "except SystemExit:\n    pass\n"
+        "print('heavy:', sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+    )
+    for args in (
+        ["--help"],
+        ["--version"],
+        ["compute", "--help"],
+        ["compute", "a", "b"],
+        ["compute", "--dtype", "x"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60
+        )
+        assert "heavy: []" in done.stdout, (args, done.stdout, done.stderr)
+
+
+@pytest.mark.slow
+def test_closed_stdout_pipe_exits_quietly(tmp_path):
+    np.save(tmp_path / "x.npy", RNG.standard_normal((300, 16)))  # about 2 MB of JSON: more than a pipe holds
+    attn = Path(sys.executable).with_name("attn")
+    args = [str(attn), "compute", str(tmp_path / "x.npy"), "--format", "json"]
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.read(10)
+        process.stdout.close()  # the reader goes away, as `| head -c 10` would
+        stderr = process.stderr.read().decode()
+        status = process.wait(timeout=120)
+    assert stderr == ""
+    assert status == 0
