@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference import reference_attention
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
@@ -134,6 +136,36 @@ def test_json_numbers_are_float64_so_auto_computes_in_float64(tmp_path, qkv):
     assert payload["meta"]["dtype"] == "float64"
     weights, _ = reference_attention(qkv["query"], qkv["key"], qkv["value"])
     np.testing.assert_allclose(np.array(payload["weights"]), weights, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch=st.lists(st.integers(1, 3), max_size=2),
+    positions=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    features=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    causal=st.booleans(),
+    suffix=st.sampled_from([".npz", ".safetensors", ".json"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_through_files_match_the_reference(
+    tmp_path, batch, positions, features, causal, suffix, seed
+):
+    rng = np.random.default_rng(seed)
+    (lq, lk), (d, dv) = positions, features
+    tensors = {
+        "query": rng.standard_normal((*batch, lq, d)).astype(np.float32),
+        "key": rng.standard_normal((lk, d)).astype(np.float32),  # broadcast against the query's batch axes
+        "value": rng.standard_normal((lk, dv)).astype(np.float32),
+    }
+    path = tmp_path / f"qkv{suffix}"
+    if suffix == ".npz":
+        np.savez(path, **tensors)
+    elif suffix == ".safetensors":
+        save_file(tensors, str(path))
+    else:
+        path.write_text(json.dumps({k: v.tolist() for k, v in tensors.items()}))
+    args = [str(path), "--dtype", "float32"] + (["--causal"] if causal else [])
+    assert_matches_reference(json_result(*args), tensors, atol=1e-5, causal=causal)
 
 
 # --- options ---------------------------------------------------------------------------------
