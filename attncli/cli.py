@@ -213,7 +213,7 @@ def compute(
             f"got {len(specs)} paths; give one (a file holding query, key and value, or one tensor "
             "for self-attention) or three (QUERY KEY VALUE)"
         )
-    if mask == "-" and "-" in specs:
+    if mask is not None and mask.partition(":")[0] == "-" and any(s.partition(":")[0] == "-" for s in specs):
         raise UsageError("stdin ('-') can feed the inputs or --mask, not both")
 
     from attncli import loaders, writers

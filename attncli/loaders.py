@@ -34,6 +34,7 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
     "key": ("key", "k"),
     "value": ("value", "v"),
 }
+_MAX_AXES = 64  # NumPy's limit on the number of dimensions
 #: The key a result file keeps its metadata under (JSON object key; an .npz array of one string).
 META_KEY = "meta"
 
@@ -103,7 +104,7 @@ def sniff_format(data: bytes) -> str | None:
         header_size = int.from_bytes(data[:8], "little")
         if 8 + header_size <= len(data):
             return "safetensors"
-    if data.lstrip()[:1] in (b"{", b"["):
+    if data.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"["):
         return "json"
     return None
 
@@ -156,7 +157,7 @@ def load_attention_inputs(specs: Sequence[str], stdin: BinaryIO | None = None) -
     """
     if len(specs) not in (1, 3):
         raise UsageError(f"expected 1 or 3 paths, got {len(specs)}")
-    if sum(spec == STDIN for spec in specs) > 1:
+    if sum(split_spec(spec)[0] == STDIN for spec in specs) > 1:
         raise UsageError("stdin ('-') can be given as only one of the paths")
     if len(specs) == 3:
         tensors, sources = {}, {}
@@ -253,6 +254,9 @@ def _read_file(path: str) -> bytes:
 
 
 def _parse_npy(data: bytes, label: str) -> TensorFile:
+    if not data.startswith(b"\x93NUMPY"):
+        # np.load would take other bytes for a pickle and blame allow_pickle; say what they are not.
+        raise InputError(f"{label}: not a valid .npy file (it does not start with the NumPy header)")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as error:
@@ -357,6 +361,11 @@ def _json_array(value: Any, where: str, may_hold_booleans: bool) -> np.ndarray:
     try:
         array = np.array(value)
     except (ValueError, TypeError) as error:
+        depth = _depth(value)
+        if depth > _MAX_AXES:
+            raise InputError(
+                f"{where} is nested {depth} levels deep; a tensor has at most {_MAX_AXES} axes"
+            ) from None
         if "inhomogeneous" in str(error) or "sequence" in str(error):
             raise InputError(
                 f"{where} is a ragged array: rows at the same depth have different lengths"
@@ -369,6 +378,15 @@ def _json_array(value: Any, where: str, may_hold_booleans: bool) -> np.ndarray:
     if array.dtype.kind in "iuf" and may_hold_booleans and _holds_boolean(value):
         raise InputError(f"{where} mixes true/false with numbers; tensors hold numbers only")
     return array
+
+
+def _depth(value: Any) -> int:
+    """How deep the first elements of a nested list go."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
 
 
 def _holds_boolean(value: Any) -> bool:

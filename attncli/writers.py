@@ -70,6 +70,8 @@ def json_text(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) ->
 
 def _json_array(array: np.ndarray) -> str:
     # NumPy's str() of a float is the shortest text that reads back as the same value of its dtype.
+    if array.dtype.kind == "b":
+        return _nest(np.where(array, "true", "false"))
     texts = np.asarray(array).astype(str)
     if texts.size and array.dtype.kind == "f":
         texts[np.isnan(array)] = "NaN"
