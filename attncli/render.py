@@ -261,12 +261,18 @@ def _level(t: float) -> int:
     return min(_LEVELS - 1, max(0, round(t * (_LEVELS - 1))))
 
 
-@lru_cache(maxsize=4 * _LEVELS)
 def _style(anchors: tuple[tuple[int, int, int], ...], level: int, bold: bool) -> Style:
+    # A new Style each time: Rich caches a Style's escape codes for the first console it meets.
+    foreground, background = _colours(anchors, level)
+    return Style(color=foreground, bgcolor=_rgb_color(background), bold=bold)
+
+
+@lru_cache(maxsize=2 * _LEVELS)
+def _colours(anchors: tuple[tuple[int, int, int], ...], level: int) -> tuple[str, tuple[int, int, int]]:
+    """Text and background colour for a level: black text on light backgrounds, white on dark."""
     red, green, blue = _lerp(anchors, level / (_LEVELS - 1))
     luminance = (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
-    foreground = "black" if luminance > 0.45 else "white"
-    return Style(color=foreground, bgcolor=_rgb_color((red, green, blue)), bold=bold)
+    return ("black" if luminance > 0.45 else "white"), (red, green, blue)
 
 
 def _lerp(anchors: tuple[tuple[int, int, int], ...], t: float) -> tuple[int, int, int]:

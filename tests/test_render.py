@@ -101,18 +101,29 @@ def test_a_2048_square_matrix_fits_the_width_and_a_bounded_number_of_lines(width
     assert "(showing 31 rows × " in text  # 31 rows and the ellipsis row
 
 
-def test_row_maximum_is_bold_and_colours_follow_the_value():
-    weights = np.array([[0.1, 0.9], [0.7, 0.3]])
-    text = render(weight_table(weights, title="w"), colour=True)
-    assert "\x1b[1;" in text  # bold cells exist
-    # the largest weights sit on the brightest (yellow-green) backgrounds, the small ones on dark purple
-    assert text.count("48;2;") == 4
+def test_row_maximum_is_bold():
+    table = weight_table(np.array([[0.1, 0.9], [0.7, 0.3]])).renderables[1]
+    bold = [[bool(table.columns[c + 1]._cells[r].style.bold) for c in range(2)] for r in range(2)]
+    assert bold == [[False, True], [True, False]]
+
+
+def cell_background(group, row: int = 0, column: int = 0) -> tuple[int, int, int]:
+    """The background colour of one value cell of a table made by weight_table/output_table."""
+    table = group.renderables[1]
+    text = table.columns[column + 1]._cells[row]  # column 0 holds the row labels
+    triplet = text.style.bgcolor.triplet
+    return (triplet.red, triplet.green, triplet.blue)
 
 
 def test_output_colours_are_symmetric_around_zero():
-    positive = render(output_table(np.array([[1.0]]), 1.0, title="o"), colour=True)
-    negative = render(output_table(np.array([[-1.0]]), 1.0, title="o"), colour=True)
-    zero = render(output_table(np.array([[0.0]]), 1.0, title="o"), colour=True)
-    assert "48;2;103;0;31" in positive  # dark red at +limit
-    assert "48;2;5;48;97" in negative  # dark blue at -limit
-    assert "48;2;230;230;230" in zero  # grey at zero
+    assert cell_background(output_table(np.array([[1.0]]), 1.0)) == (103, 0, 31)  # dark red at +limit
+    assert cell_background(output_table(np.array([[-1.0]]), 1.0)) == (5, 48, 97)  # dark blue at -limit
+    assert cell_background(output_table(np.array([[0.0]]), 1.0)) == (230, 230, 230)  # grey at zero
+
+
+def test_weight_colours_use_one_fixed_scale():
+    low, high = np.array([[0.0, 1.0]]), np.array([[0.25, 0.5]])
+    assert cell_background(weight_table(low), column=0) == (68, 1, 84)  # 0 is always the darkest
+    assert cell_background(weight_table(low), column=1) == (253, 231, 37)  # 1 is always the brightest
+    # 0.5 is mid-scale whatever else the matrix holds: colours compare across tables
+    assert cell_background(weight_table(high), column=1) == (33, 145, 140)
