@@ -136,14 +136,19 @@ def attention(
         for x, role in zip((query, key, value), _ROLES, strict=True)
     )
     input_shapes = {role: tuple(t.shape) for role, t in zip(_ROLES, (q, k, v), strict=True)}
+    # Messages show each input as it was given: "k.npy (5, 8)".
+    shown = {role: f"{label[role]} {_shape_text(input_shapes[role])}" for role in _ROLES}
     q, k, v = (t.unsqueeze(0) if t.ndim == 1 else t for t in (q, k, v))  # a vector is one position
-    _check_pair(q, k, "query", "key", -1, "features", label)
-    _check_pair(k, v, "key", "value", -2, "positions", label)
+    _check_pair(q, k, "query", "key", -1, "features", shown)
+    _check_pair(k, v, "key", "value", -2, "positions", shown)
 
     if heads is not None:
-        q, k, v = (_split_heads(t, heads, role, label) for t, role in zip((q, k, v), _ROLES, strict=True))
-    group = _query_heads_per_key_head(q, k, v, label)
-    batch_shape = _batch_shape(q, k, v, group, label)
+        q, k, v = (_split_heads(t, heads, role, shown) for t, role in zip((q, k, v), _ROLES, strict=True))
+    group = _query_heads_per_key_head(q, k, v, shown)
+    _check_batch_axes(q, k, v, group, shown)
+    # The weights take the batch axes of query and key only; value's broadcast in the last product.
+    cut = -3 if group > 1 else -2
+    batch_shape = _broadcast(q.shape[:cut], k.shape[:cut])
     heads_axis = (q.shape[-3],) if group > 1 else ()
     weights_shape = (*batch_shape, *heads_axis, q.shape[-2], k.shape[-2])
 
@@ -151,15 +156,11 @@ def attention(
     if mask is not None:
         mask_tensor = _as_mask(mask, target_device)
         try:
-            weights_shape = tuple(
-                torch.broadcast_shapes(  # type: ignore[no-untyped-call]
-                    weights_shape, mask_tensor.shape
-                )
-            )
+            weights_shape = _broadcast(weights_shape, tuple(mask_tensor.shape))
         except RuntimeError:
             raise ShapeError(
                 f"the mask does not broadcast to the weights' shape: {label['mask']} "
-                f"{tuple(mask_tensor.shape)}, weights {weights_shape}"
+                f"{_shape_text(tuple(mask_tensor.shape))}, weights {_shape_text(weights_shape)}"
             ) from None
 
     if scale is None:
@@ -210,12 +211,15 @@ def _attend(
         q = q.reshape(*q.shape[:-3], k.shape[-3], group, *q.shape[-2:])  # (..., Hkv, G, Lq, D)
         k = k.unsqueeze(-3)  # (..., Hkv, 1, Lk, D)
         v = v.unsqueeze(-3)  # (..., Hkv, 1, Lk, Dv)
+    if compute_dtype in _HALF_DTYPES:
+        # Half-precision inputs, float32 arithmetic, half-precision results: fused kernels accumulate
+        # in float32 too, a float16 q @ k^T overflows long before float32 does, and CPUs without
+        # half-precision instructions run float32 matmuls many times faster.
+        q, k, v = q.float(), k.float(), v.float()
     # Scaling the query (Lq x D numbers) costs less than scaling the scores (Lq x Lk).
     scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (..., Lq, D) @ (..., D, Lk) -> (..., Lq, Lk)
     if group > 1:
         scores = scores.flatten(-4, -3)  # (..., Hkv, G, Lq, Lk) -> (..., Hq, Lq, Lk)
-    if compute_dtype in _HALF_DTYPES:
-        scores = scores.float()  # the softmax of half-precision inputs is accumulated in float32
     if tuple(scores.shape) != weights_shape:
         scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes than the inputs
 
@@ -236,7 +240,6 @@ def _attend(
     weights = torch.softmax(scores, dim=-1, out=scores)  # in place: no second N x N buffer
     if masked_rows is not None:
         weights.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
-    weights = weights.to(compute_dtype)
 
     if group > 1:
         # (..., Hkv, G, Lq, Lk) @ (..., Hkv, 1, Lk, Dv) -> (..., Hkv, G, Lq, Dv) -> (..., Hq, Lq, Dv)
@@ -244,7 +247,7 @@ def _attend(
         output = torch.matmul(grouped, v).flatten(-4, -3)
     else:
         output = torch.matmul(weights, v)  # (..., Lq, Lk) @ (..., Lk, Dv) -> (..., Lq, Dv)
-    return weights, output, masked_rows
+    return weights.to(compute_dtype), output.to(compute_dtype), masked_rows
 
 
 def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: str) -> torch.Tensor:
@@ -253,8 +256,8 @@ def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: st
             raise UsageError(f"{role} holds {x.dtype}; query, key and value must be real numbers")
         wanted = np.float64 if dtype == torch.float64 else np.float32
         # astype also makes the array native-endian and writable, which torch.from_numpy needs.
-        if x.dtype != wanted or not x.flags.writeable:
-            x = x.astype(wanted)
+        if x.dtype != wanted or not x.flags.writeable or any(stride < 0 for stride in x.strides):
+            x = x.astype(wanted)  # a copy: torch.from_numpy takes no negative strides
         return torch.from_numpy(x).to(device=device, dtype=dtype)
     if isinstance(x, torch.Tensor):
         if x.dtype == torch.bool or x.is_complex():
@@ -273,29 +276,27 @@ def _as_mask(mask: TensorLike, device: torch.device) -> torch.Tensor:
 
 
 def _check_pair(
-    a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, axis: int, what: str, label: Mapping[str, str]
+    a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, axis: int, what: str, shown: Mapping[str, str]
 ) -> None:
     if a.shape[axis] != b.shape[axis]:
         raise ShapeError(
             f"{name_a} has {a.shape[axis]} {what} but {name_b} has {b.shape[axis]}: "
-            f"{label[name_a]} {tuple(a.shape)}, {label[name_b]} {tuple(b.shape)}"
+            f"{shown[name_a]}, {shown[name_b]}"
         )
 
 
-def _split_heads(x: torch.Tensor, heads: int, role: str, label: Mapping[str, str]) -> torch.Tensor:
+def _split_heads(x: torch.Tensor, heads: int, role: str, shown: Mapping[str, str]) -> torch.Tensor:
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
         raise UsageError(f"heads must be a positive whole number, not {heads}")
     features = x.shape[-1]
     if features % heads:
-        raise ShapeError(
-            f"{heads} heads do not divide the {features} features of {role}: {label[role]} {tuple(x.shape)}"
-        )
+        raise ShapeError(f"{heads} heads do not divide the {features} features of {role}: {shown[role]}")
     # (..., L, D) -> (..., L, H, D/H) -> (..., H, L, D/H)
     return x.reshape(*x.shape[:-1], heads, features // heads).transpose(-3, -2)
 
 
 def _query_heads_per_key_head(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, label: Mapping[str, str]
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shown: Mapping[str, str]
 ) -> int:
     """How many query heads share each key/value head: 1 unless 4-D inputs have different head counts."""
     if q.ndim < 4 or k.ndim < 4 or v.ndim < 4:
@@ -303,36 +304,35 @@ def _query_heads_per_key_head(
     query_heads, key_heads, value_heads = q.shape[-3], k.shape[-3], v.shape[-3]
     if key_heads != value_heads:
         raise ShapeError(
-            f"key has {key_heads} heads but value has {value_heads}: "
-            f"{label['key']} {tuple(k.shape)}, {label['value']} {tuple(v.shape)}"
+            f"key has {key_heads} heads but value has {value_heads}: {shown['key']}, {shown['value']}"
         )
-    if query_heads == key_heads or key_heads == 1:
+    if query_heads == key_heads:
         return 1
     if query_heads % key_heads:
         raise ShapeError(
             f"query has {query_heads} heads and key/value {key_heads}; grouped-query attention needs "
-            f"query heads to be a multiple of key/value heads: {label['query']} {tuple(q.shape)}, "
-            f"{label['key']} {tuple(k.shape)}"
+            f"query heads to be a multiple of key/value heads: {shown['query']}, {shown['key']}"
         )
-    return query_heads // key_heads
+    return query_heads // key_heads  # one key/value head for all: multi-query attention
 
 
-def _batch_shape(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, label: Mapping[str, str]
-) -> tuple[int, ...]:
-    """The broadcast leading axes (the heads axis excluded when heads are grouped)."""
+def _check_batch_axes(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, shown: Mapping[str, str]
+) -> None:
+    """The leading axes (the heads axis aside when heads are grouped) must broadcast together."""
     cut = -3 if group > 1 else -2
     try:
-        return tuple(
-            torch.broadcast_shapes(  # type: ignore[no-untyped-call]
-                q.shape[:cut], k.shape[:cut], v.shape[:cut]
-            )
-        )
+        _broadcast(q.shape[:cut], k.shape[:cut], v.shape[:cut])
     except RuntimeError:
-        raise ShapeError(
-            "the batch axes do not broadcast: "
-            + ", ".join(f"{label[r]} {tuple(t.shape)}" for r, t in zip(_ROLES, (q, k, v), strict=True))
-        ) from None
+        raise ShapeError("the batch axes do not broadcast: " + ", ".join(shown.values())) from None
+
+
+def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(*shapes))  # type: ignore[no-untyped-call]
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _memory_message(shape: tuple[int, ...], dtype: torch.dtype, error: BaseException) -> str:

@@ -1,0 +1,509 @@
+"""attncli benchmark: start-up, a small job and the weights path, each as a ratio against a baseline.
+
+Run by `make bench` (not part of the tests): `.venv/bin/python tests/bench/bench.py [--quick] [--no-fail]`.
+
+The machines are shared and noisy, so every figure is a ratio against a baseline measured in the same
+run: the variants of a comparison are interleaved (their order rotating from round to round), each
+figure is the median of its repeats, and peak memory is measured per case in a fresh subprocess.
+Exits 1 when a target is missed (0 with --no-fail). The targets come from the baselines in the
+project's PERF-NOTES.md (shared/ beside the checkout); many are expected to be missed before the
+performance work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = "sample_inputs/seed.npz"  # relative to REPO, as a user would type it
+SHAPES = ((1, 8, 2048, 64), (4, 16, 1024, 64))  # (batch, heads, positions, features)
+FULL_DTYPES = ("float32", "float64")
+HALF_DTYPES = ("float16", "bfloat16")
+
+START_TARGET = 1.25  # attn --help / --version vs a minimal Typer app's --help
+SMALL_JOB_TARGET = 1.25  # attn compute seed.npz vs python -c "import torch"
+TIME_TARGET = 1.5  # attncli.core.attention vs scaled_dot_product_attention
+MEMORY_TARGET = 1.15  # memory added by the call vs bytes of inputs + weights + output
+HALF_TARGET = 2.0  # float16/bfloat16 vs float32, both attncli
+
+MIB = 2**20
+# Stop repeating the weights-path rounds once this many seconds have gone on one shape (after
+# MIN_REPEATS rounds), so a run on a busy machine still ends in minutes: full run, --quick.
+TIME_BUDGET_S = (50.0, 20.0)
+MIN_REPEATS = 3
+#: Repeats that each figure actually got, for the footnote: label -> count.
+RUNS: dict[str, int] = {}
+
+# The start-up baseline: a minimal Typer app with two commands, so that --help draws Rich panels.
+TYPER_APP = '''\
+import typer
+
+app = typer.Typer(help="A minimal Typer app: the start-up baseline for attncli.")
+
+
+@app.command()
+def hello(name: str = "world") -> None:
+    """Say hello."""
+    typer.echo(f"hello {name}")
+
+
+@app.command()
+def bye() -> None:
+    """Say goodbye."""
+    typer.echo("bye")
+
+
+if __name__ == "__main__":
+    app()
+'''
+
+# Run as `python -c IMPORT_CHECK ARGS...`: attncli.cli.main with argv patched, then which heavy modules
+# were imported. The verdict goes to stderr as the last line, after whatever the command printed.
+IMPORT_CHECK = """\
+import json, sys
+sys.argv = ["attn", *sys.argv[1:]]
+import attncli.cli
+try:
+    attncli.cli.main()
+except SystemExit as stop:
+    code = stop.code
+else:
+    code = 0
+heavy = [name for name in ("torch", "numpy") if name in sys.modules]
+sys.stdout.flush()
+sys.stderr.write("\\nIMPORT-CHECK " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
+"""
+
+# Run as `python -c MEMORY_CASE DEVICE SHAPE_JSON DTYPE` in a fresh process: the memory one
+# attncli.core.attention call adds on top of its inputs. On the CPU: /proc/self/status, with the
+# peak (VmHWM) reset to the current RSS after the inputs exist (writing 5 to /proc/self/clear_refs);
+# on CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats. Prints one JSON line.
+MEMORY_CASE = """\
+import gc, json, sys
+import torch
+from attncli.core import attention
+
+def status(field):
+    with open("/proc/self/status") as lines:
+        for line in lines:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+device, shape, dtype = sys.argv[1], tuple(json.loads(sys.argv[2])), getattr(torch, sys.argv[3])
+cuda = device.startswith("cuda")
+# A tiny call first loads the kernels, thread pools and code pages, which are no part of the cost.
+tiny = torch.randn(1, 1, 8, shape[-1]).to(device=device, dtype=dtype)
+attention(tiny, tiny, tiny, dtype=dtype, device=device)
+del tiny
+generator = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for _ in range(3))
+gc.collect()
+exact = True
+if cuda:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+else:
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        exact = False  # the peak may then be an earlier one (import), an over-estimate
+    before = status("VmRSS")
+result = attention(q, k, v, dtype=dtype, device=device)
+if cuda:
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+else:
+    peak = status("VmHWM")
+expected = sum(t.nbytes for t in (q, k, v, result.weights, result.output))
+print(json.dumps({"before": before, "peak": peak, "expected": expected, "exact": exact}))
+"""
+
+
+class BenchError(RuntimeError):
+    """A case that could not be measured: reported as a failed row."""
+
+
+@dataclass
+class Row:
+    case: str
+    measured: str
+    baseline: str
+    ratio: float | None
+    target: str
+    verdict: str  # pass, FAIL or skip
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+
+
+def interleaved(
+    label: str,
+    variants: dict[str, Callable[[], float]],
+    repeats: int,
+    warmup: int,
+    budget_s: float | None = None,
+) -> dict[str, list[float]]:
+    """Run each variant once per round, the order rotating each round; seconds per run after the warm-up.
+
+    With `budget_s`, rounds stop once that many seconds have passed and MIN_REPEATS rounds are in.
+    """
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = variants[name]()
+            if round_ >= warmup:
+                samples[name].append(seconds)
+        done = round_ + 1 - warmup
+        if budget_s is not None and done >= MIN_REPEATS and time.perf_counter() - start > budget_s:
+            break
+    RUNS[label] = len(samples[names[0]])
+    return samples
+
+
+def run_process(argv: Sequence[str], env: dict[str, str], expect_output: bool = False) -> float:
+    """Wall time of one whole process (stdout to a pipe, no stdin); BenchError when it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        list(argv), cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0 or (expect_output and not done.stdout.strip()):
+        tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()[-1:]
+        raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {' '.join(tail)[:100]}")
+    return seconds
+
+
+def timed_rows(
+    samples: dict[str, list[float]], pairs: Sequence[tuple[str, str, str]], target: float
+) -> list[Row]:
+    """One row per (case, measured variant, baseline variant): medians and their ratio."""
+    rows = []
+    for case, measured, baseline in pairs:
+        m, b = statistics.median(samples[measured]), statistics.median(samples[baseline])
+        rows.append(_ratio_row(case, _ms(m), _ms(b), m / b, target))
+    return rows
+
+
+def _ratio_row(case: str, measured: str, baseline: str, ratio: float, target: float) -> Row:
+    return Row(case, measured, baseline, ratio, f"<= {target:g}", "pass" if ratio <= target else "FAIL")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
+
+
+def _mib(size: float) -> str:
+    return f"{size / MIB:.1f} MiB"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "(" + ",".join(map(str, shape)) + ")"
+
+
+# --- 1. start-up ---------------------------------------------------------------------------------------
+
+
+def attn_command() -> list[str]:
+    """The `attn` console script of this interpreter's environment."""
+    beside = Path(sys.executable).with_name("attn")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("attn")
+    return [found] if found else [sys.executable, "-m", "attncli"]
+
+
+def bench_startup(env: dict[str, str], workdir: Path, repeats: int, warmup: int) -> list[Row]:
+    app = workdir / "minimal_typer_app.py"
+    app.write_text(TYPER_APP)
+    attn = attn_command()
+    variants = {
+        "help": lambda: run_process([*attn, "--help"], env, expect_output=True),
+        "version": lambda: run_process([*attn, "--version"], env, expect_output=True),
+        "typer": lambda: run_process([sys.executable, str(app), "--help"], env, expect_output=True),
+    }
+    samples = interleaved("start-up", variants, repeats, warmup)
+    return timed_rows(
+        samples,
+        [
+            ("start-up: attn --help", "help", "typer"),
+            ("start-up: attn --version", "version", "typer"),
+        ],
+        START_TARGET,
+    )
+
+
+def check_imports(env: dict[str, str], args: Sequence[str]) -> Row:
+    """Whether `attn ARGS` (attncli.cli.main in a fresh interpreter) imports torch or NumPy."""
+    case = f"imports: attn {' '.join(args)}"
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK, *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    verdicts = [line for line in done.stderr.splitlines() if line.startswith("IMPORT-CHECK ")]
+    if not verdicts:
+        raise BenchError(f"{case}: no verdict (exit {done.returncode}): {done.stderr.strip()[-100:]}")
+    found = json.loads(verdicts[-1].removeprefix("IMPORT-CHECK "))
+    heavy = found["heavy"]
+    ok = not heavy and found["code"] in (0, None)
+    measured = "imports " + ", ".join(heavy) if heavy else "neither imported"
+    if found["code"] not in (0, None):
+        measured += f" (exit {found['code']})"
+    return Row(case, measured, "-", None, "no torch, numpy", "pass" if ok else "FAIL")
+
+
+# --- 2. a small job --------------------------------------------------------------------------------------
+
+
+def bench_small_job(env: dict[str, str], repeats: int, warmup: int) -> list[Row]:
+    attn = attn_command()
+    variants = {
+        "compute": lambda: run_process([*attn, "compute", SEED], env, expect_output=True),
+        "torch": lambda: run_process([sys.executable, "-c", "import torch"], env),
+    }
+    samples = interleaved("small job", variants, repeats, warmup)
+    return timed_rows(samples, [(f"small job: attn compute {SEED}", "compute", "torch")], SMALL_JOB_TARGET)
+
+
+# --- 3./4. the weights path ---------------------------------------------------------------------------
+
+
+def bench_weights_time(device: str, repeats: int, warmup: int, budget_s: float) -> list[Row]:
+    """attncli.core.attention vs scaled_dot_product_attention on the same tensors, in this process."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from attncli.core import attention
+
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def timer(call: Callable[[], Any]) -> Callable[[], float]:
+        def run() -> float:
+            sync()
+            start = time.perf_counter()
+            result = call()
+            sync()
+            seconds = time.perf_counter() - start
+            del result  # freed before the next variant runs
+            return seconds
+
+        return run
+
+    def attncli_call(q: Any, k: Any, v: Any, dtype: Any) -> Callable[[], Any]:
+        return lambda: attention(q, k, v, dtype=dtype, device=device)
+
+    def sdpa_call(q: Any, k: Any, v: Any) -> Callable[[], Any]:
+        return lambda: F.scaled_dot_product_attention(q, k, v)
+
+    rows = []
+    for shape in SHAPES:
+        generator = torch.Generator().manual_seed(0)
+        base = [torch.randn(shape, generator=generator) for _ in range(3)]
+        variants: dict[str, Callable[[], float]] = {}
+        for name in (*FULL_DTYPES, *HALF_DTYPES):
+            dtype = getattr(torch, name)
+            q, k, v = (t.to(device=device, dtype=dtype) for t in base)
+            variants[f"attncli {name}"] = timer(attncli_call(q, k, v, dtype))
+            if name in FULL_DTYPES:
+                variants[f"sdpa {name}"] = timer(sdpa_call(q, k, v))
+        del base
+        label = f"{_shape(shape)} {device}"
+        print(f"  weights path, {label}: up to {warmup + repeats} rounds", file=sys.stderr)
+        samples = interleaved(f"time {label}", variants, repeats, warmup, budget_s)
+        rows += timed_rows(
+            samples,
+            [(f"time {label} {name} vs SDPA", f"attncli {name}", f"sdpa {name}") for name in FULL_DTYPES],
+            TIME_TARGET,
+        )
+        rows += timed_rows(
+            samples,
+            [
+                (f"time {label} {name} vs float32", f"attncli {name}", "attncli float32")
+                for name in HALF_DTYPES
+            ],
+            HALF_TARGET,
+        )
+        del variants
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def memory_case(device: str, shape: Sequence[int], dtype: str, env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_CASE, device, json.dumps(list(shape)), dtype],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"memory {_shape(shape)} {dtype}: exit {done.returncode}: {done.stderr[-200:]}")
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def bench_weights_memory(device: str, env: dict[str, str], repeats: int) -> list[Row]:
+    """Peak memory added by one call, each case in a fresh process, vs inputs + weights + output bytes."""
+    cases = [(shape, dtype) for shape in SHAPES for dtype in FULL_DTYPES]
+    added: dict[tuple[Any, str], list[int]] = {case: [] for case in cases}
+    expected: dict[tuple[Any, str], int] = {}
+    exact = True
+    print(f"  memory, {device}: {len(cases) * repeats} fresh processes", file=sys.stderr)
+    RUNS[f"memory {device}"] = repeats
+    for _ in range(repeats):  # cases interleaved across the repeats
+        for shape, dtype in cases:
+            found = memory_case(device, shape, dtype, env)
+            added[shape, dtype].append(found["peak"] - found["before"])
+            expected[shape, dtype] = found["expected"]
+            exact = exact and found["exact"]
+    rows = []
+    for shape, dtype in cases:
+        growth = statistics.median(added[shape, dtype])
+        size = expected[shape, dtype]
+        case = f"memory {_shape(shape)} {device} {dtype}"
+        if not exact:
+            case += " (upper bound)"
+        rows.append(_ratio_row(case, _mib(growth), _mib(size), growth / size, MEMORY_TARGET))
+    return rows
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import torch
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"machine: {model}, {os.cpu_count()} cores ({usable} usable), {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); CUDA: {cuda}"
+    )
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    header = ("case", "measured", "baseline", "ratio", "target", "pass/fail")
+    cells = [
+        (r.case, r.measured, r.baseline, "-" if r.ratio is None else f"{r.ratio:.2f}", r.target, r.verdict)
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    right = {1, 2, 3}  # numbers right-aligned
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    print(line(header))
+    print("  ".join("-" * width for width in widths))
+    for row in cells:
+        print(line(row))
+
+
+def guarded(section: str, measure: Callable[[], list[Row]]) -> list[Row]:
+    """The rows of one section; one failed row instead when it cannot be measured."""
+    print(f"{section} ...", file=sys.stderr)
+    try:
+        return measure()
+    except Exception as error:
+        return [Row(section, f"error: {type(error).__name__}: {error}"[:160], "-", None, "-", "FAIL")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even when targets are missed")
+    options = parser.parse_args(argv)
+
+    # repeats per figure (after warm-up rounds): start-up, small job, weights time, memory
+    if options.quick:
+        start_n, job_n, time_n, memory_n = 7, 3, 3, 1
+    else:
+        start_n, job_n, time_n, memory_n = 15, 7, 7, 3
+    budget_s = TIME_BUDGET_S[1 if options.quick else 0]
+    env = {name: value for name, value in os.environ.items() if name not in ("TYPER_USE_RICH",)}
+
+    print(f"attncli benchmark ({'--quick' if options.quick else 'full'}): {time.strftime('%Y-%m-%d %H:%M')}")
+    print(machine_line(), flush=True)
+
+    rows: list[Row] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+        rows += guarded("start-up", lambda: bench_startup(env, Path(workdir), start_n, 2))
+    rows += guarded("imports", lambda: [check_imports(env, ["--help"]), check_imports(env, ["--version"])])
+    # --quick runs no warm-up process for the small job: the median of its 3 runs drops a cold one.
+    rows += guarded("small job", lambda: bench_small_job(env, job_n, 0 if options.quick else 1))
+    # Memory first (fresh processes), then the timings in this process, which keep its threads busy.
+    rows += guarded("memory cpu", lambda: bench_weights_memory("cpu", env, memory_n))
+    rows += guarded("time cpu", lambda: bench_weights_time("cpu", time_n, 1, budget_s))
+
+    import torch
+
+    if torch.cuda.is_available():
+        rows += guarded("memory cuda", lambda: bench_weights_memory("cuda", env, memory_n))
+        rows += guarded("time cuda", lambda: bench_weights_time("cuda", time_n, 2, budget_s))
+    else:
+        rows.append(Row("cuda: skipped: no CUDA", "-", "-", None, "-", "skip"))
+
+    print()
+    print_table(rows)
+    missed = [row for row in rows if row.verdict == "FAIL"]
+    checked = [row for row in rows if row.verdict != "skip"]
+    print()
+    print(
+        "ratio = measured / baseline. Times: medians of interleaved runs, the variants alternating, after "
+        "warm-up; the weights path in one process, torch's default threads. Memory: median over fresh "
+        "processes of the peak RSS (CUDA: max_memory_allocated) minus that with the inputs made, vs the "
+        "bytes of inputs + weights + output."
+    )
+    print("runs per figure: " + ", ".join(f"{label} {count}" for label, count in RUNS.items()))
+    print(
+        f"{len(missed)} of {len(checked)} targets missed; took {time.perf_counter() - started:.0f} s"
+        + (" (--no-fail: exit 0)" if missed and options.no_fail else "")
+    )
+    return 1 if missed and not options.no_fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
