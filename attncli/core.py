@@ -157,7 +157,7 @@ def attention(
         mask_tensor = _as_mask(mask, target_device)
         try:
             weights_shape = _broadcast(weights_shape, tuple(mask_tensor.shape))
-        except RuntimeError:
+        except ValueError:
             raise ShapeError(
                 f"the mask does not broadcast to the weights' shape: {label['mask']} "
                 f"{_shape_text(tuple(mask_tensor.shape))}, weights {_shape_text(weights_shape)}"
@@ -323,12 +323,13 @@ def _check_batch_axes(
     cut = -3 if group > 1 else -2
     try:
         _broadcast(q.shape[:cut], k.shape[:cut], v.shape[:cut])
-    except RuntimeError:
+    except ValueError:
         raise ShapeError("the batch axes do not broadcast: " + ", ".join(shown.values())) from None
 
 
 def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(torch.broadcast_shapes(*shapes))  # type: ignore[no-untyped-call]
+    # NumPy's, not torch.broadcast_shapes: that one imports sympy on first use (about 0.4 s).
+    return tuple(int(n) for n in np.broadcast_shapes(*shapes))
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
