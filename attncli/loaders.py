@@ -259,18 +259,21 @@ def _parse_npy(data: bytes, label: str) -> TensorFile:
         raise InputError(f"{label}: not a valid .npy file (it does not start with the NumPy header)")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise InputError(
-                f"{label}: holds Python objects (an object array); attncli never unpickles files, "
-                "save a numeric array instead"
-            ) from None
-        raise InputError(f"{label}: not a valid .npy file ({_reason(error)})") from None
-    except (OSError, EOFError) as error:
-        raise InputError(f"{label}: not a valid .npy file ({_reason(error)})") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise _numpy_error(error, label, ".npy") from None
     if not isinstance(array, np.ndarray):
         raise InputError(f"{label}: not a .npy file")
     return TensorFile(label, {"tensor": _checked_dtype(array, label)}, named=False)
+
+
+def _numpy_error(error: BaseException, label: str, suffix: str) -> InputError:
+    """What np.load's failure means: an object array it would have had to unpickle, or a bad file."""
+    if isinstance(error, ValueError) and "allow_pickle" in str(error):
+        return InputError(
+            f"{label}: holds Python objects (an object array); attncli never unpickles files, "
+            "save numeric arrays instead"
+        )
+    return InputError(f"{label}: not a valid {suffix} file ({_reason(error)})")
 
 
 def _parse_npz(data: bytes, label: str) -> TensorFile:
@@ -284,15 +287,8 @@ def _parse_npz(data: bytes, label: str) -> TensorFile:
                     metadata = _metadata_from_json(str(array), label)
                     continue
                 tensors[name] = _checked_dtype(array, f"{label}:{name}")
-    except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise InputError(
-                f"{label}: holds Python objects (an object array); attncli never unpickles files, "
-                "save numeric arrays instead"
-            ) from None
-        raise InputError(f"{label}: not a valid .npz file ({_reason(error)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        raise InputError(f"{label}: not a valid .npz file ({_reason(error)})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise _numpy_error(error, label, ".npz") from None
     if not tensors:
         raise InputError(f"{label}: the archive holds no tensors")
     return TensorFile(label, tensors, named=True, metadata=metadata)
