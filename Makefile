@@ -25,8 +25,8 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check attncli tests sample_inputs
-	$(BIN)/ruff format --check attncli tests sample_inputs
+	$(BIN)/ruff check attncli tests sample_inputs docs
+	$(BIN)/ruff format --check attncli tests sample_inputs docs
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed
