@@ -45,6 +45,7 @@ class AttentionResult:
     query_heads_per_key_head: int  # grouped-query attention: > 1 when key/value heads are shared
     masked_rows: torch.Tensor | None  # (..., Lq) bool: query rows whose every key was masked
     input_shapes: Mapping[str, tuple[int, ...]]
+    mask: torch.Tensor | None = None  # the mask as given: bool (True = may attend) or float (added)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -191,6 +192,7 @@ def attention(
         query_heads_per_key_head=group,
         masked_rows=masked_rows,
         input_shapes=input_shapes,
+        mask=mask_tensor,
     )
 
 
@@ -366,6 +368,21 @@ def _leading_axis_names(result: AttentionResult) -> list[str]:
     if has_heads and leading:
         names[-1] = "head"
     return names
+
+
+def masked_positions(result: AttentionResult) -> np.ndarray | None:
+    """Where a key was masked for a query: bool, True = masked, broadcastable to the weights' shape.
+
+    None when nothing was masked. Built from the mask and the causal triangle, never N x N per matrix
+    unless the mask itself is that large, so showing one matrix costs what that matrix costs.
+    """
+    lq, lk = result.weights.shape[-2:]
+    blocked: np.ndarray | None = np.triu(np.ones((lq, lk), dtype=bool), 1) if result.causal else None
+    if result.mask is not None:
+        mask = result.mask.detach().cpu()
+        from_mask = (~mask if mask.dtype == torch.bool else mask == -math.inf).numpy()
+        blocked = from_mask if blocked is None else np.logical_or(blocked, from_mask)
+    return blocked
 
 
 def result_arrays(result: AttentionResult) -> dict[str, np.ndarray]:

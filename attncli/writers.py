@@ -12,7 +12,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,24 +24,28 @@ OUTPUT_FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".json": "json"}
 META_KEY = "meta"
 
 
-def check_output_path(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+def check_output_path(
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    option: str = "--output",
+    suffixes: Collection[str] = tuple(OUTPUT_FORMATS),
+) -> Path:
     """Refuse, before any work is done, an output path that could not or should not be written."""
     target = Path(path)
     suffix = target.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
+    if suffix not in suffixes:
         shown = f"suffix '{suffix}'" if suffix else "no suffix"
-        raise UsageError(
-            f"--output {target}: {shown} is not a format attncli writes ({', '.join(OUTPUT_FORMATS)})"
-        )
+        raise UsageError(f"{option} {target}: {shown} is not supported; {option} takes {', '.join(suffixes)}")
     folder = target.parent
     if not folder.is_dir():
-        raise UsageError(f"--output {target}: the folder {folder} does not exist")
+        raise UsageError(f"{option} {target}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {target}: the folder {folder} is not writable")
+        raise UsageError(f"{option} {target}: the folder {folder} is not writable")
     if target.is_dir():
-        raise UsageError(f"--output {target}: is a directory")
+        raise UsageError(f"{option} {target}: is a directory")
     if target.exists() and not force:
-        raise UsageError(f"--output {target}: the file exists; add --force to replace it")
+        raise UsageError(f"{option} {target}: the file exists; add --force to replace it")
     return target
 
 
@@ -52,13 +56,18 @@ def write_result(
     target = Path(path)
     fmt = OUTPUT_FORMATS.get(target.suffix.lower())
     if fmt == "safetensors":
-        _write_atomically(target, lambda file: file.write(_safetensors_bytes(tensors, metadata)))
+        _write_atomically(target, lambda file: file.write(_safetensors_bytes(tensors, metadata)), "--output")
     elif fmt == "npz":
-        _write_atomically(target, lambda file: _write_npz(file, tensors, metadata))
+        _write_atomically(target, lambda file: _write_npz(file, tensors, metadata), "--output")
     elif fmt == "json":
-        _write_atomically(target, lambda file: file.write(json_text(tensors, metadata).encode()))
+        _write_atomically(target, lambda file: file.write(json_text(tensors, metadata).encode()), "--output")
     else:
         raise UsageError(f"--output {target}: not a format attncli writes ({', '.join(OUTPUT_FORMATS)})")
+
+
+def write_text(path: str | os.PathLike[str], text: str, *, option: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically, as the result files are."""
+    _write_atomically(Path(path), lambda file: file.write(text.encode()), option)
 
 
 def json_text(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> str:
@@ -105,13 +114,13 @@ def _write_npz(file: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapp
     file.write(buffer.getbuffer())
 
 
-def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
+def _write_atomically(target: Path, write: Callable[[BinaryIO], object], option: str) -> None:
     try:
         descriptor, temporary = tempfile.mkstemp(
             dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
         )
     except OSError as error:
-        raise OutputError(f"--output {target}: could not be written: {error.strerror or error}") from None
+        raise OutputError(f"{option} {target}: could not be written: {error.strerror or error}") from None
     try:
         with os.fdopen(descriptor, "wb") as file:
             write(file)
@@ -121,7 +130,7 @@ def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None
         os.replace(temporary, target)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"--output {target}: could not be written: {error.strerror or error}") from None
+        raise OutputError(f"{option} {target}: could not be written: {error.strerror or error}") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -1,0 +1,130 @@
+"""What to show of a result: which matrices, with which labels, how large, in which view.
+
+Plain values and parsing only (no Rich, no torch): the CLI turns options into a `ViewOptions`,
+`render` draws what it says. Problems are `UsageError`s naming the option.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attncli.errors import UsageError
+
+VIEWS = ("table", "heatmap")
+POOLS = ("max", "mean")
+DEFAULT_MAX_MATRICES = 8
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """How `render.result_view` shows a result."""
+
+    view: str = "table"
+    precision: int = 4
+    width: int = 80  # the console's columns
+    max_rows: int = 32  # rows of a table (an ellipsis row included), lines of a heatmap
+    max_cols: int | None = None  # None: as many as fit in `width`
+    full: bool = False  # every row and column, whatever the size
+    pool: str = "max"  # heatmaps larger than the terminal: max or mean of each block
+    colour: bool = True  # False: no colours to rely on (heatmaps use characters)
+    query_labels: Sequence[str] | None = None
+    key_labels: Sequence[str] | None = None
+    batch: Sequence[int] | None = None  # None: every batch entry
+    head: Sequence[int] | None = None  # None: every head
+    max_matrices: int = DEFAULT_MAX_MATRICES  # when no selection was made
+    axes: Sequence[str] = field(default_factory=tuple)  # names of the weights' leading axes
+
+
+def parse_indices(text: str, option: str) -> list[int | slice]:
+    """`2`, `1,3`, `0:4`, `:4`, `4:`, `0:8:2`, or a mix like `0,2:4`; checked against a size later."""
+    items: list[int | slice] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            if ":" in part:
+                pieces = [int(piece) if piece else None for piece in part.split(":")]
+                if (
+                    len(pieces) > 3
+                    or any(piece is not None and piece < 0 for piece in pieces)
+                    or pieces[2:] == [0]
+                ):
+                    raise ValueError
+                items.append(slice(*pieces))
+            else:
+                index = int(part)
+                if index < 0:
+                    raise ValueError
+                items.append(index)
+        except ValueError:
+            raise UsageError(
+                f"{option} {text!r}: not an index, list or range; use e.g. 2, 1,3 or 0:4"
+            ) from None
+    return items
+
+
+def resolve_indices(items: Sequence[int | slice], size: int, option: str, what: str) -> list[int]:
+    """The indices that `items` (from `parse_indices`) name on an axis of `size` `what` (e.g. 'heads')."""
+    resolved: set[int] = set()
+    for item in items:
+        first = item if isinstance(item, int) else (item.start or 0)
+        if first >= size:
+            raise UsageError(_out_of_range(option, first, size, what))
+        resolved.update([item] if isinstance(item, int) else range(*item.indices(size)))
+    return sorted(resolved)
+
+
+def _out_of_range(option: str, index: int, size: int, what: str) -> str:
+    return f"{option} {index}: out of range, there are {size} {what} (0 to {size - 1})"
+
+
+def parse_labels(text: str) -> list[str]:
+    """`--labels "The cat sat"` or `"The,cat,sat"`: commas separate when there are any, else spaces."""
+    if "," in text:
+        return [label.strip() for label in text.split(",")]
+    return text.split()
+
+
+def read_labels(path: str) -> list[str]:
+    """One label per line (a token may contain spaces); a final newline adds no label."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--labels-file {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--labels-file {path}: is a directory") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--labels-file {path}: not UTF-8 text") from None
+    except OSError as error:
+        raise UsageError(f"--labels-file {path}: cannot be read: {error.strerror or error}") from None
+    return text.splitlines()
+
+
+def check_label_count(labels: Sequence[str] | None, positions: int, option: str, axis: str) -> None:
+    if labels is not None and len(labels) != positions:
+        raise UsageError(f"{option}: {len(labels)} labels, but the {axis} has {positions} positions")
+
+
+def matrix_indices(
+    leading_shape: tuple[int, ...],
+    axes: Sequence[str],
+    batch: Sequence[int] | None,
+    head: Sequence[int] | None,
+) -> Iterator[tuple[int, ...]]:
+    """The (batch..., head) indices of the matrices to show, in order.
+
+    `batch` selects along the first batch axis and `head` along the head axis; other axes are
+    shown whole.
+    """
+    choices: list[Sequence[int]] = []
+    batch_done = False
+    for size, axis in zip(leading_shape, axes, strict=False):
+        if axis == "head" and head is not None:
+            choices.append(head)
+        elif axis == "batch" and batch is not None and not batch_done:
+            choices.append(batch)
+            batch_done = True
+        else:
+            choices.append(range(size))
+    yield from itertools.product(*choices)
