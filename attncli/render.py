@@ -10,61 +10,83 @@ matrix depends on what is shown, not on its size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
-from itertools import islice
 from typing import Any
 
 import numpy as np
 from rich import box
 from rich.color import Color
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from attncli.view import ViewOptions, matrix_indices
+
 # Perceptually ordered anchors (viridis) for weights in [0, 1].
-_SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 # Blue for negative, light grey for zero, red for positive (RdBu, reversed).
-_DIVERGING = ((5, 48, 97), (67, 147, 195), (230, 230, 230), (214, 96, 77), (103, 0, 31))
-_LEVELS = 65  # colours are quantised (odd, so zero sits exactly mid-scale): few distinct styles
+DIVERGING = ((5, 48, 97), (67, 147, 195), (230, 230, 230), (214, 96, 77), (103, 0, 31))
+LEVELS = 65  # colours are quantised (odd, so zero sits exactly mid-scale): few distinct styles
 _ELLIPSIS = "…"
-DEFAULT_MAX_ROWS = 32
-DEFAULT_MAX_MATRICES = 8
+MASKED = "·"
+_LABEL_WIDTH = 12  # longer labels are cut, with an ellipsis, to keep columns narrow
 
 
 def result_view(
     weights: np.ndarray,
     output: np.ndarray,
     meta: Mapping[str, Any],
-    *,
-    precision: int = 4,
-    width: int = 80,
-    max_rows: int = DEFAULT_MAX_ROWS,
-    max_matrices: int = DEFAULT_MAX_MATRICES,
+    options: ViewOptions | None = None,
+    blocked: np.ndarray | None = None,
 ) -> Group:
-    """The whole terminal view of a result: header, weight tables, output tables."""
+    """The whole terminal view of a result: header, then each weight matrix, then each output matrix.
+
+    `blocked` (bool, True = masked, broadcastable to the weights) marks masked keys, so they look
+    different from tiny weights.
+    """
+    options = options or ViewOptions()
+    weight_axes = list(options.axes or meta.get("weights_axes") or [])[: max(weights.ndim - 2, 0)]
+    dtype = str(meta.get("dtype", weights.dtype))
+    full_blocked = None if blocked is None else np.broadcast_to(blocked, weights.shape)
+    any_blocked = bool(full_blocked is not None and full_blocked.any())
+
+    def show_weights(index: tuple[int, ...], name: str) -> RenderableType:
+        matrix = weights[index]
+        matrix_blocked = None if full_blocked is None else full_blocked[index]
+        title = weights_summary(name, matrix, matrix_blocked, dtype)
+        if options.view == "heatmap":
+            from attncli.heatmap import heatmap
+
+            return heatmap(
+                matrix,
+                title=title,
+                width=options.width,
+                max_lines=options.max_rows if not options.full else max(matrix.shape[0], 1),
+                pool=options.pool,
+                blocked=matrix_blocked,
+                colour=options.colour,
+            )
+        return weight_table(matrix, options=options, title=title, blocked=matrix_blocked)
+
     parts: list[RenderableType] = [header(meta), Text()]
-    weight_axes = list(meta.get("weights_axes") or [])[: max(weights.ndim - 2, 0)]
-    parts += _matrices(
-        "weights",
-        weights,
-        weight_axes,
-        lambda m, t: weight_table(m, precision=precision, width=width, max_rows=max_rows, title=t),
-        max_matrices,
-    )
-    parts.append(weights_legend())
+    parts += _matrices("weights", weights, weight_axes, options, show_weights)
+    if options.view == "table":
+        parts.append(weights_legend(any_blocked))
     parts.append(Text())
+
     limit = float(np.abs(output).max()) if output.size else 0.0
-    output_axes = weight_axes[: max(output.ndim - 2, 0)]
-    parts += _matrices(
-        "output",
-        output,
-        output_axes,
-        lambda m, t: output_table(m, limit, precision=precision, width=width, max_rows=max_rows, title=t),
-        max_matrices,
-    )
-    parts.append(output_legend(limit, precision))
+    output_axes = [a for a in weight_axes if a != "head"] if meta.get("heads") else weight_axes
+    output_axes = output_axes[: max(output.ndim - 2, 0)]
+
+    def show_output(index: tuple[int, ...], name: str) -> RenderableType:
+        matrix = output[index]
+        return output_table(matrix, limit, options=options, title=output_summary(name, matrix, dtype))
+
+    parts += _matrices("output", output, output_axes, options, show_output)
+    parts.append(output_legend(limit, options.precision))
     return Group(*parts)
 
 
@@ -96,54 +118,97 @@ def header(meta: Mapping[str, Any]) -> Text:
     return text
 
 
+def weights_summary(name: str, matrix: np.ndarray, blocked: np.ndarray | None, dtype: str) -> str:
+    """One line about a weight matrix, in the spirit of lovely-tensors, e.g.
+    `weights[0, 3] (batch 0, head 3)  12×12  float32  min=0.001 max=0.873 rowsum=1±2e-07 entropy=1.21 nats`
+
+    Masked keys are left out of min; rows with every key masked are left out of rowsum and entropy.
+    """
+    rows, cols = matrix.shape
+    values = matrix.astype(np.float64)
+    open_keys = (
+        np.ones(values.shape, dtype=bool) if blocked is None else ~np.broadcast_to(blocked, values.shape)
+    )
+    live_rows = open_keys.any(axis=1)
+    text = f"{name}  {rows}×{cols}  {dtype}"
+    if not live_rows.any():
+        return text + "  every key masked"
+    visible = values[open_keys]
+    live = values[live_rows]
+    deviation = float(np.abs(live.sum(axis=1) - 1).max())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(live > 0, live * np.log(live), 0.0).sum(axis=1)
+    spread = "0" if deviation == 0 else f"{deviation:.0e}"
+    # key=value, so that a line too long for the terminal breaks between figures, not inside one
+    return (
+        f"{text}  min={visible.min():.3g} max={visible.max():.3g} rowsum=1±{spread}"
+        f" entropy={float(entropy.mean()):.3g} nats"
+    )
+
+
+def output_summary(name: str, matrix: np.ndarray, dtype: str) -> str:
+    """`output[0]  12×64  float32  min=-1.2 max=0.93 mean=0.012 std=0.41`."""
+    values = matrix.astype(np.float64)
+    rows, cols = matrix.shape
+    return (
+        f"{name}  {rows}×{cols}  {dtype}  min={values.min():.3g} max={values.max():.3g}"
+        f" mean={values.mean():.3g} std={values.std():.3g}"
+    )
+
+
 def weight_table(
     matrix: np.ndarray,
     *,
-    precision: int = 4,
-    width: int = 80,
-    max_rows: int = DEFAULT_MAX_ROWS,
+    options: ViewOptions | None = None,
     title: str = "",
+    blocked: np.ndarray | None = None,
 ) -> Group:
-    """One (Lq, Lk) weight matrix as a heatmap table; the largest weight of each row in bold."""
+    """One (Lq, Lk) weight matrix as a heatmap table: the largest weight of each row in bold,
+    masked keys as a dim dot."""
+    options = options or ViewOptions()
     row_max = matrix.max(axis=1) if matrix.size else np.zeros(matrix.shape[0])
 
     def style(row: int, value: float) -> Style:
-        return _style(_SEQUENTIAL, _level(value), bold=value == row_max[row] and value > 0)
+        return _style(SEQUENTIAL, _level(value), bold=value == row_max[row] and value > 0)
 
-    return _matrix_table(matrix, style, precision, width, max_rows, title, corner="q\\k")
+    return _matrix_table(
+        matrix,
+        style,
+        options,
+        title,
+        corner="q\\k",
+        row_labels=options.query_labels,
+        col_labels=options.key_labels,
+        blocked=None if blocked is None else np.broadcast_to(blocked, matrix.shape),
+    )
 
 
 def output_table(
-    matrix: np.ndarray,
-    limit: float,
-    *,
-    precision: int = 4,
-    width: int = 80,
-    max_rows: int = DEFAULT_MAX_ROWS,
-    title: str = "",
+    matrix: np.ndarray, limit: float, *, options: ViewOptions | None = None, title: str = ""
 ) -> Group:
     """One (Lq, Dv) output matrix; colour from -limit (blue) through 0 (grey) to +limit (red)."""
+    options = options or ViewOptions()
 
     def style(row: int, value: float) -> Style:
-        return _style(
-            _DIVERGING, _level(0.5 + 0.5 * value / limit) if limit > 0 else _LEVELS // 2, bold=False
-        )
+        return _style(DIVERGING, _level(0.5 + 0.5 * value / limit) if limit > 0 else LEVELS // 2, bold=False)
 
-    return _matrix_table(matrix, style, precision, width, max_rows, title, corner="q\\f")
+    return _matrix_table(matrix, style, options, title, corner="q\\f", row_labels=options.query_labels)
 
 
-def weights_legend() -> Text:
+def weights_legend(masked: bool = False) -> Text:
     text = Text("colour: 0 ", style="dim")
     for step in range(16):
-        text.append("█", style=Style(color=_rgb_color(_lerp(_SEQUENTIAL, step / 15))))
+        text.append("█", style=Style(color=_rgb_color(lerp(SEQUENTIAL, step / 15))))
     text.append(" 1, one scale for all tables · bold: row maximum", style="dim")
+    if masked:
+        text.append(f" · {MASKED}: masked", style="dim")
     return text
 
 
 def output_legend(limit: float, precision: int) -> Text:
     text = Text(f"colour: -{limit:.{precision}g} ", style="dim")
     for step in range(16):
-        text.append("█", style=Style(color=_rgb_color(_lerp(_DIVERGING, step / 15))))
+        text.append("█", style=Style(color=_rgb_color(lerp(DIVERGING, step / 15))))
     text.append(f" +{limit:.{precision}g}, grey at 0", style="dim")
     return text
 
@@ -167,88 +232,103 @@ def _matrices(
     name: str,
     tensor: np.ndarray,
     axes: Sequence[str],
-    table: Callable[[np.ndarray, str], Group],
-    max_matrices: int,
+    options: ViewOptions,
+    show: Callable[[tuple[int, ...], str], RenderableType],
 ) -> list[RenderableType]:
-    """One titled table per matrix of `tensor` (..., rows, cols), at most `max_matrices` of them."""
+    """One titled renderable per chosen matrix of `tensor` (..., rows, cols).
+
+    With no --batch/--head choice, at most `options.max_matrices`, then a line saying how to choose.
+    """
     if tensor.ndim < 2:
         tensor = tensor.reshape(1, -1)
     leading = tensor.shape[:-2]
-    total = math.prod(leading)
+    chosen = options.batch is not None or options.head is not None
+    indices = list(matrix_indices(leading, axes, options.batch, options.head))
+    limit = len(indices) if chosen else options.max_matrices
     parts: list[RenderableType] = []
-    for index in islice(_indices(leading), max_matrices):
-        parts.append(table(tensor[index], _title(name, index, axes, tensor.shape[-2:])))
-    if total > max_matrices:
+    for number, index in enumerate(indices[:limit]):
+        if number:
+            parts.append(Text())  # a blank line between matrices
+        parts.append(show(index, _title(name, index, axes)))
+    if len(indices) > limit:
+        how = " --head H" if "head" in axes else ""
+        how = (" --batch I" if "batch" in axes else "") + how
         parts.append(
             Text(
-                f"{_ELLIPSIS} {total - max_matrices} more {name} matrices not shown "
-                f"({name} {_shape_text(tensor.shape)}); save them all with -o FILE",
+                f"{_ELLIPSIS} {len(indices) - limit} more {name} matrices not shown ({name} "
+                f"{_shape_text(tensor.shape)}); choose them with{how or ' -o FILE'} "
+                "(e.g. 0:4 or 1,3), or save them all with -o FILE",
                 style="yellow",
             )
         )
     return parts
 
 
-def _indices(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
-    yield from np.ndindex(*shape) if shape else iter([()])
-
-
-def _title(name: str, index: tuple[int, ...], axes: Sequence[str], shape: tuple[int, ...]) -> str:
+def _title(name: str, index: tuple[int, ...], axes: Sequence[str]) -> str:
     where = f"[{', '.join(map(str, index))}]" if index else ""
     named = ", ".join(f"{axis} {i}" for axis, i in zip(axes, index, strict=False)) if axes else ""
-    return f"{name}{where}" + (f" ({named})" if named else "") + f"  {shape[0]}×{shape[1]}"
+    return f"{name}{where}" + (f" ({named})" if named else "")
 
 
 def _matrix_table(
     matrix: np.ndarray,
     style: Callable[[int, float], Style],
-    precision: int,
-    width: int,
-    max_rows: int,
+    options: ViewOptions,
     title: str,
     corner: str,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    blocked: np.ndarray | None = None,
 ) -> Group:
     rows, cols = matrix.shape
+    precision = options.precision
     # The widest text is that of the smallest or the largest value: no need to format them all.
     extremes = [float(matrix.min()), float(matrix.max())] if matrix.size else [0.0]
-    cell_width = max(*(len(f"{x:.{precision}f}") for x in extremes), len(str(cols - 1)))
-    label_width = max(len(corner), len(str(rows - 1)))
-    row_indices = visible_indices(rows, max_rows)
-    col_indices = visible_indices(cols, columns_that_fit(width, cell_width, label_width))
-    shown_matrix = matrix[
-        np.ix_([i for i in row_indices if i is not None], [j for j in col_indices if j is not None])
-    ]
-    texts = _formatted(shown_matrix, precision)
-    row_position = {i: n for n, i in enumerate(i for i in row_indices if i is not None)}
-    col_position = {j: n for n, j in enumerate(j for j in col_indices if j is not None)}
-    shown_rows = sum(i is not None for i in row_indices)
-    shown_cols = sum(i is not None for i in col_indices)
-    if (shown_rows, shown_cols) != (rows, cols):
-        title += f"  (showing {shown_rows} rows × {shown_cols} columns)"
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
-    )
+    cell_width = max(len(f"{x:.{precision}f}") for x in extremes)
+    row_names = [_cut(label) for label in row_labels] if row_labels else [str(i) for i in range(rows)]
+    col_names = [_cut(label) for label in col_labels] if col_labels else [str(j) for j in range(cols)]
+    cell_width = max(cell_width, len(col_names[-1]), *(len(n) for n in col_names[:64]))
+    label_width = max(len(corner), *(len(n) for n in row_names[:64]), len(row_names[-1]))
+    if options.full:
+        row_indices: list[int | None] = list(range(rows))
+        col_indices: list[int | None] = list(range(cols))
+    else:
+        row_indices = visible_indices(rows, options.max_rows)
+        fit = columns_that_fit(options.width, cell_width, label_width)
+        col_indices = visible_indices(cols, min(fit, options.max_cols or fit))
+    shown_row_list = [i for i in row_indices if i is not None]
+    shown_col_list = [j for j in col_indices if j is not None]
+    texts = _formatted(matrix[np.ix_(shown_row_list, shown_col_list)], precision)
+    row_position = {i: n for n, i in enumerate(shown_row_list)}
+    col_position = {j: n for n, j in enumerate(shown_col_list)}
+    if (len(shown_row_list), len(shown_col_list)) != (rows, cols):
+        title += f"  (showing {len(shown_row_list)} rows × {len(shown_col_list)} columns)"
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column(corner, justify="right", style="dim", no_wrap=True)
     for j in col_indices:
-        table.add_column(_ELLIPSIS if j is None else str(j), justify="right", no_wrap=True)
+        table.add_column(_ELLIPSIS if j is None else col_names[j], justify="right", no_wrap=True)
     for i in row_indices:
         if i is None:
             table.add_row(_ELLIPSIS, *(_ELLIPSIS for _ in col_indices))
             continue
-        cells: list[RenderableType] = [str(i)]
+        cells: list[RenderableType] = [row_names[i]]
         for j in col_indices:
             if j is None:
                 cells.append(_ELLIPSIS)
+            elif blocked is not None and blocked[i, j]:
+                cells.append(Text(MASKED, style="dim"))
             else:
                 cells.append(
                     Text(texts[row_position[i], col_position[j]], style=style(i, float(matrix[i, j])))
                 )
         table.add_row(*cells)
     return Group(Text(title, style="bold"), table)
+
+
+def _cut(label: str) -> str:
+    """A label short enough for a column header, and on one line."""
+    label = " ".join(label.split()) or "␣"
+    return label if len(label) <= _LABEL_WIDTH else label[: _LABEL_WIDTH - 1] + _ELLIPSIS
 
 
 def _formatted(matrix: np.ndarray, precision: int) -> np.ndarray:
@@ -258,7 +338,7 @@ def _formatted(matrix: np.ndarray, precision: int) -> np.ndarray:
 
 
 def _level(t: float) -> int:
-    return min(_LEVELS - 1, max(0, round(t * (_LEVELS - 1))))
+    return min(LEVELS - 1, max(0, round(t * (LEVELS - 1))))
 
 
 def _style(anchors: tuple[tuple[int, int, int], ...], level: int, bold: bool) -> Style:
@@ -267,15 +347,15 @@ def _style(anchors: tuple[tuple[int, int, int], ...], level: int, bold: bool) ->
     return Style(color=foreground, bgcolor=_rgb_color(background), bold=bold)
 
 
-@lru_cache(maxsize=2 * _LEVELS)
+@lru_cache(maxsize=2 * LEVELS)
 def _colours(anchors: tuple[tuple[int, int, int], ...], level: int) -> tuple[str, tuple[int, int, int]]:
     """Text and background colour for a level: black text on light backgrounds, white on dark."""
-    red, green, blue = _lerp(anchors, level / (_LEVELS - 1))
+    red, green, blue = lerp(anchors, level / (LEVELS - 1))
     luminance = (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
     return ("black" if luminance > 0.45 else "white"), (red, green, blue)
 
 
-def _lerp(anchors: tuple[tuple[int, int, int], ...], t: float) -> tuple[int, int, int]:
+def lerp(anchors: tuple[tuple[int, int, int], ...], t: float) -> tuple[int, int, int]:
     position = min(max(t, 0.0), 1.0) * (len(anchors) - 1)
     low = min(int(position), len(anchors) - 2)
     fraction = position - low
@@ -303,3 +383,21 @@ def _scale_text(meta: Mapping[str, Any]) -> str:
         if features and math.isclose(scale, 1 / math.sqrt(features), rel_tol=1e-12):
             text += f" = 1/√{features}"
     return text
+
+
+def export_svg(console: Console, title: str) -> str:
+    """What `console` recorded, as a standalone SVG: Rich's template without its web-font download."""
+    from rich._export_format import CONSOLE_SVG_FORMAT
+
+    # Keep local() fonts and fall back to the system's monospace fonts; fetch nothing.
+    template = re.sub(r',\s*url\("[^"]*"\) format\("[^"]*"\)', "", CONSOLE_SVG_FORMAT)
+    template = template.replace("font-family: Fira Code, monospace;", _SVG_FONTS)
+    return console.export_svg(title=title, code_format=template, clear=False)
+
+
+def export_html(console: Console) -> str:
+    """What `console` recorded, as a standalone HTML page with inline styles (no stylesheet to fetch)."""
+    return console.export_html(inline_styles=True, clear=False)
+
+
+_SVG_FONTS = "font-family: Fira Code, 'DejaVu Sans Mono', Menlo, Consolas, monospace;"

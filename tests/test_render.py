@@ -12,6 +12,7 @@ from reference import reference_attention
 from rich.console import Console
 
 from attncli.render import output_table, result_view, visible_indices, weight_table
+from attncli.view import ViewOptions
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # UPDATE_GOLDEN=1 pytest tests/test_render.py rewrites them
@@ -70,15 +71,16 @@ def test_batched_heads_titles_and_the_matrix_limit_match_golden():
         "weights_axes": ["batch", "head", "query", "key"],
         "input_shapes": {"query": [2, 5, 4, 2], "key": [2, 5, 4, 2], "value": [2, 5, 4, 2]},
     }
-    text = render(result_view(weights, output, meta, precision=2, max_matrices=3))
+    text = render(result_view(weights, output, meta, ViewOptions(precision=2, max_matrices=3)))
     check_golden("heads_view.txt", text)
-    assert "weights[0, 2] (batch 0, head 2)  4×4" in text
+    assert "weights[0, 2] (batch 0, head 2)  4×4  float64  min=" in text
     assert "7 more weights matrices not shown" in text
+    assert "--batch I --head H (e.g. 0:4 or 1,3)" in text
 
 
 def test_every_number_shown_is_the_value_rounded():
     weights, output = seed_result()
-    text = render(result_view(weights, output, seed_meta(weights, output), precision=3))
+    text = render(result_view(weights, output, seed_meta(weights, output), ViewOptions(precision=3)))
     for number in (*weights.ravel(), *output.ravel()):
         assert f"{number:.3f}" in text
 
@@ -92,7 +94,7 @@ def test_visible_indices_keep_first_and_last():
 @pytest.mark.parametrize("width", [60, 120])
 def test_a_2048_square_matrix_fits_the_width_and_a_bounded_number_of_lines(width):
     weights = np.full((2048, 2048), 1 / 2048)
-    text = render(weight_table(weights, width=width, title="weights"), width=width)
+    text = render(weight_table(weights, options=ViewOptions(width=width), title="weights"), width=width)
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= width
     assert len(lines) < 40
@@ -127,3 +129,76 @@ def test_weight_colours_use_one_fixed_scale():
     assert cell_background(weight_table(low), column=1) == (253, 231, 37)  # 1 is always the brightest
     # 0.5 is mid-scale whatever else the matrix holds: colours compare across tables
     assert cell_background(weight_table(high), column=1) == (33, 145, 140)
+
+
+# --- labels, selection, limits, masked cells, summaries ---------------------------------------
+
+
+def test_labels_name_rows_and_columns_and_survive_cropping():
+    words = [f"tok{i}" for i in range(100)]
+    weights = np.full((100, 100), 0.01)
+    options = ViewOptions(width=80, max_rows=9, query_labels=words, key_labels=words)
+    text = render(weight_table(weights, options=options, title="w"), width=80)
+    lines = text.splitlines()
+    assert lines[1].split()[1:4] == ["tok0", "tok1", "tok2"]  # column headers
+    assert lines[1].split()[-1] == "tok99"  # the last column keeps its label
+    assert lines[3].split()[0] == "tok0"  # row labels
+    assert lines[-1].split()[0] == "tok99"  # the last row keeps its label
+    assert "…" in text
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_long_and_blank_labels_are_cut_and_shown():
+    options = ViewOptions(query_labels=["a" * 30, " "], key_labels=["x", "y"])
+    text = render(weight_table(np.array([[0.5, 0.5], [0.2, 0.8]]), options=options, title="w"))
+    assert "a" * 11 + "…" in text
+    assert "␣" in text
+
+
+def test_masked_cells_are_dots_and_the_summary_ignores_them():
+    weights = np.array([[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.2, 0.3, 0.5]])
+    blocked = np.triu(np.ones((3, 3), dtype=bool), 1)
+    meta = {**seed_meta(weights, weights), "causal": True}
+    text = render(result_view(weights, weights, meta, ViewOptions(width=120), blocked), width=120)
+    weight_rows = text.split("\noutput")[0].split("───\n")[1].splitlines()[:3]
+    assert [row.split()[1:] for row in weight_rows] == [
+        ["1.0000", "·", "·"],
+        ["0.2500", "0.7500", "·"],
+        ["0.2000", "0.3000", "0.5000"],
+    ]
+    assert "·: masked" in text
+    # min over the unmasked weights only: 0.2, not the masked zeros
+    assert "min=0.2 max=1" in text
+
+
+def test_summary_figures_match_numpy():
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((6, 7))
+    weights = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+    entropy = float(np.mean(-(weights * np.log(weights)).sum(1)))
+    text = render(
+        result_view(weights, weights[:, :3], seed_meta(weights, weights), ViewOptions(width=200)), width=200
+    )
+    assert f"min={weights.min():.3g} max={weights.max():.3g}" in text
+    assert f"entropy={entropy:.3g} nats" in text
+    output = weights[:, :3]
+    assert f"mean={output.mean():.3g} std={output.std():.3g}" in text
+
+
+def test_selection_shows_exactly_the_chosen_heads():
+    weights = np.full((2, 6, 3, 3), 1 / 3)
+    meta = {**seed_meta(weights, weights), "weights_axes": ["batch", "head", "query", "key"]}
+    options = ViewOptions(batch=[1], head=[0, 4])
+    text = render(result_view(weights, weights, meta, options), width=100)
+    titles = [line.split("  ")[0] for line in text.splitlines() if line.startswith("weights[")]
+    assert titles == ["weights[1, 0] (batch 1, head 0)", "weights[1, 4] (batch 1, head 4)"]
+    assert "not shown" not in text
+
+
+def test_full_and_max_cols():
+    weights = np.full((40, 40), 1 / 40)
+    full = render(weight_table(weights, options=ViewOptions(full=True), title="w"), width=500)
+    assert "…" not in full
+    assert len(full.splitlines()) == 1 + 2 + 40
+    narrow = render(weight_table(weights, options=ViewOptions(max_cols=5), title="w"), width=200)
+    assert "(showing 31 rows × 4 columns)" in narrow  # and an ellipsis row and column
