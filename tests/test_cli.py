@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -474,3 +475,131 @@ def test_closed_stdout_pipe_exits_quietly(tmp_path):
         status = process.wait(timeout=120)
     assert stderr == ""
     assert status == 0
+
+
+# --- what is shown: labels, selection, limits, exports ---------------------------------------
+
+
+def test_labels_from_text_and_file_become_headers(samples, tmp_path):
+    result = invoke("compute", str(samples / "seed.npz"), "--labels", "The,cat,sat")
+    assert result.exit_code == 0, result.output
+    assert "q\\k     The     cat     sat" in result.stdout
+    (tmp_path / "tokens.txt").write_text("<s>\nthe cat\nsat\n")
+    result = invoke("compute", str(samples / "seed.npz"), "--labels-file", str(tmp_path / "tokens.txt"))
+    assert result.exit_code == 0, result.output
+    assert "the cat" in result.stdout
+    assert "<s>" in result.stdout
+
+
+def test_query_and_key_labels_for_cross_attention(tmp_path, qkv):
+    result = invoke(
+        "compute",
+        str(tmp_path / "qkv.npz"),
+        "--batch",
+        "0",
+        "--query-labels",
+        "a b c d e",
+        "--key-labels",
+        "u,v,w,x,y,z",
+    )
+    assert result.exit_code == 0, result.output
+    assert "q\\k       u       v       w       x       y       z" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--labels", "a b"], ["--labels: 2 labels, but the query has 3 positions"]),
+        (["--key-labels", "a b c d"], ["--key-labels: 4 labels, but the key has 3 positions"]),
+        (["--labels", "a b c", "--labels-file", "x.txt"], ["--labels or --labels-file"]),
+        (["--labels-file", "no-such.txt"], ["--labels-file no-such.txt: no such file"]),
+        (["--head", "0"], ["--head 0", "no head axis"]),
+        (["--batch", "x"], ["--batch 'x'", "not an index"]),
+        (["--view", "pie"], ["--view", "pie"]),
+        (["--pool", "median"], ["--pool", "median"]),
+        (["--max-rows", "1"], ["--max-rows"]),
+        (["--export-svg", "out.png"], ["--export-svg out.png", ".svg"]),
+        (["--export-html", "/no/such/dir/x.html"], ["--export-html", "does not exist"]),
+    ],
+)
+def test_display_option_errors(samples, args, words):
+    assert_error(invoke("compute", str(samples / "seed.npz"), *args), *words)
+
+
+def test_head_out_of_range_names_the_count_and_writes_nothing(samples, tmp_path):
+    target = tmp_path / "r.npz"
+    result = invoke("compute", str(samples / "multihead.safetensors"), "--head", "2,7", "-o", str(target))
+    assert_error(result, "--head 7: out of range, there are 4 heads (0 to 3)")
+    assert not target.exists()
+
+
+def test_batch_and_head_choose_the_matrices(samples):
+    result = invoke("compute", str(samples / "multihead.safetensors"), "--batch", "1", "--head", "0:4:3")
+    assert result.exit_code == 0, result.output
+    titles = [
+        line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith(("weights[", "output["))
+    ]
+    assert titles == [
+        "weights[1, 0] (batch 1, head 0)",
+        "weights[1, 3] (batch 1, head 3)",
+        "output[1, 0] (batch 1, head 0)",
+        "output[1, 3] (batch 1, head 3)",
+    ]
+
+
+def test_many_matrices_are_capped_with_a_hint(samples):
+    result = invoke("compute", str(samples / "multihead.safetensors"), "--heads", "2")  # 16 matrices
+    assert result.exit_code == 0, result.output
+    assert "more weights matrices not shown" in result.stdout
+    assert "--head H" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["svg", "html"])
+def test_exports_are_standalone_and_hold_what_was_shown(samples, tmp_path, kind):
+    target = tmp_path / f"seed.{kind}"
+    result = invoke("compute", str(samples / "seed.npz"), f"--export-{kind}", str(target))
+    assert result.exit_code == 0, result.output
+    picture = target.read_text()
+    fetched = [
+        address for address in re.findall(r"https?://[^\"' )]+", picture) if "www.w3.org" not in address
+    ]
+    assert all("textualize.io" in address for address in fetched), fetched  # only Rich's comment, no fetch
+    assert "@import" not in picture
+    with np.load(samples / "seed.npz") as archive:
+        weights, _ = reference_attention(archive["query"], archive["key"], archive["value"])
+    for number in weights.ravel():
+        assert f"{number:.4f}" in picture
+    # an existing picture is kept without --force
+    before = target.read_bytes()
+    assert_error(invoke("compute", str(samples / "seed.npz"), f"--export-{kind}", str(target)), "--force")
+    assert target.read_bytes() == before
+
+
+def test_export_with_quiet_prints_nothing_but_saves(samples, tmp_path):
+    target = tmp_path / "seed.svg"
+    result = invoke("compute", str(samples / "seed.npz"), "-q", "--export-svg", str(target))
+    assert result.exit_code == 0
+    assert result.output == ""
+    assert "0.4223" in target.read_text()
+
+
+def test_heatmap_view_of_a_long_causal_pattern(samples):
+    args = [
+        "compute",
+        str(samples / "pattern.safetensors"),
+        "--causal",
+        "--view",
+        "heatmap",
+        "--max-rows",
+        "16",
+    ]
+    for pool in ("max", "mean"):
+        result = invoke(*args, "--pool", pool)
+        assert result.exit_code == 0, result.output
+        assert f"each cell: {pool} of " in result.stdout
+        picture = [line for line in result.stdout.splitlines() if re.fullmatch(r" *\d* [ .:=+*#%@·-]+", line)]
+        assert len(picture) == 16  # one line per pooled row, no more than asked for
+        assert all(len(line) <= 100 for line in result.stdout.splitlines())
+        # causal: the first line's pooled row has masked cells to the right, the last line has none
+        assert picture[0].rstrip().endswith("·")
+        assert not picture[-1].rstrip().endswith("·")
