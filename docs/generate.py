@@ -9,7 +9,6 @@ sample_inputs/, so the docs cannot drift from the program.
 
 from __future__ import annotations
 
-import io
 import os
 import shlex
 import subprocess
@@ -42,6 +41,23 @@ EXAMPLES = [
         "attn compute sample_inputs/multihead.safetensors --mask sample_inputs/padding_mask.npy -q "
         "-o /tmp/attncli-docs-result.npz --force && echo saved",
         "Save weights, output and metadata without printing them.",
+    ),
+    (
+        "attn compute sample_inputs/seed.npz --labels 'The cat sat' --precision 3",
+        "Labels name the positions (`--query-labels`/`--key-labels` for cross-attention).",
+    ),
+    (
+        "attn compute sample_inputs/multihead.safetensors --mask sample_inputs/padding_mask.npy "
+        "--batch 1 --head 1 --precision 2",
+        "Choose matrices with `--batch` and `--head` (`0`, `1,3`, `0:4`); masked keys show as `·`.",
+    ),
+    (
+        "attn compute sample_inputs/pattern.safetensors --causal --max-rows 12 --precision 2",
+        "A 512 × 512 matrix, cropped the way NumPy prints large arrays.",
+    ),
+    (
+        "attn compute sample_inputs/pattern.safetensors --causal --view heatmap --max-rows 20",
+        "The same as a heatmap (here without colour, as in a pipe: density characters instead).",
     ),
 ]
 ERRORS = [
@@ -92,39 +108,40 @@ def cli_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+# (file in docs/images/, command line): pictures the tool itself exports, run from the repository root.
+PICTURES = [
+    ("seed.svg", "attn compute sample_inputs/seed.npz --labels 'The cat sat'"),
+    (
+        "heatmap-pattern.svg",
+        "attn compute sample_inputs/pattern.safetensors --causal --view heatmap --max-rows 28",
+    ),
+    (
+        "table-pattern.svg",
+        "attn compute sample_inputs/pattern.safetensors --causal --max-rows 14 --precision 3",
+    ),
+    (
+        "multihead-selection.svg",
+        "attn compute sample_inputs/multihead.safetensors --mask sample_inputs/padding_mask.npy "
+        "--batch 1 --head 0:2 --precision 2",
+    ),
+]
+
+
 def pictures() -> None:
-    """SVG pictures of what `attn compute` shows in a truecolour terminal."""
-    from rich.console import Console
-
-    from attncli.core import attention, describe, result_arrays
-    from attncli.loaders import load_attention_inputs, load_mask
-    from attncli.render import result_view
-
-    cases = {
-        "seed.svg": (["sample_inputs/seed.npz"], None, {}),
-        "multihead-causal.svg": (
-            ["sample_inputs/multihead.safetensors"],
-            "sample_inputs/padding_mask.npy",
-            {"causal": True},
-        ),
-    }
-    os.chdir(REPO)
-    for name, (specs, mask_path, options) in cases.items():
-        inputs = load_attention_inputs(specs)
-        mask = load_mask(mask_path) if mask_path else None
-        result = attention(inputs.query, inputs.key, inputs.value, mask=mask, **options)
-        meta = {**describe(result), "sources": inputs.sources, "mask": mask_path}
-        console = Console(
-            record=True, width=WIDTH, file=io.StringIO(), force_terminal=True, color_system="truecolor"
+    """SVG pictures of what `attn compute` shows in a truecolour terminal, exported by attn itself."""
+    env = {**os.environ, "COLUMNS": str(WIDTH), "COLORTERM": "truecolor", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for name, command in PICTURES:
+        target = (DOCS / "images" / name).relative_to(REPO)
+        subprocess.run(
+            f"{command} -q --force --export-svg {shlex.quote(str(target))}",
+            shell=True,
+            cwd=REPO,
+            env=env,
+            check=True,
+            stdin=subprocess.DEVNULL,
         )
-        arrays = result_arrays(result)
-        command = "attn compute " + " ".join(specs)
-        if mask_path:
-            command += f" --mask {mask_path}"
-        command += "".join(f" --{key}" for key, on in options.items() if on)
-        console.print(f"$ {command}", style="bold", markup=False, highlight=False)
-        console.print(result_view(arrays["weights"], arrays["output"], meta, width=WIDTH, max_matrices=2))
-        console.save_svg(str(DOCS / "images" / name), title=shlex.join(["attn", "compute", *specs]))
 
 
 def main() -> int:
