@@ -23,7 +23,6 @@ from reference import reference_attention
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
-from attncli import cli
 from attncli.cli import app
 
 runner = CliRunner()
@@ -374,7 +373,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(samples):
 
 
 def test_no_path_and_a_terminal_on_stdin_shows_an_example(monkeypatch):
-    monkeypatch.setattr(cli, "_stdin", lambda: None)
+    monkeypatch.setattr("attncli.cli._app.stdin", lambda: None)
     assert_error(invoke("compute"), "no input", "cat qkv.json | attn compute")
 
 

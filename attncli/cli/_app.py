@@ -1,0 +1,170 @@
+"""The `attn` application: the command group, its error handling, and what every command shares.
+
+Only the command line reads argv, writes to the terminal and exits; everything else is in plain
+modules. torch and NumPy are imported inside the commands that need them, so `attn --help`,
+`attn --version` and usage errors start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
+
+import typer
+from typer.core import TyperGroup
+
+from attncli import __version__
+from attncli.errors import AttnError, ExitCode
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class AttnGroup(TyperGroup):
+    """Maps every failure to one `attn: error: ...` line on stderr and a documented exit status."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> NoReturn:
+        argv = list(sys.argv[1:] if args is None else args)
+        options = argv[: argv.index("--")] if "--" in argv else argv
+        show_traceback = "--traceback" in options
+        if show_traceback:  # accepted anywhere on the line, before or after the command
+            argv.remove("--traceback")
+        try:
+            status = super().main(argv, prog_name or "attn", complete_var, standalone_mode=False, **extra)
+        except AttnError as error:
+            if show_traceback:
+                raise
+            fail(str(error), error.exit_code)
+        except typer.TyperException as error:  # Click's usage errors: bad options, missing values
+            if show_traceback:
+                raise
+            message = error.format_message().replace("Value error, ", "").rstrip(".")
+            context = getattr(error, "ctx", None)
+            if context is not None:
+                message += f" (see '{context.command_path} --help')"
+            fail(message, getattr(error, "exit_code", ExitCode.USAGE))
+        except (KeyboardInterrupt, typer.Abort):
+            sys.exit(ExitCode.INTERRUPTED)
+        except BrokenPipeError:
+            silence_stdout()
+            sys.exit(ExitCode.OK)
+        except Exception as error:
+            if show_traceback:
+                raise
+            fail(
+                f"internal error: {type(error).__name__}: {error} (run again with --traceback and report it)",
+                ExitCode.INTERNAL,
+            )
+        sys.exit(status if isinstance(status, int) else ExitCode.OK)
+
+
+app = typer.Typer(
+    cls=AttnGroup,
+    name="attn",
+    help="See attention weights in the terminal: compute, show and save attention from tensor files.",
+    rich_markup_mode="rich",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    context: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    show_traceback: Annotated[
+        bool, typer.Option("--traceback", help="On an error, show the Python traceback (for bug reports).")
+    ] = False,
+) -> None:
+    """attncli: compute attention from query/key/value files and see its weights.
+
+    [bold]Examples[/]
+
+      attn demo
+      attn compute q.npy k.npy v.npy
+      cat qkv.json | attn compute --format json
+      attn compute x.safetensors --heads 8 --causal -o result.safetensors
+
+    Exit status: 0 success, 2 bad usage or input, 3 could not compute or write, 130 interrupted.
+    """
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
+
+
+def console(no_color: bool, record: bool = False, silent: bool = False) -> Console:
+    import io
+
+    from rich.console import Console
+
+    if silent:  # render only for an export: same width and colours as the terminal would get
+        return Console(
+            file=io.StringIO(),
+            record=record,
+            highlight=False,
+            no_color=no_color or None,
+            width=Console().width,
+            force_terminal=True,
+        )
+    return Console(highlight=False, no_color=True if no_color else None, record=record)
+
+
+def stdin() -> BinaryIO | None:
+    """The binary stdin when something is piped in; None for a terminal or no stdin at all."""
+    stream = sys.stdin
+    if stream is None or stream.closed:
+        return None
+    try:
+        if stream.isatty():
+            return None
+    except ValueError:
+        return None
+    buffer = getattr(stream, "buffer", None)
+    return buffer if buffer is not None else None
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"attn: warning: {message}\n")
+
+
+def fail(message: str, status: int) -> NoReturn:
+    sys.stderr.write(f"attn: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(status)
+
+
+def silence_stdout() -> None:
+    """After the reader of our stdout went away, send what is left nowhere instead of failing at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main() -> None:
+    """The `attn` console script."""
+    import attncli.cli  # noqa: F401 - registers the commands
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""What commands share about showing a result: the display options, and finishing a result
+(checks, warnings, saving, rendering, exporting)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from attncli import __version__
+from attncli.cli._app import console as make_console
+from attncli.cli._app import warn
+from attncli.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from attncli.core import AttentionResult
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class View(str, Enum):
+    table = "table"
+    heatmap = "heatmap"
+
+
+class Pool(str, Enum):
+    max = "max"
+    mean = "mean"
+
+
+ATTENTION, DISPLAY, SAVE = "Attention", "Display", "Save"
+PrecisionOption = Annotated[
+    int,
+    typer.Option(
+        "--precision",
+        min=0,
+        max=12,
+        help="Digits after the decimal point in tables.",
+        rich_help_panel=DISPLAY,
+    ),
+]
+NoColorOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-color",
+        help="No colours (also when NO_COLOR is set or output is not a terminal).",
+        rich_help_panel=DISPLAY,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Display:
+    """The display and export options of a command, as given."""
+
+    output_format: OutputFormat = OutputFormat.table
+    quiet: bool = False
+    precision: int = 4
+    no_color: bool = False
+    view: View = View.table
+    pool: Pool = Pool.max
+    query_labels: list[str] | None = None
+    key_labels: list[str] | None = None
+    batch: str | None = None
+    head: str | None = None
+    max_rows: int | None = None
+    max_cols: int | None = None
+    full: bool = False
+    export_svg: str | None = None
+    export_html: str | None = None
+    force: bool = False
+
+
+def check_exports(display: Display) -> None:
+    from attncli.writers import check_output_path
+
+    if display.export_svg:
+        check_output_path(display.export_svg, force=display.force, option="--export-svg", suffixes=(".svg",))
+    if display.export_html:
+        check_output_path(
+            display.export_html, force=display.force, option="--export-html", suffixes=(".html", ".htm")
+        )
+
+
+def finish(
+    result: AttentionResult,
+    sources: dict[str, str],
+    mask_label: str | None,
+    target: os.PathLike[str] | None,
+    display: Display,
+    console: Console | None = None,
+) -> None:
+    """Check the display choices against the result, warn, save, then show and export."""
+    from attncli import writers
+    from attncli.core import describe, masked_positions, result_arrays
+    from attncli.view import parse_indices, resolve_indices
+
+    meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
+    axes = meta["weights_axes"][:-2]
+    leading = tuple(result.weights.shape[:-2])
+    chosen: dict[str, list[int] | None] = {"batch": None, "head": None}
+    for axis, spec in (("batch", display.batch), ("head", display.head)):
+        if spec is None:
+            continue
+        if axis not in axes:
+            shape = tuple(result.weights.shape)
+            raise UsageError(f"--{axis} {spec}: the weights {shape} have no {axis} axis")
+        size = leading[axes.index(axis)]
+        what = "heads" if axis == "head" else "batch entries"
+        chosen[axis] = resolve_indices(parse_indices(spec, f"--{axis}"), size, f"--{axis}", what)
+
+    rows = result.fully_masked_rows()
+    if rows:
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        warn(f"{len(rows)} query row(s) have every key masked; their weights and output are 0: {shown}")
+    arrays = result_arrays(result)
+    if target is not None:
+        writers.write_result(target, arrays, meta)
+    as_json = display.output_format is OutputFormat.json
+    if as_json and not display.quiet:
+        sys.stdout.write(writers.json_text(arrays, meta) + "\n")
+        sys.stdout.flush()
+    exporting = bool(display.export_svg or display.export_html)
+    shown_here = not display.quiet and not as_json
+    if not (shown_here or exporting):
+        return
+
+    from attncli import render
+    from attncli.view import ViewOptions
+
+    console = console or make_console(display.no_color, record=exporting, silent=not shown_here)
+    terminal_rows = max(10, console.height - 8) if console.is_terminal else 32
+    options = ViewOptions(
+        view=display.view.value,
+        precision=display.precision,
+        width=console.width,
+        max_rows=display.max_rows or terminal_rows,
+        max_cols=display.max_cols,
+        full=display.full,
+        pool=display.pool.value,
+        colour=not display.no_color and (console.color_system is not None or exporting),
+        query_labels=display.query_labels,
+        key_labels=display.key_labels,
+        batch=chosen["batch"],
+        head=chosen["head"],
+        axes=axes,
+    )
+    view = render.result_view(arrays["weights"], arrays["output"], meta, options, masked_positions(result))
+    console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
+    title = picture_title(sys.argv[1:])
+    if display.export_svg:
+        writers.write_text(display.export_svg, render.export_svg(console, title), option="--export-svg")
+    if display.export_html:
+        writers.write_text(display.export_html, render.export_html(console), option="--export-html")
+
+
+def picture_title(args: Sequence[str]) -> str:
+    """The command line that made a picture, less the options that only saved or silenced it."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg in ("--export-svg", "--export-html"):
+            skip_value = True
+        elif arg not in ("-q", "--quiet", "-f", "--force") and not arg.startswith(
+            ("--export-svg=", "--export-html=")
+        ):
+            kept.append(arg)
+    return shlex.join(["attn", *kept])

@@ -1,0 +1,265 @@
+"""`attn compute`: load query, key and value, compute attention, show it, save it."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from attncli.cli import _app
+from attncli.cli._app import app
+from attncli.cli._display import (
+    ATTENTION,
+    DISPLAY,
+    SAVE,
+    Display,
+    NoColorOption,
+    OutputFormat,
+    Pool,
+    PrecisionOption,
+    View,
+    check_exports,
+    finish,
+)
+from attncli.errors import UsageError
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float64 = "float64"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def _check_scale(value: float | None) -> float | None:
+    if value is not None and (not math.isfinite(value) or value == 0):
+        raise typer.BadParameter(f"must be a finite, non-zero number, not {value}")
+    return value
+
+
+PathsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[QUERY KEY VALUE | FILE]",
+        help="Three tensor files, or one holding query/key/value (or one tensor for self-attention). "
+        "PATH:NAME picks a tensor from a file; '-' or no path reads stdin.",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def compute(
+    paths: PathsArgument = None,
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            callback=_check_scale,
+            help="Multiply scores by this. Default: 1/sqrt(key features per head).",
+            rich_help_panel=ATTENTION,
+        ),
+    ] = None,
+    causal: Annotated[
+        bool, typer.Option("--causal", help="Query i attends to keys j <= i.", rich_help_panel=ATTENTION)
+    ] = False,
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Boolean (True = may attend) or float (added to scores) tensor; broadcasts to the weights.",
+            rich_help_panel=ATTENTION,
+        ),
+    ] = None,
+    heads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Split the feature axis into this many heads.", rich_help_panel=ATTENTION),
+    ] = None,
+    dtype: Annotated[
+        DType,
+        typer.Option(help="auto: float64 if an input is float64, else float32.", rich_help_panel=ATTENTION),
+    ] = DType.auto,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)
+    ] = "cpu",
+    view: Annotated[
+        View,
+        typer.Option(
+            help="table: numbers on coloured cells; heatmap: one coloured block per weight.",
+            rich_help_panel=DISPLAY,
+        ),
+    ] = View.table,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Names of the positions, both axes: 'The cat sat' or 'The,cat,sat'.",
+            rich_help_panel=DISPLAY,
+        ),
+    ] = None,
+    labels_file: Annotated[
+        str | None,
+        typer.Option(metavar="PATH", help="Names of the positions, one per line.", rich_help_panel=DISPLAY),
+    ] = None,
+    query_labels: Annotated[
+        str | None, typer.Option(help="Names of the query positions (rows).", rich_help_panel=DISPLAY)
+    ] = None,
+    key_labels: Annotated[
+        str | None, typer.Option(help="Names of the key positions (columns).", rich_help_panel=DISPLAY)
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(metavar="I", help="Batch entries to show: 0, 1,3 or 0:4.", rich_help_panel=DISPLAY),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(metavar="H", help="Heads to show: 0, 1,3 or 0:4.", rich_help_panel=DISPLAY),
+    ] = None,
+    max_rows: Annotated[
+        int | None,
+        typer.Option(
+            min=3, help="Rows per matrix (default: what fits the terminal).", rich_help_panel=DISPLAY
+        ),
+    ] = None,
+    max_cols: Annotated[
+        int | None,
+        typer.Option(min=3, help="Columns per table (default: what fits).", rich_help_panel=DISPLAY),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Every row and column, however large.", rich_help_panel=DISPLAY)
+    ] = False,
+    pool: Annotated[
+        Pool,
+        typer.Option(
+            help="Heatmaps larger than the terminal: max or mean of each block.", rich_help_panel=DISPLAY
+        ),
+    ] = Pool.max,
+    precision: PrecisionOption = 4,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="table: what --view shows; json: weights, output, meta.",
+            rich_help_panel=DISPLAY,
+        ),
+    ] = OutputFormat.table,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=DISPLAY)
+    ] = False,
+    no_color: NoColorOption = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Save weights, output and metadata: .safetensors, .npz or .json.",
+            rich_help_panel=SAVE,
+        ),
+    ] = None,
+    export_svg: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH", help="Save what was shown as a standalone SVG picture.", rich_help_panel=SAVE
+        ),
+    ] = None,
+    export_html: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH", help="Save what was shown as a standalone HTML page.", rich_help_panel=SAVE
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace existing output files.", rich_help_panel=SAVE)
+    ] = False,
+) -> None:
+    """Compute attention weights and output from query, key and value tensors, show them, save them.
+
+    [bold]Examples[/]
+
+      attn compute q.npy k.npy v.npy
+      attn compute qkv.npz --causal --labels "The cat sat on the mat"
+      attn compute x.safetensors --heads 8 --causal --view heatmap --head 0:4
+      cat qkv.json | attn compute --format json
+      attn compute x.safetensors:hidden --heads 8 -o result.safetensors --export-svg weights.svg
+    """
+    specs = list(paths or [])
+    stdin = _app.stdin()
+    if not specs:
+        if stdin is None:
+            raise UsageError(
+                "no input: give QUERY KEY VALUE paths or one file, or pipe one in "
+                "(e.g. 'attn compute q.npy k.npy v.npy' or 'cat qkv.json | attn compute')"
+            )
+        specs = ["-"]
+    if len(specs) not in (1, 3):
+        raise UsageError(
+            f"got {len(specs)} paths; give one (a file holding query, key and value, or one tensor "
+            "for self-attention) or three (QUERY KEY VALUE)"
+        )
+    if mask is not None and mask.partition(":")[0] == "-" and any(s.partition(":")[0] == "-" for s in specs):
+        raise UsageError("stdin ('-') can feed the inputs or --mask, not both")
+    from attncli import view as views
+
+    given_labels = [name for name, value in (("--labels", labels), ("--labels-file", labels_file)) if value]
+    if len(given_labels) > 1:
+        raise UsageError("give --labels or --labels-file, not both")
+    both = views.read_labels(labels_file) if labels_file else views.parse_labels(labels) if labels else None
+    display = Display(
+        output_format=output_format,
+        quiet=quiet,
+        precision=precision,
+        no_color=no_color,
+        view=view,
+        pool=pool,
+        query_labels=views.parse_labels(query_labels) if query_labels is not None else both,
+        key_labels=views.parse_labels(key_labels) if key_labels is not None else both,
+        batch=batch,
+        head=head,
+        max_rows=max_rows,
+        max_cols=max_cols,
+        full=full,
+        export_svg=export_svg,
+        export_html=export_html,
+        force=force,
+    )
+    for spec, option in ((batch, "--batch"), (head, "--head")):
+        if spec is not None:
+            views.parse_indices(spec, option)  # a typo is reported before any work
+    check_exports(display)
+
+    from attncli import loaders, writers
+
+    target = writers.check_output_path(output, force=force) if output else None
+    from attncli.core import attention, resolve_device
+
+    resolve_device(device)  # a missing device is reported before any file is read
+    inputs = loaders.load_attention_inputs(specs, stdin)
+    query_positions = inputs.query.shape[-2] if inputs.query.ndim > 1 else 1
+    label_option = "--labels-file" if labels_file else "--labels"
+    views.check_label_count(
+        display.query_labels, query_positions, "--query-labels" if query_labels else label_option, "query"
+    )
+    views.check_label_count(
+        display.key_labels,
+        inputs.key.shape[-2] if inputs.key.ndim > 1 else 1,
+        "--key-labels" if key_labels else label_option,
+        "key",
+    )
+    mask_tensor = loaders.load_mask(mask, stdin) if mask else None
+    mask_label = None if mask is None else ("<stdin>" if mask == "-" else mask)
+    names = {**inputs.sources, "mask": mask_label or "mask"}
+    result = attention(
+        inputs.query,
+        inputs.key,
+        inputs.value,
+        scale=scale,
+        mask=mask_tensor,
+        causal=causal,
+        heads=heads,
+        dtype=dtype.value,
+        device=device,
+        names=names,
+    )
+    finish(result, inputs.sources, mask_label, target, display)
