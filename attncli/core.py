@@ -129,6 +129,61 @@ def attention(
     `heads` splits the feature axis into that many heads. `names` says how error messages name
     each of query/key/value/mask (file names, say).
     """
+    problem = prepare(
+        query,
+        key,
+        value,
+        scale=scale,
+        mask=mask,
+        causal=causal,
+        heads=heads,
+        dtype=dtype,
+        device=device,
+        names=names,
+    )
+    return attend(problem)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs checked and laid out for the maths: heads split, on the device, in the compute dtype."""
+
+    query: torch.Tensor  # (..., Lq, D), with a heads axis before Lq when there are heads
+    key: torch.Tensor  # (..., Lk, D)
+    value: torch.Tensor  # (..., Lk, Dv)
+    scale: float
+    mask: torch.Tensor | None
+    causal: bool
+    heads: int | None  # the feature axis was split into this many heads
+    group: int  # query heads per key/value head
+    weights_shape: tuple[int, ...]
+    input_shapes: Mapping[str, tuple[int, ...]]
+
+    def merge_heads(self, output: torch.Tensor) -> torch.Tensor:
+        """Undo the --heads split on an output: (..., H, Lq, Dv/H) -> (..., Lq, H, Dv/H) -> (..., Lq, Dv)."""
+        return output if self.heads is None else output.transpose(-3, -2).flatten(-2)
+
+    def split_heads(self, output: torch.Tensor) -> torch.Tensor:
+        """The inverse of `merge_heads`: (..., Lq, Dv) -> (..., H, Lq, Dv/H)."""
+        if self.heads is None:
+            return output
+        return output.reshape(*output.shape[:-1], self.heads, -1).transpose(-3, -2)
+
+
+def prepare(
+    query: TensorLike,
+    key: TensorLike,
+    value: TensorLike,
+    *,
+    scale: float | None = None,
+    mask: TensorLike | None = None,
+    causal: bool = False,
+    heads: int | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+    names: Mapping[str, str] | None = None,
+) -> Prepared:
+    """Check, convert and lay out the inputs of `attention` (same arguments); raise on any mismatch."""
     label = {role: role for role in (*_ROLES, "mask")} | dict(names or {})
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, query, key, value)
@@ -171,28 +226,32 @@ def attention(
             scale = check_scale(scale)
         except ValueError as error:
             raise UsageError(f"scale {error}") from None
+    return Prepared(q, k, v, scale, mask_tensor, causal, heads, group, weights_shape, input_shapes)
+
+
+def attend(problem: Prepared) -> AttentionResult:
+    """The weights path on prepared inputs."""
+    p = problem
     try:
-        weights, output, masked_rows = _attend(q, k, v, scale, mask_tensor, causal, group, weights_shape)
+        weights, output, masked_rows = _attend(
+            p.query, p.key, p.value, p.scale, p.mask, p.causal, p.group, p.weights_shape
+        )
     except torch.OutOfMemoryError as error:
-        raise ComputeError(_memory_message(weights_shape, target_dtype, error)) from None
+        raise ComputeError(_memory_message(p.weights_shape, p.query.dtype, error)) from None
     except RuntimeError as error:
         if "memory" in str(error).lower():
-            raise ComputeError(_memory_message(weights_shape, target_dtype, error)) from None
+            raise ComputeError(_memory_message(p.weights_shape, p.query.dtype, error)) from None
         raise
-
-    if heads is not None:
-        # (..., H, Lq, Dv/H) -> (..., Lq, H, Dv/H) -> (..., Lq, Dv)
-        output = output.transpose(-3, -2).flatten(-2)
     return AttentionResult(
         weights=weights,
-        output=output,
-        scale=scale,
-        causal=causal,
-        heads=heads,
-        query_heads_per_key_head=group,
+        output=p.merge_heads(output),
+        scale=p.scale,
+        causal=p.causal,
+        heads=p.heads,
+        query_heads_per_key_head=p.group,
         masked_rows=masked_rows,
-        input_shapes=input_shapes,
-        mask=mask_tensor,
+        input_shapes=p.input_shapes,
+        mask=p.mask,
     )
 
 
