@@ -25,6 +25,9 @@ from rich.text import Text
 
 from attncli.view import ViewOptions, matrix_indices
 
+#: The per-row statistics of attncli.analysis, as saved and shown (the same names).
+STAT_NAMES = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
+
 # Perceptually ordered anchors (viridis) for weights in [0, 1].
 SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 # Blue for negative, light grey for zero, red for positive (RdBu, reversed).
@@ -42,12 +45,15 @@ def result_view(
     meta: Mapping[str, Any],
     options: ViewOptions | None = None,
     blocked: np.ndarray | None = None,
+    analysis: Mapping[str, np.ndarray] | None = None,
 ) -> Group:
     """The whole terminal view of a result: header, then each weight matrix, then each output matrix.
 
     `blocked` (bool, True = masked, broadcastable to the weights) marks masked keys, so they look
-    different from tiny weights.
+    different from tiny weights. `analysis` may hold the per-row statistics (STAT_NAMES, each
+    (..., Lq)) and `top_k_weights`/`top_k_keys` (..., Lq, K), shown under each weight matrix.
     """
+    analysis = analysis or {}
     options = options or ViewOptions()
     weight_axes = list(options.axes or meta.get("weights_axes") or [])[: max(weights.ndim - 2, 0)]
     dtype = str(meta.get("dtype", weights.dtype))
@@ -58,10 +64,17 @@ def result_view(
         matrix = weights[index]
         matrix_blocked = None if full_blocked is None else full_blocked[index]
         title = weights_summary(name, matrix, matrix_blocked, dtype)
+        extras: list[RenderableType] = []
+        if "entropy" in analysis:
+            extras.append(stats_table({name: analysis[name][index] for name in STAT_NAMES}, options))
+        if "top_k_keys" in analysis:
+            extras.append(
+                top_k_table(analysis["top_k_weights"][index], analysis["top_k_keys"][index], options)
+            )
         if options.view == "heatmap":
             from attncli.heatmap import heatmap
 
-            return heatmap(
+            picture: RenderableType = heatmap(
                 matrix,
                 title=title,
                 width=options.width,
@@ -70,7 +83,9 @@ def result_view(
                 blocked=matrix_blocked,
                 colour=options.colour,
             )
-        return weight_table(matrix, options=options, title=title, blocked=matrix_blocked)
+        else:
+            picture = weight_table(matrix, options=options, title=title, blocked=matrix_blocked)
+        return Group(picture, *extras) if extras else picture
 
     parts: list[RenderableType] = [header(meta), Text()]
     parts += _matrices("weights", weights, weight_axes, options, show_weights)
@@ -204,6 +219,95 @@ def output_table(
         return _style(DIVERGING, _level(0.5 + 0.5 * value / limit) if limit > 0 else LEVELS // 2, bold=False)
 
     return _matrix_table(matrix, style, options, title, corner="q\\f", row_labels=options.query_labels)
+
+
+def stats_table(stats: Mapping[str, np.ndarray], options: ViewOptions) -> Table:
+    """Per query row of one matrix: entropy (nats and normalised), largest weight and its key,
+    weight on key 0 (sink), mean attention distance; a last row with their means over live rows."""
+    rows = len(stats["entropy"])
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left")
+    for heading in ("query", "entropy", "normalised", "max", "argmax", "sink", "distance"):
+        table.add_column(heading, justify="right", no_wrap=True, style="dim" if heading == "query" else None)
+    key_names = options.key_labels
+    for i in visible_indices(rows, options.max_rows):
+        if i is None:
+            table.add_row(*([_ELLIPSIS] * 7))
+            continue
+        argmax = int(stats["argmax"][i])
+        key = "" if argmax < 0 else _cut(key_names[argmax]) if key_names else str(argmax)
+        table.add_row(
+            _cut(options.query_labels[i]) if options.query_labels else str(i),
+            *(_number(stats[name][i]) for name in ("entropy", "entropy_normalised", "max_weight")),
+            key,
+            *(_number(stats[name][i]) for name in ("sink", "distance")),
+        )
+    with np.errstate(all="ignore"):
+        means = [
+            _number(float(np.nanmean(stats[name]))) if np.isfinite(stats[name]).any() else "–"
+            for name in ("entropy", "entropy_normalised", "max_weight")
+        ]
+        tail = [
+            _number(float(np.nanmean(stats[name]))) if np.isfinite(stats[name]).any() else "–"
+            for name in ("sink", "distance")
+        ]
+    table.add_section()
+    table.add_row("mean", *means, "", *tail, style="bold")
+    return table
+
+
+def top_k_table(weights: np.ndarray, keys: np.ndarray, options: ViewOptions) -> Table:
+    """Per query row of one matrix: its most attended keys, largest first, with their weights."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("query", justify="right", style="dim", no_wrap=True)
+    table.add_column(f"top {keys.shape[-1]} keys (weight)", no_wrap=True)
+    for i in visible_indices(len(keys), options.max_rows):
+        if i is None:
+            table.add_row(_ELLIPSIS, _ELLIPSIS)
+            continue
+        picks = [
+            f"{_cut(options.key_labels[j]) if options.key_labels else j} ({w:.{options.precision}f})"
+            for j, w in zip(keys[i].tolist(), weights[i].tolist(), strict=True)
+            if j >= 0
+        ]
+        table.add_row(
+            _cut(options.query_labels[i]) if options.query_labels else str(i), "  ".join(picks) or "–"
+        )
+    return table
+
+
+def check_table(comparisons: Sequence[Any]) -> Group:
+    """The --check report: each comparison of the weights path with a reference, and its verdict."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for heading in (
+        "tensor",
+        "compared with",
+        "max abs",
+        "max rel",
+        "worst at",
+        "outside tol",
+        "rtol / atol",
+        "",
+    ):
+        table.add_column(heading, no_wrap=heading != "compared with")
+    for c in comparisons:
+        verdict = Text("✓ same", style="bold green") if c.passed else Text("✗ DIFFERENT", style="bold red")
+        table.add_row(
+            c.tensor,
+            c.reference,
+            f"{c.max_abs:.3g}",
+            f"{c.max_rel:.3g}",
+            _shape_text(c.worst_index) if c.worst_index else "–",
+            f"{c.outside} of {c.compared}",
+            f"{c.rtol:g} / {c.atol:g}",
+            verdict,
+        )
+    return Group(
+        Text("check: the weights path against the fused kernel and the float64 maths", style="bold"), table
+    )
+
+
+def _number(value: float) -> str:
+    return "–" if not math.isfinite(value) else f"{value:.4g}"
 
 
 def weights_legend(masked: bool = False) -> Text:

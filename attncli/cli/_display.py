@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,8 +19,10 @@ from attncli.cli._app import warn
 from attncli.errors import UsageError
 
 if TYPE_CHECKING:
+    import numpy as np
     from rich.console import Console
 
+    from attncli.check import Comparison
     from attncli.core import AttentionResult
 
 
@@ -39,7 +41,7 @@ class Pool(str, Enum):
     mean = "mean"
 
 
-ATTENTION, DISPLAY, SAVE = "Attention", "Display", "Save"
+ATTENTION, ANALYSIS, DISPLAY, SAVE = "Attention", "Analysis", "Display", "Save"
 PrecisionOption = Annotated[
     int,
     typer.Option(
@@ -80,6 +82,8 @@ class Display:
     export_svg: str | None = None
     export_html: str | None = None
     force: bool = False
+    stats: bool = False
+    top_k: int | None = None
 
 
 def check_exports(display: Display) -> None:
@@ -100,6 +104,7 @@ def finish(
     target: os.PathLike[str] | None,
     display: Display,
     console: Console | None = None,
+    comparisons: Sequence[Comparison] = (),
 ) -> None:
     """Check the display choices against the result, warn, save, then show and export."""
     from attncli import writers
@@ -107,6 +112,8 @@ def finish(
     from attncli.view import parse_indices, resolve_indices
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
+    if comparisons:
+        meta["check"] = [comparison.as_dict() for comparison in comparisons]
     axes = meta["weights_axes"][:-2]
     leading = tuple(result.weights.shape[:-2])
     chosen: dict[str, list[int] | None] = {"batch": None, "head": None}
@@ -125,6 +132,8 @@ def finish(
         shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
         warn(f"{len(rows)} query row(s) have every key masked; their weights and output are 0: {shown}")
     arrays = result_arrays(result)
+    blocked = masked_positions(result)
+    arrays |= _analysis_arrays(result, blocked, display, meta)
     if target is not None:
         writers.write_result(target, arrays, meta)
     as_json = display.output_format is OutputFormat.json
@@ -156,13 +165,38 @@ def finish(
         head=chosen["head"],
         axes=axes,
     )
-    view = render.result_view(arrays["weights"], arrays["output"], meta, options, masked_positions(result))
+    view = render.result_view(arrays["weights"], arrays["output"], meta, options, blocked, arrays)
     console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
+    if comparisons:
+        console.print(render.check_table(comparisons))
     title = picture_title(sys.argv[1:])
     if display.export_svg:
         writers.write_text(display.export_svg, render.export_svg(console, title), option="--export-svg")
     if display.export_html:
         writers.write_text(display.export_html, render.export_html(console), option="--export-html")
+
+
+def _analysis_arrays(
+    result: AttentionResult, blocked: np.ndarray | None, display: Display, meta: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """The --stats and --top-k tensors, to save and show beside the weights; their means go in meta."""
+    if not (display.stats or display.top_k):
+        return {}
+    from attncli import analysis
+
+    arrays: dict[str, np.ndarray] = {}
+    if display.stats:
+        stats = analysis.row_stats(result.weights, blocked)
+        arrays |= analysis.stats_arrays(stats)
+        meta["stats_means"] = {
+            name: mean.detach().cpu().double().numpy().tolist()
+            for name, mean in analysis.matrix_means(stats).items()
+        }
+    if display.top_k:
+        values, keys = analysis.top_k(result.weights, display.top_k, blocked)
+        arrays["top_k_weights"] = values.detach().cpu().float().numpy()
+        arrays["top_k_keys"] = keys.detach().cpu().numpy()
+    return arrays
 
 
 def picture_title(args: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ import typer
 from attncli.cli import _app
 from attncli.cli._app import app
 from attncli.cli._display import (
+    ANALYSIS,
     ATTENTION,
     DISPLAY,
     SAVE,
@@ -23,7 +24,7 @@ from attncli.cli._display import (
     check_exports,
     finish,
 )
-from attncli.errors import UsageError
+from attncli.errors import ExitCode, UsageError
 
 
 class DType(str, Enum):
@@ -84,6 +85,28 @@ def compute(
     device: Annotated[
         str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)
     ] = "cpu",
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats",
+            help="Per query: entropy, largest weight and its key, weight on key 0 (sink), mean distance.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = False,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="K", help="Per query, its K most attended keys.", rich_help_panel=ANALYSIS
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also compute with scaled_dot_product_attention and in float64; exit 1 if they disagree.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = False,
     view: Annotated[
         View,
         typer.Option(
@@ -223,6 +246,8 @@ def compute(
         export_svg=export_svg,
         export_html=export_html,
         force=force,
+        stats=stats,
+        top_k=top_k,
     )
     for spec, option in ((batch, "--batch"), (head, "--head")):
         if spec is not None:
@@ -232,7 +257,7 @@ def compute(
     from attncli import loaders, writers
 
     target = writers.check_output_path(output, force=force) if output else None
-    from attncli.core import attention, resolve_device
+    from attncli.core import attend, prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
     inputs = loaders.load_attention_inputs(specs, stdin)
@@ -250,7 +275,7 @@ def compute(
     mask_tensor = loaders.load_mask(mask, stdin) if mask else None
     mask_label = None if mask is None else ("<stdin>" if mask == "-" else mask)
     names = {**inputs.sources, "mask": mask_label or "mask"}
-    result = attention(
+    problem = prepare(
         inputs.query,
         inputs.key,
         inputs.value,
@@ -262,4 +287,12 @@ def compute(
         device=device,
         names=names,
     )
-    finish(result, inputs.sources, mask_label, target, display)
+    result = attend(problem)
+    comparisons = []
+    if check:
+        from attncli.check import check as check_against_references
+
+        comparisons = check_against_references(problem, result)
+    finish(result, inputs.sources, mask_label, target, display, comparisons=comparisons)
+    if not all(comparison.passed for comparison in comparisons):
+        raise typer.Exit(ExitCode.DIFFERENT)
