@@ -23,10 +23,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from attncli.view import ViewOptions, matrix_indices
-
-#: The per-row statistics of attncli.analysis, as saved and shown (the same names).
-STAT_NAMES = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
+from attncli.view import STAT_NAMES, ViewOptions, matrix_indices
 
 # Perceptually ordered anchors (viridis) for weights in [0, 1].
 SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
@@ -66,8 +63,10 @@ def result_view(
         title = weights_summary(name, matrix, matrix_blocked, dtype)
         extras: list[RenderableType] = []
         if "entropy" in analysis:
-            extras.append(stats_table({name: analysis[name][index] for name in STAT_NAMES}, options))
+            extras += [Text(), Text(f"{name}: statistics per query row", style="bold")]
+            extras.append(stats_table({stat: analysis[stat][index] for stat in STAT_NAMES}, options))
         if "top_k_keys" in analysis:
+            extras += [Text(), Text(f"{name}: most attended keys per query row", style="bold")]
             extras.append(
                 top_k_table(analysis["top_k_weights"][index], analysis["top_k_keys"][index], options)
             )
@@ -237,21 +236,29 @@ def stats_table(stats: Mapping[str, np.ndarray], options: ViewOptions) -> Table:
         key = "" if argmax < 0 else _cut(key_names[argmax]) if key_names else str(argmax)
         table.add_row(
             _cut(options.query_labels[i]) if options.query_labels else str(i),
-            *(_number(stats[name][i]) for name in ("entropy", "entropy_normalised", "max_weight")),
+            *(
+                _number(stats[name][i], options.precision)
+                for name in ("entropy", "entropy_normalised", "max_weight")
+            ),
             key,
-            *(_number(stats[name][i]) for name in ("sink", "distance")),
+            *(_number(stats[name][i], options.precision) for name in ("sink", "distance")),
         )
-    with np.errstate(all="ignore"):
-        means = [
-            _number(float(np.nanmean(stats[name]))) if np.isfinite(stats[name]).any() else "–"
-            for name in ("entropy", "entropy_normalised", "max_weight")
-        ]
-        tail = [
-            _number(float(np.nanmean(stats[name]))) if np.isfinite(stats[name]).any() else "–"
-            for name in ("sink", "distance")
-        ]
+    means = {
+        name: _nanmean(stats[name])
+        for name in ("entropy", "entropy_normalised", "max_weight", "sink", "distance")
+    }
+    shown = {name: _number(mean, options.precision) for name, mean in means.items()}
     table.add_section()
-    table.add_row("mean", *means, "", *tail, style="bold")
+    table.add_row(
+        "mean",
+        shown["entropy"],
+        shown["entropy_normalised"],
+        shown["max_weight"],
+        "",
+        shown["sink"],
+        shown["distance"],
+        style="bold",
+    )
     return table
 
 
@@ -306,8 +313,14 @@ def check_table(comparisons: Sequence[Any]) -> Group:
     )
 
 
-def _number(value: float) -> str:
-    return "–" if not math.isfinite(value) else f"{value:.4g}"
+def _number(value: float, precision: int) -> str:
+    return "–" if not math.isfinite(value) else f"{value:.{precision}f}"
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """The mean of the finite values (rows with every key masked have none), NaN when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 def weights_legend(masked: bool = False) -> Text:

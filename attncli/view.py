@@ -14,6 +14,10 @@ from pathlib import Path
 from attncli.errors import UsageError
 
 VIEWS = ("table", "heatmap")
+#: The per-row statistics of `attn compute --stats` (attncli.analysis.RowStats), as saved and shown.
+STAT_NAMES: tuple[str, ...] = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
+#: Those that have a per-matrix mean (an argmax has none).
+MEAN_NAMES: tuple[str, ...] = ("entropy", "entropy_normalised", "max_weight", "sink", "distance")
 POOLS = ("max", "mean")
 DEFAULT_MAX_MATRICES = 8
 

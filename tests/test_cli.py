@@ -602,3 +602,26 @@ def test_heatmap_view_of_a_long_causal_pattern(samples):
         # causal: the first line's pooled row has masked cells to the right, the last line has none
         assert picture[0].rstrip().endswith("·")
         assert not picture[-1].rstrip().endswith("·")
+
+
+def test_stats_and_top_k_are_shown_printed_as_json_and_saved(tmp_path, samples):
+    target = tmp_path / "r.safetensors"
+    args = ["compute", str(samples / "multihead.safetensors"), "--mask", str(samples / "padding_mask.npy")]
+    payload = json_result(*args[1:], "--causal", "--stats", "--top-k", "3", "-o", str(target))
+    weights = np.array(payload["weights"])
+    blocked = ~np.load(samples / "padding_mask.npy") | np.triu(np.ones((6, 6), dtype=bool), 1)
+    live = np.where(blocked, 0.0, weights)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(live > 0, live * np.log(live), 0.0).sum(-1)
+    np.testing.assert_allclose(np.array(payload["entropy"]), entropy, atol=1e-5)
+    distance = (live * np.abs(np.arange(6)[:, None] - np.arange(6)[None, :])).sum(-1)
+    np.testing.assert_allclose(np.array(payload["distance"]), distance, atol=1e-5)
+    np.testing.assert_array_equal(np.array(payload["top_k_keys"])[..., 0], weights.argmax(-1))
+    assert set(payload["meta"]["stats_means"]) >= {"entropy", "sink", "distance"}
+    saved = load_file(str(target))
+    np.testing.assert_allclose(saved["entropy"], entropy, atol=1e-5)
+    assert saved["top_k_keys"].shape == (2, 4, 6, 3)
+    shown = invoke(*args, "--stats", "--top-k", "2", "--batch", "0", "--head", "0")
+    assert shown.exit_code == 0, shown.output
+    assert "weights[0, 0] (batch 0, head 0): statistics per query row" in shown.stdout
+    assert "most attended keys per query row" in shown.stdout

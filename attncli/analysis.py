@@ -1,0 +1,194 @@
+"""Numbers about attention weights: per query row entropy, largest weight, sink and distance; top-k keys.
+
+Plain functions over torch tensors. They run on the weights' own device, with no copies to the host
+(`stats_arrays` aside, which is for writing files), and in blocks of rows, so that the memory they
+need beyond the weights stays that of one block. No I/O, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attncli.view import MEAN_NAMES, STAT_NAMES
+
+__all__ = ["MEAN_NAMES", "STAT_NAMES", "RowStats", "matrix_means", "row_stats", "stats_arrays", "top_k"]
+
+#: Rows x keys in one block: bounds the temporaries, whatever the size of the weights.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Statistics of each query row; every field has shape (..., Lq), the weights' shape less the keys.
+
+    NaN (-1 for `argmax`) marks a row where the statistic has no value: every key masked, or, for
+    `entropy_normalised`, fewer than two keys open, or, for `sink`, key 0 masked.
+    """
+
+    entropy: torch.Tensor  # -sum_j w_ij log w_ij, in nats, with 0 log 0 = 0
+    entropy_normalised: torch.Tensor  # entropy / log(open keys): 0 = one key, 1 = uniform over the open keys
+    max_weight: torch.Tensor
+    argmax: torch.Tensor  # int64 key of max_weight, the lowest on ties
+    sink: torch.Tensor  # weight on key 0
+    distance: torch.Tensor  # mean attention distance sum_j w_ij |i - j|
+
+
+def row_stats(weights: torch.Tensor, blocked: torch.Tensor | np.ndarray | None = None) -> RowStats:
+    """Per query row of `weights` (..., Lq, Lk): entropy, normalised entropy, largest weight and its
+    key, weight on key 0 and mean distance from the query to the keys it attends to.
+
+    `blocked` (bool, True = masked, broadcastable to the weights, a tensor or a NumPy array) says
+    which keys each query could not see: they count neither as keys nor as weight (a weight there
+    is taken as 0). Computed in float64 for float64 weights, else float32, and returned so.
+    """
+    compute_dtype = _compute_dtype(weights)
+    blocked_keys = _blocked_view(blocked, weights)
+    *lead, lq, lk = weights.shape
+    device = weights.device
+    rows = math.prod(lead) * lq
+    floats = [torch.full((rows,), math.nan, dtype=compute_dtype, device=device) for _ in range(5)]
+    entropy, entropy_normalised, max_weight, sink, distance = floats
+    argmax = torch.full((rows,), -1, dtype=torch.int64, device=device)
+    keys = torch.arange(lk, device=device)
+    for span, index in _row_blocks(weights):
+        block = weights[index].to(compute_dtype)  # (n, Lk)
+        query = index[-1]  # (n,): the query position of each row in its matrix
+        if blocked_keys is None:
+            open_count = torch.full_like(query, lk)
+            sink_open = torch.ones_like(query, dtype=torch.bool)
+            ranked = block
+        else:
+            closed = blocked_keys[index]  # (n, Lk)
+            block = block.masked_fill(closed, 0.0)
+            open_count = lk - closed.sum(dim=-1)
+            sink_open = ~closed[:, 0]
+            ranked = block.masked_fill(closed, -math.inf)  # a masked key is never the largest
+        live = open_count > 0
+        row_entropy = 0.0 - torch.xlogy(block, block).sum(dim=-1)  # 0 - 0 = +0: one key shows as 0, not -0
+        entropy[span] = row_entropy.where(live, math.nan)
+        # log(1) = 0: a row with one open key has no spread to normalise
+        spread = torch.log(open_count.to(compute_dtype))
+        entropy_normalised[span] = (row_entropy / spread).where(open_count >= 2, math.nan)
+        largest, key_of_largest = ranked.max(dim=-1)  # the first maximum: the lowest key on ties
+        max_weight[span] = largest.where(live, math.nan)
+        argmax[span] = key_of_largest.where(live, -1)
+        sink[span] = block[:, 0].where(sink_open, math.nan)
+        offset = (query[:, None] - keys).abs().to(compute_dtype)  # (n, 1) - (Lk,) -> (n, Lk): |i - j|
+        distance[span] = (block * offset).sum(dim=-1).where(live, math.nan)
+    fields = (entropy, entropy_normalised, max_weight, argmax, sink, distance)
+    return RowStats(*(field.reshape(*lead, lq) for field in fields))
+
+
+def matrix_means(stats: RowStats) -> dict[str, torch.Tensor]:
+    """Per matrix, shape (...): the mean over its query rows of each statistic in MEAN_NAMES,
+    leaving out the rows where it is NaN (NaN when every row is)."""
+    return {name: torch.nanmean(getattr(stats, name), dim=-1) for name in MEAN_NAMES}
+
+
+def top_k(
+    weights: torch.Tensor, k: int, blocked: torch.Tensor | np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query row's `k` most attended keys, largest first, ties by the lower key.
+
+    Returns values (..., Lq, k), in the weights' dtype, and int64 key indices (..., Lq, k); `k` past
+    the number of keys is cut to it. Keys that `blocked` masks (as in `row_stats`) are never
+    returned: a row with fewer than `k` open keys ends in value NaN, index -1.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    compute_dtype = _compute_dtype(weights)
+    blocked_keys = _blocked_view(blocked, weights)
+    *lead, lq, lk = weights.shape
+    device = weights.device
+    rows, kept = math.prod(lead) * lq, min(k, lk)
+    values = torch.full((rows, kept), math.nan, dtype=weights.dtype, device=device)
+    indices = torch.full((rows, kept), -1, dtype=torch.int64, device=device)
+    for span, index in _row_blocks(weights):
+        block = weights[index].to(compute_dtype)  # (n, Lk); widening keeps order and ties
+        # NaN ranks below every number, and a masked key below every open one.
+        ranking = block.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        if blocked_keys is not None:
+            ranking = ranking.masked_fill(blocked_keys[index], -math.inf)
+        # A stable sort keeps the lower key first among equal weights (topk does not promise to).
+        order = ranking.sort(dim=-1, descending=True, stable=True).indices[:, :kept]  # (n, k)
+        ranked = block.gather(-1, order)
+        if blocked_keys is not None:
+            masked = blocked_keys[index].gather(-1, order)
+            ranked, order = ranked.masked_fill(masked, math.nan), order.masked_fill(masked, -1)
+        values[span] = ranked.to(weights.dtype)
+        indices[span] = order
+    return values.reshape(*lead, lq, kept), indices.reshape(*lead, lq, kept)
+
+
+def stats_arrays(stats: RowStats) -> dict[str, np.ndarray]:
+    """The statistics as NumPy arrays on the CPU (copies, not views), keyed by STAT_NAMES."""
+    return {name: getattr(stats, name).detach().to("cpu", copy=True).numpy() for name in STAT_NAMES}
+
+
+def _compute_dtype(weights: torch.Tensor) -> torch.dtype:
+    if not weights.is_floating_point():
+        raise TypeError(f"weights must be floating point, not {weights.dtype}")
+    if weights.ndim < 2:
+        raise ValueError(
+            f"weights must have query and key axes (..., Lq, Lk), not shape {tuple(weights.shape)}"
+        )
+    return torch.float64 if weights.dtype == torch.float64 else torch.float32
+
+
+def _blocked_view(blocked: torch.Tensor | np.ndarray | None, weights: torch.Tensor) -> torch.Tensor | None:
+    """`blocked` as a bool tensor on the weights' device, expanded (a view, not a copy) to their shape."""
+    if blocked is None:
+        return None
+    if isinstance(blocked, np.ndarray):
+        if blocked.dtype != np.bool_:
+            raise TypeError(f"blocked must be boolean (True = masked), not {blocked.dtype}")
+        tensor = _from_numpy(blocked)
+    elif blocked.dtype != torch.bool:
+        raise TypeError(f"blocked must be boolean (True = masked), not {blocked.dtype}")
+    else:
+        tensor = blocked
+    shape, target = tuple(tensor.shape), tuple(weights.shape)
+    try:
+        fits = np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"blocked {shape} does not broadcast to the weights' shape {target}")
+    return tensor.to(weights.device).expand(target)
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    # Axes broadcast by stride 0 shrink to one entry, so a broadcast view is never copied in full.
+    array = array[
+        tuple(
+            slice(0, 1) if stride == 0 and size > 1 else slice(None)
+            for size, stride in zip(array.shape, array.strides, strict=True)
+        )
+    ]
+    if not array.flags.writeable or any(stride < 0 for stride in array.strides):
+        array = np.array(array)  # torch refuses negative strides and warns on read-only memory
+    return torch.from_numpy(array)
+
+
+def _row_blocks(weights: torch.Tensor) -> Iterator[tuple[slice, tuple[torch.Tensor, ...]]]:
+    """Blocks of query rows, all matrices' rows counted in order: for each, its span in the flat
+    rows and one index tensor per axis but the last, to pick its rows of any tensor expanded to
+    the weights' shape: `tensor[index]` -> (n, Lk). None when there are no keys."""
+    if weights.shape[-1] == 0:
+        return
+    row_shape = tuple(weights.shape[:-1])  # (..., Lq)
+    rows = math.prod(row_shape)
+    step = max(1, _BLOCK_ELEMENTS // weights.shape[-1])
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        flat = torch.arange(start, stop, device=weights.device)
+        index = []
+        for size in reversed(row_shape):
+            index.append(flat % size)
+            flat = flat // size
+        yield slice(start, stop), tuple(reversed(index))
