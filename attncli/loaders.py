@@ -39,7 +39,7 @@ _MAX_AXES = 64  # NumPy's limit on the number of dimensions
 META_KEY = "meta"
 
 # safetensors dtype -> NumPy dtype; BF16 has no NumPy dtype and is widened to float32 exactly.
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": "<f8",
     "F32": "<f4",
     "F16": "<f2",
@@ -53,7 +53,7 @@ _SAFETENSORS_DTYPES = {
     "U8": "u1",
     "BOOL": "?",
 }
-_DTYPE_KIND_WORDS = {
+DTYPE_KIND_WORDS = {
     "c": "complex numbers",
     "U": "strings",
     "S": "byte strings",
@@ -126,7 +126,7 @@ def read_tensors(path: str, stdin: BinaryIO | None = None) -> TensorFile:
                 "or JSON starting with '[' or '{'"
             )
         return _PARSERS[fmt](data, STDIN_LABEL)
-    return _PARSERS[_format_of(path)](_read_file(path), path)
+    return _PARSERS[format_of(path)](_read_file(path), path)
 
 
 def load_tensor(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
@@ -228,7 +228,7 @@ def check_numeric_input(array: np.ndarray, label: str, role: str) -> None:
 # --- reading files ---------------------------------------------------------------------------
 
 
-def _format_of(path: str) -> str:
+def format_of(path: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMAT_BY_SUFFIX:
         if not os.path.exists(path):
@@ -273,7 +273,7 @@ def _numpy_error(error: BaseException, label: str, suffix: str) -> InputError:
             f"{label}: holds Python objects (an object array); attncli never unpickles files, "
             "save numeric arrays instead"
         )
-    return InputError(f"{label}: not a valid {suffix} file ({_reason(error)})")
+    return InputError(f"{label}: not a valid {suffix} file ({error_reason(error)})")
 
 
 def _parse_npz(data: bytes, label: str) -> TensorFile:
@@ -284,7 +284,7 @@ def _parse_npz(data: bytes, label: str) -> TensorFile:
             for name in archive.files:
                 array = archive[name]
                 if name == META_KEY and array.dtype.kind == "U" and array.ndim == 0:
-                    metadata = _metadata_from_json(str(array), label)
+                    metadata = metadata_from_json(str(array), label)
                     continue
                 tensors[name] = _checked_dtype(array, f"{label}:{name}")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
@@ -307,7 +307,7 @@ def _parse_safetensors(data: bytes, label: str) -> TensorFile:
         raise InputError(f"{label}: the file holds no tensors")
     header_size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_size])
-    metadata = {str(k): _decoded(str(v)) for k, v in (header.get("__metadata__") or {}).items()}
+    metadata = {str(k): decoded_metadata_value(str(v)) for k, v in (header.get("__metadata__") or {}).items()}
     return TensorFile(label, tensors, named=True, metadata=metadata)
 
 
@@ -317,9 +317,9 @@ def _safetensors_array(info: Mapping[str, Any], label: str) -> np.ndarray:
         # bfloat16 is the top half of a float32: widening it is exact.
         widened = np.frombuffer(buffer, dtype="<u2").astype("<u4") << 16
         return widened.view("<f4").reshape(shape)
-    if dtype not in _SAFETENSORS_DTYPES:
+    if dtype not in SAFETENSORS_DTYPES:
         raise InputError(f"{label}: dtype {dtype} is not supported (use F64, F32, F16, BF16 or integers)")
-    return np.frombuffer(buffer, dtype=_SAFETENSORS_DTYPES[dtype]).reshape(shape)
+    return np.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
 
 
 def _parse_json(data: bytes, label: str) -> TensorFile:
@@ -366,7 +366,7 @@ def _json_array(value: Any, where: str, may_hold_booleans: bool) -> np.ndarray:
             raise InputError(
                 f"{where} is a ragged array: rows at the same depth have different lengths"
             ) from None
-        raise InputError(f"{where} is not an array of numbers ({_reason(error)})") from None
+        raise InputError(f"{where} is not an array of numbers ({error_reason(error)})") from None
     except RecursionError:
         raise InputError(f"{where} is nested too deeply to be a tensor") from None
     if array.dtype.kind in "OUS":
@@ -412,14 +412,14 @@ def _odd_element(value: Any) -> str:
 def _checked_dtype(array: np.ndarray, label: str) -> np.ndarray:
     kind = array.dtype.kind
     if kind not in "biuf":
-        words = _DTYPE_KIND_WORDS.get(kind, str(array.dtype))
+        words = DTYPE_KIND_WORDS.get(kind, str(array.dtype))
         raise InputError(f"{label}: holds {words} ({array.dtype}); tensors must hold real numbers")
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return array
 
 
-def _metadata_from_json(text: str, label: str) -> dict[str, Any]:
+def metadata_from_json(text: str, label: str) -> dict[str, Any]:
     try:
         decoded = json.loads(text)
     except json.JSONDecodeError:
@@ -429,7 +429,7 @@ def _metadata_from_json(text: str, label: str) -> dict[str, Any]:
     return decoded
 
 
-def _decoded(text: str) -> Any:
+def decoded_metadata_value(text: str) -> Any:
     """A safetensors metadata value: JSON as attncli writes it, or the plain string another tool wrote."""
     try:
         return json.loads(text)
@@ -475,7 +475,7 @@ def _first_index(flags: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(flags)), flags.shape))
 
 
-def _reason(error: BaseException) -> str:
+def error_reason(error: BaseException) -> str:
     text = str(error).strip().rstrip(".")
     return text[:200] if text else type(error).__name__
 

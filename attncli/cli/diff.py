@@ -1,0 +1,87 @@
+"""`attn diff`: compare the tensors of two files, like cmp for tensors."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Annotated
+
+import typer
+
+from attncli.cli import _app
+from attncli.cli._app import app
+from attncli.cli._app import console as make_console
+from attncli.cli._display import NoColorOption, OutputFormat
+from attncli.errors import ExitCode, UsageError
+
+
+def _check_tolerance(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be a finite number >= 0, not {value}")
+    return value
+
+
+@app.command("diff")
+def diff_command(
+    a: Annotated[
+        str, typer.Argument(metavar="A", help="A tensor or result file; PATH:NAME picks one, '-' is stdin.")
+    ],
+    b: Annotated[str, typer.Argument(metavar="B", help="The file to compare A with: the reference.")],
+    rtol: Annotated[
+        float | None,
+        typer.Option(
+            callback=_check_tolerance, help="Relative tolerance. Default: per dtype, as assert_close."
+        ),
+    ] = None,
+    atol: Annotated[
+        float | None,
+        typer.Option(
+            callback=_check_tolerance, help="Absolute tolerance. Default: per dtype, as assert_close."
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option("--top-k", metavar="K", min=1, help="Keys per row compared for weights.")
+    ] = 5,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="table: a row per tensor; json: the same facts as JSON.")
+    ] = OutputFormat.table,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing (but errors): the exit status tells.")
+    ] = False,
+    no_color: NoColorOption = False,
+) -> None:
+    """Compare the tensors of two files, within tolerance, like cmp for tensors.
+
+    Each tensor of A is compared with the one of the same name in B (or the only tensor of each):
+    max absolute and relative difference, where the worst element is, and how many are outside
+    tolerance. Close means |A - B| <= atol + rtol * |B|, or equal (NaN in both counts as equal), as
+    torch.testing.assert_close; default tolerances are its own for the less precise dtype
+    (float16 1e-3/1e-5, bfloat16 1.6e-2/1e-5, float32 1.3e-6/1e-5, float64 1e-7/1e-7; integers exact).
+    A tensor named weights is also compared row by row: KL(A||B) and top-k key agreement.
+
+    [bold]Examples[/]
+
+      attn diff result.safetensors expected.safetensors
+      attn diff a.npz b.npz --rtol 1e-3 --atol 1e-6
+      attn diff run1.safetensors:weights run2.safetensors:weights --top-k 3 --format json
+      attn diff -q a.npy b.npy && echo same
+
+    Exit status: 0 equal within tolerance, 1 different, 2 trouble (a file that cannot be read,
+    tensor names or shapes that do not match, bad usage).
+    """
+    from attncli import compare, inspection
+    from attncli.loaders import split_spec
+
+    if split_spec(a)[0] == split_spec(b)[0] == "-":
+        raise UsageError("stdin ('-') can be only one of A and B")
+    stdin = _app.stdin()
+    files = inspection.open_spec(a, stdin), inspection.open_spec(b, stdin)
+    comparison = compare.compare_files(*files, rtol=rtol, atol=atol, top_k=top_k)
+    if quiet:
+        pass
+    elif output_format is OutputFormat.json:
+        sys.stdout.write(compare.comparison_json(comparison) + "\n")
+    else:
+        make_console(no_color).print(compare.comparison_view(comparison))
+    if not comparison.close:
+        raise typer.Exit(ExitCode.DIFFERENT)

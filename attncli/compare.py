@@ -1,0 +1,457 @@
+"""Compare the tensors of two files as torch.testing.assert_close would, a block at a time.
+
+Two values are close when |a - b| <= atol + rtol * |b| (b: the second file), or when they are equal,
+infinities of the same sign included, or both NaN. The default tolerances are assert_close's for the
+less precise of the two dtypes; integers and booleans must be equal. Weights (a tensor named
+`weights`, keys on the last axis) are also compared row by row: KL divergence and top-k agreement.
+
+All arithmetic is float64 NumPy on blocks of a few MiB read through attncli.inspection, so two
+multi-GiB files compare in bounded memory. Nothing here prints, exits or imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attncli.errors import InputError, ShapeError
+from attncli.inspection import BLOCK_ELEMENTS, LazyFile, LazyTensor, number_text
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+#: torch.testing.assert_close's (rtol, atol) per dtype; any other dtype (integers, bool) must match exactly.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float16": (1e-3, 1e-5),
+    "bfloat16": (1.6e-2, 1e-5),
+    "float32": (1.3e-6, 1e-5),
+    "float64": (1e-7, 1e-7),
+}
+WEIGHTS = "weights"  # the tensor compared row by row, as attention weights
+
+
+@dataclass(frozen=True)
+class RowAgreement:
+    """How alike the rows of two weight tensors are as distributions over keys."""
+
+    rows: int  # rows in the tensor (every axis but the last)
+    rows_compared: int  # rows with mass in both files and no NaN, Inf or negative value
+    kl_mean: float | None  # KL(A || B) of the rows, each normalised to sum to 1; None: no row compared
+    kl_max: float | None
+    top_k: int  # k, at most the row length
+    top_k_same: float | None  # share of rows whose k largest keys are the same set in both
+    top_k_overlap: float | None  # mean share of the k largest keys that both have in common
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """One pair of tensors compared element by element."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtypes: tuple[str, str]
+    rtol: float
+    atol: float
+    elements: int
+    max_abs: float | None  # largest |a - b|, NaN positions left out; None: nothing to compare
+    max_rel: float | None  # largest |a - b| / |b|; where b == 0: 0 within tolerance, inf outside
+    #: Some elements outside tolerance: where |a - b| - (atol + rtol * |b|) is largest. All within:
+    #: where |a - b| uses the largest share of its tolerance. None when all are equal.
+    worst_index: tuple[int, ...] | None
+    worst_excess: float | None  # |a - b| - (atol + rtol * |b|) there: > 0 means outside tolerance
+    outside: int  # elements outside tolerance (a NaN on one side only counts)
+    nan: tuple[int, int]  # NaN count in A and in B
+    nan_both: int  # positions NaN in both, counted equal
+    rows: RowAgreement | None  # for weights only
+
+    @property
+    def close(self) -> bool:
+        return self.outside == 0
+
+    @property
+    def verdict(self) -> str:
+        if not self.close:
+            return "different"
+        return "equal" if not self.max_abs else "close"
+
+    @property
+    def outside_share(self) -> float:
+        return self.outside / self.elements if self.elements else 0.0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    labels: tuple[str, str]
+    tensors: list[TensorComparison]
+    given: tuple[bool, bool]  # whether rtol, atol were given rather than the dtype's defaults
+
+    @property
+    def close(self) -> bool:
+        return all(tensor.close for tensor in self.tensors)
+
+
+def default_tolerances(*dtypes: str) -> tuple[float, float]:
+    """(rtol, atol) as assert_close picks them: the largest of the dtypes'; exact for integers."""
+    pairs = [DEFAULT_TOLERANCES.get(dtype, (0.0, 0.0)) for dtype in dtypes]
+    return max(rtol for rtol, _ in pairs), max(atol for _, atol in pairs)
+
+
+def compare_files(
+    first: LazyFile,
+    second: LazyFile,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    top_k: int = 5,
+) -> Comparison:
+    """Compare the tensors the files share by name (or the only tensor of each)."""
+    pairs = pair_tensors(first, second)
+    tensors = [compare_tensors(name, a, b, rtol=rtol, atol=atol, top_k=top_k) for name, a, b in pairs]
+    return Comparison((first.label, second.label), tensors, (rtol is not None, atol is not None))
+
+
+def pair_tensors(first: LazyFile, second: LazyFile) -> list[tuple[str, LazyTensor, LazyTensor]]:
+    """(name, A's tensor, B's tensor) to compare; an error naming every name or shape that does not match."""
+    only_first: list[str] = []
+    only_second: list[str] = []
+    if len(first.tensors) == 1 and len(second.tensors) == 1:  # whatever their names
+        (a,) = first.tensors.values()
+        (b,) = second.tensors.values()
+        name = (
+            a.name if a.name == b.name else WEIGHTS if WEIGHTS in (a.name, b.name) else f"{a.name}/{b.name}"
+        )
+        pairs = [(name, a, b)]
+    else:
+        only_first = [name for name in first.tensors if name not in second.tensors]
+        only_second = [name for name in second.tensors if name not in first.tensors]
+        pairs = [
+            (name, a, second.tensors[name]) for name, a in first.tensors.items() if name in second.tensors
+        ]
+    problems = []
+    if only_first or only_second:
+        lists = [
+            f"only in {label}: {', '.join(names)}"
+            for label, names in ((first.label, only_first), (second.label, only_second))
+            if names
+        ]
+        problems.append(f"{first.label} and {second.label} hold different tensors ({'; '.join(lists)})")
+    problems += [
+        f"'{name}' has shape {a.shape} in {first.label} but {b.shape} in {second.label}"
+        for name, a, b in pairs
+        if a.shape != b.shape
+    ]
+    if problems:
+        raise (InputError if only_first or only_second else ShapeError)("; ".join(problems))
+    return pairs
+
+
+def compare_tensors(
+    name: str,
+    first: LazyTensor,
+    second: LazyTensor,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    top_k: int = 5,
+) -> TensorComparison:
+    """Compare two tensors of one shape a block at a time; rows too when `name` is `weights`."""
+    if first.shape != second.shape:
+        raise ShapeError(f"'{name}' has shape {first.shape} in one file but {second.shape} in the other")
+    default_rtol, default_atol = default_tolerances(first.dtype, second.dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    exact = first.dtype not in DEFAULT_TOLERANCES and second.dtype not in DEFAULT_TOLERANCES
+    differences = _Differences(rtol, atol, exact)
+    row_length = first.shape[-1] if first.shape else 0
+    rows = _Rows(min(top_k, row_length)) if name == WEIGHTS and row_length > 0 else None
+    block = max(1, BLOCK_ELEMENTS // row_length) * row_length if rows else BLOCK_ELEMENTS
+    offset = 0
+    for block_a, block_b in zip(first.blocks(block), second.blocks(block), strict=True):
+        differences.add(block_a, block_b, offset)
+        if rows is not None:
+            rows.add(block_a.reshape(-1, row_length), block_b.reshape(-1, row_length))
+        offset += block_a.size
+    worst_at, worst_excess = differences.worst()
+    worst = None if worst_at is None else np.unravel_index(worst_at, first.shape)
+    return TensorComparison(
+        name=name,
+        shape=first.shape,
+        dtypes=(first.dtype, second.dtype),
+        rtol=rtol,
+        atol=atol,
+        elements=first.size,
+        max_abs=differences.max_abs,
+        max_rel=differences.max_rel,
+        worst_index=None if worst is None else tuple(int(i) for i in worst),
+        worst_excess=worst_excess,
+        outside=differences.outside,
+        nan=(differences.nan_first, differences.nan_second),
+        nan_both=differences.nan_both,
+        rows=None if rows is None else rows.result(),
+    )
+
+
+class _Differences:
+    """Running element-wise facts of two tensors, fed aligned blocks in order."""
+
+    def __init__(self, rtol: float, atol: float, exact: bool) -> None:
+        self.rtol, self.atol, self.exact = rtol, atol, exact
+        self.max_abs: float | None = None
+        self.max_rel: float | None = None
+        self.worst_excess: float | None = None
+        self.worst_at: int | None = None
+        self.nearest_share: float | None = None  # the largest share of its tolerance a close element uses
+        self.nearest_at: int | None = None
+        self.nearest_excess: float | None = None
+        self.outside = self.nan_first = self.nan_second = self.nan_both = 0
+
+    def add(self, first: np.ndarray, second: np.ndarray, offset: int) -> None:
+        a, b = first.astype(np.float64), second.astype(np.float64)
+        nan_a, nan_b = np.isnan(a), np.isnan(b)
+        both_nan = nan_a & nan_b
+        # Integers are compared as themselves: float64 cannot tell 2**53 from 2**53 + 1.
+        same = (first == second) if self.exact else (a == b)
+        same |= both_nan
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            gap = np.abs(a - b)  # NaN where one side is NaN or both are infinite
+            gap[same] = 0.0
+            allowed = self.atol + self.rtol * np.abs(b)
+            if self.exact and not (self.rtol or self.atol):
+                close = same
+            else:
+                close = same | (np.isfinite(gap) & (gap <= allowed))
+            relative = gap / np.abs(b)
+            excess = gap - allowed
+            used = np.where(close & (gap > 0), gap / allowed, -1.0)
+        # 0/0, inf/inf and NaN: 0 where close, infinitely far where not; b == 0 within tolerance is ignored.
+        relative = np.where(np.isnan(relative), np.where(close, 0.0, np.inf), relative)
+        relative[close & (b == 0)] = 0.0
+        excess = np.where(np.isnan(excess), np.where(close, -np.inf, np.inf), excess)
+        compared = ~(nan_a ^ nan_b)  # a NaN on one side only has no distance
+        if compared.any():
+            self.max_abs = _largest(self.max_abs, float(gap[compared].max()))
+            self.max_rel = _largest(self.max_rel, float(relative[compared].max()))
+        if excess.size:
+            at = int(np.argmax(excess))
+            if self.worst_excess is None or excess[at] > self.worst_excess:
+                self.worst_excess, self.worst_at = float(excess[at]), offset + at
+            near = int(np.argmax(used))
+            if used[near] > 0 and (self.nearest_share is None or used[near] > self.nearest_share):
+                self.nearest_share, self.nearest_at = float(used[near]), offset + near
+                self.nearest_excess = float(excess[near])
+        self.outside += close.size - int(np.count_nonzero(close))
+        self.nan_first += int(np.count_nonzero(nan_a))
+        self.nan_second += int(np.count_nonzero(nan_b))
+        self.nan_both += int(np.count_nonzero(both_nan))
+
+    def worst(self) -> tuple[int | None, float | None]:
+        """(flat index, excess) of the worst element outside tolerance, else of the nearest its limit."""
+        if self.outside:
+            return self.worst_at, self.worst_excess
+        return self.nearest_at, self.nearest_excess
+
+
+class _Rows:
+    """Running KL divergence and top-k agreement of weight rows, fed aligned (rows, keys) blocks."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.rows = self.compared = self.same = 0
+        self.kl_sum = self.overlap_sum = 0.0
+        self.kl_max: float | None = None
+
+    def add(self, first: np.ndarray, second: np.ndarray) -> None:
+        p, q = first.astype(np.float64), second.astype(np.float64)  # (rows, keys)
+        self.rows += p.shape[0]
+        usable = _distributions(p) & _distributions(q)
+        mass_p, mass_q = p.sum(axis=1), q.sum(axis=1)
+        kept = usable & (mass_p > 0) & (mass_q > 0)  # fully masked rows have no distribution
+        if not kept.any():
+            return
+        p = p[kept] / mass_p[kept, None]
+        q = q[kept] / mass_q[kept, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)  # p > 0 where q == 0: inf
+        divergence = np.maximum(terms.sum(axis=1), 0.0)  # rounding can dip just below zero
+        self.compared += p.shape[0]
+        self.kl_sum += float(divergence.sum())
+        self.kl_max = _largest(self.kl_max, float(divergence.max()))
+        overlap = np.count_nonzero(_top_keys(p, self.k) & _top_keys(q, self.k), axis=1)
+        self.same += int(np.count_nonzero(overlap == self.k))
+        self.overlap_sum += float(overlap.sum()) / self.k
+
+    def result(self) -> RowAgreement:
+        if not self.compared:
+            return RowAgreement(self.rows, 0, None, None, self.k, None, None)
+        return RowAgreement(
+            self.rows,
+            self.compared,
+            self.kl_sum / self.compared,
+            self.kl_max,
+            self.k,
+            self.same / self.compared,
+            self.overlap_sum / self.compared,
+        )
+
+
+def _distributions(rows: np.ndarray) -> np.ndarray:
+    """Rows that can be a distribution: finite and not negative."""
+    usable: np.ndarray = np.all(np.isfinite(rows) & (rows >= 0), axis=1)
+    return usable
+
+
+def _top_keys(rows: np.ndarray, k: int) -> np.ndarray:
+    """(rows, keys) -> True at each row's k largest keys; ties go to the lower index."""
+    order = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    chosen = np.zeros(rows.shape, dtype=bool)
+    np.put_along_axis(chosen, order, True, axis=1)
+    return chosen
+
+
+def _largest(current: float | None, candidate: float) -> float:
+    return candidate if current is None or candidate > current else current
+
+
+# --- presentation (Rich renderables and JSON; render.py's kind of code, kept with what it shows) --------
+
+
+def comparison_json(comparison: Comparison) -> str:
+    """The facts of a comparison as one JSON document (infinities as JSON's Infinity, as writers do)."""
+    tensors = []
+    for tensor in comparison.tensors:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "shape": list(tensor.shape),
+            "dtype_a": tensor.dtypes[0],
+            "dtype_b": tensor.dtypes[1],
+            "rtol": tensor.rtol,
+            "atol": tensor.atol,
+            "elements": tensor.elements,
+            "max_abs": tensor.max_abs,
+            "max_rel": tensor.max_rel,
+            "worst_index": None if tensor.worst_index is None else list(tensor.worst_index),
+            "worst_excess": tensor.worst_excess,
+            "outside": tensor.outside,
+            "outside_share": tensor.outside_share,
+            "nan_a": tensor.nan[0],
+            "nan_b": tensor.nan[1],
+            "nan_both": tensor.nan_both,
+            "verdict": tensor.verdict,
+        }
+        if tensor.rows is not None:
+            rows = tensor.rows
+            entry["rows"] = {
+                "rows": rows.rows,
+                "rows_compared": rows.rows_compared,
+                "kl_mean": rows.kl_mean,
+                "kl_max": rows.kl_max,
+                "top_k": rows.top_k,
+                "top_k_same": rows.top_k_same,
+                "top_k_overlap": rows.top_k_overlap,
+            }
+        tensors.append(entry)
+    a, b = comparison.labels
+    document = {"a": a, "b": b, "close": comparison.close, "tensors": tensors}
+    return json.dumps(document, indent=2)
+
+
+def comparison_view(comparison: Comparison) -> RenderableType:
+    """A row per tensor pair, then the tolerance, NaN counts and row agreement of weights, then a verdict."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    a, b = comparison.labels
+    title = Text.assemble("A ", (a, "bold"), "  B ", (b, "bold"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for heading in ("tensor", "shape", "max abs", "max rel", "worst index", "outside tol", "verdict"):
+        table.add_column(
+            heading, justify="left" if heading in ("tensor", "shape") else "right", overflow="fold"
+        )
+    colours = {"equal": "green", "close": "green", "different": "bold red"}
+    for tensor in comparison.tensors:
+        outside = f"{tensor.outside} ({_percent(tensor.outside_share)})" if tensor.outside else "0"
+        table.add_row(
+            Text(tensor.name),
+            str(tensor.shape),
+            number_text(tensor.max_abs),
+            number_text(tensor.max_rel),
+            "–" if tensor.worst_index is None else str(tensor.worst_index),
+            outside,
+            Text(tensor.verdict, style=colours[tensor.verdict]),
+        )
+    lines = [Text(line) for line in _notes(comparison)]
+    differing = sum(not tensor.close for tensor in comparison.tensors)
+    if differing:
+        count = len(comparison.tensors)
+        verdict = Text(f"different: {differing} of {count} tensor(s) outside tolerance", style="bold red")
+    else:
+        verdict = Text("equal within tolerance", style="green")
+    return Group(title, table, *lines, verdict)
+
+
+def _notes(comparison: Comparison) -> list[str]:
+    """Lines under the table: the tolerances, NaN counts, and the row agreement of weights."""
+    notes = []
+    several = len({(tensor.rtol, tensor.atol) for tensor in comparison.tensors}) > 1
+    for tensor in comparison.tensors if several else comparison.tensors[:1]:
+        where = f"{tensor.name}: " if several else ""
+        defaults = f"defaults for {' and '.join(dict.fromkeys(tensor.dtypes))}"
+        rtol_given, atol_given = comparison.given
+        if rtol_given and atol_given:
+            source = "as given"
+        elif rtol_given or atol_given:
+            source = f"{'rtol' if rtol_given else 'atol'} as given, the other the {defaults}"
+        else:
+            source = f"assert_close's {defaults}"
+        limits = f"rtol {tensor.rtol:g}, atol {tensor.atol:g}"
+        notes.append(f"{where}close: |A - B| <= atol + rtol·|B| with {limits} ({source})")
+    for tensor in comparison.tensors:
+        if tensor.nan[0] or tensor.nan[1]:
+            notes.append(
+                f"{tensor.name}: NaN in A {tensor.nan[0]}, in B {tensor.nan[1]}, "
+                f"in both {tensor.nan_both} (counted equal)"
+            )
+        notes += _row_notes(tensor)
+    return notes
+
+
+def _row_notes(tensor: TensorComparison) -> list[str]:
+    rows = tensor.rows
+    if rows is None:
+        return []
+    left_out = rows.rows - rows.rows_compared
+    skipped = f" ({left_out} with no mass, NaN, Inf or negative weights left out)" if left_out else ""
+    if rows.kl_mean is None or rows.top_k_same is None or rows.top_k_overlap is None:
+        return [f"{tensor.name}: no row to compare as a distribution{skipped}"]
+    return [
+        f"{tensor.name}: KL(A‖B) per row: mean {number_text(rows.kl_mean)}, max "
+        f"{number_text(rows.kl_max)}, over {rows.rows_compared} of {rows.rows} rows{skipped}",
+        f"{tensor.name}: top-{rows.top_k} keys the same in {_percent(rows.top_k_same)} of rows; "
+        f"mean overlap {rows.top_k_overlap * rows.top_k:.3g} of {rows.top_k}",
+    ]
+
+
+def _percent(share: float) -> str:
+    """0.00012 -> '0.012%': enough digits to tell a few elements from none."""
+    if share == 0 or share == 1:
+        return f"{share:.0%}"
+    digits = max(2, 1 - math.floor(math.log10(share * 100))) if share < 0.01 else 1
+    return f"{share * 100:.{digits}f}%"
+
+
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "Comparison",
+    "RowAgreement",
+    "TensorComparison",
+    "compare_files",
+    "compare_tensors",
+    "default_tolerances",
+    "pair_tensors",
+]

@@ -1,0 +1,683 @@
+"""Look inside tensor files without loading them: headers first, data a block at a time.
+
+`open_tensors` reads only what a file says about its tensors (names, shapes, dtypes, where the bytes
+are); each `LazyTensor` then yields its values in blocks of a few MiB. A .npy file is mapped with
+`np.load(mmap_mode="r")`'s header and read through `np.memmap` windows; a .safetensors header is
+parsed and checked here (as strictly as the safetensors library does) and its data read through
+`np.memmap` windows too; an .npz member is streamed out of the archive. So a header costs a few
+KiB however large the file, and statistics of a multi-GiB file take memory for one block.
+JSON and stdin cannot be read in pieces: they are read whole.
+
+Nothing here prints, exits or imports torch; every problem is an `InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from attncli.errors import InputError, UsageError
+from attncli.loaders import (
+    DTYPE_KIND_WORDS,
+    META_KEY,
+    SAFETENSORS_DTYPES,
+    STDIN,
+    STDIN_LABEL,
+    TensorFile,
+    decoded_metadata_value,
+    error_reason,
+    format_of,
+    metadata_from_json,
+    read_tensors,
+    sniff_format,
+    split_spec,
+)
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+#: Values per block: 4 MiB once widened to float64, whatever the file's size.
+BLOCK_ELEMENTS = 1 << 19
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger headers
+_NPY_MAGIC = b"\x93NUMPY"
+
+BlockReader = Callable[[int], Iterator[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """One tensor of a file, described by its header; its values are read only by `blocks`."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # as stored: "float32", "bfloat16", "int64", "bool", ...
+    nbytes: int  # bytes of data in the file
+    read_blocks: BlockReader = field(repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def blocks(self, elements: int = BLOCK_ELEMENTS) -> Iterator[np.ndarray]:
+        """The values in C order, `elements` at a time (the last block shorter), as fresh 1-D native
+        arrays: nothing keeps the file mapped between blocks. BF16 comes widened (exactly) to float32."""
+        return self.read_blocks(max(1, elements))
+
+
+@dataclass(frozen=True)
+class LazyFile:
+    """The tensors of one path (or stdin), as their headers describe them."""
+
+    label: str  # the path, or "<stdin>"
+    format: str  # npy, npz, safetensors or json
+    nbytes: int  # size of the file
+    tensors: dict[str, LazyTensor]
+    named: bool  # False for a format that holds one unnamed tensor (.npy, a JSON array)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of a tensor's finite values (min/max exact, in its dtype); NaN and Inf counted apart."""
+
+    min: float | int | None  # None: no finite value
+    max: float | int | None
+    mean: float | None
+    std: float | None  # population standard deviation (ddof=0), like np.std
+    nan: int
+    inf: int
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    stats: Stats | None  # None with --no-stats
+
+
+@dataclass(frozen=True)
+class FileReport:
+    label: str
+    format: str
+    nbytes: int
+    tensors: list[TensorReport]
+    metadata: dict[str, Any]
+
+
+# --- opening files -----------------------------------------------------------------------------------
+
+
+def open_spec(spec: str, stdin: BinaryIO | None = None) -> LazyFile:
+    """`PATH`, `PATH:NAME` or `-`: the file's tensors, or only the one NAME picks."""
+    path, name = split_spec(spec)
+    source = open_tensors(path, stdin)
+    if name is None:
+        return source
+    return LazyFile(
+        source.label, source.format, source.nbytes, {name: pick(source, name)}, True, source.metadata
+    )
+
+
+def open_tensors(path: str, stdin: BinaryIO | None = None) -> LazyFile:
+    """Read the header(s) of the file at `path` (`-`: all of `stdin`); no tensor data is read."""
+    if path == STDIN:
+        return _open_stdin(stdin)
+    fmt = format_of(path)
+    size = _checked_size(path)
+    if fmt == "npy":
+        return _open_npy(path, size)
+    if fmt == "safetensors":
+        return _open_safetensors(_Source(path, path=path, size=size))
+    if fmt == "npz":
+        return _open_npz(_Source(path, path=path, size=size))
+    return _from_tensor_file(read_tensors(path), "json", size)
+
+
+def pick(source: LazyFile, name: str | None) -> LazyTensor:
+    """The tensor called `name`, or the only tensor when `name` is None (messages as the loaders')."""
+    if name is not None:
+        if name not in source.tensors:
+            raise InputError(f"{source.label} has no tensor named '{name}'; it holds {_names(source)}")
+        return source.tensors[name]
+    if len(source.tensors) == 1:
+        return next(iter(source.tensors.values()))
+    raise InputError(
+        f"{source.label} holds {len(source.tensors)} tensors ({_names(source)}); "
+        f"pick one with {source.label}:NAME"
+    )
+
+
+def inspect_spec(spec: str, stdin: BinaryIO | None = None, *, stats: bool = True) -> FileReport:
+    """What `attn inspect` shows of one `PATH`, `PATH:NAME` or `-`."""
+    source = open_spec(spec, stdin)
+    tensors = [
+        TensorReport(t.name, t.shape, t.dtype, t.nbytes, tensor_stats(t) if stats else None)
+        for t in source.tensors.values()
+    ]
+    return FileReport(source.label, source.format, source.nbytes, tensors, source.metadata)
+
+
+# --- statistics --------------------------------------------------------------------------------------
+
+
+def tensor_stats(tensor: LazyTensor) -> Stats:
+    """Min, max, mean and std of the finite values, and NaN/Inf counts, one block at a time.
+
+    Means and variances of blocks are merged with Chan's formula in float64, so the result matches
+    np.mean/np.std of the whole array to rounding, in memory for one block.
+    """
+    low: Any = None
+    high: Any = None
+    count, mean, squares = 0, 0.0, 0.0
+    nan = inf = 0
+    for block in tensor.blocks():
+        values = block.view(np.uint8) if block.dtype.kind == "b" else block
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values)
+            block_nan = int(np.count_nonzero(np.isnan(values)))
+            nan += block_nan
+            inf += values.size - int(np.count_nonzero(finite)) - block_nan
+            if not finite.all():
+                values = values[finite]
+        if values.size == 0:
+            continue
+        block_low, block_high = values.min().item(), values.max().item()
+        low = block_low if low is None else min(low, block_low)
+        high = block_high if high is None else max(high, block_high)
+        widened = values.astype(np.float64)
+        block_mean = float(widened.mean())
+        block_squares = float(np.square(widened - block_mean).sum())
+        total = count + widened.size
+        delta = block_mean - mean
+        mean += delta * widened.size / total
+        squares += block_squares + delta * delta * count * widened.size / total
+        count = total
+    if count == 0:
+        return Stats(None, None, None, None, nan, inf)
+    if tensor.dtype == "bool":
+        low, high = bool(low), bool(high)
+    return Stats(low, high, mean, math.sqrt(squares / count), nan, inf)
+
+
+# --- where bytes come from -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The bytes of a file: on disk (read in windows) or already in memory (stdin)."""
+
+    label: str
+    path: str | None = None
+    data: bytes | None = None
+    size: int = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        assert self.path is not None
+        with open(self.path, "rb") as file:
+            file.seek(offset)
+            return file.read(length)
+
+    def values(self, offset: int, dtype: np.dtype[Any], count: int) -> np.ndarray:
+        """`count` values of `dtype` at byte `offset`: a view, valid until the next call."""
+        if self.data is not None:
+            return np.frombuffer(self.data, dtype=dtype, count=count, offset=offset)
+        assert self.path is not None
+        window: np.ndarray = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+        return window
+
+    def open(self) -> BinaryIO:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return open(self.path, "rb")
+
+
+def _checked_size(path: str) -> int:
+    """The size of a readable, non-empty file; the loaders' messages otherwise."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            file.read(1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a tensor file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot be read: {error.strerror or error}") from None
+    if size == 0:
+        raise InputError(f"{path}: the file is empty")
+    return size
+
+
+def _open_stdin(stdin: BinaryIO | None) -> LazyFile:
+    if stdin is None:
+        raise UsageError("'-' means stdin, but there is no stdin to read")
+    data = stdin.read()
+    fmt = sniff_format(data) if data else None
+    if fmt == "safetensors":
+        return _open_safetensors(_Source(STDIN_LABEL, data=data, size=len(data)))
+    if fmt == "npz":
+        return _open_npz(_Source(STDIN_LABEL, data=data, size=len(data)))
+    # Empty or unknown bytes, .npy and JSON: the loaders read them whole and word the errors.
+    parsed = read_tensors(STDIN, io.BytesIO(data))
+    return _from_tensor_file(parsed, fmt or "json", len(data))
+
+
+def _from_tensor_file(parsed: TensorFile, fmt: str, size: int) -> LazyFile:
+    tensors = {
+        name: LazyTensor(name, tuple(array.shape), array.dtype.name, array.nbytes, _array_blocks(array))
+        for name, array in parsed.tensors.items()
+    }
+    return LazyFile(parsed.label, fmt, size, tensors, parsed.named, dict(parsed.metadata))
+
+
+# --- .npy ------------------------------------------------------------------------------------------------
+
+
+def _open_npy(path: str, size: int) -> LazyFile:
+    with open(path, "rb") as file:
+        if file.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise InputError(f"{path}: not a valid .npy file (it does not start with the NumPy header)")
+        file.seek(0)
+        shape, fortran_order, dtype, offset = _npy_header(file, path, ".npy")
+    _check_dtype(dtype, path, ".npy")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if offset + nbytes > size:
+        raise InputError(
+            f"{path}: not a valid .npy file (its header describes {dtype.name} of shape {shape}, "
+            f"{nbytes} bytes of data, but the file holds only {size - offset} bytes after the header)"
+        )
+    if fortran_order and len(shape) > 1:
+        # Stored column-major: C-order blocks need NumPy's strided view of the mapped file.
+        def read(elements: int) -> Iterator[np.ndarray]:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            yield from _array_blocks(mapped)(elements)
+
+        reader: BlockReader = read
+    else:
+        reader = _raw_blocks(_Source(path, path=path, size=size), offset, dtype, math.prod(shape))
+    tensor = LazyTensor("tensor", shape, dtype.name, nbytes, reader)
+    return LazyFile(path, "npy", size, {"tensor": tensor}, named=False)
+
+
+def _npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, fortran_order, dtype, data offset) from the .npy header at the file's position."""
+    try:
+        start = file.tell()
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
+        else:  # 2.0 and 3.0 differ only in how the (ASCII, for real numbers) header is encoded
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
+        return tuple(int(n) for n in shape), bool(fortran_order), dtype, file.tell() - start
+    except (ValueError, OSError, EOFError, SyntaxError) as error:
+        raise InputError(f"{label}: not a valid {suffix} file ({error_reason(error)})") from None
+
+
+def _check_dtype(dtype: np.dtype[Any], label: str, suffix: str) -> None:
+    if dtype.kind == "O":
+        raise InputError(
+            f"{label}: holds Python objects (an object array); attncli never unpickles files, "
+            "save numeric arrays instead"
+        )
+    if dtype.kind not in "biuf":
+        words = DTYPE_KIND_WORDS.get(dtype.kind, str(dtype))
+        raise InputError(f"{label}: holds {words} ({dtype}); tensors must hold real numbers")
+
+
+# --- .safetensors ------------------------------------------------------------------------------------
+
+
+def _open_safetensors(source: _Source) -> LazyFile:
+    label = source.label
+
+    def invalid(reason: str) -> InputError:
+        return InputError(f"{label}: not a valid .safetensors file ({reason})")
+
+    if source.size < 8:
+        raise invalid(f"only {source.size} bytes; it starts with an 8-byte header length")
+    header_size = int.from_bytes(source.read(0, 8), "little")
+    if header_size > _MAX_SAFETENSORS_HEADER:
+        raise invalid(
+            f"its header length, {header_size} bytes, is over the {_MAX_SAFETENSORS_HEADER} allowed"
+        )
+    data_start = 8 + header_size
+    if data_start > source.size:
+        raise invalid(
+            f"its header length is {header_size} bytes, but the file holds only {source.size - 8} after it"
+        )
+    raw = source.read(8, header_size)
+    if not raw.startswith(b"{"):
+        raise invalid("its header is not a JSON object")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise invalid(f"its header is not valid JSON: {error_reason(error)}") from None
+    if not isinstance(header, dict):
+        raise invalid("its header is not a JSON object")
+    raw_metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(raw_metadata, dict) or not all(isinstance(v, str) for v in raw_metadata.values()):
+        raise invalid("its __metadata__ must map names to strings")
+    data_size = source.size - data_start
+    spans: list[tuple[int, int, str]] = []
+    tensors: dict[str, LazyTensor] = {}
+    for name, info in header.items():
+        dtype_name, shape, begin, end = _safetensors_entry(name, info, invalid)
+        if dtype_name != "BF16" and dtype_name not in SAFETENSORS_DTYPES:
+            raise InputError(
+                f"{label}:{name}: dtype {dtype_name} is not supported (use F64, F32, F16, BF16 or integers)"
+            )
+        storage = np.dtype("<u2" if dtype_name == "BF16" else SAFETENSORS_DTYPES[dtype_name])
+        nbytes = math.prod(shape) * storage.itemsize
+        if end - begin != nbytes:
+            raise invalid(
+                f"tensor '{name}' of dtype {dtype_name} and shape {list(shape)} needs {nbytes} bytes, "
+                f"but its data_offsets [{begin}, {end}] span {end - begin}"
+            )
+        if end > data_size:
+            raise invalid(
+                f"tensor '{name}' claims bytes {begin} to {end} of the data, but the file holds only "
+                f"{data_size} bytes of data after its header"
+            )
+        spans.append((begin, end, name))
+        shown = "bfloat16" if dtype_name == "BF16" else storage.name
+        reader = _raw_blocks(source, data_start + begin, storage, math.prod(shape), dtype_name == "BF16")
+        tensors[name] = LazyTensor(name, shape, shown, nbytes, reader)
+    _check_spans(sorted(spans), data_size, invalid)
+    if not tensors:
+        raise InputError(f"{label}: the file holds no tensors")
+    ordered = {name: tensors[name] for _, _, name in sorted(spans)}  # in the order of their data
+    metadata = {str(key): decoded_metadata_value(value) for key, value in raw_metadata.items()}
+    return LazyFile(label, "safetensors", source.size, ordered, named=True, metadata=metadata)
+
+
+def _safetensors_entry(
+    name: str, info: Any, invalid: Callable[[str], InputError]
+) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each checked for its type."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise invalid(f"tensor '{name}' needs an object with dtype, shape and data_offsets")
+    dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+
+    def is_count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(dtype_name, str):
+        raise invalid(f"tensor '{name}' has dtype {json.dumps(dtype_name)}, not a name like F32")
+    if not isinstance(shape, list) or not all(is_count(n) for n in shape):
+        raise invalid(f"tensor '{name}' has shape {json.dumps(shape)}, not a list of sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_count(n) for n in offsets):
+        raise invalid(f"tensor '{name}' has data_offsets {json.dumps(offsets)}, not [begin, end]")
+    begin, end = offsets
+    if end < begin:
+        raise invalid(f"tensor '{name}' has data_offsets [{begin}, {end}], which end before they begin")
+    return dtype_name, tuple(shape), begin, end
+
+
+def _check_spans(
+    spans: list[tuple[int, int, str]], data_size: int, invalid: Callable[[str], InputError]
+) -> None:
+    """The tensors' bytes must tile the data exactly: no overlap, no gap, nothing after (as safetensors)."""
+    position, previous = 0, None
+    for begin, end, name in spans:
+        if begin < position:
+            raise invalid(f"the data of tensors '{previous}' and '{name}' overlap")
+        if begin > position:
+            raise invalid(f"{begin - position} bytes before tensor '{name}' belong to no tensor")
+        position, previous = end, name
+    if position != data_size:
+        raise invalid(f"the last {data_size - position} bytes of the file belong to no tensor")
+
+
+def _raw_blocks(
+    source: _Source, offset: int, storage: np.dtype[Any], count: int, bfloat16: bool = False
+) -> BlockReader:
+    """Blocks of `count` contiguous values at byte `offset`, each read through its own window."""
+
+    def read(elements: int) -> Iterator[np.ndarray]:
+        for start in range(0, count, elements):
+            length = min(elements, count - start)
+            try:
+                window = source.values(offset + start * storage.itemsize, storage, length)
+                block = _fresh(window, bfloat16)
+            except (OSError, ValueError) as error:  # the file shrank or vanished since its header was read
+                raise InputError(f"{source.label}: cannot be read: {error_reason(error)}") from None
+            del window  # unmaps it
+            yield block
+
+    return read
+
+
+# --- .npz ------------------------------------------------------------------------------------------------
+
+
+def _open_npz(source: _Source) -> LazyFile:
+    label = source.label
+    tensors: dict[str, LazyTensor] = {}
+    metadata: dict[str, Any] = {}
+    try:
+        with source.open() as stream, zipfile.ZipFile(stream) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                where = f"{label}:{name}"
+                with archive.open(info) as member:
+                    if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                        raise InputError(f"{where}: not a .npy array inside the archive")
+                    member.seek(0)
+                    shape, fortran_order, dtype, offset = _npy_header(member, where, ".npz member")
+                    if name == META_KEY and dtype.kind == "U" and shape == ():
+                        member.seek(0)
+                        text = np.lib.format.read_array(member, allow_pickle=False)
+                        metadata = metadata_from_json(str(text), label)
+                        continue
+                _check_dtype(dtype, where if dtype.kind != "O" else label, ".npz")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if offset + nbytes > info.file_size:
+                    raise InputError(
+                        f"{where}: its header describes {dtype.name} of shape {shape}, {nbytes} bytes "
+                        f"of data, but the member holds only {info.file_size - offset} bytes after it"
+                    )
+                reader = _member_blocks(source, info, offset, dtype, shape, fortran_order)
+                tensors[name] = LazyTensor(name, shape, dtype.name, nbytes, reader)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as error:
+        raise InputError(f"{label}: not a valid .npz file ({error_reason(error)})") from None
+    if not tensors:
+        raise InputError(f"{label}: the archive holds no tensors")
+    return LazyFile(label, "npz", source.size, tensors, named=True, metadata=metadata)
+
+
+def _member_blocks(
+    source: _Source,
+    info: zipfile.ZipInfo,
+    offset: int,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    fortran_order: bool,
+) -> BlockReader:
+    """Stream one archive member: C-order data in blocks; column-major data whole (NumPy needs it all)."""
+    count = math.prod(shape)
+    where = f"{source.label}:{info.filename.removesuffix('.npy')}"
+
+    def read(elements: int) -> Iterator[np.ndarray]:
+        try:
+            with source.open() as stream, zipfile.ZipFile(stream) as archive, archive.open(info) as member:
+                if fortran_order and len(shape) > 1:
+                    member.seek(0)
+                    whole = np.lib.format.read_array(member, allow_pickle=False)
+                    yield from _array_blocks(whole)(elements)
+                    return
+                member.seek(offset)
+                for start in range(0, count, elements):
+                    length = min(elements, count - start)
+                    raw = member.read(length * dtype.itemsize)
+                    if len(raw) != length * dtype.itemsize:
+                        raise InputError(f"{where}: the member ends before its data does")
+                    yield _fresh(np.frombuffer(raw, dtype=dtype), False)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:
+            raise InputError(f"{source.label}: not a valid .npz file ({error_reason(error)})") from None
+
+    return read
+
+
+# --- blocks of arrays ------------------------------------------------------------------------------------
+
+
+def _array_blocks(array: np.ndarray) -> BlockReader:
+    """Blocks of an array in memory, or mapped with any strides, in C order."""
+
+    def read(elements: int) -> Iterator[np.ndarray]:
+        for start in range(0, array.size, elements):
+            yield _fresh(_flat_slice(array, start, min(start + elements, array.size)), False)
+
+    return read
+
+
+def _flat_slice(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Elements start..stop of `array` in C order, touching only about that many (any strides)."""
+    if array.flags.c_contiguous or array.ndim <= 1:
+        return array.reshape(-1)[start:stop]
+    row = math.prod(array.shape[1:])  # elements per index of the first axis
+    first, last = start // row, -(-stop // row)
+    if row <= stop - start:  # short rows: copy the few whole rows that hold the range
+        return np.ravel(array[first:last])[start - first * row : stop - first * row]
+    pieces = [  # long rows: the range lies within one or two of them
+        _flat_slice(array[i], max(start - i * row, 0), min(stop - i * row, row)) for i in range(first, last)
+    ]
+    return np.concatenate(pieces)
+
+
+def _fresh(values: np.ndarray, bfloat16: bool) -> np.ndarray:
+    """A native-endian copy (so no block keeps a file mapped); BF16 bits widened exactly to float32."""
+    if bfloat16:
+        # bfloat16 is the top half of a float32.
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    return np.array(values, dtype=values.dtype.newbyteorder("="))
+
+
+# --- presentation (Rich renderables and JSON; render.py's kind of code, kept with what it shows) --------
+
+
+def reports_json(reports: list[FileReport]) -> str:
+    """One JSON document for every file: `{"files": [{"path", "format", "bytes", "tensors", "metadata"}]}`."""
+    files = []
+    for report in reports:
+        tensors = []
+        for tensor in report.tensors:
+            entry: dict[str, Any] = {
+                "name": tensor.name,
+                "shape": list(tensor.shape),
+                "dtype": tensor.dtype,
+                "bytes": tensor.nbytes,
+            }
+            if tensor.stats is not None:
+                stats = tensor.stats
+                entry |= {"min": stats.min, "max": stats.max, "mean": stats.mean, "std": stats.std}
+                entry |= {"nan": stats.nan, "inf": stats.inf}
+            tensors.append(entry)
+        files.append(
+            {
+                "path": report.label,
+                "format": report.format,
+                "bytes": report.nbytes,
+                "tensors": tensors,
+                "metadata": report.metadata,
+            }
+        )
+    return json.dumps({"files": files}, indent=2)
+
+
+def report_view(report: FileReport) -> RenderableType:
+    """A table of the file's tensors (one row each), then its metadata, one key per line."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    with_stats = any(tensor.stats is not None for tensor in report.tensors)
+    count = len(report.tensors)
+    title = Text.assemble(
+        (report.label, "bold"),
+        f"  {report.format}, {size_text(report.nbytes)}, {count} tensor{'s' if count != 1 else ''}",
+    )
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0
+    )  # the box puts a space between
+    for heading in ("tensor", "shape", "dtype"):
+        table.add_column(heading, no_wrap=True)
+    numbers = ["size", *(("min", "max", "mean", "std", "NaN", "Inf") if with_stats else ())]
+    for heading in numbers:
+        table.add_column(heading, justify="right", no_wrap=True)
+    for tensor in report.tensors:
+        cells: list[Text | str] = [
+            Text(tensor.name),
+            str(tensor.shape),
+            tensor.dtype,
+            size_text(tensor.nbytes),
+        ]
+        if tensor.stats is not None:
+            stats = tensor.stats
+            cells += [number_text(value) for value in (stats.min, stats.max, stats.mean, stats.std)]
+            cells += [str(stats.nan), str(stats.inf)]
+        table.add_row(*cells)
+    if not report.metadata:
+        return Group(title, table, Text())
+    lines = Table.grid(padding=(0, 2))
+    lines.add_column(style="bold")
+    lines.add_column()
+    for key, value in sorted(report.metadata.items()):  # safetensors keeps no order of its own
+        lines.add_row(Text(key), Text(value if isinstance(value, str) else json.dumps(value)))
+    return Group(title, table, Text(), Text("metadata", style="bold"), lines, Text())
+
+
+def size_text(nbytes: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    size = nbytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def number_text(value: float | int | bool | None) -> str:
+    """A number as a table shows it: ints exactly, floats to 4 significant digits, None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool | int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _names(source: LazyFile) -> str:
+    names = list(source.tensors)
+    return ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+
+
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "FileReport",
+    "LazyFile",
+    "LazyTensor",
+    "Stats",
+    "TensorReport",
+    "inspect_spec",
+    "open_spec",
+    "open_tensors",
+    "pick",
+    "tensor_stats",
+]
