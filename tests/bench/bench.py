@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# As `attn` does before torch is imported (attncli/cli/_app.py): large buffers on huge pages.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 REPO = Path(__file__).resolve().parents[2]
 SEED = "sample_inputs/seed.npz"  # relative to REPO, as a user would type it
 SHAPES = ((1, 8, 2048, 64), (4, 16, 1024, 64))  # (batch, heads, positions, features)
