@@ -126,7 +126,12 @@ def read_tensors(path: str, stdin: BinaryIO | None = None) -> TensorFile:
                 "or JSON starting with '[' or '{'"
             )
         return _PARSERS[fmt](data, STDIN_LABEL)
-    return _PARSERS[format_of(path)](_read_file(path), path)
+    fmt = format_of(path)
+    if fmt == "npy":
+        mapped = _map_npy(path)
+        if mapped is not None:
+            return mapped
+    return _PARSERS[fmt](_read_file(path), path)
 
 
 def load_tensor(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
@@ -251,6 +256,24 @@ def _read_file(path: str) -> bytes:
     if not data:
         raise InputError(f"{path}: the file is empty")
     return data
+
+
+def _map_npy(path: str) -> TensorFile | None:
+    """A .npy file mapped copy-on-write: no read of its data until used, no copy into torch.
+
+    None when it cannot be mapped (empty arrays, odd files): the caller then reads it whole, which
+    also gives the precise error message for a bad file.
+    """
+    try:
+        with open(path, "rb") as file:
+            if file.read(6) != b"\x93NUMPY":
+                return None
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or not array.dtype.isnative:
+        return None
+    return TensorFile(path, {"tensor": array}, named=False)
 
 
 def _parse_npy(data: bytes, label: str) -> TensorFile:
