@@ -290,6 +290,42 @@ def bench_small_job(env: dict[str, str], repeats: int, warmup: int) -> list[Row]
     return timed_rows(samples, [(f"small job: attn compute {SEED}", "compute", "torch")], SMALL_JOB_TARGET)
 
 
+# --- showing a large result -------------------------------------------------------------------------
+
+SHOW_TARGET_S = 0.25  # showing a (1, 1, 4096, 4096) result costs at most this much more than --quiet
+
+
+def bench_show(env: dict[str, str], workdir: Path, repeats: int, warmup: int) -> list[Row]:
+    """`attn compute` on 4096 positions: the table and heatmap views against --quiet, whole processes."""
+    import numpy as np
+
+    path = workdir / "x4096.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32))
+    attn = [*attn_command(), "compute", str(path)]
+    variants = {
+        "table": lambda: run_process(attn, env, expect_output=True),
+        "heatmap": lambda: run_process([*attn, "--view", "heatmap"], env, expect_output=True),
+        "quiet": lambda: run_process([*attn, "-q"], env),
+    }
+    samples = interleaved("show 4096", variants, repeats, warmup)
+    quiet = statistics.median(samples["quiet"])
+    rows = []
+    for view in ("table", "heatmap"):
+        extra = statistics.median(samples[view]) - quiet
+        verdict = "pass" if extra <= SHOW_TARGET_S else "FAIL"
+        rows.append(
+            Row(
+                f"show 4096x4096 ({view}) minus --quiet",
+                _ms(extra),
+                _ms(quiet),
+                None,
+                f"<= {_ms(SHOW_TARGET_S)}",
+                verdict,
+            )
+        )
+    return rows
+
+
 # --- 3./4. the weights path ---------------------------------------------------------------------------
 
 
@@ -476,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows += guarded("imports", lambda: [check_imports(env, ["--help"]), check_imports(env, ["--version"])])
     # --quick runs no warm-up process for the small job: the median of its 3 runs drops a cold one.
     rows += guarded("small job", lambda: bench_small_job(env, job_n, 0 if options.quick else 1))
+    with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+        rows += guarded("show", lambda: bench_show(env, Path(workdir), job_n, 1))
     # Memory first (fresh processes), then the timings in this process, which keep its threads busy.
     rows += guarded("memory cpu", lambda: bench_weights_memory("cpu", env, memory_n))
     rows += guarded("time cpu", lambda: bench_weights_time("cpu", time_n, 1, budget_s))
