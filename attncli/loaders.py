@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
     "key": ("key", "k"),
     "value": ("value", "v"),
 }
+_LONG_INTEGER = re.compile(r"(?<![.\deE+-])-?\d{19,}")
 _MAX_AXES = 64  # NumPy's limit on the number of dimensions
 #: The key a result file keeps its metadata under (JSON object key; an .npz array of one string).
 META_KEY = "meta"
@@ -351,7 +353,7 @@ def _parse_json(data: bytes, label: str) -> TensorFile:
     except UnicodeDecodeError:
         raise InputError(f"{label}: not UTF-8 text, so not JSON") from None
     try:
-        document = json.loads(text)
+        document = _decode_json(text)
     except json.JSONDecodeError as error:
         raise InputError(
             f"{label}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
@@ -371,6 +373,21 @@ def _parse_json(data: bytes, label: str) -> TensorFile:
             raise InputError(f"{label}: the JSON object holds no tensors")
         return TensorFile(label, tensors, named=True, metadata=metadata)
     return TensorFile(label, {"tensor": _json_array(document, label, may_hold_booleans)}, named=False)
+
+
+def _decode_json(text: str) -> Any:
+    """orjson when it can (about 6 times faster); Python's json for what orjson refuses: NaN and
+    Infinity literals (a float mask's -Infinity), and the exact message of a malformed document.
+    Integers of 19 digits or more go to Python's json too, which keeps them exact (orjson would
+    round them to floats) so that one too large for 64 bits is reported, not silently rounded."""
+    import orjson
+
+    if _LONG_INTEGER.search(text):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _json_array(value: Any, where: str, may_hold_booleans: bool) -> np.ndarray:

@@ -78,9 +78,15 @@ def json_text(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) ->
 
 
 def _json_array(array: np.ndarray) -> str:
-    # NumPy's str() of a float is the shortest text that reads back as the same value of its dtype.
-    if array.dtype.kind == "b":
-        return _nest(np.where(array, "true", "false"))
+    import orjson
+
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        # orjson writes each number as the shortest text that reads back as the same value of its
+        # dtype (float32 and float16 included), about 20 times faster than NumPy's str().
+        text: str = orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        return text
+    # NaN and infinities (statistics of fully masked rows) have no JSON spelling orjson accepts:
+    # write them as Python's json module does, NaN and Infinity, with NumPy's shortest text around.
     texts = np.asarray(array).astype(str)
     if texts.size and array.dtype.kind == "f":
         texts[np.isnan(array)] = "NaN"
