@@ -129,10 +129,9 @@ def read_tensors(path: str, stdin: BinaryIO | None = None) -> TensorFile:
             )
         return _PARSERS[fmt](data, STDIN_LABEL)
     fmt = format_of(path)
-    if fmt == "npy":
-        mapped = _map_npy(path)
-        if mapped is not None:
-            return mapped
+    mapped = _map_npy(path) if fmt == "npy" else _map_safetensors(path) if fmt == "safetensors" else None
+    if mapped is not None:
+        return mapped
     return _PARSERS[fmt](_read_file(path), path)
 
 
@@ -276,6 +275,37 @@ def _map_npy(path: str) -> TensorFile | None:
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or not array.dtype.isnative:
         return None
     return TensorFile(path, {"tensor": array}, named=False)
+
+
+def _map_safetensors(path: str) -> TensorFile | None:
+    """A .safetensors file's tensors mapped copy-on-write, after the library has checked its header.
+
+    None when that is not possible (bfloat16, which NumPy cannot map, empty tensors, a bad file):
+    the caller then reads the file whole, which also gives the precise error message.
+    """
+    import safetensors
+
+    try:
+        with safetensors.safe_open(path, "np") as handle:  # validates the header, offsets and sizes
+            names = list(handle.keys())
+        with open(path, "rb") as file:
+            header_size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(header_size))
+    except Exception:  # SafetensorError has no public import path; the whole-file reader explains
+        return None
+    tensors: dict[str, np.ndarray] = {}
+    for name in names:
+        info = header[name]
+        dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES or begin == end:
+            return None
+        tensors[name] = np.memmap(
+            path, dtype=SAFETENSORS_DTYPES[dtype], mode="c", offset=8 + header_size + begin, shape=shape
+        )
+    if not tensors:
+        return None
+    metadata = {str(k): decoded_metadata_value(str(v)) for k, v in (header.get("__metadata__") or {}).items()}
+    return TensorFile(path, tensors, named=True, metadata=metadata)
 
 
 def _parse_npy(data: bytes, label: str) -> TensorFile:

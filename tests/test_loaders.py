@@ -815,3 +815,20 @@ def test_mask_errors_say_they_are_about_the_mask(tmp_path: Path) -> None:
     path = tmp_path / "m.npy"
     np.save(path, np.array([1, 0]))
     assert_words(error_of(InputError, load_mask, str(path)), f"--mask {path}", "integers")
+
+
+def test_npy_and_safetensors_files_are_mapped_not_copied(tmp_path: Path) -> None:
+    """Inputs are memory-mapped copy-on-write, and torch shares that memory: no read before use, no copy."""
+    import torch
+    from safetensors.numpy import save_file
+
+    array = np.arange(24, dtype=np.float32).reshape(4, 6)
+    np.save(tmp_path / "x.npy", array)
+    save_file({"query": array, "key": array * 2}, str(tmp_path / "x.safetensors"))
+    for path, name in ((tmp_path / "x.npy", "tensor"), (tmp_path / "x.safetensors", "key")):
+        loaded = read_tensors(str(path)).tensors[name]
+        assert isinstance(loaded, np.memmap)
+        np.testing.assert_array_equal(loaded, array if name == "tensor" else array * 2)
+        assert torch.from_numpy(loaded).data_ptr() == loaded.ctypes.data
+        loaded[0, 0] = -1  # copy-on-write: the file is never changed
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), array)
