@@ -38,13 +38,17 @@ class RowStats:
     distance: torch.Tensor  # mean attention distance sum_j w_ij |i - j|
 
 
-def row_stats(weights: torch.Tensor, blocked: torch.Tensor | np.ndarray | None = None) -> RowStats:
+def row_stats(
+    weights: torch.Tensor, blocked: torch.Tensor | np.ndarray | None = None, *, row_offset: int = 0
+) -> RowStats:
     """Per query row of `weights` (..., Lq, Lk): entropy, normalised entropy, largest weight and its
     key, weight on key 0 and mean distance from the query to the keys it attends to.
 
     `blocked` (bool, True = masked, broadcastable to the weights, a tensor or a NumPy array) says
     which keys each query could not see: they count neither as keys nor as weight (a weight there
     is taken as 0). Computed in float64 for float64 weights, else float32, and returned so.
+    `row_offset` is the query index of the first row (the weights being a block of a larger
+    matrix's rows); only the distance uses it.
     """
     compute_dtype = _compute_dtype(weights)
     blocked_keys = _blocked_view(blocked, weights)
@@ -57,7 +61,7 @@ def row_stats(weights: torch.Tensor, blocked: torch.Tensor | np.ndarray | None =
     keys = torch.arange(lk, device=device)
     for span, index in _row_blocks(weights):
         block = weights[index].to(compute_dtype)  # (n, Lk)
-        query = index[-1]  # (n,): the query position of each row in its matrix
+        query = index[-1] + row_offset  # (n,): the query position of each row in its matrix
         if blocked_keys is None:
             open_count = torch.full_like(query, lk)
             sink_open = torch.ones_like(query, dtype=torch.bool)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attncli.errors import ComputeError, ShapeError, UsageError
+from attncli.errors import ComputeError, InputError, ShapeError, UsageError
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -158,6 +158,7 @@ class Prepared:
     group: int  # query heads per key/value head
     weights_shape: tuple[int, ...]
     input_shapes: Mapping[str, tuple[int, ...]]
+    may_overflow: bool = False  # the inputs are large enough that a score might overflow its dtype
 
     def merge_heads(self, output: torch.Tensor) -> torch.Tensor:
         """Undo the --heads split on an output: (..., H, Lq, Dv/H) -> (..., Lq, H, Dv/H) -> (..., Lq, Dv)."""
@@ -191,6 +192,8 @@ def prepare(
         _as_tensor(x, target_dtype, target_device, role)
         for x, role in zip((query, key, value), _ROLES, strict=True)
     )
+    for given, converted, role in zip((query, key, value), (q, k, v), _ROLES, strict=True):
+        _check_range(given, converted, role, label[role])
     input_shapes = {role: tuple(t.shape) for role, t in zip(_ROLES, (q, k, v), strict=True)}
     # Messages show each input as it was given: "k.npy (5, 8)".
     shown = {role: f"{label[role]} {_shape_text(input_shapes[role])}" for role in _ROLES}
@@ -226,7 +229,14 @@ def prepare(
             scale = check_scale(scale)
         except ValueError as error:
             raise UsageError(f"scale {error}") from None
-    return Prepared(q, k, v, scale, mask_tensor, causal, heads, group, weights_shape, input_shapes)
+    # |q . k| * scale <= |q| |k| |scale|: when even that bound fits the scores' dtype, no score can
+    # overflow and the N x N check is skipped.
+    score_dtype = torch.float32 if target_dtype in _HALF_DTYPES else target_dtype
+    bound = float(q.double().norm(dim=-1).max() * k.double().norm(dim=-1).max()) * abs(scale)
+    may_overflow = not bound < torch.finfo(score_dtype).max / 2
+    return Prepared(
+        q, k, v, scale, mask_tensor, causal, heads, group, weights_shape, input_shapes, may_overflow
+    )
 
 
 def attend(problem: Prepared) -> AttentionResult:
@@ -234,7 +244,7 @@ def attend(problem: Prepared) -> AttentionResult:
     p = problem
     try:
         weights, output, masked_rows = _attend(
-            p.query, p.key, p.value, p.scale, p.mask, p.causal, p.group, p.weights_shape
+            p.query, p.key, p.value, p.scale, p.mask, p.causal, p.group, p.weights_shape, p.may_overflow
         )
     except torch.OutOfMemoryError as error:
         raise ComputeError(_memory_message(p.weights_shape, p.query.dtype, error)) from None
@@ -264,6 +274,7 @@ def _attend(
     causal: bool,
     group: int,
     weights_shape: tuple[int, ...],
+    may_overflow: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The maths, on tensors already checked and on their device; one N x N buffer, updated in place."""
     compute_dtype = q.dtype
@@ -279,6 +290,12 @@ def _attend(
         q, k, v = q.float(), k.float(), v.float()
     # Scaling the query (Lq x D numbers) costs less than scaling the scores (Lq x Lk).
     scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (..., Lq, D) @ (..., D, Lk) -> (..., Lq, Lk)
+    if may_overflow and not bool(torch.isfinite(scores).all()):
+        wider = "" if scores.dtype == torch.float64 else ", or use --dtype float64"
+        raise InputError(
+            f"query . key scores overflow {str(scores.dtype).removeprefix('torch.')} with these inputs "
+            f"(finite, but too large): scale them down or pass a smaller --scale{wider}"
+        )
     if group > 1:
         scores = scores.flatten(-4, -3)  # (..., Hkv, G, Lq, Lk) -> (..., Hq, Lq, Lk)
     if tuple(scores.shape) != weights_shape:
@@ -325,6 +342,22 @@ def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: st
             raise UsageError(f"{role} holds {x.dtype}; query, key and value must be real numbers")
         return x.to(device=device, dtype=dtype)
     raise TypeError(f"{role} must be a torch.Tensor or numpy.ndarray, not {type(x).__name__}")
+
+
+def _check_range(given: TensorLike, converted: torch.Tensor, role: str, label: str) -> None:
+    """Refuse finite values that became infinite in the compute dtype (70000 in float16)."""
+    if converted.is_floating_point() and bool(torch.isinf(converted).any()):
+        finite_before = (
+            bool(np.isfinite(given).all())
+            if isinstance(given, np.ndarray)
+            else (bool(torch.isfinite(given).all()) if given.is_floating_point() else True)
+        )
+        if finite_before:
+            largest = torch.finfo(converted.dtype).max
+            raise InputError(
+                f"{label}: {role} has values that overflow {str(converted.dtype).removeprefix('torch.')} "
+                f"(beyond ±{largest:.6g}); use a wider --dtype"
+            )
 
 
 def _as_mask(mask: TensorLike, device: torch.device) -> torch.Tensor:

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +269,7 @@ def _map_npy(path: str) -> TensorFile | None:
             if file.read(6) != b"\x93NUMPY":
                 return None
         array = np.load(path, mmap_mode="c", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+    except Exception:  # any failure: the whole-file reader says what is wrong
         return None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or not array.dtype.isnative:
         return None
@@ -314,7 +313,7 @@ def _parse_npy(data: bytes, label: str) -> TensorFile:
         raise InputError(f"{label}: not a valid .npy file (it does not start with the NumPy header)")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+    except Exception as error:  # untrusted bytes: np.load can fail in many ways, each means "bad file"
         raise _numpy_error(error, label, ".npy") from None
     if not isinstance(array, np.ndarray):
         raise InputError(f"{label}: not a .npy file")
@@ -323,6 +322,8 @@ def _parse_npy(data: bytes, label: str) -> TensorFile:
 
 def _numpy_error(error: BaseException, label: str, suffix: str) -> InputError:
     """What np.load's failure means: an object array it would have had to unpickle, or a bad file."""
+    if isinstance(error, MemoryError | OverflowError):
+        return InputError(f"{label}: its header claims a shape too large for memory or for the file")
     if isinstance(error, ValueError) and "allow_pickle" in str(error):
         return InputError(
             f"{label}: holds Python objects (an object array); attncli never unpickles files, "
@@ -342,7 +343,9 @@ def _parse_npz(data: bytes, label: str) -> TensorFile:
                     metadata = metadata_from_json(str(array), label)
                     continue
                 tensors[name] = _checked_dtype(array, f"{label}:{name}")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+    except InputError:
+        raise
+    except Exception as error:  # untrusted bytes: zip and np.load can fail in many ways
         raise _numpy_error(error, label, ".npz") from None
     if not tensors:
         raise InputError(f"{label}: the archive holds no tensors")
@@ -368,13 +371,18 @@ def _parse_safetensors(data: bytes, label: str) -> TensorFile:
 
 def _safetensors_array(info: Mapping[str, Any], label: str) -> np.ndarray:
     dtype, shape, buffer = info["dtype"], tuple(info["shape"]), info["data"]
-    if dtype == "BF16":
-        # bfloat16 is the top half of a float32: widening it is exact.
-        widened = np.frombuffer(buffer, dtype="<u2").astype("<u4") << 16
-        return widened.view("<f4").reshape(shape)
-    if dtype not in SAFETENSORS_DTYPES:
+    if dtype != "BF16" and dtype not in SAFETENSORS_DTYPES:
         raise InputError(f"{label}: dtype {dtype} is not supported (use F64, F32, F16, BF16 or integers)")
-    return np.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
+    try:
+        if dtype == "BF16":
+            # bfloat16 is the top half of a float32: widening it is exact.
+            widened = np.frombuffer(buffer, dtype="<u2").astype("<u4") << 16
+            return widened.view("<f4").reshape(shape)
+        return np.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
+    except (ValueError, OverflowError, MemoryError):
+        raise InputError(
+            f"{label}: shape {list(shape)} does not fit its {len(buffer)} bytes of data"
+        ) from None
 
 
 def _parse_json(data: bytes, label: str) -> TensorFile:
@@ -390,6 +398,8 @@ def _parse_json(data: bytes, label: str) -> TensorFile:
         ) from None
     except RecursionError:
         raise InputError(f"{label}: JSON nested too deeply to be a tensor") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise InputError(f"{label}: not valid JSON ({error_reason(error)})") from None
     may_hold_booleans = b"true" in data or b"false" in data
     if isinstance(document, dict):
         tensors: dict[str, np.ndarray] = {}
@@ -492,7 +502,7 @@ def _checked_dtype(array: np.ndarray, label: str) -> np.ndarray:
 def metadata_from_json(text: str, label: str) -> dict[str, Any]:
     try:
         decoded = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise InputError(f"{label}: its '{META_KEY}' entry is not JSON") from None
     if not isinstance(decoded, dict):
         raise InputError(f"{label}: its '{META_KEY}' entry is not a JSON object")
@@ -503,7 +513,7 @@ def decoded_metadata_value(text: str) -> Any:
     """A safetensors metadata value: JSON as attncli writes it, or the plain string another tool wrote."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return text
 
 

@@ -145,7 +145,9 @@ def warn(message: str) -> None:
 
 
 def fail(message: str, status: int) -> NoReturn:
-    sys.stderr.write(f"attn: error: {message}\n")
+    # One line, whatever a file or tensor name holds: control characters are shown escaped.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    sys.stderr.write(f"attn: error: {shown}\n")
     sys.stderr.flush()
     sys.exit(status)
 

@@ -1,0 +1,524 @@
+"""Attention in blocks of query rows, keeping only what was asked for: bounded memory at any length.
+
+`attend` holds every weight at once: N x N numbers per matrix, 4 GiB in float32 at 32,768
+positions. `stream_attention` computes the same maths (`core._attend`, step for step) on
+`block_rows` query rows at a time and keeps, from each block's weights, only the output rows, the
+per-row statistics and top-k, a pooled picture, and (when asked) the weights themselves, written
+block by block to a file. Memory beyond the inputs and the output is a few blocks of
+(block_rows x Lk x matrices) numbers. No I/O but that weights file, no printing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from attncli import analysis
+from attncli.analysis import RowStats
+from attncli.core import Prepared
+from attncli.errors import InputError, OutputError, UsageError
+
+__all__ = [
+    "MAX_BLOCK_BYTES",
+    "WEIGHTS_FORMATS",
+    "StreamResult",
+    "choose_block_rows",
+    "describe",
+    "full_weights_bytes",
+    "stream_attention",
+]
+
+#: The most bytes of scores one block holds: larger blocks are no faster and fall out of cache.
+MAX_BLOCK_BYTES = 64 << 20
+#: Suffixes `weights_to` takes.
+WEIGHTS_FORMATS = (".npy", ".safetensors")
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_SAFETENSORS_DTYPES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+
+_FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What `stream_attention` kept of one attention computation; no weights, unless written to a file.
+
+    `output` is exactly `attend`'s (heads merged). `masked_rows` is (..., Lq) bool, or None without
+    a mask, as in `AttentionResult`. `picture_max` / `picture_mean` are float32 (..., R, C): each
+    cell pools `picture_blocks` = (rows, keys) weights, masked weights left out, NaN where all are.
+    """
+
+    output: torch.Tensor
+    masked_rows: torch.Tensor | None
+    stats: RowStats | None
+    top_k: tuple[torch.Tensor, torch.Tensor] | None  # values (..., Lq, k), int64 keys (..., Lq, k)
+    picture_max: _FloatArray | None
+    picture_mean: _FloatArray | None
+    picture_blocks: tuple[int, int]  # (0, 0) when no picture was asked for
+    scale: float
+    causal: bool
+    heads: int | None
+    query_heads_per_key_head: int
+    input_shapes: Mapping[str, tuple[int, ...]]
+    weights_shape: tuple[int, ...]  # of the weights that were never held
+    dtype: torch.dtype
+    device: torch.device
+    block_rows: int
+    mask: torch.Tensor | None = None
+
+    def fully_masked_rows(self) -> list[tuple[int, ...]]:
+        """Indices (batch..., row) of the query rows that could attend to no key: their weights are 0."""
+        if self.masked_rows is None:
+            return []
+        return [tuple(int(i) for i in index) for index in self.masked_rows.nonzero().tolist()]
+
+
+def full_weights_bytes(problem: Prepared) -> int:
+    """Bytes of N x N buffers `attend` allocates: the scores (float32 for half dtypes), plus the
+    half-precision copy of the weights it returns."""
+    count = math.prod(problem.weights_shape)
+    dtype = problem.query.dtype
+    if dtype in _HALF_DTYPES:
+        return count * (4 + _itemsize(dtype))
+    return count * _itemsize(dtype)
+
+
+def choose_block_rows(problem: Prepared, memory_limit_bytes: int) -> int:
+    """Query rows per block so that a block's scores take about a quarter of `memory_limit_bytes`
+    (the rest goes to the temporaries of statistics, top-k and picture), and never more than
+    MAX_BLOCK_BYTES; at least 1 row, at most Lq (when there are any)."""
+    *lead, lq, lk = problem.weights_shape
+    compute_size = 8 if problem.query.dtype == torch.float64 else 4
+    row_bytes = max(1, math.prod(lead) * lk * compute_size)
+    budget = min(memory_limit_bytes // 4, MAX_BLOCK_BYTES)
+    return max(1, min(lq, budget // row_bytes))
+
+
+def stream_attention(
+    problem: Prepared,
+    *,
+    block_rows: int,
+    stats: bool = False,
+    top_k: int | None = None,
+    picture: tuple[int, int] | None = None,
+    weights_to: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> StreamResult:
+    """`attend(problem)`, computed `block_rows` query rows at a time; the full weights never exist.
+
+    `stats`: `analysis.row_stats` of every row; `top_k`: `analysis.top_k` of every row (both with
+    the mask and causal triangle as `blocked`, as `core.masked_positions` gives them). `picture`:
+    (rows, cols) of a pooled picture of each matrix, by max and by mean. `weights_to`: a .npy or
+    .safetensors path the weights are written to, atomically (bfloat16 widened to float32, as
+    `core.result_arrays` does). `progress(done, total)` is called with query rows after each block;
+    an exception it raises stops the work and leaves no file behind.
+    """
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+        raise ValueError(f"block_rows must be a positive whole number, not {block_rows}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, not {top_k}")
+    if picture is not None and (len(picture) != 2 or min(picture) < 1):
+        raise ValueError(f"picture must be (rows, cols), each at least 1, not {picture}")
+    p = problem
+    weights_shape = tuple(p.weights_shape)
+    *lead_list, lq, _ = weights_shape
+    lead = tuple(lead_list)
+    dtype, device = p.query.dtype, p.query.device
+
+    writer = None
+    if weights_to is not None:
+        writer = _WeightsWriter(Path(weights_to), weights_shape, _file_dtype(dtype), _settings(p))
+    pictures = None if picture is None else _Picture(weights_shape, picture, device)
+    masked_rows = None if p.mask is None else torch.zeros((*lead, lq), dtype=torch.bool, device=device)
+    stats_fields: list[torch.Tensor] | None = None
+    kept: tuple[torch.Tensor, torch.Tensor] | None = None
+    output: torch.Tensor | None = None
+    compute = _Blocks(p)
+    try:
+        for start in range(0, max(lq, 1), block_rows):
+            stop = min(start + block_rows, lq)
+            weights, block_output, block_masked, blocked = compute.block(start, stop)
+            if output is None:
+                # (..., n, Dv) -> (..., Lq, Dv): value's batch axes may add to the weights'
+                output = block_output.new_empty((*block_output.shape[:-2], lq, block_output.shape[-1]))
+            output[..., start:stop, :] = block_output
+            if masked_rows is not None and block_masked is not None:
+                masked_rows[..., start:stop] = block_masked
+            if stats:
+                block_stats = analysis.row_stats(weights, blocked, row_offset=start)
+                fields = [getattr(block_stats, name) for name in _STAT_FIELDS]
+                if stats_fields is None:
+                    stats_fields = [field.new_empty((*lead, lq)) for field in fields]
+                for whole, part in zip(stats_fields, fields, strict=True):
+                    whole[..., start:stop] = part
+            if top_k is not None:
+                values, keys = analysis.top_k(weights, top_k, blocked)
+                if kept is None:
+                    columns = values.shape[-1]
+                    kept = (values.new_empty((*lead, lq, columns)), keys.new_empty((*lead, lq, columns)))
+                kept[0][..., start:stop, :] = values
+                kept[1][..., start:stop, :] = keys
+            if pictures is not None:
+                pictures.add(start, weights, blocked)
+            if writer is not None:
+                writer.write_rows(start, weights)
+            del weights, block_output, block_masked, blocked
+            if progress is not None:
+                progress(stop, lq)
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    assert output is not None  # the loop runs at least once
+    picture_max, picture_mean = (None, None) if pictures is None else pictures.arrays()
+    return StreamResult(
+        output=p.merge_heads(output),
+        masked_rows=masked_rows,
+        stats=None if stats_fields is None else RowStats(*stats_fields),
+        top_k=kept,
+        picture_max=picture_max,
+        picture_mean=picture_mean,
+        picture_blocks=(0, 0) if pictures is None else pictures.blocks,
+        scale=p.scale,
+        causal=p.causal,
+        heads=p.heads,
+        query_heads_per_key_head=p.group,
+        input_shapes=p.input_shapes,
+        weights_shape=weights_shape,
+        dtype=dtype,
+        device=device,
+        block_rows=block_rows,
+        mask=p.mask,
+    )
+
+
+_STAT_FIELDS = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
+
+
+def describe(result: StreamResult) -> dict[str, Any]:
+    """The settings of a streamed result as plain JSON-able values, the keys of `core.describe`."""
+    return {
+        **_settings_of(
+            result.scale,
+            result.causal,
+            result.heads,
+            result.query_heads_per_key_head,
+            result.dtype,
+            result.device,
+            result.input_shapes,
+            result.weights_shape,
+        ),
+        "output_shape": list(result.output.shape),
+        "fully_masked_rows": len(result.fully_masked_rows()),
+    }
+
+
+class _Blocks:
+    """`core._attend` on query rows [start, stop): the same operations in the same order, so each
+    block's weights and output are those rows of `attend`'s."""
+
+    def __init__(self, p: Prepared) -> None:
+        self.dtype = p.query.dtype
+        self.half = self.dtype in _HALF_DTYPES
+        self.scale, self.mask, self.causal, self.group = p.scale, p.mask, p.causal, p.group
+        # Set by prepare when a score might overflow: each block's scores are checked, as attend's.
+        self.may_overflow = bool(getattr(p, "may_overflow", False))
+        *self.lead, self.lq, self.lk = p.weights_shape
+        query, key, value = p.query, p.key, p.value
+        if self.group > 1:
+            # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
+            query = query.reshape(*query.shape[:-3], key.shape[-3], self.group, *query.shape[-2:])
+            key, value = key.unsqueeze(-3), value.unsqueeze(-3)  # (..., Hkv, 1, Lk, D)
+        if self.half:
+            key, value = key.float(), value.float()  # once, not per block: float32 arithmetic
+        self.query, self.value = query, value  # (..., [Hkv, G,] Lq, D), (..., [Hkv, 1,] Lk, Dv)
+        self.key_t = key.transpose(-2, -1)  # (..., D, Lk)
+        # The mask's query axis, when it has one longer than 1, is cut to the block's rows.
+        self.mask_rows = self.mask is not None and self.mask.ndim >= 2 and self.mask.shape[-2] > 1
+
+    def block(
+        self, start: int, stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Weights (..., n, Lk) in the result dtype, output (..., n, Dv) in the result dtype, masked
+        rows (..., n) (None without a mask) and the blocked keys (bool, broadcastable; None if none)."""
+        q = self.query[..., start:stop, :]
+        if self.half:
+            q = q.float()
+        scores = torch.matmul(q * self.scale, self.key_t)  # (..., n, D) @ (..., D, Lk) -> (..., n, Lk)
+        if self.may_overflow and not bool(torch.isfinite(scores).all()):
+            wider = "" if scores.dtype == torch.float64 else ", or use --dtype float64"
+            raise InputError(
+                f"query . key scores overflow {str(scores.dtype).removeprefix('torch.')} with these inputs "
+                f"(finite, but too large): scale them down or pass a smaller --scale{wider}"
+            )
+        if self.group > 1:
+            scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, Lk) -> (..., Hq, n, Lk)
+        shape = (*self.lead, stop - start, self.lk)
+        if tuple(scores.shape) != shape:
+            scores = scores.expand(shape).contiguous()  # a mask with more batch axes than the inputs
+
+        mask = self.mask
+        if mask is not None and self.mask_rows:
+            mask = mask[..., start:stop, :]
+        blocked = None
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                blocked = ~mask
+                scores.masked_fill_(blocked, -math.inf)
+            else:
+                blocked = mask == -math.inf
+                scores.add_(mask.to(scores.dtype))
+        if self.causal:
+            # Query start + i sees keys j <= start + i.
+            above_diagonal = torch.ones(stop - start, self.lk, dtype=torch.bool, device=scores.device)
+            above_diagonal.triu_(start + 1)
+            scores.masked_fill_(above_diagonal, -math.inf)
+            blocked = above_diagonal if blocked is None else blocked | above_diagonal
+        masked_rows = None
+        if mask is not None:
+            # A row with every key masked has no softmax; it gets zero weights instead of NaN.
+            masked_rows = scores.amax(dim=-1) == -math.inf  # (..., n)
+            scores.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
+        weights = torch.softmax(scores, dim=-1, out=scores)
+        if masked_rows is not None:
+            weights.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
+
+        if self.group > 1:
+            # (..., Hkv, G, n, Lk) @ (..., Hkv, 1, Lk, Dv) -> (..., Hkv, G, n, Dv) -> (..., Hq, n, Dv)
+            grouped = weights.reshape(*weights.shape[:-3], self.value.shape[-4], self.group, *shape[-2:])
+            output = torch.matmul(grouped, self.value).flatten(-4, -3)
+        else:
+            output = torch.matmul(weights, self.value)  # (..., n, Lk) @ (..., Lk, Dv) -> (..., n, Dv)
+        return weights.to(self.dtype), output.to(self.dtype), masked_rows, blocked
+
+
+class _Picture:
+    """Max and mean of (rows, keys) blocks of each matrix, masked weights left out, built row block
+    by row block: the columns pooled first within a block, then added to the picture's rows."""
+
+    def __init__(self, weights_shape: tuple[int, ...], size: tuple[int, int], device: torch.device) -> None:
+        *lead, lq, lk = weights_shape
+        rows, cols = size
+        self.block_rows = max(1, math.ceil(lq / rows))  # the smallest blocks that fit, as heatmap's
+        self.block_cols = max(1, math.ceil(lk / cols))
+        self.blocks = (self.block_rows, self.block_cols)
+        grid = (*lead, math.ceil(lq / self.block_rows), math.ceil(lk / self.block_cols))
+        self.largest = torch.full(grid, -math.inf, dtype=torch.float32, device=device)
+        self.sums = torch.zeros(grid, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(grid, dtype=torch.int64, device=device)
+
+    def add(self, start: int, weights: torch.Tensor, blocked: torch.Tensor | None) -> None:
+        """Pool weights (..., n, Lk) of query rows start.. into the picture."""
+        n, columns = weights.shape[-2], self.sums.shape[-1]
+        if columns == 0:
+            return  # no keys: nothing to pool
+        values = weights.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
+        if blocked is None:
+            open_keys = None
+            largest, sums = values, values
+        else:
+            open_keys = ~blocked.expand(weights.shape)
+            largest = values.masked_fill(~open_keys, -math.inf)
+            sums = values.masked_fill(~open_keys, 0.0)
+        # (..., n, Lk) -> (..., n, C), then each row added to its picture row
+        row_of = torch.arange(start, start + n, device=weights.device) // self.block_rows
+        row_largest = self._columns(largest, torch.amax).float()
+        spread = row_of.view(-1, 1).expand(row_largest.shape)  # (..., n, C): each row's picture row
+        self.largest.scatter_reduce_(-2, spread, row_largest, reduce="amax")
+        self.sums.index_add_(-2, row_of, self._columns(sums, torch.sum).double())
+        if open_keys is None:
+            sizes = torch.full((columns,), self.block_cols, device=weights.device)
+            sizes[-1] = weights.shape[-1] - self.block_cols * (columns - 1)
+            self.counts.index_add_(-2, row_of, sizes.expand(*weights.shape[:-1], -1))
+        else:
+            self.counts.index_add_(-2, row_of, self._columns(open_keys, torch.sum))
+
+    def _columns(self, values: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Reduce each run of block_cols keys: (..., n, Lk) -> (..., n, C), the last run ragged."""
+        lk = values.shape[-1]
+        whole = lk // self.block_cols * self.block_cols
+        parts = []
+        if whole:
+            parts.append(reduce(values[..., :whole].unfold(-1, self.block_cols, self.block_cols), dim=-1))
+        if whole < lk:
+            parts.append(reduce(values[..., whole:], dim=-1, keepdim=True))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def arrays(self) -> tuple[_FloatArray, _FloatArray]:
+        """(max, mean), float32 NumPy arrays, NaN where every weight of a cell was masked."""
+        empty = self.counts == 0
+        largest = self.largest.masked_fill(empty, math.nan)
+        mean = (self.sums / self.counts.clamp(min=1)).masked_fill(empty, math.nan).float()
+        return largest.cpu().numpy(), mean.cpu().numpy()
+
+
+class _WeightsWriter:
+    """The full weights, row block by row block, into a temporary file renamed over the target
+    when complete. The header goes first; each block's rows are written at their place in the
+    data (positioned writes, not a memory map, whose dirty pages would count as the process's)."""
+
+    def __init__(
+        self, target: Path, shape: tuple[int, ...], dtype: np.dtype[Any], settings: Mapping[str, Any]
+    ) -> None:
+        suffix = target.suffix.lower()
+        if suffix not in WEIGHTS_FORMATS:
+            shown = f"suffix '{suffix}'" if suffix else "no suffix"
+            raise UsageError(
+                f"weights file {target}: {shown} is not supported; use {', '.join(WEIGHTS_FORMATS)}"
+            )
+        if not target.parent.is_dir():
+            raise UsageError(f"weights file {target}: the folder {target.parent} does not exist")
+        self.target, self.shape, self.dtype = target, shape, dtype
+        self.rows, self.keys = shape[-2], shape[-1]
+        self.file: BinaryIO | None = None
+        try:
+            descriptor, self.temporary = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
+            )
+        except OSError as error:
+            raise self._error(error) from None
+        try:
+            self.file = os.fdopen(descriptor, "wb")
+            header = (
+                _npy_header(shape, dtype) if suffix == ".npy" else _safetensors_header(shape, dtype, settings)
+            )
+            self.file.write(header)
+            self.data_start = len(header)
+        except BaseException as error:
+            self.discard()
+            if isinstance(error, OSError):
+                raise self._error(error) from None
+            raise
+
+    def write_rows(self, start: int, weights: torch.Tensor) -> None:
+        """Weights (..., n, Lk) of query rows start..start+n, each matrix's rows at their offset."""
+        assert self.file is not None
+        if weights.dtype == torch.bfloat16:
+            weights = weights.float()  # NumPy has no bfloat16; the widening is exact
+        block = weights.detach().cpu().numpy().astype(self.dtype, copy=False)
+        n = block.shape[-2]
+        matrices = block.reshape(-1, n * self.keys)  # one contiguous run of rows per matrix
+        itemsize = self.dtype.itemsize
+        try:
+            for index, rows in enumerate(matrices):
+                self.file.seek(self.data_start + (index * self.rows + start) * self.keys * itemsize)
+                self.file.write(np.ascontiguousarray(rows).data.cast("B"))
+        except OSError as error:
+            raise self._error(error) from None
+
+    def commit(self) -> None:
+        assert self.file is not None
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.chmod(self.temporary, _mode_for(self.target))
+            os.replace(self.temporary, self.target)
+        except OSError as error:
+            self.discard()
+            raise self._error(error) from None
+
+    def discard(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+        Path(self.temporary).unlink(missing_ok=True)
+
+    def _error(self, error: OSError) -> OutputError:
+        return OutputError(f"weights file {self.target}: could not be written: {error.strerror or error}")
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    buffer = _Bytes()
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # a header over 64 KiB: never for a shape, but version 2.0 takes it
+        buffer = _Bytes()
+        np.lib.format.write_array_header_2_0(buffer, header)
+    return bytes(buffer.data)
+
+
+class _Bytes:
+    """The one method NumPy's header writers call."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+
+def _safetensors_header(shape: tuple[int, ...], dtype: np.dtype[Any], settings: Mapping[str, Any]) -> bytes:
+    """8 bytes of little-endian header length, then the JSON header padded with spaces to 8 bytes."""
+    size = math.prod(shape) * dtype.itemsize
+    entry = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [0, size]}
+    # safetensors metadata maps strings to strings: every value is stored as JSON, as writers does.
+    metadata = {key: json.dumps(value) for key, value in settings.items()}
+    text = json.dumps({"__metadata__": metadata, "weights": entry}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _file_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    """NumPy's dtype for the weights file; bfloat16, which NumPy lacks, widened to float32."""
+    if dtype == torch.float64:
+        return np.dtype(np.float64)
+    return np.dtype(np.float16) if dtype == torch.float16 else np.dtype(np.float32)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _settings(p: Prepared) -> dict[str, Any]:
+    return _settings_of(
+        p.scale, p.causal, p.heads, p.group, p.query.dtype, p.query.device, p.input_shapes, p.weights_shape
+    )
+
+
+def _settings_of(
+    scale: float,
+    causal: bool,
+    heads: int | None,
+    group: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    weights_shape: tuple[int, ...],
+) -> dict[str, Any]:
+    leading = len(weights_shape) - 2
+    names = ["batch"] * leading
+    if (heads is not None or len(input_shapes["query"]) >= 4) and leading:
+        names[-1] = "head"  # as core._leading_axis_names
+    return {
+        "scale": scale,
+        "causal": causal,
+        "heads": heads,
+        "query_heads_per_key_head": group,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "input_shapes": {role: list(shape) for role, shape in input_shapes.items()},
+        "weights_shape": list(weights_shape),
+        "weights_axes": [*names, "query", "key"],
+    }
+
+
+def _mode_for(target: Path) -> int:
+    """Keep the mode of a file being replaced; give a new file the usual 0666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
