@@ -232,7 +232,9 @@ def prepare(
     # |q . k| * scale <= |q| |k| |scale|: when even that bound fits the scores' dtype, no score can
     # overflow and the N x N check is skipped.
     score_dtype = torch.float32 if target_dtype in _HALF_DTYPES else target_dtype
-    bound = float(q.double().norm(dim=-1).max() * k.double().norm(dim=-1).max()) * abs(scale)
+    bound = 0.0
+    if q.numel() and k.numel():
+        bound = float(q.double().norm(dim=-1).max() * k.double().norm(dim=-1).max()) * abs(scale)
     may_overflow = not bound < torch.finfo(score_dtype).max / 2
     return Prepared(
         q, k, v, scale, mask_tensor, causal, heads, group, weights_shape, input_shapes, may_overflow
