@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # elsewhere set TORCH to the wheel spec that suits the machine, e.g. make TORCH='torch==2.13.0+cpu'.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint bench docs docs-check clean
+.PHONY: demo test lint bench docs docs-check fuzz clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ docs: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The loaders under atheris (coverage-guided), for FUZZ_SECONDS; crashes land in build/fuzz/.
+FUZZ_SECONDS ?= 180
+
+fuzz: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check atheris
+	mkdir -p build/fuzz/corpus
+	$(BIN)/python tests/fuzz/fuzz_loaders.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=20 \
+		-artifact_prefix=build/fuzz/ build/fuzz/corpus
 
 docs-check: $(VENV)/.installed
 	$(BIN)/python docs/generate.py --check

@@ -214,13 +214,14 @@ def prepare(
     mask_tensor = None
     if mask is not None:
         mask_tensor = _as_mask(mask, target_device)
-        try:
-            weights_shape = _broadcast(weights_shape, tuple(mask_tensor.shape))
-        except ValueError:
+        broadcast = _broadcast_or_none(weights_shape, tuple(mask_tensor.shape))
+        # The mask may add batch axes, never stretch the (query, key) axes it applies to.
+        if broadcast is None or broadcast[-2:] != weights_shape[-2:]:
             raise ShapeError(
                 f"the mask does not broadcast to the weights' shape: {label['mask']} "
                 f"{_shape_text(tuple(mask_tensor.shape))}, weights {_shape_text(weights_shape)}"
-            ) from None
+            )
+        weights_shape = broadcast
 
     if scale is None:
         scale = 1.0 / math.sqrt(k.shape[-1])
@@ -426,6 +427,13 @@ def _check_batch_axes(
 def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     # NumPy's, not torch.broadcast_shapes: that one imports sympy on first use (about 0.4 s).
     return tuple(int(n) for n in np.broadcast_shapes(*shapes))
+
+
+def _broadcast_or_none(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    try:
+        return _broadcast(*shapes)
+    except ValueError:
+        return None
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
