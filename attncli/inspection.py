@@ -37,6 +37,7 @@ from attncli.loaders import (
     error_reason,
     format_of,
     metadata_from_json,
+    pick_named,
     read_tensors,
     sniff_format,
     split_spec,
@@ -146,16 +147,7 @@ def open_tensors(path: str, stdin: BinaryIO | None = None) -> LazyFile:
 
 def pick(source: LazyFile, name: str | None) -> LazyTensor:
     """The tensor called `name`, or the only tensor when `name` is None (messages as the loaders')."""
-    if name is not None:
-        if name not in source.tensors:
-            raise InputError(f"{source.label} has no tensor named '{name}'; it holds {_names(source)}")
-        return source.tensors[name]
-    if len(source.tensors) == 1:
-        return next(iter(source.tensors.values()))
-    raise InputError(
-        f"{source.label} holds {len(source.tensors)} tensors ({_names(source)}); "
-        f"pick one with {source.label}:NAME"
-    )
+    return pick_named(source.tensors, source.label, name)
 
 
 def inspect_spec(spec: str, stdin: BinaryIO | None = None, *, stats: bool = True) -> FileReport:
@@ -661,11 +653,6 @@ def number_text(value: float | int | bool | None) -> str:
     if isinstance(value, bool | int):
         return str(value)
     return f"{value:.4g}"
-
-
-def _names(source: LazyFile) -> str:
-    names = list(source.tensors)
-    return ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
 
 
 __all__ = [

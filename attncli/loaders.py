@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
     "value": ("value", "v"),
 }
 _LONG_INTEGER = re.compile(r"(?<![.\deE+-])-?\d{19,}")
+T = TypeVar("T")
 _MAX_AXES = 64  # NumPy's limit on the number of dimensions
 #: The key a result file keeps its metadata under (JSON object key; an .npz array of one string).
 META_KEY = "meta"
@@ -142,15 +143,19 @@ def load_tensor(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
 
 def pick_tensor(source: TensorFile, name: str | None) -> np.ndarray:
     """The tensor called `name` in `source`, or its only tensor when `name` is None."""
+    return pick_named(source.tensors, source.label, name)
+
+
+def pick_named(tensors: Mapping[str, T], label: str, name: str | None) -> T:
+    """`tensors[name]`, or the only one when `name` is None; an InputError naming the file otherwise."""
     if name is not None:
-        if name not in source.tensors:
-            raise InputError(f"{source.label} has no tensor named '{name}'; it holds {_names(source)}")
-        return source.tensors[name]
-    if len(source.tensors) == 1:
-        return next(iter(source.tensors.values()))
+        if name not in tensors:
+            raise InputError(f"{label} has no tensor named '{name}'; it holds {tensor_names(tensors)}")
+        return tensors[name]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
     raise InputError(
-        f"{source.label} holds {len(source.tensors)} tensors ({_names(source)}); "
-        f"pick one with {source.label}:NAME"
+        f"{label} holds {len(tensors)} tensors ({tensor_names(tensors)}); pick one with {label}:NAME"
     )
 
 
@@ -531,24 +536,25 @@ def _roles_from_one_file(
     missing = [role for role, n in found.items() if n is None]
     if len(missing) == 3:
         raise InputError(
-            f"{source.label} holds {len(source.tensors)} tensors ({_names(source)}) and none is named "
+            f"{source.label} holds {len(source.tensors)} tensors ({tensor_names(source.tensors)}) and none "
+            "is named "
             "query, key or value (or q, k, v); rename them, or pick one for self-attention with "
             f"{source.label}:NAME"
         )
     if missing:
         raise InputError(
             f"{source.label} has no tensor named {' or '.join(ROLE_NAMES[missing[0]])} "
-            f"(it holds {_names(source)})"
+            f"(it holds {tensor_names(source.tensors)})"
         )
     tensors = {role: source.tensors[n] for role, n in found.items() if n is not None}
     sources = {role: f"{source.label}:{n}" for role, n in found.items()}
     return tensors, sources
 
 
-def _names(source: TensorFile) -> str:
-    names = list(source.tensors)
-    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-    return shown
+def tensor_names(tensors: Mapping[str, Any]) -> str:
+    """The first names of a file's tensors, for messages."""
+    names = list(tensors)
+    return ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
 
 
 def _first_index(flags: np.ndarray) -> tuple[int, ...]:

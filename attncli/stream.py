@@ -27,6 +27,7 @@ from attncli import analysis
 from attncli.analysis import RowStats
 from attncli.core import Prepared
 from attncli.errors import InputError, OutputError, UsageError
+from attncli.writers import mode_for_replacing
 
 __all__ = [
     "BLOCK_OVERHEAD",
@@ -428,7 +429,7 @@ class _WeightsWriter:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
-            os.chmod(self.temporary, _mode_for(self.target))
+            os.chmod(self.temporary, mode_for_replacing(self.target))
             os.replace(self.temporary, self.target)
         except OSError as error:
             self.discard()
@@ -517,13 +518,3 @@ def _settings_of(
         "weights_shape": list(weights_shape),
         "weights_axes": [*names, "query", "key"],
     }
-
-
-def _mode_for(target: Path) -> int:
-    """Keep the mode of a file being replaced; give a new file the usual 0666 less the umask."""
-    try:
-        return target.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask

@@ -132,7 +132,7 @@ def _write_atomically(target: Path, write: Callable[[BinaryIO], object], option:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, _mode_for(target))
+        os.chmod(temporary, mode_for_replacing(target))
         os.replace(temporary, target)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
@@ -142,7 +142,7 @@ def _write_atomically(target: Path, write: Callable[[BinaryIO], object], option:
         raise
 
 
-def _mode_for(target: Path) -> int:
+def mode_for_replacing(target: Path) -> int:
     """Keep the mode of a file being replaced; give a new file the usual 0666 less the umask."""
     try:
         return target.stat().st_mode & 0o777
