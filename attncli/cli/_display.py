@@ -109,23 +109,12 @@ def finish(
     """Check the display choices against the result, warn, save, then show and export."""
     from attncli import writers
     from attncli.core import describe, masked_positions, result_arrays
-    from attncli.view import parse_indices, resolve_indices
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
     if comparisons:
         meta["check"] = [comparison.as_dict() for comparison in comparisons]
     axes = meta["weights_axes"][:-2]
-    leading = tuple(result.weights.shape[:-2])
-    chosen: dict[str, list[int] | None] = {"batch": None, "head": None}
-    for axis, spec in (("batch", display.batch), ("head", display.head)):
-        if spec is None:
-            continue
-        if axis not in axes:
-            shape = tuple(result.weights.shape)
-            raise UsageError(f"--{axis} {spec}: the weights {shape} have no {axis} axis")
-        size = leading[axes.index(axis)]
-        what = "heads" if axis == "head" else "batch entries"
-        chosen[axis] = resolve_indices(parse_indices(spec, f"--{axis}"), size, f"--{axis}", what)
+    chosen = _chosen_matrices(display, axes, tuple(result.weights.shape))
 
     rows = result.fully_masked_rows()
     if rows:
@@ -174,6 +163,24 @@ def finish(
         writers.write_text(display.export_svg, render.export_svg(console, title), option="--export-svg")
     if display.export_html:
         writers.write_text(display.export_html, render.export_html(console), option="--export-html")
+
+
+def _chosen_matrices(
+    display: Display, axes: Sequence[str], weights_shape: tuple[int, ...]
+) -> dict[str, list[int] | None]:
+    """--batch and --head checked against the weights' leading axes (before anything is written)."""
+    from attncli.view import parse_indices, resolve_indices
+
+    chosen: dict[str, list[int] | None] = {"batch": None, "head": None}
+    for axis, spec in (("batch", display.batch), ("head", display.head)):
+        if spec is None:
+            continue
+        if axis not in axes:
+            raise UsageError(f"--{axis} {spec}: the weights {weights_shape} have no {axis} axis")
+        size = weights_shape[list(axes).index(axis)]
+        what = "heads" if axis == "head" else "batch entries"
+        chosen[axis] = resolve_indices(parse_indices(spec, f"--{axis}"), size, f"--{axis}", what)
+    return chosen
 
 
 def _analysis_arrays(
