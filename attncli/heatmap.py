@@ -98,6 +98,36 @@ def heatmap(
     return Group(*parts)
 
 
+def pooled_heatmap(
+    pooled: np.ndarray,
+    *,
+    blocks: tuple[int, int],
+    shape: tuple[int, int],
+    title: str,
+    width: int,
+    pool: str = "max",
+    colour: bool = True,
+) -> Group:
+    """A heatmap of a matrix that was pooled elsewhere (the blocked computation never holds it).
+
+    `pooled` (R, C) holds the max or mean of each `blocks` = (rows, columns) block of the (Lq, Lk)
+    matrix `shape`, NaN where a whole block was masked; indices on the axes are the matrix's own.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be 'max' or 'mean', not {pool!r}")
+    queries = shape[0]
+    block_rows, block_cols = blocks
+    values = np.asarray(pooled, dtype=np.float32)
+    masked = np.isnan(values)
+    gutter = len(str(max(queries - 1, 0))) + 1
+    codes = _codes(np.where(masked, 0.0, values), masked, colour)
+    draw = _colour_lines if colour else _plain_lines
+    lines = draw(codes, gutter, block_rows)
+    ruler = _ruler(codes.shape[1], block_cols, gutter, max(width, gutter + 1))
+    legend = _legend(codes, colour, pool, block_rows, block_cols)
+    return Group(Constrain(Text(title, style="bold"), max(width, 1)), ruler, *lines, Constrain(legend, width))
+
+
 def _pool(
     matrix: np.ndarray,
     open_keys: np.ndarray | None,

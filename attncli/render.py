@@ -61,15 +61,7 @@ def result_view(
         matrix = weights[index]
         matrix_blocked = None if full_blocked is None else full_blocked[index]
         title = weights_summary(name, matrix, matrix_blocked, dtype)
-        extras: list[RenderableType] = []
-        if "entropy" in analysis:
-            extras += [Text(), Text(f"{name}: statistics per query row", style="bold")]
-            extras.append(stats_table({stat: analysis[stat][index] for stat in STAT_NAMES}, options))
-        if "top_k_keys" in analysis:
-            extras += [Text(), Text(f"{name}: most attended keys per query row", style="bold")]
-            extras.append(
-                top_k_table(analysis["top_k_weights"][index], analysis["top_k_keys"][index], options)
-            )
+        extras = _analysis_parts(name, index, analysis, options)
         if options.view == "heatmap":
             from attncli.heatmap import heatmap
 
@@ -91,18 +83,85 @@ def result_view(
     if options.view == "table":
         parts.append(weights_legend(any_blocked))
     parts.append(Text())
+    parts += _output_section(output, meta, options, weight_axes)
+    return Group(*parts)
 
+
+def stream_view(
+    pictures: np.ndarray,
+    blocks: tuple[int, int],
+    output: np.ndarray,
+    meta: Mapping[str, Any],
+    options: ViewOptions,
+    analysis: Mapping[str, np.ndarray] | None = None,
+) -> Group:
+    """The view of a computation done in blocks of query rows, whose weights were never held:
+    each matrix as a heatmap of its pooled `pictures` (..., R, C), with its statistics, then the
+    output matrices."""
+    from attncli.heatmap import pooled_heatmap
+
+    analysis = analysis or {}
+    weights_shape = tuple(meta["weights_shape"])
+    weight_axes = list(options.axes or meta.get("weights_axes") or [])[: max(len(weights_shape) - 2, 0)]
+    rows, cols = weights_shape[-2:]
+
+    def show_weights(index: tuple[int, ...], name: str) -> RenderableType:
+        title = f"{name}  {rows}×{cols}  {meta.get('dtype', '')}  (weights not kept)"
+        picture = pooled_heatmap(
+            pictures[index],
+            blocks=blocks,
+            shape=(rows, cols),
+            title=title,
+            width=options.width,
+            pool=options.pool,
+            colour=options.colour,
+        )
+        extras = _analysis_parts(name, index, analysis, options)
+        return Group(picture, *extras) if extras else picture
+
+    note = Text(
+        f"computed in blocks of {meta.get('block_rows')} query rows; the weights were not kept, the "
+        f"heatmap shows the {options.pool} of each block",
+        style="dim",
+    )
+    parts: list[RenderableType] = [header(meta), note, Text()]
+    parts += _matrices("weights", pictures, weight_axes, options, show_weights)
+    parts.append(Text())
+    parts += _output_section(output, meta, options, weight_axes)
+    return Group(*parts)
+
+
+def _analysis_parts(
+    name: str, index: tuple[int, ...], analysis: Mapping[str, np.ndarray], options: ViewOptions
+) -> list[RenderableType]:
+    """The --stats and --top-k tables of one matrix, when they were asked for."""
+    parts: list[RenderableType] = []
+    if "entropy" in analysis:
+        parts += [Text(), Text(f"{name}: statistics per query row", style="bold")]
+        parts.append(stats_table({stat: analysis[stat][index] for stat in STAT_NAMES}, options))
+    if "top_k_keys" in analysis:
+        parts += [Text(), Text(f"{name}: most attended keys per query row", style="bold")]
+        parts.append(top_k_table(analysis["top_k_weights"][index], analysis["top_k_keys"][index], options))
+    return parts
+
+
+def _output_section(
+    output: np.ndarray, meta: Mapping[str, Any], options: ViewOptions, weight_axes: Sequence[str]
+) -> list[RenderableType]:
+    """Each output matrix as a table on the diverging scale, and its legend."""
+    dtype = str(meta.get("dtype", output.dtype))
     limit = float(np.abs(output).max()) if output.size else 0.0
-    output_axes = [a for a in weight_axes if a != "head"] if meta.get("heads") else weight_axes
+    output_axes = [a for a in weight_axes if a != "head"] if meta.get("heads") else list(weight_axes)
     output_axes = output_axes[: max(output.ndim - 2, 0)]
 
     def show_output(index: tuple[int, ...], name: str) -> RenderableType:
         matrix = output[index]
         return output_table(matrix, limit, options=options, title=output_summary(name, matrix, dtype))
 
-    parts += _matrices("output", output, output_axes, options, show_output)
-    parts.append(output_legend(limit, options.precision))
-    return Group(*parts)
+    return [
+        *_matrices("output", output, output_axes, options, show_output),
+        output_legend(limit, options.precision),
+    ]
 
 
 def header(meta: Mapping[str, Any]) -> Text:

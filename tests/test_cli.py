@@ -625,3 +625,40 @@ def test_stats_and_top_k_are_shown_printed_as_json_and_saved(tmp_path, samples):
     assert shown.exit_code == 0, shown.output
     assert "weights[0, 0] (batch 0, head 0): statistics per query row" in shown.stdout
     assert "most attended keys per query row" in shown.stdout
+
+
+# --- blocked computation (attncli.stream) through the command line ---------------------------
+
+
+def test_stream_gives_the_output_and_statistics_of_the_full_path(samples, tmp_path):
+    args = [str(samples / "multihead.safetensors"), "--mask", str(samples / "padding_mask.npy"), "--causal"]
+    full = json_result(*args, "--stats", "--top-k", "2")
+    weights_file = tmp_path / "w.npy"
+    streamed = json_result(*args, "--stats", "--top-k", "2", "--stream", "--weights-to", str(weights_file))
+    assert "weights" not in streamed  # never held
+    assert streamed["meta"]["weights_saved_to"] == str(weights_file)
+    for name in ("output", "entropy", "distance", "sink", "top_k_weights"):
+        np.testing.assert_allclose(
+            np.array(streamed[name], dtype=float), np.array(full[name], dtype=float), rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_array_equal(np.array(streamed["top_k_keys"]), np.array(full["top_k_keys"]))
+    np.testing.assert_allclose(np.load(weights_file), np.array(full["weights"]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_small_memory_limit_streams_and_shows_a_pooled_heatmap(samples):
+    result = invoke("compute", str(samples / "pattern.safetensors"), "--causal", "--memory-limit", "200KiB")
+    assert result.exit_code == 0, result.output
+    assert "the weights were not kept" in result.stdout
+    assert "each cell: max of " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--stream", "--check"], ["--check", "does not keep"]),
+        (["--memory-limit", "lots"], ["--memory-limit", "not a size"]),
+        (["--weights-to", "w.txt"], ["--weights-to w.txt", ".npy"]),
+    ],
+)
+def test_stream_option_errors(samples, args, words):
+    assert_error(invoke("compute", str(samples / "seed.npz"), *args), *words)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from attncli.check import Comparison
-    from attncli.core import AttentionResult
+    from attncli.core import AttentionResult, Prepared
 
 
 class OutputFormat(str, Enum):
@@ -163,6 +164,141 @@ def finish(
         writers.write_text(display.export_svg, render.export_svg(console, title), option="--export-svg")
     if display.export_html:
         writers.write_text(display.export_html, render.export_html(console), option="--export-html")
+
+
+def finish_streamed(
+    problem: Prepared,
+    memory_limit: int,
+    sources: dict[str, str],
+    mask_label: str | None,
+    target: os.PathLike[str] | None,
+    weights_target: os.PathLike[str] | None,
+    display: Display,
+) -> None:
+    """Compute in blocks of query rows (attncli.stream), keeping what is shown or saved: the output,
+    the statistics and top-k, a pooled picture per matrix, and the weights only into --weights-to."""
+    import torch
+
+    from attncli import stream as blocked
+    from attncli import writers
+    from attncli.analysis import stats_arrays
+
+    as_json = display.output_format is OutputFormat.json
+    exporting = bool(display.export_svg or display.export_html)
+    shown_here = not display.quiet and not as_json
+    console = make_console(display.no_color, record=exporting, silent=not shown_here)
+    colour = not display.no_color and (console.color_system is not None or exporting)
+    lines = display.max_rows or (max(10, console.height - 8) if console.is_terminal else 32)
+    lq = problem.weights_shape[-2]
+    gutter = len(str(max(lq - 1, 0))) + 1
+    picture = (lines * (2 if colour else 1), max(console.width - gutter, 1))
+    block_rows = blocked.choose_block_rows(problem, memory_limit)
+    with _progress(lq, enabled=not display.quiet) as advance:
+        result = blocked.stream_attention(
+            problem,
+            block_rows=block_rows,
+            stats=display.stats,
+            top_k=display.top_k,
+            picture=picture,
+            weights_to=weights_target,
+            progress=advance,
+        )
+    meta = {
+        **blocked.describe(result),
+        "sources": sources,
+        "mask": mask_label,
+        "attncli_version": __version__,
+    }
+    meta |= {
+        "block_rows": block_rows,
+        "weights_saved_to": None if weights_target is None else str(weights_target),
+    }
+    axes = meta["weights_axes"][:-2]
+    chosen = _chosen_matrices(display, axes, tuple(result.weights_shape))
+    rows = result.fully_masked_rows()
+    if rows:
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        warn(f"{len(rows)} query row(s) have every key masked; their weights and output are 0: {shown}")
+    output = result.output.detach().cpu()
+    arrays = {"output": (output.float() if output.dtype == torch.bfloat16 else output).numpy()}
+    if result.stats is not None:
+        arrays |= stats_arrays(result.stats)
+    if result.top_k is not None:
+        arrays["top_k_weights"] = result.top_k[0].detach().cpu().float().numpy()
+        arrays["top_k_keys"] = result.top_k[1].detach().cpu().numpy()
+    if target is not None:
+        writers.write_result(target, arrays, meta)
+    if as_json and not display.quiet:
+        sys.stdout.write(writers.json_text(arrays, meta) + "\n")
+        sys.stdout.flush()
+    if not (shown_here or exporting):
+        return
+
+    from attncli import render
+    from attncli.view import ViewOptions
+
+    options = ViewOptions(
+        view="heatmap",
+        precision=display.precision,
+        width=console.width,
+        max_rows=lines,
+        max_cols=display.max_cols,
+        pool=display.pool.value,
+        colour=colour,
+        query_labels=display.query_labels,
+        key_labels=display.key_labels,
+        batch=chosen["batch"],
+        head=chosen["head"],
+        axes=axes,
+    )
+    pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
+    assert pictures is not None  # a picture was asked for
+    console.print(
+        render.stream_view(pictures, result.picture_blocks, arrays["output"], meta, options, arrays)
+    )
+    title = picture_title(sys.argv[1:])
+    if display.export_svg:
+        writers.write_text(display.export_svg, render.export_svg(console, title), option="--export-svg")
+    if display.export_html:
+        writers.write_text(display.export_html, render.export_html(console), option="--export-html")
+
+
+@contextmanager
+def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr, shown only when stderr is a terminal and the work has taken a second."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    stderr = Console(stderr=True)
+    started = time.monotonic()
+    bar: Progress | None = None
+    task = None
+
+    def advance(done: int, _total: int) -> None:
+        nonlocal bar, task
+        if bar is None and enabled and stderr.is_terminal and time.monotonic() - started > 1.0:
+            bar = Progress(
+                TextColumn("query rows"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} rows/s"),
+                TimeRemainingColumn(),
+                console=stderr,
+                transient=True,
+            )
+            bar.start()
+            task = bar.add_task("attention", total=total, rate="")
+        if bar is not None and task is not None:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            bar.update(task, completed=done, rate=f"{rate:,.0f}")
+
+    try:
+        yield advance
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _chosen_matrices(

@@ -23,6 +23,7 @@ from attncli.cli._display import (
     View,
     check_exports,
     finish,
+    finish_streamed,
 )
 from attncli.errors import ExitCode, UsageError
 
@@ -107,6 +108,24 @@ def compute(
             rich_help_panel=ANALYSIS,
         ),
     ] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Compute in blocks of query rows and keep only what is shown or saved (automatic when "
+            "the weights would exceed --memory-limit).",
+            rich_help_panel=ATTENTION,
+        ),
+    ] = False,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SIZE",
+            help="Memory the weights may take before computing in blocks, e.g. 2GiB or 500MB "
+            "(default: half the memory available now).",
+            rich_help_panel=ATTENTION,
+        ),
+    ] = None,
     view: Annotated[
         View,
         typer.Option(
@@ -178,6 +197,14 @@ def compute(
             "-o",
             metavar="PATH",
             help="Save weights, output and metadata: .safetensors, .npz or .json.",
+            rich_help_panel=SAVE,
+        ),
+    ] = None,
+    weights_to: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Write the full weights block by block to .npy or .safetensors (computes in blocks).",
             rich_help_panel=SAVE,
         ),
     ] = None,
@@ -257,6 +284,12 @@ def compute(
     from attncli import loaders, writers
 
     target = writers.check_output_path(output, force=force) if output else None
+    weights_target = None
+    if weights_to:
+        weights_target = writers.check_output_path(
+            weights_to, force=force, option="--weights-to", suffixes=(".npy", ".safetensors")
+        )
+    limit = _memory_limit(memory_limit)
     from attncli.core import attend, prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
@@ -287,6 +320,16 @@ def compute(
         device=device,
         names=names,
     )
+    from attncli import stream as blocked
+
+    if stream or weights_target is not None or blocked.full_weights_bytes(problem) > limit:
+        if check:
+            raise UsageError(
+                "--check compares the full weights, which a blocked computation does not keep; "
+                "drop --stream/--weights-to or raise --memory-limit"
+            )
+        finish_streamed(problem, limit, inputs.sources, mask_label, target, weights_target, display)
+        return
     result = attend(problem)
     comparisons = []
     if check:
@@ -296,3 +339,35 @@ def compute(
     finish(result, inputs.sources, mask_label, target, display, comparisons=comparisons)
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
+
+
+def _memory_limit(text: str | None) -> int:
+    """--memory-limit in bytes: '2GiB', '500MB', '1e9'; by default half the memory available now."""
+    if text is None:
+        return _available_memory() // 2
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    number = text.strip().lower()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = number[len(digits) :].strip()
+    try:
+        value = float(digits) * units[unit]
+    except (KeyError, ValueError):
+        raise typer.BadParameter(
+            f"{text!r} is not a size; use e.g. 2GiB, 500MB or 1e9", param_hint="--memory-limit"
+        ) from None
+    if not math.isfinite(value) or value < 1:
+        raise typer.BadParameter(f"{text!r} must be a positive size", param_hint="--memory-limit")
+    return int(value)
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo (Linux); 4 GiB where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
