@@ -30,6 +30,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from cli_checks import assert_error
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save, save_file
@@ -62,22 +63,6 @@ fuzz = _load_fuzz_target()
 
 def invoke(*args: str, input: bytes | str | None = None):
     return runner.invoke(app, list(args), input=input, env={"COLUMNS": "100"})
-
-
-def assert_error(result, *words: str, status: int = 2) -> str:
-    """One `attn: error:` line naming the problem, the status, no traceback, nothing on stdout."""
-    assert result.exit_code == status, (result.exit_code, result.output)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.stdout == ""
-    stderr = result.stderr
-    assert stderr.startswith("attn: error: "), stderr
-    assert stderr.endswith("\n"), stderr
-    assert stderr.count("\n") == 1, stderr
-    assert "\r" not in stderr, stderr
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in stderr, (word, stderr)
-    return stderr
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from cli_checks import assert_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_attention
@@ -38,18 +39,6 @@ def json_result(*args: str, input: bytes | str | None = None) -> dict:
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     return json.loads(result.stdout)
-
-
-def assert_error(result, *words: str, status: int = 2) -> None:
-    """One `attn: error:` line on stderr naming the problem; nothing on stdout; no traceback."""
-    assert result.exit_code == status, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("attn: error: ")
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
 
 
 @pytest.fixture

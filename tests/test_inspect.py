@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import assert_error
 from safetensors.numpy import save as safetensors_bytes
 from safetensors.numpy import save_file
 from test_loaders import BAD_FILES
@@ -27,18 +28,6 @@ RNG = np.random.default_rng(11)
 
 def invoke(*args: str, input: bytes | None = None):
     return runner.invoke(app, list(args), input=input, env={"COLUMNS": "120"})
-
-
-def assert_error(result, *words: str, status: int = 2) -> None:
-    """One `attn: error:` line on stderr naming the problem; nothing on stdout; no traceback."""
-    assert result.exit_code == status, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("attn: error: ")
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
 
 
 def inspect_json(*args: str, input: bytes | None = None) -> list[dict]:
