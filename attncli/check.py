@@ -17,8 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from attncli.core import AttentionResult, Prepared
-from attncli.core import _broadcast as _broadcast
+from attncli.core import AttentionResult, Prepared, broadcast_shapes
 
 #: (rtol, atol) by dtype: torch.testing.assert_close's, except that for float16 and bfloat16 atol is
 #: the dtype's own resolution near 1 (its eps), since both sides round every output to it: two
@@ -82,7 +81,7 @@ def compare(
     """`actual` against `expected` (..., rows, cols), over the rows where `live_rows` (..., rows) holds."""
     a = actual.detach().to("cpu", torch.float64)
     b = expected.detach().to("cpu", torch.float64)
-    shape = _broadcast(tuple(a.shape), tuple(b.shape))
+    shape = broadcast_shapes(tuple(a.shape), tuple(b.shape))
     a, b = a.expand(shape), b.expand(shape)
     keep = torch.ones(a.shape, dtype=torch.bool)
     if live_rows is not None:
@@ -124,11 +123,11 @@ def fused_output(problem: Prepared) -> torch.Tensor:
         attn_mask = attn_mask.to(q.dtype)
     # The fused kernel does not broadcast leading axes the way matmul does: give all three the same.
     if problem.group > 1:
-        batch = _broadcast(problem.weights_shape[:-3], tuple(v.shape[:-3]))
+        batch = broadcast_shapes(problem.weights_shape[:-3], tuple(v.shape[:-3]))
         q = q.expand(*batch, *q.shape[-3:])
         k, v = (t.expand(*batch, *t.shape[-3:]) for t in (k, v))
     else:
-        batch = _broadcast(problem.weights_shape[:-2], tuple(v.shape[:-2]))
+        batch = broadcast_shapes(problem.weights_shape[:-2], tuple(v.shape[:-2]))
         q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=problem.scale, enable_gqa=problem.group > 1

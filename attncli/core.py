@@ -22,8 +22,8 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-#: Dtypes whose softmax is accumulated in float32.
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # computed in float32, rounded at the end
 _ROLES = ("query", "key", "value")
 
 TensorLike = torch.Tensor | np.ndarray
@@ -207,7 +207,7 @@ def prepare(
     _check_batch_axes(q, k, v, group, shown)
     # The weights take the batch axes of query and key only; value's broadcast in the last product.
     cut = -3 if group > 1 else -2
-    batch_shape = _broadcast(q.shape[:cut], k.shape[:cut])
+    batch_shape = broadcast_shapes(q.shape[:cut], k.shape[:cut])
     heads_axis = (q.shape[-3],) if group > 1 else ()
     weights_shape = (*batch_shape, *heads_axis, q.shape[-2], k.shape[-2])
 
@@ -232,7 +232,7 @@ def prepare(
             raise UsageError(f"scale {error}") from None
     # |q . k| * scale <= |q| |k| |scale|: when even that bound fits the scores' dtype, no score can
     # overflow and the N x N check is skipped.
-    score_dtype = torch.float32 if target_dtype in _HALF_DTYPES else target_dtype
+    score_dtype = torch.float32 if target_dtype in HALF_DTYPES else target_dtype
     bound = 0.0
     if q.numel() and k.numel():
         bound = float(q.double().norm(dim=-1).max() * k.double().norm(dim=-1).max()) * abs(scale)
@@ -246,7 +246,7 @@ def attend(problem: Prepared) -> AttentionResult:
     """The weights path on prepared inputs."""
     p = problem
     try:
-        weights, output, masked_rows = _attend(
+        weights, output, masked_rows = attend_rows(
             p.query, p.key, p.value, p.scale, p.mask, p.causal, p.group, p.weights_shape, p.may_overflow
         )
     except torch.OutOfMemoryError as error:
@@ -268,7 +268,7 @@ def attend(problem: Prepared) -> AttentionResult:
     )
 
 
-def _attend(
+def attend_rows(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -278,15 +278,20 @@ def _attend(
     group: int,
     weights_shape: tuple[int, ...],
     may_overflow: bool = False,
+    first_row: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The maths, on tensors already checked and on their device; one N x N buffer, updated in place."""
+    """The maths, on tensors already checked and on their device; one N x N buffer, updated in place.
+
+    `q` (and a mask with a query axis) may be a block of query rows starting at `first_row`, for the
+    blocked computation of attncli.stream: the causal triangle is then shifted to match.
+    """
     compute_dtype = q.dtype
     if group > 1:
         # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
         q = q.reshape(*q.shape[:-3], k.shape[-3], group, *q.shape[-2:])  # (..., Hkv, G, Lq, D)
         k = k.unsqueeze(-3)  # (..., Hkv, 1, Lk, D)
         v = v.unsqueeze(-3)  # (..., Hkv, 1, Lk, Dv)
-    if compute_dtype in _HALF_DTYPES:
+    if compute_dtype in HALF_DTYPES:
         # Half-precision inputs, float32 arithmetic, half-precision results: fused kernels accumulate
         # in float32 too, a float16 q @ k^T overflows long before float32 does, and CPUs without
         # half-precision instructions run float32 matmuls many times faster.
@@ -311,9 +316,8 @@ def _attend(
         else:
             scores.add_(mask.to(scores.dtype))
     if causal:
-        lq, lk = scores.shape[-2:]
-        above_diagonal = torch.ones(lq, lk, dtype=torch.bool, device=scores.device).triu_(1)
-        scores.masked_fill_(above_diagonal, -math.inf)
+        rows, keys = scores.shape[-2], scores.shape[-1]
+        scores.masked_fill_(_above_diagonal(rows, keys, first_row, scores.device), -math.inf)
     if mask is not None:
         # A row with every key masked has no softmax; it gets zero weights instead of NaN.
         masked_rows = scores.amax(dim=-1) == -math.inf  # (..., Lq)
@@ -419,19 +423,19 @@ def _check_batch_axes(
     """The leading axes (the heads axis aside when heads are grouped) must broadcast together."""
     cut = -3 if group > 1 else -2
     try:
-        _broadcast(q.shape[:cut], k.shape[:cut], v.shape[:cut])
+        broadcast_shapes(q.shape[:cut], k.shape[:cut], v.shape[:cut])
     except ValueError:
         raise ShapeError("the batch axes do not broadcast: " + ", ".join(shown.values())) from None
 
 
-def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     # NumPy's, not torch.broadcast_shapes: that one imports sympy on first use (about 0.4 s).
     return tuple(int(n) for n in np.broadcast_shapes(*shapes))
 
 
 def _broadcast_or_none(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
     try:
-        return _broadcast(*shapes)
+        return broadcast_shapes(*shapes)
     except ValueError:
         return None
 
@@ -479,12 +483,26 @@ def masked_positions(result: AttentionResult) -> np.ndarray | None:
     unless the mask itself is that large, so showing one matrix costs what that matrix costs.
     """
     lq, lk = result.weights.shape[-2:]
-    blocked: np.ndarray | None = np.triu(np.ones((lq, lk), dtype=bool), 1) if result.causal else None
-    if result.mask is not None:
-        mask = result.mask.detach().cpu()
-        from_mask = (~mask if mask.dtype == torch.bool else mask == -math.inf).numpy()
-        blocked = from_mask if blocked is None else np.logical_or(blocked, from_mask)
+    mask = None if result.mask is None else result.mask.detach().cpu()
+    blocked = blocked_keys(mask, result.causal, lq, lk, device=torch.device("cpu"))
+    return None if blocked is None else blocked.numpy()
+
+
+def blocked_keys(
+    mask: torch.Tensor | None, causal: bool, rows: int, keys: int, first_row: int = 0, *, device: torch.device
+) -> torch.Tensor | None:
+    """Masked keys as bool (True = masked), broadcastable to weights (..., rows, keys) whose first row
+    is query `first_row`: the mask's False or -inf entries, and the causal triangle. None if none."""
+    blocked = _above_diagonal(rows, keys, first_row, device) if causal else None
+    if mask is not None:
+        from_mask = ~mask if mask.dtype == torch.bool else mask == -math.inf
+        blocked = from_mask if blocked is None else blocked | from_mask
     return blocked
+
+
+def _above_diagonal(rows: int, keys: int, first_row: int, device: torch.device) -> torch.Tensor:
+    """(rows, keys) bool: True where key j lies after query first_row + i (what causal hides)."""
+    return torch.ones(rows, keys, dtype=torch.bool, device=device).triu_(first_row + 1)
 
 
 def result_arrays(result: AttentionResult) -> dict[str, np.ndarray]:

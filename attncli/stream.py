@@ -1,7 +1,7 @@
 """Attention in blocks of query rows, keeping only what was asked for: bounded memory at any length.
 
 `attend` holds every weight at once: N x N numbers per matrix, 4 GiB in float32 at 32,768
-positions. `stream_attention` computes the same maths (`core._attend`, step for step) on
+positions. `stream_attention` computes the same maths (`core.attend_rows`) on
 `block_rows` query rows at a time and keeps, from each block's weights, only the output rows, the
 per-row statistics and top-k, a pooled picture, and (when asked) the weights themselves, written
 block by block to a file. Memory beyond the inputs and the output is a few blocks of
@@ -25,8 +25,8 @@ import torch
 
 from attncli import analysis
 from attncli.analysis import RowStats
-from attncli.core import Prepared
-from attncli.errors import InputError, OutputError, UsageError
+from attncli.core import HALF_DTYPES, Prepared, attend_rows, blocked_keys
+from attncli.errors import OutputError, UsageError
 from attncli.writers import mode_for_replacing
 
 __all__ = [
@@ -48,7 +48,6 @@ MAX_BLOCK_BYTES = 16 << 20
 BLOCK_OVERHEAD = 10
 #: Suffixes `weights_to` takes.
 WEIGHTS_FORMATS = (".npy", ".safetensors")
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _SAFETENSORS_DTYPES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
 
 _FloatArray = npt.NDArray[np.float32]
@@ -93,7 +92,7 @@ def full_weights_bytes(problem: Prepared) -> int:
     half-precision copy of the weights it returns."""
     count = math.prod(problem.weights_shape)
     dtype = problem.query.dtype
-    if dtype in _HALF_DTYPES:
+    if dtype in HALF_DTYPES:
         return count * (4 + _itemsize(dtype))
     return count * _itemsize(dtype)
 
@@ -231,82 +230,41 @@ def describe(result: StreamResult) -> dict[str, Any]:
 
 
 class _Blocks:
-    """`core._attend` on query rows [start, stop): the same operations in the same order, so each
-    block's weights and output are those rows of `attend`'s."""
+    """`core.attend_rows` on query rows [start, stop): the same maths as `attend`, so each block's
+    weights and output are those rows of `attend`'s (up to BLAS rounding a row block differently)."""
 
     def __init__(self, p: Prepared) -> None:
-        self.dtype = p.query.dtype
-        self.half = self.dtype in _HALF_DTYPES
-        self.scale, self.mask, self.causal, self.group = p.scale, p.mask, p.causal, p.group
-        # Set by prepare when a score might overflow: each block's scores are checked, as attend's.
-        self.may_overflow = bool(getattr(p, "may_overflow", False))
+        self.p = p
         *self.lead, self.lq, self.lk = p.weights_shape
-        query, key, value = p.query, p.key, p.value
-        if self.group > 1:
-            # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
-            query = query.reshape(*query.shape[:-3], key.shape[-3], self.group, *query.shape[-2:])
-            key, value = key.unsqueeze(-3), value.unsqueeze(-3)  # (..., Hkv, 1, Lk, D)
-        if self.half:
-            key, value = key.float(), value.float()  # once, not per block: float32 arithmetic
-        self.query, self.value = query, value  # (..., [Hkv, G,] Lq, D), (..., [Hkv, 1,] Lk, Dv)
-        self.key_t = key.transpose(-2, -1)  # (..., D, Lk)
+        # Half-precision key and value become float32 once here, not once per block (attend_rows
+        # computes in float32 anyway, and .float() of a float32 tensor is free).
+        half = p.query.dtype in HALF_DTYPES
+        self.key, self.value = (p.key.float(), p.value.float()) if half else (p.key, p.value)
         # The mask's query axis, when it has one longer than 1, is cut to the block's rows.
-        self.mask_rows = self.mask is not None and self.mask.ndim >= 2 and self.mask.shape[-2] > 1
+        self.mask_rows = p.mask is not None and p.mask.ndim >= 2 and p.mask.shape[-2] > 1
 
     def block(
         self, start: int, stop: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Weights (..., n, Lk) in the result dtype, output (..., n, Dv) in the result dtype, masked
         rows (..., n) (None without a mask) and the blocked keys (bool, broadcastable; None if none)."""
-        q = self.query[..., start:stop, :]
-        if self.half:
-            q = q.float()
-        scores = torch.matmul(q * self.scale, self.key_t)  # (..., n, D) @ (..., D, Lk) -> (..., n, Lk)
-        if self.may_overflow and not bool(torch.isfinite(scores).all()):
-            wider = "" if scores.dtype == torch.float64 else ", or use --dtype float64"
-            raise InputError(
-                f"query . key scores overflow {str(scores.dtype).removeprefix('torch.')} with these inputs "
-                f"(finite, but too large): scale them down or pass a smaller --scale{wider}"
-            )
-        if self.group > 1:
-            scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, Lk) -> (..., Hq, n, Lk)
+        p = self.p
+        mask = p.mask[..., start:stop, :] if p.mask is not None and self.mask_rows else p.mask
         shape = (*self.lead, stop - start, self.lk)
-        if tuple(scores.shape) != shape:
-            scores = scores.expand(shape).contiguous()  # a mask with more batch axes than the inputs
-
-        mask = self.mask
-        if mask is not None and self.mask_rows:
-            mask = mask[..., start:stop, :]
-        blocked = None
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                blocked = ~mask
-                scores.masked_fill_(blocked, -math.inf)
-            else:
-                blocked = mask == -math.inf
-                scores.add_(mask.to(scores.dtype))
-        if self.causal:
-            # Query start + i sees keys j <= start + i.
-            above_diagonal = torch.ones(stop - start, self.lk, dtype=torch.bool, device=scores.device)
-            above_diagonal.triu_(start + 1)
-            scores.masked_fill_(above_diagonal, -math.inf)
-            blocked = above_diagonal if blocked is None else blocked | above_diagonal
-        masked_rows = None
-        if mask is not None:
-            # A row with every key masked has no softmax; it gets zero weights instead of NaN.
-            masked_rows = scores.amax(dim=-1) == -math.inf  # (..., n)
-            scores.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
-        weights = torch.softmax(scores, dim=-1, out=scores)
-        if masked_rows is not None:
-            weights.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
-
-        if self.group > 1:
-            # (..., Hkv, G, n, Lk) @ (..., Hkv, 1, Lk, Dv) -> (..., Hkv, G, n, Dv) -> (..., Hq, n, Dv)
-            grouped = weights.reshape(*weights.shape[:-3], self.value.shape[-4], self.group, *shape[-2:])
-            output = torch.matmul(grouped, self.value).flatten(-4, -3)
-        else:
-            output = torch.matmul(weights, self.value)  # (..., n, Lk) @ (..., Lk, Dv) -> (..., n, Dv)
-        return weights.to(self.dtype), output.to(self.dtype), masked_rows, blocked
+        weights, output, masked_rows = attend_rows(
+            p.query[..., start:stop, :],
+            self.key,
+            self.value,
+            p.scale,
+            mask,
+            p.causal,
+            p.group,
+            shape,
+            p.may_overflow,
+            first_row=start,
+        )
+        blocked = blocked_keys(mask, p.causal, stop - start, self.lk, start, device=weights.device)
+        return weights, output, masked_rows, blocked
 
 
 class _Picture:

@@ -1,6 +1,6 @@
 """Blocked attention (attncli.stream) against the unblocked path (attncli.core.attend).
 
-Every block runs the operations of `core._attend` in the same order on a slice of the query rows,
+Every block runs `core.attend_rows` on a slice of the query rows,
 so it reproduces bit for bit what `attend` gives on those rows alone: the output, masked rows,
 weights written to a file, statistics, top-k and pooled maxima are compared for exact equality
 with that. Against `attend` on all rows at once the scores can differ by a rounding step, because
