@@ -452,28 +452,49 @@ def _memory_message(shape: tuple[int, ...], dtype: torch.dtype, error: BaseExcep
 def describe(result: AttentionResult) -> dict[str, Any]:
     """The settings of a result as plain JSON-able values (for headers and file metadata)."""
     return {
-        "scale": result.scale,
-        "causal": result.causal,
-        "heads": result.heads,
-        "query_heads_per_key_head": result.query_heads_per_key_head,
-        "dtype": str(result.dtype).removeprefix("torch."),
-        "device": str(result.device),
-        "input_shapes": {role: list(shape) for role, shape in result.input_shapes.items()},
-        "weights_shape": list(result.weights.shape),
-        "weights_axes": [*_leading_axis_names(result), "query", "key"],
+        **settings(
+            result.scale,
+            result.causal,
+            result.heads,
+            result.query_heads_per_key_head,
+            result.dtype,
+            result.device,
+            result.input_shapes,
+            tuple(result.weights.shape),
+        ),
         "output_shape": list(result.output.shape),
         "fully_masked_rows": len(result.fully_masked_rows()),
     }
 
 
-def _leading_axis_names(result: AttentionResult) -> list[str]:
-    """Names of the weights' leading axes: the last is 'head' when there are heads, the rest 'batch'."""
-    leading = result.weights.ndim - 2
-    has_heads = result.heads is not None or len(result.input_shapes["query"]) >= 4
+def settings(
+    scale: float,
+    causal: bool,
+    heads: int | None,
+    group: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    weights_shape: tuple[int, ...],
+) -> dict[str, Any]:
+    """What a computation was, as JSON-able values: known before it runs (the blocked path's
+    weights file carries them too). The weights' leading axes are named: the last is 'head' when
+    there are heads, the rest 'batch'."""
+    leading = len(weights_shape) - 2
     names = ["batch"] * leading
-    if has_heads and leading:
+    if (heads is not None or len(input_shapes["query"]) >= 4) and leading:
         names[-1] = "head"
-    return names
+    return {
+        "scale": scale,
+        "causal": causal,
+        "heads": heads,
+        "query_heads_per_key_head": group,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "input_shapes": {role: list(shape) for role, shape in input_shapes.items()},
+        "weights_shape": list(weights_shape),
+        "weights_axes": [*names, "query", "key"],
+    }
 
 
 def masked_positions(result: AttentionResult) -> np.ndarray | None:

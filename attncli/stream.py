@@ -25,7 +25,7 @@ import torch
 
 from attncli import analysis
 from attncli.analysis import RowStats
-from attncli.core import HALF_DTYPES, Prepared, attend_rows, blocked_keys
+from attncli.core import HALF_DTYPES, Prepared, attend_rows, blocked_keys, settings
 from attncli.errors import OutputError, UsageError
 from attncli.writers import mode_for_replacing
 
@@ -214,7 +214,7 @@ _STAT_FIELDS = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink",
 def describe(result: StreamResult) -> dict[str, Any]:
     """The settings of a streamed result as plain JSON-able values, the keys of `core.describe`."""
     return {
-        **_settings_of(
+        **settings(
             result.scale,
             result.causal,
             result.heads,
@@ -446,33 +446,6 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _settings(p: Prepared) -> dict[str, Any]:
-    return _settings_of(
+    return settings(
         p.scale, p.causal, p.heads, p.group, p.query.dtype, p.query.device, p.input_shapes, p.weights_shape
     )
-
-
-def _settings_of(
-    scale: float,
-    causal: bool,
-    heads: int | None,
-    group: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    input_shapes: Mapping[str, tuple[int, ...]],
-    weights_shape: tuple[int, ...],
-) -> dict[str, Any]:
-    leading = len(weights_shape) - 2
-    names = ["batch"] * leading
-    if (heads is not None or len(input_shapes["query"]) >= 4) and leading:
-        names[-1] = "head"  # as core._leading_axis_names
-    return {
-        "scale": scale,
-        "causal": causal,
-        "heads": heads,
-        "query_heads_per_key_head": group,
-        "dtype": str(dtype).removeprefix("torch."),
-        "device": str(device),
-        "input_shapes": {role: list(shape) for role, shape in input_shapes.items()},
-        "weights_shape": list(weights_shape),
-        "weights_axes": [*names, "query", "key"],
-    }
