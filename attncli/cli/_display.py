@@ -21,10 +21,13 @@ from attncli.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from rich.console import Console
 
+    from attncli.analysis import RowStats
     from attncli.check import Comparison
     from attncli.core import AttentionResult, Prepared
+    from attncli.view import ViewOptions
 
 
 class OutputFormat(str, Enum):
@@ -108,7 +111,7 @@ def finish(
     comparisons: Sequence[Comparison] = (),
 ) -> None:
     """Check the display choices against the result, warn, save, then show and export."""
-    from attncli import writers
+    from attncli import analysis
     from attncli.core import describe, masked_positions, result_arrays
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
@@ -116,54 +119,25 @@ def finish(
         meta["check"] = [comparison.as_dict() for comparison in comparisons]
     axes = meta["weights_axes"][:-2]
     chosen = _chosen_matrices(display, axes, tuple(result.weights.shape))
-
-    rows = result.fully_masked_rows()
-    if rows:
-        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
-        warn(f"{len(rows)} query row(s) have every key masked; their weights and output are 0: {shown}")
+    _warn_masked_rows(result.fully_masked_rows())
     arrays = result_arrays(result)
     blocked = masked_positions(result)
-    arrays |= _analysis_arrays(result, blocked, display, meta)
-    if target is not None:
-        writers.write_result(target, arrays, meta)
-    as_json = display.output_format is OutputFormat.json
-    if as_json and not display.quiet:
-        sys.stdout.write(writers.json_text(arrays, meta) + "\n")
-        sys.stdout.flush()
-    exporting = bool(display.export_svg or display.export_html)
-    shown_here = not display.quiet and not as_json
-    if not (shown_here or exporting):
+    stats = analysis.row_stats(result.weights, blocked) if display.stats else None
+    top = analysis.top_k(result.weights, display.top_k, blocked) if display.top_k else None
+    arrays |= _analysis_arrays(stats, top, meta)
+    _save_and_print(arrays, meta, target, display)
+    screen = _screen(display, console)
+    if screen is None:
         return
 
     from attncli import render
-    from attncli.view import ViewOptions
 
-    console = console or make_console(display.no_color, record=exporting, silent=not shown_here)
-    terminal_rows = max(10, console.height - 8) if console.is_terminal else 32
-    options = ViewOptions(
-        view=display.view.value,
-        precision=display.precision,
-        width=console.width,
-        max_rows=display.max_rows or terminal_rows,
-        max_cols=display.max_cols,
-        full=display.full,
-        pool=display.pool.value,
-        colour=not display.no_color and (console.color_system is not None or exporting),
-        query_labels=display.query_labels,
-        key_labels=display.key_labels,
-        batch=chosen["batch"],
-        head=chosen["head"],
-        axes=axes,
-    )
+    options = _view_options(display, screen, display.view.value, chosen, axes)
     view = render.result_view(arrays["weights"], arrays["output"], meta, options, blocked, arrays)
-    console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
+    screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
     if comparisons:
-        console.print(render.check_table(comparisons))
-    title = picture_title(sys.argv[1:])
-    if display.export_svg:
-        writers.write_text(display.export_svg, render.export_svg(console, title), option="--export-svg")
-    if display.export_html:
-        writers.write_text(display.export_html, render.export_html(console), option="--export-html")
+        screen.console.print(render.check_table(comparisons))
+    _export(screen, display)
 
 
 def finish_streamed(
@@ -180,23 +154,17 @@ def finish_streamed(
     import torch
 
     from attncli import stream as blocked
-    from attncli import writers
-    from attncli.analysis import stats_arrays
 
-    as_json = display.output_format is OutputFormat.json
-    exporting = bool(display.export_svg or display.export_html)
-    shown_here = not display.quiet and not as_json
-    console = make_console(display.no_color, record=exporting, silent=not shown_here)
-    colour = not display.no_color and (console.color_system is not None or exporting)
-    lines = display.max_rows or (max(10, console.height - 8) if console.is_terminal else 32)
+    screen = _screen(display)
     lq = problem.weights_shape[-2]
-    gutter = len(str(max(lq - 1, 0))) + 1
-    picture = (lines * (2 if colour else 1), max(console.width - gutter, 1))
-    block_rows = blocked.choose_block_rows(problem, memory_limit)
+    picture = None
+    if screen is not None:  # sized to the terminal: one cell per character, two rows per line in colour
+        gutter = len(str(max(lq - 1, 0))) + 1
+        picture = (screen.lines * (2 if screen.colour else 1), max(screen.console.width - gutter, 1))
     with _progress(lq, enabled=not display.quiet) as advance:
         result = blocked.stream_attention(
             problem,
-            block_rows=block_rows,
+            block_rows=blocked.choose_block_rows(problem, memory_limit),
             stats=display.stats,
             top_k=display.top_k,
             picture=picture,
@@ -209,58 +177,101 @@ def finish_streamed(
         "mask": mask_label,
         "attncli_version": __version__,
     }
-    meta |= {
-        "block_rows": block_rows,
-        "weights_saved_to": None if weights_target is None else str(weights_target),
-    }
+    meta |= {"block_rows": result.block_rows, "weights_saved_to": weights_target and str(weights_target)}
     axes = meta["weights_axes"][:-2]
     chosen = _chosen_matrices(display, axes, tuple(result.weights_shape))
-    rows = result.fully_masked_rows()
-    if rows:
-        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
-        warn(f"{len(rows)} query row(s) have every key masked; their weights and output are 0: {shown}")
+    _warn_masked_rows(result.fully_masked_rows())
     output = result.output.detach().cpu()
-    arrays = {"output": (output.float() if output.dtype == torch.bfloat16 else output).numpy()}
-    if result.stats is not None:
-        arrays |= stats_arrays(result.stats)
-    if result.top_k is not None:
-        arrays["top_k_weights"] = result.top_k[0].detach().cpu().float().numpy()
-        arrays["top_k_keys"] = result.top_k[1].detach().cpu().numpy()
-    if target is not None:
-        writers.write_result(target, arrays, meta)
-    if as_json and not display.quiet:
-        sys.stdout.write(writers.json_text(arrays, meta) + "\n")
-        sys.stdout.flush()
-    if not (shown_here or exporting):
+    arrays = {"output": (output.float() if output.dtype is torch.bfloat16 else output).numpy()}
+    arrays |= _analysis_arrays(result.stats, result.top_k, meta)
+    _save_and_print(arrays, meta, target, display)
+    if screen is None:
         return
 
     from attncli import render
+
+    options = _view_options(display, screen, "heatmap", chosen, axes)
+    pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
+    assert pictures is not None  # a picture was asked for, since there is a screen
+    screen.console.print(
+        render.stream_view(pictures, result.picture_blocks, arrays["output"], meta, options, arrays)
+    )
+    _export(screen, display)
+
+
+@dataclass(frozen=True)
+class _Screen:
+    """Where a view is rendered: the terminal, or a silent recording for --export-svg/--export-html."""
+
+    console: Console
+    colour: bool  # colours can be relied on (heatmaps use characters otherwise)
+    lines: int  # rows of a table, lines of a heatmap
+
+
+def _screen(display: Display, console: Console | None = None) -> _Screen | None:
+    """The console to render to; None when nothing is shown or exported (-q, --format json)."""
+    exporting = bool(display.export_svg or display.export_html)
+    shown_here = not display.quiet and display.output_format is OutputFormat.table
+    if not (shown_here or exporting):
+        return None
+    console = console or make_console(display.no_color, record=exporting, silent=not shown_here)
+    colour = not display.no_color and (console.color_system is not None or exporting)
+    lines = display.max_rows or (max(10, console.height - 8) if console.is_terminal else 32)
+    return _Screen(console, colour, lines)
+
+
+def _view_options(
+    display: Display, screen: _Screen, view: str, chosen: dict[str, list[int] | None], axes: Sequence[str]
+) -> ViewOptions:
     from attncli.view import ViewOptions
 
-    options = ViewOptions(
-        view="heatmap",
+    return ViewOptions(
+        view=view,
         precision=display.precision,
-        width=console.width,
-        max_rows=lines,
+        width=screen.console.width,
+        max_rows=screen.lines,
         max_cols=display.max_cols,
+        full=display.full,
         pool=display.pool.value,
-        colour=colour,
+        colour=screen.colour,
         query_labels=display.query_labels,
         key_labels=display.key_labels,
         batch=chosen["batch"],
         head=chosen["head"],
         axes=axes,
     )
-    pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
-    assert pictures is not None  # a picture was asked for
-    console.print(
-        render.stream_view(pictures, result.picture_blocks, arrays["output"], meta, options, arrays)
-    )
+
+
+def _save_and_print(
+    arrays: dict[str, np.ndarray], meta: dict[str, Any], target: os.PathLike[str] | None, display: Display
+) -> None:
+    """-o first, so that a closed pipe or Ctrl-C while printing cannot lose the file; then --format json."""
+    from attncli import writers
+
+    if target is not None:
+        writers.write_result(target, arrays, meta)
+    if display.output_format is OutputFormat.json and not display.quiet:
+        sys.stdout.write(writers.json_text(arrays, meta) + "\n")
+        sys.stdout.flush()
+
+
+def _export(screen: _Screen, display: Display) -> None:
+    """--export-svg and --export-html: what the console recorded."""
+    from attncli import render, writers
+
     title = picture_title(sys.argv[1:])
     if display.export_svg:
-        writers.write_text(display.export_svg, render.export_svg(console, title), option="--export-svg")
+        writers.write_text(
+            display.export_svg, render.export_svg(screen.console, title), option="--export-svg"
+        )
     if display.export_html:
-        writers.write_text(display.export_html, render.export_html(console), option="--export-html")
+        writers.write_text(display.export_html, render.export_html(screen.console), option="--export-html")
+
+
+def _warn_masked_rows(rows: Sequence[tuple[int, ...]]) -> None:
+    if rows:
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        warn(f"{len(rows)} query row(s) have every key masked; their weights and output are 0: {shown}")
 
 
 @contextmanager
@@ -320,25 +331,21 @@ def _chosen_matrices(
 
 
 def _analysis_arrays(
-    result: AttentionResult, blocked: np.ndarray | None, display: Display, meta: dict[str, Any]
+    stats: RowStats | None, top: tuple[torch.Tensor, torch.Tensor] | None, meta: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """The --stats and --top-k tensors, to save and show beside the weights; their means go in meta."""
-    if not (display.stats or display.top_k):
-        return {}
     from attncli import analysis
 
     arrays: dict[str, np.ndarray] = {}
-    if display.stats:
-        stats = analysis.row_stats(result.weights, blocked)
+    if stats is not None:
         arrays |= analysis.stats_arrays(stats)
         meta["stats_means"] = {
             name: mean.detach().cpu().double().numpy().tolist()
             for name, mean in analysis.matrix_means(stats).items()
         }
-    if display.top_k:
-        values, keys = analysis.top_k(result.weights, display.top_k, blocked)
-        arrays["top_k_weights"] = values.detach().cpu().float().numpy()
-        arrays["top_k_keys"] = keys.detach().cpu().numpy()
+    if top is not None:
+        arrays["top_k_weights"] = top[0].detach().cpu().float().numpy()
+        arrays["top_k_keys"] = top[1].detach().cpu().numpy()
     return arrays
 
 
