@@ -35,6 +35,7 @@ from attncli.loaders import (
     TensorFile,
     decoded_metadata_value,
     error_reason,
+    file_error,
     format_of,
     metadata_from_json,
     pick_named,
@@ -243,12 +244,8 @@ def _checked_size(path: str) -> int:
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             file.read(1)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a tensor file") from None
     except OSError as error:
-        raise InputError(f"{path}: cannot be read: {error.strerror or error}") from None
+        raise file_error(path, error) from None
     if size == 0:
         raise InputError(f"{path}: the file is empty")
     return size

@@ -249,15 +249,20 @@ def format_of(path: str) -> str:
     return FORMAT_BY_SUFFIX[suffix]
 
 
+def file_error(path: str, error: OSError) -> InputError:
+    """What an OSError from opening or reading a tensor file means, in the loaders' words."""
+    if isinstance(error, FileNotFoundError):
+        return InputError(f"{path}: no such file")
+    if isinstance(error, IsADirectoryError):
+        return InputError(f"{path}: is a directory, not a tensor file")
+    return InputError(f"{path}: cannot be read: {error.strerror or error}")
+
+
 def _read_file(path: str) -> bytes:
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a tensor file") from None
     except OSError as error:
-        raise InputError(f"{path}: cannot be read: {error.strerror or error}") from None
+        raise file_error(path, error) from None
     if not data:
         raise InputError(f"{path}: the file is empty")
     return data

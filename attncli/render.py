@@ -438,13 +438,14 @@ def _matrices(
             parts.append(Text())  # a blank line between matrices
         parts.append(show(index, _title(name, index, axes)))
     if len(indices) > limit:
-        how = " --head H" if "head" in axes else ""
-        how = (" --batch I" if "batch" in axes else "") + how
+        options_named = [
+            option for axis, option in (("batch", "--batch I"), ("head", "--head H")) if axis in axes
+        ]
+        choose = f"choose them with {' '.join(options_named)} (e.g. 0:4 or 1,3), or " if options_named else ""
         parts.append(
             Text(
                 f"{_ELLIPSIS} {len(indices) - limit} more {name} matrices not shown ({name} "
-                f"{_shape_text(tensor.shape)}); choose them with{how or ' -o FILE'} "
-                "(e.g. 0:4 or 1,3), or save them all with -o FILE",
+                f"{_shape_text(tensor.shape)}); {choose}save them all with -o FILE",
                 style="yellow",
             )
         )

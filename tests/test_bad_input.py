@@ -30,7 +30,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from cli_checks import assert_error
+from helpers import assert_error, npy_bytes, npz_bytes
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save, save_file
@@ -100,18 +100,6 @@ def npy(path: Path, array: np.ndarray) -> str:
 def write(path: Path, data: bytes | str) -> str:
     path.write_bytes(data.encode() if isinstance(data, str) else data)
     return str(path)
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 QUERY = RNG.standard_normal((3, 4)).astype(np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from cli_checks import assert_error
+from helpers import assert_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_attention

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_checks import assert_error
+from helpers import assert_error
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 

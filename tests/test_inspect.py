@@ -5,7 +5,6 @@ Expected statistics come from NumPy on the arrays written here, never from attnc
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_checks import assert_error
+from helpers import assert_error, npz_bytes
 from safetensors.numpy import save as safetensors_bytes
 from safetensors.numpy import save_file
 from test_loaders import BAD_FILES
@@ -69,18 +68,6 @@ TENSORS = {
     "counts": RNG.integers(-50, 50, size=(5, 6)).astype(np.int64),
     "scores": RNG.standard_normal((7,)).astype(np.float64),
 }
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 def json_bytes(tensors: dict[str, np.ndarray]) -> bytes:

@@ -1,8 +1,11 @@
-"""What every command-line test checks of an error: shared by the test modules."""
+"""Helpers the test modules share: the checks of an error line, tensor files as bytes."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
+
+import numpy as np
 
 
 def assert_error(result: Any, *words: str, status: int = 2) -> str:
@@ -20,3 +23,15 @@ def assert_error(result: Any, *words: str, status: int = 2) -> str:
     for word in words:
         assert word in stderr, (word, stderr)
     return stderr
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
