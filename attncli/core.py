@@ -235,7 +235,11 @@ def prepare(
     score_dtype = torch.float32 if target_dtype in HALF_DTYPES else target_dtype
     bound = 0.0
     if q.numel() and k.numel():
-        bound = float(q.double().norm(dim=-1).max() * k.double().norm(dim=-1).max()) * abs(scale)
+        # Norms accumulated in the scores' dtype, without a wider copy of query and key: one that
+        # overflows gives an infinite bound, and the scores are then checked instead.
+        q_norm = torch.linalg.vector_norm(q, dim=-1, dtype=score_dtype).max()
+        k_norm = torch.linalg.vector_norm(k, dim=-1, dtype=score_dtype).max()
+        bound = float(q_norm) * float(k_norm) * abs(scale)
     may_overflow = not bound < torch.finfo(score_dtype).max / 2
     return Prepared(
         q, k, v, scale, mask_tensor, causal, heads, group, weights_shape, input_shapes, may_overflow
@@ -353,7 +357,9 @@ def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: st
 
 def _check_range(given: TensorLike, converted: torch.Tensor, role: str, label: str) -> None:
     """Refuse finite values that became infinite in the compute dtype (70000 in float16)."""
-    if converted.is_floating_point() and bool(torch.isinf(converted).any()):
+    if not converted.is_floating_point() or _fits(given.dtype, converted.dtype):
+        return  # every value of the given dtype is finite in the compute dtype: nothing to scan
+    if bool(torch.isinf(converted).any()):
         finite_before = (
             bool(np.isfinite(given).all())
             if isinstance(given, np.ndarray)
@@ -365,6 +371,19 @@ def _check_range(given: TensorLike, converted: torch.Tensor, role: str, label: s
                 f"{label}: {role} has values that overflow {str(converted.dtype).removeprefix('torch.')} "
                 f"(beyond ±{largest:.6g}); use a wider --dtype"
             )
+
+
+def _fits(given: np.dtype[Any] | torch.dtype, compute: torch.dtype) -> bool:
+    """Whether every finite value of `given` (a NumPy or torch dtype) stays finite in `compute`."""
+    if isinstance(given, torch.dtype):
+        if not given.is_floating_point:
+            return given == torch.bool
+        largest = torch.finfo(given).max
+    else:
+        if given.kind != "f":
+            return given.kind == "b"
+        largest = float(np.finfo(given).max)
+    return largest <= torch.finfo(compute).max
 
 
 def _as_mask(mask: TensorLike, device: torch.device) -> torch.Tensor:

@@ -197,11 +197,14 @@ def run_process(argv: Sequence[str], env: dict[str, str], expect_output: bool = 
 def timed_rows(
     samples: dict[str, list[float]], pairs: Sequence[tuple[str, str, str]], target: float
 ) -> list[Row]:
-    """One row per (case, measured variant, baseline variant): medians and their ratio."""
+    """One row per (case, measured variant, baseline variant): the medians, and the median of the ratios
+    within each round, so that a slow spell of the shared machine, which slows both runs of a round,
+    cancels instead of landing on one side."""
     rows = []
     for case, measured, baseline in pairs:
         m, b = statistics.median(samples[measured]), statistics.median(samples[baseline])
-        rows.append(_ratio_row(case, _ms(m), _ms(b), m / b, target))
+        ratio = statistics.median(x / y for x, y in zip(samples[measured], samples[baseline], strict=True))
+        rows.append(_ratio_row(case, _ms(m), _ms(b), ratio, target))
     return rows
 
 
@@ -479,8 +482,17 @@ def print_table(rows: Sequence[Row]) -> None:
         print(line(row))
 
 
+SECTIONS = ("start-up", "small job", "show", "memory", "time")
+#: The sections this run measures (--only); all by default.
+CHOSEN: set[str] = set(SECTIONS)
+
+
 def guarded(section: str, measure: Callable[[], list[Row]]) -> list[Row]:
-    """The rows of one section; one failed row instead when it cannot be measured."""
+    """The rows of one section; one failed row instead when it cannot be measured; none when --only
+    leaves it out."""
+    name = "start-up" if section == "imports" else section.removesuffix(" cpu").removesuffix(" cuda")
+    if name not in CHOSEN:
+        return []
     print(f"{section} ...", file=sys.stderr)
     try:
         return measure()
@@ -492,7 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even when targets are missed")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run this section only (may be repeated); default: all",
+    )
     options = parser.parse_args(argv)
+    if options.only:
+        CHOSEN.intersection_update(options.only)
 
     # repeats per figure (after warm-up rounds): start-up, small job, weights time, memory
     if options.quick:
@@ -520,7 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    if torch.cuda.is_available():
+    if not CHOSEN & {"memory", "time"}:
+        pass
+    elif torch.cuda.is_available():
         rows += guarded("memory cuda", lambda: bench_weights_memory("cuda", env, memory_n))
         rows += guarded("time cuda", lambda: bench_weights_time("cuda", time_n, 2, budget_s))
     else:
@@ -533,7 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         "ratio = measured / baseline. Times: medians of interleaved runs, the variants alternating, after "
-        "warm-up; the weights path in one process, torch's default threads. Memory: median over fresh "
+        "warm-up, and the ratio is the median of the per-round ratios; the weights path in one process, "
+        "torch's default threads. Memory: median over fresh "
         "processes of the peak RSS (CUDA: max_memory_allocated) minus that with the inputs made, vs the "
         "bytes of inputs + weights + output."
     )
