@@ -24,7 +24,7 @@ from attncli.core import (
     resolve_dtype,
     result_arrays,
 )
-from attncli.errors import AttnError, ShapeError, UsageError
+from attncli.errors import AttnError, InputError, ShapeError, UsageError
 
 PROPERTY = settings(
     max_examples=60,
@@ -875,3 +875,29 @@ def test_cuda_matches_reference_and_sdpa(dtype):
     attn_mask = mask_cuda & torch.ones(6, 7, dtype=torch.bool, device="cuda").tril()
     expected = _sdpa(tq, tk, tv, attn_mask=attn_mask, enable_gqa=True)
     np.testing.assert_allclose(_np(result.output), expected, **tol[dtype])
+
+
+@pytest.mark.parametrize(
+    ("given", "dtype"),
+    [
+        (np.full((2, 4), 1e39), "float32"),  # float64 numbers beyond float32
+        (np.full((2, 4), 100_000, np.int64), "float16"),  # whole numbers beyond float16
+        (torch.full((2, 4), 70_000.0), "float16"),  # a float32 tensor narrowed
+        (torch.full((2, 4), 1e39, dtype=torch.float64), "float32"),
+    ],
+    ids=["numpy-float64-to-float32", "numpy-int64-to-float16", "torch-float32-to-float16", "torch-f64-f32"],
+)
+def test_finite_inputs_that_overflow_the_compute_dtype_are_refused(given, dtype):
+    with pytest.raises(InputError, match=f"query has values that overflow {dtype}"):
+        attention(given, given, given, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_largest_finite_values_of_the_compute_dtype_pass_the_range_check(dtype):
+    """No scan is needed when the given dtype is the compute dtype; its largest value must still load."""
+    largest = torch.finfo(getattr(torch, dtype)).max
+    query = torch.tensor([[largest, 0.0]], dtype=getattr(torch, dtype))
+    ones = torch.ones((1, 2), dtype=getattr(torch, dtype))
+    result = attention(query, ones, ones, dtype=dtype)
+    assert torch.isfinite(result.weights).all()
+    assert float(result.weights.sum()) == 1.0  # one key: all the weight
