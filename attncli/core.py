@@ -346,7 +346,8 @@ def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: st
         wanted = np.float64 if dtype == torch.float64 else np.float32
         # astype also makes the array native-endian and writable, which torch.from_numpy needs.
         if x.dtype != wanted or not x.flags.writeable or any(stride < 0 for stride in x.strides):
-            x = x.astype(wanted)  # a copy: torch.from_numpy takes no negative strides
+            with np.errstate(over="ignore"):  # _check_range names the input that overflowed
+                x = x.astype(wanted)  # a copy: torch.from_numpy takes no negative strides
         return torch.from_numpy(x).to(device=device, dtype=dtype)
     if isinstance(x, torch.Tensor):
         if x.dtype == torch.bool or x.is_complex():
