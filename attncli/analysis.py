@@ -39,7 +39,11 @@ class RowStats:
 
 
 def row_stats(
-    weights: torch.Tensor, blocked: torch.Tensor | np.ndarray | None = None, *, row_offset: int = 0
+    weights: torch.Tensor,
+    blocked: torch.Tensor | np.ndarray | None = None,
+    *,
+    row_offset: int = 0,
+    shifted_scores: torch.Tensor | None = None,
 ) -> RowStats:
     """Per query row of `weights` (..., Lq, Lk): entropy, normalised entropy, largest weight and its
     key, weight on key 0 and mean distance from the query to the keys it attends to.
@@ -48,10 +52,18 @@ def row_stats(
     which keys each query could not see: they count neither as keys nor as weight (a weight there
     is taken as 0). Computed in float64 for float64 weights, else float32, and returned so.
     `row_offset` is the query index of the first row (the weights being a block of a larger
-    matrix's rows); only the distance uses it.
+    matrix's rows); only the distance uses it. `shifted_scores`, when the weights are their
+    softmax (as `core.attend_rows_with_scores` gives both: finite, each row's largest 0), makes
+    the entropy cost one product instead of a logarithm per weight: log w = shifted score -
+    log(sum of exp) = shifted score + log(largest weight), since the largest weight is exp(0) / sum.
     """
     compute_dtype = _compute_dtype(weights)
     blocked_keys = _blocked_view(blocked, weights)
+    if shifted_scores is not None and tuple(shifted_scores.shape) != tuple(weights.shape):
+        raise ValueError(
+            f"shifted_scores {tuple(shifted_scores.shape)} must have the weights' shape "
+            f"{tuple(weights.shape)}"
+        )
     *lead, lq, lk = weights.shape
     device = weights.device
     rows = math.prod(lead) * lq
@@ -60,32 +72,104 @@ def row_stats(
     argmax = torch.full((rows,), -1, dtype=torch.int64, device=device)
     keys = torch.arange(lk, device=device)
     for span, index in _row_blocks(weights):
-        block = weights[index].to(compute_dtype)  # (n, Lk)
+        block = _rows(weights, span, index).to(compute_dtype)  # (n, Lk)
         query = index[-1] + row_offset  # (n,): the query position of each row in its matrix
         if blocked_keys is None:
+            closed = None
             open_count = torch.full_like(query, lk)
             sink_open = torch.ones_like(query, dtype=torch.bool)
-            ranked = block
         else:
             closed = blocked_keys[index]  # (n, Lk)
             block = block.masked_fill(closed, 0.0)
             open_count = lk - closed.sum(dim=-1)
             sink_open = ~closed[:, 0]
-            ranked = block.masked_fill(closed, -math.inf)  # a masked key is never the largest
         live = open_count > 0
-        row_entropy = 0.0 - torch.xlogy(block, block).sum(dim=-1)  # 0 - 0 = +0: one key shows as 0, not -0
+        largest, key_of_largest = _max_and_argmax(block)
+        if closed is not None:
+            # A masked key holds 0 here: it can be the largest only where no open weight is above 0.
+            redo = largest <= 0
+            if bool(redo.any()):
+                ranked = block[redo].masked_fill(closed[redo], -math.inf)
+                largest[redo], key_of_largest[redo] = ranked.max(dim=-1)  # the lowest key on ties
+        if shifted_scores is None:
+            # 0 - 0 = +0: one key shows as 0, not -0
+            row_entropy = 0.0 - torch.xlogy(block, block).sum(dim=-1)
+        else:
+            # -sum w log w = log(sum of exp) - sum w s, both >= 0: no cancellation.
+            scores = _rows(shifted_scores, span, index).to(compute_dtype)
+            row_entropy = (0.0 - torch.linalg.vecdot(block, scores)) - torch.log(largest)
         entropy[span] = row_entropy.where(live, math.nan)
         # log(1) = 0: a row with one open key has no spread to normalise
         spread = torch.log(open_count.to(compute_dtype))
         entropy_normalised[span] = (row_entropy / spread).where(open_count >= 2, math.nan)
-        largest, key_of_largest = ranked.max(dim=-1)  # the first maximum: the lowest key on ties
         max_weight[span] = largest.where(live, math.nan)
         argmax[span] = key_of_largest.where(live, -1)
         sink[span] = block[:, 0].where(sink_open, math.nan)
-        offset = (query[:, None] - keys).abs().to(compute_dtype)  # (n, 1) - (Lk,) -> (n, Lk): |i - j|
-        distance[span] = (block * offset).sum(dim=-1).where(live, math.nan)
+        lowest, highest = _query_range(span, lq, row_offset)
+        distance[span] = _distance(block, query, keys, lowest, highest).where(live, math.nan)
     fields = (entropy, entropy_normalised, max_weight, argmax, sink, distance)
     return RowStats(*(field.reshape(*lead, lq) for field in fields))
+
+
+def _rows(tensor: torch.Tensor, span: slice, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The (n, Lk) rows of a block: a view of a contiguous tensor, else gathered by `index`."""
+    if tensor.is_contiguous():
+        return tensor.view(-1, tensor.shape[-1])[span]
+    return tensor[index]
+
+
+#: Keys per chunk in `_max_and_argmax`: a row's maximum is found among chunk maxima first.
+_CHUNK = 64
+
+
+def _max_and_argmax(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`block.max(dim=-1)` of (n, Lk), Lk > 0: the largest value and its first key (NaN counting as
+    largest, as max does), found from the maxima of chunks of keys, which a vectorised reduction
+    gives several times faster than max's own search over every key."""
+    lk = block.shape[-1]
+    if lk <= 4 * _CHUNK:
+        found = block.max(dim=-1)
+        return found.values, found.indices
+    whole = lk // _CHUNK * _CHUNK
+    chunks = block[:, :whole].unflatten(-1, (-1, _CHUNK)).amax(dim=-1)  # (n, C)
+    if whole < lk:
+        chunks = torch.cat([chunks, block[:, whole:].amax(dim=-1, keepdim=True)], dim=-1)
+    largest, chunk = chunks.max(dim=-1)  # the first chunk that holds the largest
+    columns = (chunk[:, None] * _CHUNK + torch.arange(_CHUNK, device=block.device)).clamp_max(lk - 1)
+    within = block.gather(-1, columns).max(dim=-1).indices  # the first in it; clamped repeats come after
+    return largest, columns.gather(-1, within[:, None]).squeeze(-1)
+
+
+def _query_range(span: slice, lq: int, row_offset: int) -> tuple[int, int]:
+    """Lowest and highest query position among the flat rows `span` (matrices of `lq` rows each)."""
+    first, last = span.start, span.stop - 1
+    if first // lq == last // lq:
+        return first % lq + row_offset, last % lq + row_offset
+    return row_offset, lq - 1 + row_offset  # the block crosses from one matrix into the next
+
+
+def _distance(
+    block: torch.Tensor, query: torch.Tensor, keys: torch.Tensor, lowest: int, highest: int
+) -> torch.Tensor:
+    """sum_j w_ij |i - j| for rows (n, Lk) whose query positions lie in [lowest, highest]: |i - j| in
+    full only for keys in that range; outside it, |i - j| = |i - edge| + |edge - j|, whose sums are
+    a row sum and a product with a vector. Every term is >= 0, so nothing cancels."""
+    lk = block.shape[-1]
+    dtype = block.dtype
+    near_start = min(lowest, lk)
+    near_stop = max(near_start, min(highest + 1, lk))
+    band = block[:, near_start:near_stop]
+    offset = (query[:, None] - keys[near_start:near_stop]).abs().to(dtype)  # (n, 1) - (b,) -> (n, b)
+    distance = (band * offset).sum(dim=-1)
+    if near_start > 0:  # keys j < lowest <= i: (i - lowest) + (lowest - j)
+        before = block[:, :near_start]
+        distance += before @ (near_start - keys[:near_start]).to(dtype)
+        distance += (query - near_start).to(dtype) * before.sum(dim=-1)
+    if near_stop < lk:  # keys j > highest >= i: (j - highest) + (highest - i)
+        after = block[:, near_stop:]
+        distance += after @ (keys[near_stop:] - highest).to(dtype)
+        distance += (highest - query).to(dtype) * after.sum(dim=-1)
+    return distance
 
 
 def matrix_means(stats: RowStats) -> dict[str, torch.Tensor]:

@@ -288,7 +288,53 @@ def attend_rows(
 
     `q` (and a mask with a query axis) may be a block of query rows starting at `first_row`, for the
     blocked computation of attncli.stream: the causal triangle is then shifted to match.
+    Returns weights, output and the fully masked rows (None without a mask).
     """
+    weights, output, masked_rows, _ = _attend(
+        q, k, v, scale, mask, causal, group, weights_shape, may_overflow, first_row, keep_scores=False
+    )
+    return weights, output, masked_rows
+
+
+def attend_rows_with_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+    causal: bool,
+    group: int,
+    weights_shape: tuple[int, ...],
+    may_overflow: bool = False,
+    first_row: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`attend_rows`, keeping the scores too, in a second buffer: each row less its largest score
+    (so <= 0, exactly 0 at the largest, the dtype's lowest finite number at masked keys, where the
+    weights are 0; 0 across a fully masked row), in the
+    compute dtype (float32 for half inputs). The weights are the same numbers `attend_rows` gives:
+    softmax subtracts the largest score itself. For statistics that need log(weights), which is
+    these scores less log(sum of exp): see `analysis.row_stats(shifted_scores=...)`."""
+    weights, output, masked_rows, scores = _attend(
+        q, k, v, scale, mask, causal, group, weights_shape, may_overflow, first_row, keep_scores=True
+    )
+    assert scores is not None
+    return weights, output, masked_rows, scores
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+    causal: bool,
+    group: int,
+    weights_shape: tuple[int, ...],
+    may_overflow: bool,
+    first_row: int,
+    *,
+    keep_scores: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     compute_dtype = q.dtype
     if group > 1:
         # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
@@ -326,7 +372,15 @@ def attend_rows(
         # A row with every key masked has no softmax; it gets zero weights instead of NaN.
         masked_rows = scores.amax(dim=-1) == -math.inf  # (..., Lq)
         scores.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
-    weights = torch.softmax(scores, dim=-1, out=scores)  # in place: no second N x N buffer
+    if keep_scores:
+        if scores.shape[-1]:
+            scores.sub_(scores.amax(dim=-1, keepdim=True))  # what softmax subtracts first
+        weights = torch.softmax(scores, dim=-1)  # (..., Lq, Lk): a second buffer
+        if mask is not None or causal:
+            # -inf at masked keys -> the lowest finite number: their weight 0 times it is then 0
+            scores.clamp_min_(torch.finfo(scores.dtype).min)
+    else:
+        weights = torch.softmax(scores, dim=-1, out=scores)  # in place: no second N x N buffer
     if masked_rows is not None:
         weights.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
 
@@ -336,7 +390,8 @@ def attend_rows(
         output = torch.matmul(grouped, v).flatten(-4, -3)
     else:
         output = torch.matmul(weights, v)  # (..., Lq, Lk) @ (..., Lk, Dv) -> (..., Lq, Dv)
-    return weights.to(compute_dtype), output.to(compute_dtype), masked_rows
+    kept = scores if keep_scores else None
+    return weights.to(compute_dtype), output.to(compute_dtype), masked_rows, kept
 
 
 def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: str) -> torch.Tensor:

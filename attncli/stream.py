@@ -25,7 +25,14 @@ import torch
 
 from attncli import analysis
 from attncli.analysis import RowStats
-from attncli.core import HALF_DTYPES, Prepared, attend_rows, blocked_keys, settings
+from attncli.core import (
+    HALF_DTYPES,
+    Prepared,
+    attend_rows,
+    attend_rows_with_scores,
+    blocked_keys,
+    settings,
+)
 from attncli.errors import OutputError, UsageError
 from attncli.writers import mode_for_replacing
 
@@ -147,11 +154,13 @@ def stream_attention(
     stats_fields: list[torch.Tensor] | None = None
     kept: tuple[torch.Tensor, torch.Tensor] | None = None
     output: torch.Tensor | None = None
-    compute = _Blocks(p)
+    # The entropy from the scores saves a logarithm per weight; half-precision weights are rounded
+    # from the float32 scores' softmax, so theirs comes from the weights as in the full path.
+    compute = _Blocks(p, keep_scores=stats and dtype not in HALF_DTYPES)
     try:
         for start in range(0, max(lq, 1), block_rows):
             stop = min(start + block_rows, lq)
-            weights, block_output, block_masked, blocked = compute.block(start, stop)
+            weights, block_output, block_masked, blocked, scores = compute.block(start, stop)
             if output is None:
                 # (..., n, Dv) -> (..., Lq, Dv): value's batch axes may add to the weights'
                 output = block_output.new_empty((*block_output.shape[:-2], lq, block_output.shape[-1]))
@@ -159,7 +168,7 @@ def stream_attention(
             if masked_rows is not None and block_masked is not None:
                 masked_rows[..., start:stop] = block_masked
             if stats:
-                block_stats = analysis.row_stats(weights, blocked, row_offset=start)
+                block_stats = analysis.row_stats(weights, blocked, row_offset=start, shifted_scores=scores)
                 fields = [getattr(block_stats, name) for name in _STAT_FIELDS]
                 if stats_fields is None:
                     stats_fields = [field.new_empty((*lead, lq)) for field in fields]
@@ -176,7 +185,7 @@ def stream_attention(
                 pictures.add(start, weights, blocked)
             if writer is not None:
                 writer.write_rows(start, weights)
-            del weights, block_output, block_masked, blocked
+            del weights, block_output, block_masked, blocked, scores
             if progress is not None:
                 progress(stop, lq)
         if writer is not None:
@@ -233,8 +242,9 @@ class _Blocks:
     """`core.attend_rows` on query rows [start, stop): the same maths as `attend`, so each block's
     weights and output are those rows of `attend`'s (up to BLAS rounding a row block differently)."""
 
-    def __init__(self, p: Prepared) -> None:
+    def __init__(self, p: Prepared, *, keep_scores: bool = False) -> None:
         self.p = p
+        self.keep_scores = keep_scores
         *self.lead, self.lq, self.lk = p.weights_shape
         # Half-precision key and value become float32 once here, not once per block (attend_rows
         # computes in float32 anyway, and .float() of a float32 tensor is free).
@@ -245,13 +255,14 @@ class _Blocks:
 
     def block(
         self, start: int, stop: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Weights (..., n, Lk) in the result dtype, output (..., n, Dv) in the result dtype, masked
-        rows (..., n) (None without a mask) and the blocked keys (bool, broadcastable; None if none)."""
+        rows (..., n) (None without a mask), the blocked keys (bool, broadcastable; None if none) and,
+        with `keep_scores`, the shifted scores of `core.attend_rows_with_scores` (else None)."""
         p = self.p
         mask = p.mask[..., start:stop, :] if p.mask is not None and self.mask_rows else p.mask
         shape = (*self.lead, stop - start, self.lk)
-        weights, output, masked_rows = attend_rows(
+        arguments = (
             p.query[..., start:stop, :],
             self.key,
             self.value,
@@ -261,10 +272,15 @@ class _Blocks:
             p.group,
             shape,
             p.may_overflow,
-            first_row=start,
+            start,
         )
+        scores = None
+        if self.keep_scores:
+            weights, output, masked_rows, scores = attend_rows_with_scores(*arguments)
+        else:
+            weights, output, masked_rows = attend_rows(*arguments)
         blocked = blocked_keys(mask, p.causal, stop - start, self.lk, start, device=weights.device)
-        return weights, output, masked_rows, blocked
+        return weights, output, masked_rows, blocked, scores
 
 
 class _Picture:
@@ -283,30 +299,26 @@ class _Picture:
         self.counts = torch.zeros(grid, dtype=torch.int64, device=device)
 
     def add(self, start: int, weights: torch.Tensor, blocked: torch.Tensor | None) -> None:
-        """Pool weights (..., n, Lk) of query rows start.. into the picture."""
+        """Pool weights (..., n, Lk) of query rows start.. into the picture. The weights are 0 at
+        every blocked key (softmax gives exp(-inf) = 0, and fully masked rows are zeroed), so they
+        pool as they are: `blocked` only decides how many weights each cell's mean divides by."""
         n, columns = weights.shape[-2], self.sums.shape[-1]
         if columns == 0:
             return  # no keys: nothing to pool
         values = weights.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
-        if blocked is None:
-            open_keys = None
-            largest, sums = values, values
-        else:
-            open_keys = ~blocked.expand(weights.shape)
-            largest = values.masked_fill(~open_keys, -math.inf)
-            sums = values.masked_fill(~open_keys, 0.0)
         # (..., n, Lk) -> (..., n, C), then each row added to its picture row
         row_of = torch.arange(start, start + n, device=weights.device) // self.block_rows
-        row_largest = self._columns(largest, torch.amax).float()
+        row_largest = self._columns(values, torch.amax).float()
         spread = row_of.view(-1, 1).expand(row_largest.shape)  # (..., n, C): each row's picture row
         self.largest.scatter_reduce_(-2, spread, row_largest, reduce="amax")
-        self.sums.index_add_(-2, row_of, self._columns(sums, torch.sum).double())
-        if open_keys is None:
-            sizes = torch.full((columns,), self.block_cols, device=weights.device)
-            sizes[-1] = weights.shape[-1] - self.block_cols * (columns - 1)
-            self.counts.index_add_(-2, row_of, sizes.expand(*weights.shape[:-1], -1))
+        self.sums.index_add_(-2, row_of, self._columns(values, torch.sum).double())
+        if blocked is None:
+            open_count = torch.full((columns,), self.block_cols, device=weights.device)
+            open_count[-1] = weights.shape[-1] - self.block_cols * (columns - 1)
         else:
-            self.counts.index_add_(-2, row_of, self._columns(open_keys, torch.sum))
+            # counted on the blocked keys' own shape (a causal triangle is (n, Lk)), then broadcast
+            open_count = self._columns(~blocked, torch.sum)
+        self.counts.index_add_(-2, row_of, open_count.expand(*weights.shape[:-1], columns))
 
     def _columns(self, values: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
         """Reduce each run of block_cols keys: (..., n, Lk) -> (..., n, C), the last run ragged."""

@@ -19,7 +19,7 @@ from reference import reference_attention
 
 from attncli import analysis
 from attncli.analysis import STAT_NAMES, RowStats, matrix_means, row_stats, stats_arrays, top_k
-from attncli.core import attention, masked_positions
+from attncli.core import attend_rows_with_scores, attention, blocked_keys, masked_positions
 
 PROPERTY = settings(
     max_examples=80,
@@ -44,8 +44,11 @@ def _tol(dtype: torch.dtype) -> dict[str, float]:
 # the expected values: NumPy, float64, one row at a time
 
 
-def _expected_stats(weights: np.ndarray, blocked: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Each statistic by its definition, over the open (unmasked) keys of each row."""
+def _expected_stats(
+    weights: np.ndarray, blocked: np.ndarray | None, row_offset: int = 0
+) -> dict[str, np.ndarray]:
+    """Each statistic by its definition, over the open (unmasked) keys of each row; row i of each
+    matrix is query position i + row_offset."""
     weights = np.asarray(weights, dtype=np.float64)
     closed = (
         np.zeros(weights.shape, dtype=bool) if blocked is None else np.broadcast_to(blocked, weights.shape)
@@ -53,7 +56,7 @@ def _expected_stats(weights: np.ndarray, blocked: np.ndarray | None) -> dict[str
     expected = {name: np.full(weights.shape[:-1], np.nan) for name in FLOAT_STATS}
     expected["argmax"] = np.full(weights.shape[:-1], -1, dtype=np.int64)
     for row in np.ndindex(weights.shape[:-1]):
-        query = row[-1]
+        query = row[-1] + row_offset
         keys = np.flatnonzero(~closed[row])
         if keys.size == 0:
             continue
@@ -246,6 +249,62 @@ def test_ties_in_long_rows():
     weights = torch.from_numpy(weights_np)
     _check_top_k(top_k(weights, 1500, blocked), _expected_top_k(weights_np, blocked, 1500), torch.float64)
     _check_stats(row_stats(weights, blocked), _expected_stats(weights_np, blocked), torch.float64)
+
+
+@PROPERTY
+@given(
+    lq=st.integers(1, 5),
+    lk=st.integers(200, 700),
+    heads=st.integers(1, 3),
+    row_offset=st.sampled_from([0, 3, 150, 900]),
+    elements=st.sampled_from([1, 700, 2000, 1 << 22]),
+    masked=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_long_rows_match_numpy(lq, lk, heads, row_offset, elements, masked, seed):
+    """Rows long enough for the chunked search of the largest weight (ties across and at the ends of
+    chunks, a ragged last chunk) and for the distance summed in parts around each block's queries,
+    with blocks of one row, of rows across matrices and of everything."""
+    rng = np.random.default_rng(seed)
+    weights_np = rng.integers(1, 6, size=(heads, lq, lk)).astype(np.float64)  # few values: many ties
+    weights_np[..., rng.integers(lk)] = 9.0  # one largest in the middle, and maybe one in the tail
+    weights_np[..., lk - 1] = rng.choice([1.0, 9.0])
+    blocked = rng.random((lq, lk)) < 0.3 if masked else None
+    if blocked is not None:
+        blocked[0] = True  # a row with no open key
+        weights_np[..., blocked] = rng.choice([0.0, 20.0])  # masked weights: 0, or larger than any open
+    totals = weights_np.sum(axis=-1, keepdims=True)
+    weights_np = np.divide(weights_np, totals, out=np.zeros_like(weights_np), where=totals > 0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(analysis, "_BLOCK_ELEMENTS", elements)
+        stats = row_stats(torch.from_numpy(weights_np), blocked, row_offset=row_offset)
+    _check_stats(stats, _expected_stats(weights_np, blocked, row_offset), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", ["plain", "causal", "mask", "causal+mask"])
+def test_entropy_from_shifted_scores_matches_numpy(dtype, case):
+    """With the scores that gave the weights, the entropy comes from them, not from log(weights)."""
+    rng = np.random.default_rng(12)
+    query, key, value = (
+        torch.from_numpy(rng.standard_normal((2, 6, 300, 8)) * 3).to(dtype) for _ in range(3)
+    )
+    causal = "causal" in case
+    mask = None
+    if "mask" in case:
+        mask = torch.from_numpy(rng.random((2, 1, 300, 300)) < 0.7)
+        mask[0, 0, 5] = False  # a row with every key masked
+    weights, _, _, scores = attend_rows_with_scores(
+        query, key, value, 0.35, mask, causal, 1, (2, 6, 300, 300), first_row=0
+    )
+    blocked = blocked_keys(mask, causal, 300, 300, device=torch.device("cpu"))
+    blocked_np = None if blocked is None else blocked.numpy()
+    stats = row_stats(weights, blocked, shifted_scores=scores)
+    _check_stats(stats, _expected_stats(_np(weights), blocked_np), dtype)
+    plain = row_stats(weights, blocked)
+    torch.testing.assert_close(stats.entropy, plain.entropy, **_tol(dtype), equal_nan=True)
+    with pytest.raises(ValueError, match="shifted_scores"):
+        row_stats(weights, blocked, shifted_scores=scores[..., 1:])
 
 
 def test_a_masked_key_is_never_the_argmax():
