@@ -131,7 +131,7 @@ def _max_and_argmax(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         found = block.max(dim=-1)
         return found.values, found.indices
     whole = lk // _CHUNK * _CHUNK
-    chunks = block[:, :whole].unflatten(-1, (-1, _CHUNK)).amax(dim=-1)  # (n, C)
+    chunks = block[:, :whole].reshape(block.shape[0], -1, _CHUNK).amax(dim=-1)  # (n, C); a view
     if whole < lk:
         chunks = torch.cat([chunks, block[:, whole:].amax(dim=-1, keepdim=True)], dim=-1)
     largest, chunk = chunks.max(dim=-1)  # the first chunk that holds the largest
