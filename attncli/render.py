@@ -73,6 +73,8 @@ def result_view(
                 pool=options.pool,
                 blocked=matrix_blocked,
                 colour=options.colour,
+                query_labels=options.query_labels,
+                key_labels=options.key_labels,
             )
         else:
             picture = weight_table(matrix, options=options, title=title, blocked=matrix_blocked)

@@ -19,7 +19,7 @@ ModelDirArgument = Annotated[
 ]
 TextArgument = Annotated[
     str | None,
-    typer.Argument(metavar="[TEXT]", help="The text to run the model on.", show_default=False),
+    typer.Argument(metavar="TEXT", help="The text to run the model on.", show_default=False),
 ]
 MoreTextsOption = Annotated[
     list[str] | None,
@@ -77,7 +77,7 @@ def capture_command(
     applied (causal and padding) as booleans, True = may attend. The metadata holds the model, the
     texts, their tokens, and each layer's scale and head counts. Weights are computed in float32.
 
-    Needs the models extra: pip install 'attncli[models]'. The model is read from MODEL_DIR only,
+    Needs the models extra: pip install 'attncli\\[models]'. The model is read from MODEL_DIR only,
     never downloaded; any architecture that supports Transformers' attn_implementation works.
 
     [bold]Examples[/]

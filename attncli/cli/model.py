@@ -146,7 +146,7 @@ def model_command(
     model run again with eager attention and output_attentions): exit status 1 when the largest
     difference is above 1e-5.
 
-    Needs the models extra: pip install 'attncli[models]'.
+    Needs the models extra: pip install 'attncli\\[models]'.
 
     [bold]Examples[/]
 
