@@ -114,7 +114,13 @@ class _Call:
 
 
 def require_transformers(command: str = "attn capture") -> None:
-    """A UsageError saying how to install the `models` extra when transformers is missing."""
+    """A UsageError saying how to install the `models` extra when transformers is missing.
+
+    Sets HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE first (the hub reads them when first imported):
+    attncli never goes to the network, whatever else the process does with transformers.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -242,12 +248,9 @@ def model_folder(model_dir: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Offline, and without transformers' progress bars, load reports and warnings on our stderr."""
+    """Without transformers' progress bars, load reports and warnings on our stderr."""
     import warnings
 
-    # Read when huggingface_hub is first imported; from_pretrained gets local_files_only as well.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from transformers.utils import logging
 
     verbosity = logging.get_verbosity()

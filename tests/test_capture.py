@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -153,8 +154,10 @@ def test_heads_scale_tokens_and_padding_are_recorded(captured):
         assert torch.equal(layer.mask[0, 0], window)
 
 
-def test_layers_are_chosen_by_index_and_range(models):
+def test_layers_are_chosen_by_index_and_range_offline(models, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     run = capture.capture(models["llama"], ["the cat"], [slice(1, None)])
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # and local_files_only: never the network
     assert list(run.layers) == [1, 2]
     assert run.probabilities == {}
     assert sorted(run.arrays()) == [
