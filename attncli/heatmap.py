@@ -10,6 +10,7 @@ tables; without colour, each cell is a character of a density ramp.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,8 @@ NAN_CHAR = "!"
 MASKED_RGB = (128, 128, 128)  # neutral grey, not on the viridis scale: masked never looks like a tiny weight
 NAN_RGB = (220, 20, 60)  # red, not on the scale either
 HALF_BLOCK = "▀"
+FULL_BLOCK = "█"
+LABELLED_CELL = 3  # columns per key in the labelled layout (without colour: two characters, a space)
 RULER_EVERY = 10  # drawn columns between key indices on the ruler
 GUTTER_EVERY = 5  # text lines between query indices in the gutter
 
@@ -49,6 +52,8 @@ def heatmap(
     pool: str = "max",
     blocked: np.ndarray | None = None,
     colour: bool = True,
+    query_labels: Sequence[str] | None = None,
+    key_labels: Sequence[str] | None = None,
 ) -> Group:
     """One (Lq, Lk) weight matrix (rows = queries, columns = keys) as a compact heatmap.
 
@@ -57,6 +62,10 @@ def heatmap(
     `blocked` (bool, broadcastable to the matrix) is True where a key was masked for a query:
     masked weights are left out of pooling, and a block with every weight masked is drawn grey
     (or '·'). NaN weights that are not masked are drawn red (or '!').
+
+    With labels (tokens, say), a matrix small enough to draw one query per line and one key per
+    LABELLED_CELL columns is drawn that way, each row named in the gutter and the keys named under
+    the picture; a larger one is drawn as without labels.
 
     Styles are made fresh on each call (Rich caches a Style's escape codes for the first colour
     system it meets): print each heatmap to one console.
@@ -80,6 +89,10 @@ def heatmap(
     heading = Constrain(Text(title, style="bold"), max(width, 1))
     if queries == 0 or keys == 0:
         return Group(heading, Text(f"no weights to draw ({queries}×{keys})", style="dim"))
+    if query_labels is not None or key_labels is not None:
+        labelled = _labelled(matrix, open_keys, width, max_lines, colour, pool, query_labels, key_labels)
+        if labelled is not None:
+            return Group(heading, *labelled)
 
     gutter = len(str(queries - 1)) + 1  # the widest query index and a space
     width = max(width, gutter + 1)  # clamped: at least one column of cells
@@ -126,6 +139,50 @@ def pooled_heatmap(
     ruler = _ruler(codes.shape[1], block_cols, gutter, max(width, gutter + 1))
     legend = _legend(codes, colour, pool, block_rows, block_cols)
     return Group(Constrain(Text(title, style="bold"), max(width, 1)), ruler, *lines, Constrain(legend, width))
+
+
+def _labelled(
+    matrix: np.ndarray,
+    open_keys: np.ndarray | None,
+    width: int,
+    max_lines: int,
+    colour: bool,
+    pool: str,
+    query_labels: Sequence[str] | None,
+    key_labels: Sequence[str] | None,
+) -> list[RenderableType] | None:
+    """Ruler, one line per query named by its label and index, legend, then the keys' names; None
+    when the matrix does not fit that way (it is then pooled as usual)."""
+    from attncli.render import _cut as cut_label
+
+    queries, keys = matrix.shape
+    rows = [f"{cut_label(query_labels[i]) if query_labels else ''} {i}" for i in range(queries)]
+    gutter = max(len(row) for row in rows) + 1
+    if queries > max_lines or gutter + keys * LABELLED_CELL > width:
+        return None
+    pooled, masked = _pool(matrix, open_keys, 1, 1, pool)
+    codes = _codes(pooled, masked, colour)  # (Lq, Lk): one cell per weight
+    ruler = "".join(str(j).rjust(LABELLED_CELL - 1).ljust(LABELLED_CELL) for j in range(keys)).rstrip()
+    parts: list[RenderableType] = [
+        Text("q\\k".ljust(gutter) + ruler, style="dim", no_wrap=True, overflow="crop")
+    ]
+    colours = _colour_table()
+    characters = [*RAMP, *(" " * (LEVELS - len(RAMP))), MASKED_CHAR, NAN_CHAR, " "]
+    for row, label in zip(codes.tolist(), rows, strict=True):
+        line = Text(no_wrap=True, overflow="crop")
+        line.append(label.rjust(gutter - 1) + " ", style="dim")
+        if colour:  # cells side by side, a block of colour
+            for code in row:
+                line.append(FULL_BLOCK * LABELLED_CELL, style=Style(color=colours[code]))
+        else:  # characters, a space between keys
+            line.append(" ".join(characters[code] * (LABELLED_CELL - 1) for code in row))
+        parts.append(line)
+    parts.append(Constrain(_legend(codes, colour, pool, 1, 1), width))
+    if key_labels:
+        names = Text("keys: ", style="dim")
+        names.append(" · ".join(f"{j} {cut_label(label)}" for j, label in enumerate(key_labels)), style="dim")
+        parts.append(Constrain(names, width))
+    return parts
 
 
 def _pool(

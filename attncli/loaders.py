@@ -34,6 +34,8 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
     "key": ("key", "k"),
     "value": ("value", "v"),
 }
+#: How `attn capture` names the tensors of layer N: layers.N.query, .key, .value, .mask.
+_LAYER_TENSOR = re.compile(r"layers\.(\d+)\.(query|key|value|mask)")
 _LONG_INTEGER = re.compile(r"(?<![.\deE+-])-?\d{19,}")
 T = TypeVar("T")
 _MAX_AXES = 64  # NumPy's limit on the number of dimensions
@@ -84,6 +86,12 @@ class AttentionInputs:
     key: np.ndarray
     value: np.ndarray
     sources: dict[str, str]  # role -> label, e.g. {"query": "qkv.npz:query", ...}
+    # A layer of an `attn capture` file brings what the model used with it: its mask (bool,
+    # True = may attend), its scale, and the tokens of each batch entry (labels).
+    mask: np.ndarray | None = None
+    mask_source: str | None = None
+    scale: float | None = None
+    tokens: list[list[str]] | None = None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -159,16 +167,24 @@ def pick_named(tensors: Mapping[str, T], label: str, name: str | None) -> T:
     )
 
 
-def load_attention_inputs(specs: Sequence[str], stdin: BinaryIO | None = None) -> AttentionInputs:
+def load_attention_inputs(
+    specs: Sequence[str], stdin: BinaryIO | None = None, layer: int | None = None
+) -> AttentionInputs:
     """Resolve the paths of `attn compute` into query, key and value.
 
     Three specs are query, key and value. One spec is either a file that names its tensors
     query/key/value (or q/k/v), or a single tensor used as query, key and value (self-attention).
+    With `layer`, one spec is a file of `attn capture` and that layer is used (see `layer_inputs`).
     """
     if len(specs) not in (1, 3):
         raise UsageError(f"expected 1 or 3 paths, got {len(specs)}")
     if sum(split_spec(spec)[0] == STDIN for spec in specs) > 1:
         raise UsageError("stdin ('-') can be given as only one of the paths")
+    if layer is not None:
+        path, name = split_spec(specs[0])
+        if len(specs) != 1 or name is not None:
+            raise UsageError("--layer picks a layer of one file from 'attn capture'; give that file alone")
+        return layer_inputs(read_tensors(path, stdin), layer)
     if len(specs) == 3:
         tensors, sources = {}, {}
         for role, spec in zip(ROLE_NAMES, specs, strict=True):
@@ -181,6 +197,64 @@ def load_attention_inputs(specs: Sequence[str], stdin: BinaryIO | None = None) -
     for role, array in tensors.items():
         check_numeric_input(array, sources[role], role)
     return AttentionInputs(tensors["query"], tensors["key"], tensors["value"], sources)
+
+
+def captured_layers(tensors: Mapping[str, Any]) -> list[int]:
+    """The layers of an `attn capture` file (tensors named layers.N.query ...), in order."""
+    found = (_LAYER_TENSOR.fullmatch(name) for name in tensors)
+    return sorted({int(match.group(1)) for match in found if match})
+
+
+def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
+    """Layer `layer` of an `attn capture` file: its query, key, value and mask, and from the file's
+    metadata its scale and tokens (left out, not refused, when another tool wrote them oddly)."""
+    present = captured_layers(source.tensors)
+    if not present:
+        raise InputError(
+            f"{source.label} holds no captured layers (tensors named layers.N.query, .key, .value "
+            "from 'attn capture'); drop --layer"
+        )
+    if layer not in present:
+        raise InputError(f"{source.label} has no layer {layer}; it holds layers {_numbers(present)}")
+    names = {role: f"layers.{layer}.{role}" for role in (*ROLE_NAMES, "mask")}
+    for role in ROLE_NAMES:
+        if names[role] not in source.tensors:
+            raise InputError(
+                f"{source.label} has no tensor named {names[role]} (layer {layer} is incomplete)"
+            )
+    tensors = {role: source.tensors[names[role]] for role in ROLE_NAMES}
+    sources = {role: f"{source.label}:{names[role]}" for role in ROLE_NAMES}
+    for role, array in tensors.items():
+        check_numeric_input(array, sources[role], role)
+    mask = source.tensors.get(names["mask"])
+    mask_source = None if mask is None else f"{source.label}:{names['mask']}"
+    if mask is not None and mask.dtype.kind not in "bf":
+        raise InputError(f"{mask_source}: the mask holds {mask.dtype}; use booleans or floats")
+    every_layer = source.metadata.get("layers")
+    settings = every_layer.get(str(layer)) if isinstance(every_layer, dict) else None
+    scaling = settings.get("scaling") if isinstance(settings, dict) else None
+    scale = float(scaling) if isinstance(scaling, int | float) and not isinstance(scaling, bool) else None
+    tokens = source.metadata.get("tokens")
+    positions = tensors["query"].shape[-2] if tensors["query"].ndim > 1 else 1
+    well_formed = (
+        isinstance(tokens, list)
+        and all(isinstance(row, list) and len(row) == positions for row in tokens)
+        and all(isinstance(token, str) for row in tokens for token in row)
+    )
+    return AttentionInputs(
+        tensors["query"],
+        tensors["key"],
+        tensors["value"],
+        sources,
+        mask=mask,
+        mask_source=mask_source,
+        scale=scale,
+        tokens=tokens if well_formed and tokens else None,
+    )
+
+
+def _numbers(values: Sequence[int]) -> str:
+    return ", ".join(map(str, values[:16])) + (f", ... ({len(values) - 16} more)" if len(values) > 16 else "")
 
 
 def load_mask(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
@@ -539,6 +613,11 @@ def _roles_from_one_file(
         role: next((n for n in names if n in source.tensors), None) for role, names in ROLE_NAMES.items()
     }
     missing = [role for role, n in found.items() if n is None]
+    layers = captured_layers(source.tensors)
+    if len(missing) == 3 and layers:
+        raise InputError(
+            f"{source.label} holds layers {_numbers(layers)} from 'attn capture'; pick one with --layer N"
+        )
     if len(missing) == 3:
         raise InputError(
             f"{source.label} holds {len(source.tensors)} tensors ({tensor_names(source.tensors)}) and none "
@@ -581,7 +660,9 @@ _PARSERS = {
 __all__ = [
     "AttentionInputs",
     "TensorFile",
+    "captured_layers",
     "check_numeric_input",
+    "layer_inputs",
     "load_attention_inputs",
     "load_mask",
     "load_tensor",

@@ -73,6 +73,8 @@ def result_view(
                 pool=options.pool,
                 blocked=matrix_blocked,
                 colour=options.colour,
+                query_labels=options.query_labels,
+                key_labels=options.key_labels,
             )
         else:
             picture = weight_table(matrix, options=options, title=title, blocked=matrix_blocked)
@@ -165,7 +167,8 @@ def _output_section(
 
 
 def header(meta: Mapping[str, Any]) -> Text:
-    """Two or three lines saying what was computed, from what, and how."""
+    """Two or three lines saying what was computed, from what, and how; with `attn model`, a line
+    saying whether the weights agree with the model's own."""
     shapes = meta.get("input_shapes", {})
     sources = meta.get("sources", {})
     text = Text()
@@ -189,6 +192,16 @@ def header(meta: Mapping[str, Any]) -> Text:
     if group and group > 1:
         settings.append(f"grouped: {group} query heads per key/value head")
     text.append(" · ".join(s for s in settings if s))
+    agreement = meta.get("agreement")
+    if isinstance(agreement, Mapping):  # attn model: against the model's own probabilities
+        passed = agreement.get("passed")
+        words = "agrees with" if passed else "DISAGREES with"
+        limit = "" if passed else f" > {agreement.get('tolerance')}"
+        text.append(
+            f"\n{words} the model's attention probabilities: max abs diff "
+            f"{agreement.get('max_abs_diff', float('nan')):.2g}{limit} ({agreement.get('reference')})",
+            style="" if passed else "bold red",
+        )
     return text
 
 

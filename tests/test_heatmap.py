@@ -398,3 +398,50 @@ def test_a_mask_that_does_not_broadcast_raises():
 def test_importing_the_module_imports_no_torch():
     code = "import sys, attncli.heatmap; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- labels (tokens) ----------------------------------------------------------------------------
+
+
+def test_a_small_matrix_with_labels_names_each_row_and_key() -> None:
+    weights = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    blocked = np.zeros((3, 3), dtype=bool)
+    blocked[0, 2] = True
+    tokens = ["[CLS]", "cat", "a-very-long-token-indeed"]
+    group = heatmap(
+        weights,
+        title="t",
+        width=80,
+        max_lines=10,
+        blocked=blocked,
+        colour=False,
+        query_labels=tokens,
+        key_labels=tokens,
+    )
+    lines = ANSI.sub("", render(group, 80)).splitlines()
+    assert lines[1].split() == ["q\\k", "0", "1", "2"]
+    assert lines[2].endswith("[CLS] 0 @@    ··")  # one row per line: weight 1, weight 0, masked
+    assert lines[3].rstrip().endswith("cat 1 ++ ++")  # 0.5: the ramp's fifth ninth
+    assert lines[4].startswith("a-very-long… 2 ")  # cut as the tables cut labels
+    assert "one cell per weight" in lines[5]
+    assert lines[6] == "keys: 0 [CLS] · 1 cat · 2 a-very-long…"
+
+
+def test_with_colour_each_labelled_cell_is_a_block_of_its_weights_colour() -> None:
+    group = heatmap(np.eye(2), title="t", width=40, max_lines=10, colour=True, query_labels=["a", "b"])
+    text = render(group, 40, colour=True)
+    lines = ANSI.sub("", text).splitlines()
+    assert lines[2] == "a 0 " + "█" * 6
+    assert f"38;2;{';'.join(map(str, BRIGHTEST))}m███" in text
+    assert f"38;2;{';'.join(map(str, DARKEST))}m███" in text
+    assert not any(line.startswith("keys:") for line in lines)  # no key labels given
+
+
+def test_a_matrix_too_large_for_labels_is_pooled_as_without_them() -> None:
+    weights = np.full((40, 40), 1 / 40)
+    labels = [f"t{i}" for i in range(40)]
+    with_labels = render(
+        heatmap(weights, title="t", width=60, max_lines=10, colour=False, query_labels=labels), 60
+    )
+    without = render(heatmap(weights, title="t", width=60, max_lines=10, colour=False), 60)
+    assert with_labels == without

@@ -832,3 +832,57 @@ def test_npy_and_safetensors_files_are_mapped_not_copied(tmp_path: Path) -> None
         assert torch.from_numpy(loaded).data_ptr() == loaded.ctypes.data
         loaded[0, 0] = -1  # copy-on-write: the file is never changed
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), array)
+
+
+# --- layers of an `attn capture` file -----------------------------------------------------------------
+
+
+def _capture_file(tmp_path: Path, metadata: dict | None = None, **extra: np.ndarray) -> str:
+    """A file laid out as `attn capture` writes one: layers 0 and 2, metadata as JSON text."""
+    tensors = {}
+    for layer in (0, 2):
+        tensors |= {
+            f"layers.{layer}.query": QUERY[:, None] + layer,  # (batch, heads, positions, features)
+            f"layers.{layer}.key": KEY[:, None],
+            f"layers.{layer}.value": VALUE[:, None],
+            f"layers.{layer}.mask": np.ones((2, 1, 3, 5), dtype=bool),
+        }
+    metadata = {"layers": {"2": {"scaling": 0.125}}, "tokens": [list("abc"), list("xyz")]} | (metadata or {})
+    path = tmp_path / "run.safetensors"
+    save_file(tensors | extra, str(path), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    return str(path)
+
+
+def test_a_layer_brings_its_mask_scale_and_tokens(tmp_path: Path) -> None:
+    path = _capture_file(tmp_path)
+    inputs = load_attention_inputs([path], layer=2)
+    np.testing.assert_array_equal(inputs.query, QUERY[:, None] + 2)
+    np.testing.assert_array_equal(inputs.value, VALUE[:, None])
+    assert inputs.mask is not None
+    assert inputs.mask.dtype == np.bool_
+    assert inputs.mask_source == f"{path}:layers.2.mask"
+    assert inputs.sources["key"] == f"{path}:layers.2.key"
+    assert inputs.scale == 0.125
+    assert inputs.tokens == [list("abc"), list("xyz")]
+    assert loaders.captured_layers(read_tensors(path).tensors) == [0, 2]
+
+
+def test_a_layer_without_metadata_has_no_scale_and_no_tokens(tmp_path: Path) -> None:
+    # Another tool's file: a scale that is not a number and tokens that do not fit are left out.
+    path = _capture_file(tmp_path, {"layers": {"0": {"scaling": "big"}}, "tokens": [["a", "b"], ["c"]]})
+    inputs = load_attention_inputs([path], layer=0)
+    assert inputs.scale is None
+    assert inputs.tokens is None
+
+
+def test_layer_errors_name_the_file_and_the_layers_it_holds(tmp_path: Path) -> None:
+    path = _capture_file(tmp_path)
+    assert_words(error_of(InputError, load_attention_inputs, [path]), path, "holds layers 0, 2", "--layer N")
+    assert_words(error_of(InputError, load_attention_inputs, [path], layer=1), "has no layer 1", "0, 2")
+    assert_words(error_of(UsageError, load_attention_inputs, [path, path, path], layer=0), "--layer")
+    assert_words(error_of(UsageError, load_attention_inputs, [f"{path}:layers.0.key"], layer=0), "--layer")
+    plain = tmp_path / "qkv.npz"
+    np.savez(plain, query=QUERY, key=KEY, value=VALUE)
+    assert_words(error_of(InputError, load_attention_inputs, [str(plain)], layer=0), "no captured layers")
+    odd = _capture_file(tmp_path, **{"layers.0.mask": np.ones((2, 1, 3, 5), dtype=np.int8)})
+    assert_words(error_of(InputError, load_attention_inputs, [odd], layer=0), "layers.0.mask", "int8")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -90,6 +90,30 @@ class Display:
     top_k: int | None = None
 
 
+def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Display:
+    """`display` with its positions named by a capture's tokens: those of the batch entry --batch
+    shows, or of every entry when they are all the same. Shown entries whose tokens differ keep
+    their position numbers, with a warning (one set of labels names both axes of every matrix)."""
+    from dataclasses import replace
+
+    from attncli.view import parse_indices, resolve_indices
+
+    entries = list(range(len(tokens)))
+    if display.batch is not None:
+        entries = resolve_indices(
+            parse_indices(display.batch, "--batch"), len(tokens), "--batch", "batch entries"
+        )
+    shown = {tuple(tokens[i]) for i in entries}
+    if len(shown) != 1:
+        warn(
+            "the texts have different tokens, so positions are numbered; "
+            "pick one with --batch I to see its tokens"
+        )
+        return display
+    labels = list(next(iter(shown)))
+    return replace(display, query_labels=labels, key_labels=labels)
+
+
 def check_exports(display: Display) -> None:
     from attncli.writers import check_output_path
 
@@ -109,12 +133,14 @@ def finish(
     display: Display,
     console: Console | None = None,
     comparisons: Sequence[Comparison] = (),
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> None:
     """Check the display choices against the result, warn, save, then show and export."""
     from attncli import analysis
     from attncli.core import describe, masked_positions, result_arrays
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
+    meta |= extra_meta or {}
     if comparisons:
         meta["check"] = [comparison.as_dict() for comparison in comparisons]
     axes = meta["weights_axes"][:-2]

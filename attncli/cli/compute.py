@@ -24,6 +24,7 @@ from attncli.cli._display import (
     check_exports,
     finish,
     finish_streamed,
+    with_token_labels,
 )
 from attncli.errors import ExitCode, UsageError
 
@@ -78,6 +79,16 @@ def compute(
     heads: Annotated[
         int | None,
         typer.Option(min=1, help="Split the feature axis into this many heads.", rich_help_panel=ATTENTION),
+    ] = None,
+    layer: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Of a file from 'attn capture': layer N, with the model's mask, scale and tokens "
+            "(--mask, --scale and --labels replace them).",
+            rich_help_panel=ATTENTION,
+        ),
     ] = None,
     dtype: Annotated[
         DType,
@@ -233,6 +244,7 @@ def compute(
       attn compute x.safetensors --heads 8 --causal --view heatmap --head 0:4
       cat qkv.json | attn compute --format json
       attn compute x.safetensors:hidden --heads 8 -o result.safetensors --export-svg weights.svg
+      attn compute run.safetensors --layer 3 --head 0:4
     """
     specs = list(paths or [])
     stdin = _app.stdin()
@@ -293,7 +305,9 @@ def compute(
     from attncli.core import attend, prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
-    inputs = loaders.load_attention_inputs(specs, stdin)
+    inputs = loaders.load_attention_inputs(specs, stdin, layer=layer)
+    if inputs.tokens is not None and not given_labels and query_labels is None and key_labels is None:
+        display = with_token_labels(display, inputs.tokens)
     query_positions = inputs.query.shape[-2] if inputs.query.ndim > 1 else 1
     label_option = "--labels-file" if labels_file else "--labels"
     views.check_label_count(
@@ -305,14 +319,14 @@ def compute(
         "--key-labels" if key_labels else label_option,
         "key",
     )
-    mask_tensor = loaders.load_mask(mask, stdin) if mask else None
-    mask_label = None if mask is None else ("<stdin>" if mask == "-" else mask)
+    mask_tensor = loaders.load_mask(mask, stdin) if mask else inputs.mask
+    mask_label = inputs.mask_source if mask is None else ("<stdin>" if mask == "-" else mask)
     names = {**inputs.sources, "mask": mask_label or "mask"}
     problem = prepare(
         inputs.query,
         inputs.key,
         inputs.value,
-        scale=scale,
+        scale=inputs.scale if scale is None else scale,
         mask=mask_tensor,
         causal=causal,
         heads=heads,

@@ -1,0 +1,448 @@
+"""Query, key and value from a Hugging Face Transformers model, exactly as its attention uses them.
+
+Transformers lets a model call a registered attention function (`AttentionInterface`) instead of
+its own. `capture` registers one that records what every attention layer passes it (query, key
+and value per head, after rotary embeddings, before grouped-query heads are repeated; the mask;
+the scaling) and then runs the model's own eager attention function, so the forward pass is
+that of `attn_implementation="eager"`, bit for bit. Any architecture that supports
+`attn_implementation` works this way, with no code per model.
+
+The model's additive float mask (0 = may attend, the dtype's minimum = may not) is saved as a
+boolean keep-mask (True = may attend), the convention of `attn compute --mask`. Texts are padded on
+the right: a real token's positions, rotary angles and causal window are then what they would be
+unpadded, and no query row of a causal model is left with every key masked.
+
+Nothing here prints or exits; every problem is an `attncli.errors` error naming the folder or the
+option. transformers (the `models` extra) is imported inside the functions that need it, and it
+never goes to the network: the folder is read with `local_files_only=True`, the hub offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from attncli import __version__
+from attncli.errors import AttnError, InputError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+#: The name the recording attention function is registered under, for the mask and the attention.
+IMPLEMENTATION = "attncli_capture"
+#: How far attncli's weights may be from the model's own probabilities (float32) and still agree.
+TOLERANCE = 1e-5
+#: Where the model's own probabilities come from.
+REFERENCE = "eager, output_attentions"
+#: Keyword arguments of an attention call that change its maths in a way attncli does not compute.
+_UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
+_FILES = "config.json, weights, tokenizer"
+
+_calls: contextvars.ContextVar[list[_Call] | None] = contextvars.ContextVar("attncli_capture", default=None)
+
+
+@dataclass(frozen=True)
+class LayerCapture:
+    """What one attention layer used, for a batch of texts."""
+
+    query: torch.Tensor  # (batch, query heads, positions, head size), after rotary embeddings
+    key: torch.Tensor  # (batch, key/value heads, positions, head size), before GQA repeats it
+    value: torch.Tensor  # (batch, key/value heads, positions, value head size)
+    mask: torch.Tensor  # (batch, 1 or heads, positions, positions): bool, True = may attend
+    scaling: float
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A forward pass of a model over some texts: per layer what its attention used, and the tokens."""
+
+    model: str  # the folder, as given
+    model_type: str
+    texts: list[str]
+    tokens: list[list[str]]  # per text, padded to the longest
+    lengths: list[int]  # per text, its tokens before padding
+    num_layers: int
+    layers: dict[int, LayerCapture]
+    #: The model's own attention probabilities per layer (eager attention, output_attentions),
+    #: (batch, heads, positions, positions); only when asked for with `reference=True`.
+    probabilities: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """`layers.{i}.query`, `.key`, `.value` (float32) and `.mask` (bool) for each captured layer."""
+        arrays = {}
+        for index, layer in self.layers.items():
+            for role in ("query", "key", "value", "mask"):
+                tensor: torch.Tensor = getattr(layer, role)
+                arrays[f"layers.{index}.{role}"] = tensor.detach().cpu().contiguous().numpy()
+        return arrays
+
+    def metadata(self) -> dict[str, Any]:
+        """What a capture file says about itself (each value JSON in a .safetensors header)."""
+        return {
+            "model": self.model,
+            "model_type": self.model_type,
+            "texts": self.texts,
+            "tokens": self.tokens,
+            "lengths": self.lengths,
+            "num_layers": self.num_layers,
+            "layers": {
+                str(index): {
+                    "scaling": layer.scaling,
+                    "query_heads": int(layer.query.shape[1]),
+                    "key_value_heads": int(layer.key.shape[1]),
+                    "head_size": int(layer.query.shape[-1]),
+                }
+                for index, layer in self.layers.items()
+            },
+            "mask": "bool, True = may attend (the model's additive mask, blocked where it adds its minimum)",
+            "padding": "right",
+            "attncli_version": __version__,
+        }
+
+
+@dataclass(frozen=True)
+class _Call:
+    layer_idx: int | None
+    layer: LayerCapture
+
+
+def require_transformers(command: str = "attn capture") -> None:
+    """A UsageError saying how to install the `models` extra when transformers is missing.
+
+    Sets HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE first (the hub reads them when first imported):
+    attncli never goes to the network, whatever else the process does with transformers.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{command} needs the models extra: pip install 'attncli[models]'") from None
+
+
+def read_texts(path: str) -> list[str]:
+    """One text per line of a UTF-8 file; blank lines are skipped."""
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--texts-file {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--texts-file {path}: is a directory, not a file of texts") from None
+    except UnicodeDecodeError:
+        raise InputError(f"--texts-file {path}: not UTF-8 text") from None
+    except OSError as error:
+        raise UsageError(f"--texts-file {path}: cannot be read: {error.strerror or error}") from None
+    texts = [line for line in content.splitlines() if line.strip()]
+    if not texts:
+        raise InputError(f"--texts-file {path}: holds no text (one text per line)")
+    return texts
+
+
+def capture(
+    model_dir: str | os.PathLike[str],
+    texts: Sequence[str],
+    layers: Sequence[int | slice] | None = None,
+    *,
+    reference: bool = False,
+    option: str = "--layers",
+) -> Capture:
+    """Run the model in `model_dir` once over `texts` (padded into one batch) and record its attention.
+
+    `layers` picks layers as `attncli.view.parse_indices` gives them (None: every layer); `option`
+    is how messages name that choice. With `reference`, the model runs a second time with eager
+    attention and `output_attentions`, and its own probabilities are kept for comparison.
+    """
+    folder = model_folder(model_dir)
+    if not texts:
+        raise UsageError("no text: give one as an argument, with --text, or with --texts-file")
+    require_transformers()
+    import torch
+
+    with _quiet():
+        tokenizer, model = _load(folder)
+        count = getattr(model.config, "num_hidden_layers", None)
+        chosen = _chosen_layers(layers, count, option) if isinstance(count, int) else None
+        encoded = _encode(tokenizer, texts, model.config, folder)
+        calls: list[_Call] = []
+        token = _calls.set(calls)
+        try:
+            _forward(model, encoded, folder)
+        finally:
+            _calls.reset(token)
+        if not calls:
+            raise InputError(
+                f"{folder}: the model ({type(model).__name__}) never called a registered attention function; "
+                "attncli captures from models that support attn_implementation"
+            )
+        keys = _layer_keys(calls)
+        count = len(calls) if count is None else count
+        chosen = _chosen_layers(layers, count, option) if chosen is None else chosen
+        captured = {key: call.layer for key, call in zip(keys, calls, strict=True) if key in chosen}
+        missing = sorted(set(chosen) - set(captured))
+        if missing:
+            raise InputError(f"{folder}: the model ran no attention for layer {missing[0]}")
+        probabilities = {}
+        if reference:
+            model.set_attn_implementation("eager")
+            outputs = _forward(model, encoded, folder, output_attentions=True)
+            attentions = getattr(outputs, "attentions", None) or ()
+            if len(attentions) != len(calls):
+                raise InputError(
+                    f"{folder}: the model returned {len(attentions)} attention maps for {len(calls)} "
+                    "attention layers; cannot compare with its own probabilities"
+                )
+            probabilities = {
+                key: weights.detach()
+                for key, weights in zip(keys, attentions, strict=True)
+                if key in captured
+            }
+    ids = encoded["input_ids"]
+    return Capture(
+        model=str(model_dir),
+        model_type=str(getattr(model.config, "model_type", "")),
+        texts=list(texts),
+        tokens=[[str(t) for t in tokenizer.convert_ids_to_tokens(row.tolist())] for row in ids],
+        lengths=[int(n) for n in encoded["attention_mask"].sum(-1).tolist()]
+        if "attention_mask" in encoded
+        else [int(ids.shape[-1])] * int(ids.shape[0]),
+        num_layers=count,
+        layers=dict(sorted(captured.items())),
+        probabilities={key: probabilities[key].to(torch.float32) for key in sorted(probabilities)},
+    )
+
+
+def max_abs_difference(
+    weights: torch.Tensor, probabilities: torch.Tensor, masked_rows: torch.Tensor | None = None
+) -> float:
+    """The largest |attncli's weight - the model's probability|, leaving out the query rows whose
+    every key is masked (attncli gives them zero weights; a model spreads them evenly)."""
+    import torch
+
+    difference = (weights.to(torch.float64) - probabilities.to(torch.float64)).abs()  # (B, H, Lq, Lk)
+    if masked_rows is not None:
+        difference = difference.masked_fill(masked_rows.unsqueeze(-1), 0.0)
+    return float(difference.max()) if difference.numel() else 0.0
+
+
+# --- loading and running the model -------------------------------------------------------------
+
+
+def model_folder(model_dir: str | os.PathLike[str]) -> Path:
+    """`model_dir` as a Path, or a UsageError when it is not a folder with a config.json."""
+    folder = Path(model_dir)
+    if not folder.exists():
+        raise UsageError(f"{folder}: no such folder; give the folder of a Hugging Face model")
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder; give the folder of a Hugging Face model ({_FILES})")
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{folder}: no config.json; give the folder of a Hugging Face model ({_FILES})")
+    return folder
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Without transformers' progress bars, load reports and warnings on our stderr."""
+    import warnings
+
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    progress = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if progress:
+            logging.enable_progress_bar()
+
+
+def _load(folder: Path) -> tuple[Any, Any]:
+    import torch
+    from transformers import AttentionInterface, AutoModel, AutoTokenizer
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    # The mask as eager attention gets it: always materialised (never skipped for is_causal), additive.
+    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
+    AttentionInterface.register(IMPLEMENTATION, _record_and_attend)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as error:  # transformers raises many types for a folder it cannot use
+        raise InputError(f"{folder}: its tokenizer cannot be loaded: {_reason(error)}") from None
+    try:
+        model, info = AutoModel.from_pretrained(
+            folder,
+            local_files_only=True,
+            attn_implementation=IMPLEMENTATION,
+            dtype=torch.float32,
+            output_loading_info=True,
+        )
+    except Exception as error:
+        raise InputError(f"{folder}: the model cannot be loaded: {_reason(error)}") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise InputError(
+            f"{folder}: the weights lack {len(missing)} tensor(s) the model needs "
+            f"({', '.join(missing[:3])}); its attention would come from random weights"
+        )
+    model.eval()
+    return tokenizer, model
+
+
+def _chosen_layers(layers: Sequence[int | slice] | None, count: int, option: str) -> list[int]:
+    from attncli.view import resolve_indices
+
+    if layers is None:
+        return list(range(count))
+    return resolve_indices(layers, count, option, "layers")
+
+
+def _encode(tokenizer: Any, texts: Sequence[str], config: Any, folder: Path) -> Any:
+    tokenizer.padding_side = "right"
+    if len(texts) > 1 and tokenizer.pad_token is None:
+        # Decoder tokenizers often have no padding token; any token will do under a key mask.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if tokenizer.pad_token is None:
+            raise InputError(f"{folder}: the tokenizer has no padding token to batch several texts with")
+    try:
+        encoded = tokenizer(list(texts), return_tensors="pt", padding=True)
+    except Exception as error:
+        raise InputError(f"{folder}: the tokenizer failed: {_reason(error)}") from None
+    longest = int(encoded["input_ids"].shape[-1])
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and longest > limit:
+        raise InputError(f"{folder}: a text has {longest} tokens; the model takes at most {limit}")
+    return encoded
+
+
+def _forward(model: Any, encoded: Any, folder: Path, **options: Any) -> Any:
+    import torch
+
+    try:
+        with torch.no_grad():
+            return model(**encoded, **options)
+    except AttnError:
+        raise
+    except Exception as error:
+        raise InputError(f"{folder}: the model's forward pass failed: {_reason(error)}") from None
+
+
+def _record_and_attend(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """The registered attention function: record the arguments, then attend as eager attention does."""
+    attend, eager = _eager_function(module)
+    calls = _calls.get()
+    if calls is not None:
+        layer_idx = getattr(module, "layer_idx", None)
+        for name in _UNSUPPORTED:
+            if kwargs.get(name) is not None:
+                where = f"layer {layer_idx}" if isinstance(layer_idx, int) else "an attention layer"
+                raise InputError(
+                    f"{where} of this model uses {name}, which attncli does not compute: "
+                    "its weights would not be the model's"
+                )
+        scaling = kwargs.get("scaling")
+        # Eager attention applies only the mask; sdpa without a mask is causal when the module says so.
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        causal = not eager and bool(is_causal) and attention_mask is None and query.shape[2] > 1
+        layer = LayerCapture(
+            query=query.detach(),
+            key=key.detach(),
+            value=value.detach(),
+            mask=_keep_mask(attention_mask, query, key, causal),
+            scaling=float(query.shape[-1] ** -0.5 if scaling is None else scaling),
+        )
+        calls.append(_Call(layer_idx if isinstance(layer_idx, int) else None, layer))
+    result: tuple[torch.Tensor, Any] = attend(module, query, key, value, attention_mask, **kwargs)
+    return result
+
+
+def _eager_function(module: Any) -> tuple[Any, bool]:
+    """The model's own eager attention function (what attn_implementation="eager" runs), found beside
+    its attention class as Transformers' models define it, and True; `sdpa` and False where there is
+    none.
+
+    Running it keeps the forward pass bit for bit that of eager attention, so that the model's own
+    probabilities from a second, eager pass come from the very tensors captured: under sdpa the
+    activations differ in their last bits, and the difference grows layer by layer (1.5e-5 by the
+    fifth layer of all-MiniLM-L6-v2).
+    """
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    defining = sys.modules.get(type(module).__module__)
+    eager = getattr(defining, "eager_attention_forward", None)
+    return (eager, True) if callable(eager) else (ALL_ATTENTION_FUNCTIONS["sdpa"], False)
+
+
+def _keep_mask(
+    mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, causal: bool
+) -> torch.Tensor:
+    """The mask an attention call used, as bool (True = may attend), (batch, 1 or heads, Lq, Lk).
+
+    A float mask that adds anything but 0 and blocking (a learned bias) is kept as floats, with
+    -inf where it blocks, so that attncli adds exactly what the model added.
+    """
+    import torch
+
+    batch, _, lq, _ = query.shape
+    lk = key.shape[-2]
+    if mask is None:
+        keep = torch.ones(lq, lk, dtype=torch.bool, device=query.device)
+        if causal:
+            keep = keep.tril()
+        return keep.expand(batch, 1, lq, lk).contiguous()
+    mask = mask.detach()[..., :lk]  # (batch or 1, heads or 1, Lq, Lk)
+    if mask.dtype != torch.bool:
+        blocked = mask <= torch.finfo(mask.dtype).min / 2 if mask.dtype.is_floating_point else mask < 0
+        if not bool(((mask == 0) | blocked).all()):
+            return (
+                mask.to(torch.float32).masked_fill(blocked, -math.inf).expand(batch, -1, -1, -1).contiguous()
+            )
+        mask = ~blocked
+    return mask.expand(batch, -1, -1, -1).contiguous()
+
+
+def _layer_keys(calls: Sequence[_Call]) -> list[int]:
+    """Each call's layer: the module's own layer_idx when every call has a distinct one, else call order."""
+    indices = [call.layer_idx for call in calls]
+    if all(index is not None for index in indices) and len(set(indices)) == len(indices):
+        return [int(index) for index in indices if index is not None]
+    return list(range(len(calls)))
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    text = text[:240] + ("…" if len(text) > 240 else "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+__all__ = [
+    "REFERENCE",
+    "TOLERANCE",
+    "Capture",
+    "LayerCapture",
+    "capture",
+    "max_abs_difference",
+    "model_folder",
+    "read_texts",
+    "require_transformers",
+]

