@@ -31,6 +31,7 @@ from attncli.core import (
     attend_rows,
     attend_rows_with_scores,
     blocked_keys,
+    broadcast_shapes,
     settings,
 )
 from attncli.errors import OutputError, UsageError
@@ -44,6 +45,7 @@ __all__ = [
     "choose_block_rows",
     "describe",
     "full_weights_bytes",
+    "fused_output",
     "stream_attention",
 ]
 
@@ -86,6 +88,9 @@ class StreamResult:
     device: torch.device
     block_rows: int
     mask: torch.Tensor | None = None
+    #: How the output was computed: "blocks" (attncli's own maths, row block by row block) or
+    #: "scaled_dot_product_attention" (`fused_output`: no weights, statistics or picture).
+    method: str = "blocks"
 
     def fully_masked_rows(self) -> list[tuple[int, ...]]:
         """Indices (batch..., row) of the query rows that could attend to no key: their weights are 0."""
@@ -215,6 +220,113 @@ def stream_attention(
         block_rows=block_rows,
         mask=p.mask,
     )
+
+
+def fused_output(
+    problem: Prepared, *, block_rows: int, progress: Callable[[int, int], None] | None = None
+) -> StreamResult:
+    """`attend(problem).output` by torch's `scaled_dot_product_attention`, which never holds the
+    weights: the fastest way to the output alone, in memory that grows with the sequence, not its
+    square. The same numbers up to rounding (the fused kernel sums in another order); fully masked
+    rows are 0, as in `attend`. Half-precision inputs are computed in float32 and rounded, as
+    `attend` does. With a mask or `causal`, the query rows go `block_rows` at a time, each block
+    with its own (rows x keys) mask; otherwise in one call."""
+    import torch.nn.functional as F  # noqa: N812
+
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+        raise ValueError(f"block_rows must be a positive whole number, not {block_rows}")
+    p = problem
+    weights_shape = tuple(p.weights_shape)
+    *lead, lq, lk = weights_shape
+    if lq == 0 or lk == 0:
+        return stream_attention(p, block_rows=block_rows, progress=progress)  # nothing to fuse
+    dtype, device = p.query.dtype, p.query.device
+    q, k, v = p.query, p.key, p.value
+    if dtype in HALF_DTYPES:
+        q, k, v = q.float(), k.float(), v.float()
+    if p.group > 1:
+        # (..., Hkv, Lk, D) -> (..., Hq, Lk, D): query head h uses key/value head h // group
+        k, v = k.repeat_interleave(p.group, dim=-3), v.repeat_interleave(p.group, dim=-3)
+    # The weights' batch axes (a mask may add some), and value's, which may add more, flattened into
+    # one: the kernel that never holds the weights takes (batch, heads, positions, features) only,
+    # and anything else went through a path that did (9 GiB at 32,768 positions).
+    batch = broadcast_shapes(tuple(lead), tuple(v.shape[:-2]))
+    matrices = math.prod(batch)
+
+    def four_axes(x: torch.Tensor, positions: int) -> torch.Tensor:
+        return x.expand(*batch, positions, x.shape[-1]).reshape(matrices, 1, positions, x.shape[-1])
+
+    q, k, v = four_axes(q, lq), four_axes(k, lk), four_axes(v, lk)
+    mask = p.mask
+    rows_axis = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
+    masked_rows = None if mask is None else torch.zeros((*lead, lq), dtype=torch.bool, device=device)
+    step = lq if mask is None and not p.causal else block_rows
+    parts = []
+    for start in range(0, lq, step):
+        stop = min(start + step, lq)
+        block_mask = None
+        if mask is not None or p.causal:
+            block_mask = _block_mask(mask, rows_axis, p.causal, start, stop, lk, device)
+            if block_mask.is_floating_point():
+                block_mask = block_mask.to(q.dtype)  # the kernel takes a float mask in its own dtype
+        kernel_mask = None
+        if block_mask is not None:
+            kernel_mask = block_mask.expand(*batch, stop - start, lk).reshape(matrices, 1, stop - start, lk)
+        part = F.scaled_dot_product_attention(
+            q[..., start:stop, :], k, v, attn_mask=kernel_mask, scale=p.scale
+        ).reshape(*batch, stop - start, v.shape[-1])  # (M, 1, n, Dv) -> (..., n, Dv)
+        if masked_rows is not None and block_mask is not None:
+            open_keys = block_mask if block_mask.dtype == torch.bool else block_mask != -math.inf
+            dead = ~open_keys.any(dim=-1).expand(*lead, stop - start)  # (..., n)
+            masked_rows[..., start:stop] = dead
+            part = part.masked_fill(dead.unsqueeze(-1), 0.0)  # NaN or 0 from the kernel: 0 as attend
+        parts.append(part)
+        if progress is not None:
+            progress(stop, lq)
+    output = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+    return StreamResult(
+        output=p.merge_heads(output.to(dtype)),
+        masked_rows=masked_rows,
+        stats=None,
+        top_k=None,
+        picture_max=None,
+        picture_mean=None,
+        picture_blocks=(0, 0),
+        scale=p.scale,
+        causal=p.causal,
+        heads=p.heads,
+        query_heads_per_key_head=p.group,
+        input_shapes=p.input_shapes,
+        weights_shape=weights_shape,
+        dtype=dtype,
+        device=device,
+        block_rows=step,
+        mask=p.mask,
+        method="scaled_dot_product_attention",
+    )
+
+
+def _block_mask(
+    mask: torch.Tensor | None,
+    rows_axis: bool,
+    causal: bool,
+    start: int,
+    stop: int,
+    keys: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """The mask of query rows [start, stop) with the causal triangle folded in, as
+    scaled_dot_product_attention takes it (bool True = may attend, or float added to the scores)."""
+    part = None if mask is None else (mask[..., start:stop, :] if rows_axis else mask)
+    if not causal:
+        assert part is not None
+        return part
+    hidden = torch.ones(stop - start, keys, dtype=torch.bool, device=device).triu_(start + 1)
+    if part is None:
+        return ~hidden
+    if part.dtype == torch.bool:
+        return part & ~hidden
+    return part.masked_fill(hidden, -math.inf)
 
 
 _STAT_FIELDS = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")

@@ -21,6 +21,7 @@ from helpers import assert_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_attention
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
@@ -636,6 +637,37 @@ def test_stream_gives_the_output_and_statistics_of_the_full_path(samples, tmp_pa
         )
     np.testing.assert_array_equal(np.array(streamed["top_k_keys"]), np.array(full["top_k_keys"]))
     np.testing.assert_allclose(np.load(weights_file), np.array(full["weights"]), rtol=1e-5, atol=1e-6)
+
+
+def test_streamed_output_alone_comes_from_the_fused_kernel(samples, tmp_path):
+    """Nothing made of the weights is shown or kept: the output by scaled_dot_product_attention,
+    said in the metadata; the same numbers as the full path's."""
+    args = [str(samples / "multihead.safetensors"), "--mask", str(samples / "padding_mask.npy"), "--causal"]
+    full = json_result(*args)
+    streamed = json_result(*args, "--stream")
+    assert streamed["meta"]["computed_by"] == "scaled_dot_product_attention"
+    np.testing.assert_allclose(np.array(streamed["output"]), np.array(full["output"]), rtol=1e-5, atol=1e-6)
+    target = tmp_path / "r.safetensors"
+    quiet = invoke("compute", *args, "--stream", "-q", "-o", str(target))
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout == ""
+    with safe_open(str(target), "np") as saved:
+        assert json.loads(saved.metadata()["computed_by"]) == "scaled_dot_product_attention"
+        np.testing.assert_allclose(saved.get_tensor("output"), np.array(full["output"]), rtol=1e-5, atol=1e-6)
+    with_stats = json_result(*args, "--stream", "--stats")
+    assert with_stats["meta"]["computed_by"] == "blocks"
+
+
+def test_large_weights_that_nothing_needs_whole_are_computed_in_blocks(samples, monkeypatch):
+    monkeypatch.setattr("attncli.cli.compute.STREAM_ABOVE", 4096)
+    path = str(samples / "pattern.safetensors")
+    heatmap = invoke("compute", path, "--view", "heatmap", "--stats")
+    assert heatmap.exit_code == 0, heatmap.output
+    assert "the weights were not kept" in heatmap.stdout
+    for needs_whole in (["--view", "table"], ["--view", "heatmap", "--format", "json"]):
+        result = invoke("compute", path, *needs_whole)
+        assert result.exit_code == 0, result.output
+        assert "the weights were not kept" not in result.stdout
 
 
 def test_a_small_memory_limit_streams_and_shows_a_pooled_heatmap(samples):

@@ -27,6 +27,7 @@ from safetensors.numpy import load_file
 
 from attncli import analysis
 from attncli.core import attend, masked_positions, prepare, result_arrays
+from attncli.core import describe as core_describe
 from attncli.errors import InputError, UsageError
 from attncli.stream import (
     BLOCK_OVERHEAD,
@@ -35,6 +36,7 @@ from attncli.stream import (
     choose_block_rows,
     describe,
     full_weights_bytes,
+    fused_output,
     stream_attention,
 )
 
@@ -255,9 +257,44 @@ def test_stream_equals_attend(name: str, block_rows: int | None, tmp_path: Path)
     assert len(done) == math.ceil(lq / rows)
 
 
-def test_describe_matches_core() -> None:
-    from attncli.core import describe as core_describe
+@pytest.mark.parametrize("block_rows", [1, 4, 100])
+@pytest.mark.parametrize("name", CASES)
+def test_fused_output_equals_attend(name: str, block_rows: int) -> None:
+    """The output alone, by scaled_dot_product_attention: attend's within rounding, fully masked
+    rows 0 (not NaN), the same masked rows, and no weights, statistics or picture."""
+    problem = _problem(name)
+    whole = attend(problem)
+    seen: list[tuple[int, int]] = []
+    result = fused_output(
+        problem, block_rows=block_rows, progress=lambda done, total: seen.append((done, total))
+    )
+    assert result.method == "scaled_dot_product_attention"
+    assert result.output.dtype == whole.output.dtype
+    assert result.output.shape == whole.output.shape
+    torch.testing.assert_close(result.output, whole.output, **CLOSE[whole.output.dtype])
+    if whole.masked_rows is None:
+        assert result.masked_rows is None
+    else:
+        assert result.masked_rows is not None
+        assert torch.equal(result.masked_rows, whole.masked_rows)
+        assert whole.masked_rows.any() or name != "batch_bool_mask_float64"  # the case has some
+    assert result.fully_masked_rows() == whole.fully_masked_rows()
+    assert result.stats is None
+    assert result.top_k is None
+    assert result.picture_max is None
+    lq = whole.weights.shape[-2]
+    assert seen[-1] == (lq, lq)
+    assert describe(result) == core_describe(whole)
 
+
+def test_fused_output_without_rows_or_keys_falls_back() -> None:
+    problem = prepare(torch.zeros(0, 4), torch.zeros(3, 4), torch.zeros(3, 2))
+    result = fused_output(problem, block_rows=2)
+    assert result.method == "blocks"
+    assert result.output.shape == (0, 2)
+
+
+def test_describe_matches_core() -> None:
     problem = _problem("gqa_causal_mask")
     streamed = describe(stream_attention(problem, block_rows=4))
     assert streamed == core_describe(attend(problem))

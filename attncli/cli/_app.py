@@ -169,7 +169,27 @@ def main() -> None:
     # faulting in a fresh N x N weights buffer 4 KiB at a time was a third of the weights path's
     # time; with 2 MiB pages the path runs at about 1.3x scaled_dot_product_attention, not 1.7x.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    _reuse_freed_buffers()
     app()
+
+
+def _reuse_freed_buffers() -> None:
+    """Let glibc's malloc keep freed buffers of up to 32 MiB for the next allocation instead of
+    unmapping them: a blocked computation frees and allocates buffers of the same size for every
+    block, and faulting each fresh one in cost more than the softmax over it (measured: 3.1 ms
+    against 1.2 ms for 16 MiB). Peak memory stays the same; the process keeps it until exit."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value on 64-bit systems
+    mallopt(m_trim_threshold, 1 << 30)
 
 
 if __name__ == "__main__":

@@ -187,18 +187,25 @@ def finish_streamed(
     if screen is not None:  # sized to the terminal: one cell per character, two rows per line in colour
         gutter = len(str(max(lq - 1, 0))) + 1
         picture = (screen.lines * (2 if screen.colour else 1), max(screen.console.width - gutter, 1))
+    block_rows = blocked.choose_block_rows(problem, memory_limit)
+    # Nothing made of the weights is shown or kept: the fused kernel gives the output fastest.
+    output_only = screen is None and not display.stats and not display.top_k and weights_target is None
     with _progress(lq, enabled=not display.quiet) as advance:
-        result = blocked.stream_attention(
-            problem,
-            block_rows=blocked.choose_block_rows(problem, memory_limit),
-            stats=display.stats,
-            top_k=display.top_k,
-            picture=picture,
-            weights_to=weights_target,
-            progress=advance,
-        )
+        if output_only:
+            result = blocked.fused_output(problem, block_rows=block_rows, progress=advance)
+        else:
+            result = blocked.stream_attention(
+                problem,
+                block_rows=block_rows,
+                stats=display.stats,
+                top_k=display.top_k,
+                picture=picture,
+                weights_to=weights_target,
+                progress=advance,
+            )
     meta = {
         **blocked.describe(result),
+        "computed_by": result.method,
         "sources": sources,
         "mask": mask_label,
         "attncli_version": __version__,

@@ -133,7 +133,8 @@ def compute(
         typer.Option(
             metavar="SIZE",
             help="Memory the weights may take before computing in blocks, e.g. 2GiB or 500MB "
-            "(default: half the memory available now).",
+            "(default: half the memory available now). Weights over 256 MiB that nothing needs whole "
+            "(no -o, JSON, table view or --check) are computed in blocks whatever the limit.",
             rich_help_panel=ATTENTION,
         ),
     ] = None,
@@ -336,7 +337,13 @@ def compute(
     )
     from attncli import stream as blocked
 
-    if stream or weights_target is not None or blocked.full_weights_bytes(problem) > limit:
+    # Nothing asks for the weights in full (a file, JSON, a table of them, --check): past a size where
+    # memory starts to matter, the blocked path gives all that is shown, in a fraction of the memory.
+    shown = not quiet and output_format is OutputFormat.table
+    shows_table = view is View.table and (shown or bool(export_svg or export_html))
+    wants_full = check or target is not None or output_format is OutputFormat.json or shows_table
+    size = blocked.full_weights_bytes(problem)
+    if stream or weights_target is not None or size > limit or (size > STREAM_ABOVE and not wants_full):
         if check:
             raise UsageError(
                 "--check compares the full weights, which a blocked computation does not keep; "
@@ -353,6 +360,10 @@ def compute(
     finish(result, inputs.sources, mask_label, target, display, comparisons=comparisons)
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
+
+
+#: Full weights larger than this are computed in blocks when nothing needs them whole.
+STREAM_ABOVE = 256 << 20
 
 
 def _memory_limit(text: str | None) -> int:
