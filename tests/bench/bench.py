@@ -40,6 +40,9 @@ SMALL_JOB_TARGET = 1.25  # attn compute seed.npz vs python -c "import torch"
 TIME_TARGET = 1.5  # attncli.core.attention vs scaled_dot_product_attention
 MEMORY_TARGET = 1.15  # memory added by the call vs bytes of inputs + weights + output
 HALF_TARGET = 2.0  # float16/bfloat16 vs float32, both attncli
+LONG_CASES = ((1, 32768), (8, 8192))  # (heads, positions), 64 features, float32
+LONG_TIME_TARGET = 1.3  # attn compute --stats --view heatmap vs the two matrix products
+LONG_MEMORY_TARGET = 1.5 * 2**30  # peak RSS of that whole process, bytes
 
 MIB = 2**20
 # Stop repeating the weights-path rounds once this many seconds have gone on one shape (after
@@ -135,6 +138,68 @@ else:
 expected = sum(t.nbytes for t in (q, k, v, result.weights, result.output))
 print(json.dumps({"before": before, "peak": peak, "expected": expected, "exact": exact}))
 """
+
+
+# The allocator settings `attn` makes (attncli/cli/_app.py main), for the baselines too.
+ALLOCATOR = """\
+import ctypes, os
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+try:
+    ctypes.CDLL(None).mallopt(-3, 32 << 20)
+    ctypes.CDLL(None).mallopt(-1, 1 << 30)
+except (OSError, AttributeError):
+    pass
+"""
+
+# Run as `python -c PRODUCTS FILE ROWS`: what torch needs for the two matrix products of attention over
+# FILE's query/key/value, in blocks of ROWS query rows (its fastest way here: the full N x N product
+# spends its time faulting in the buffer), loaded as attn loads them.
+PRODUCTS = (
+    ALLOCATOR
+    + """\
+import sys
+import torch
+from safetensors.torch import load_file
+tensors = load_file(sys.argv[1])
+query, key, value = tensors["query"], tensors["key"], tensors["value"]
+rows = int(sys.argv[2])
+for start in range(0, query.shape[-2], rows):
+    scores = torch.matmul(query[..., start:start + rows, :], key.transpose(-2, -1))  # (H, n, L)
+    torch.matmul(scores, value)  # (H, n, L) @ (H, L, D) -> (H, n, D)
+"""
+)
+
+# Run as `python -c LONG_IN_PROCESS FILE ROUNDS`: the blocked computation with statistics and a picture
+# against the same two products, in one process, interleaved; seconds as JSON.
+LONG_IN_PROCESS = (
+    ALLOCATOR
+    + """\
+import json, sys, time
+import torch
+from safetensors.torch import load_file
+from attncli.core import prepare
+from attncli.stream import MAX_BLOCK_BYTES, choose_block_rows, stream_attention
+tensors = load_file(sys.argv[1])
+query, key, value = tensors["query"], tensors["key"], tensors["value"]
+problem = prepare(query, key, value)
+rows = choose_block_rows(problem, 8 * MAX_BLOCK_BYTES * 10)
+
+def products():
+    for start in range(0, query.shape[-2], rows):
+        torch.matmul(torch.matmul(query[..., start:start + rows, :], key.transpose(-2, -1)), value)
+
+def blocked():
+    stream_attention(problem, block_rows=rows, stats=True, picture=(64, 160))
+
+samples = {"attncli": [], "products": []}
+for round_ in range(int(sys.argv[2])):
+    for name, call in sorted({"attncli": blocked, "products": products}.items(), reverse=round_ % 2 == 1):
+        start = time.perf_counter()
+        call()
+        samples[name].append(time.perf_counter() - start)
+print(json.dumps(samples))
+"""
+)
 
 
 class BenchError(RuntimeError):
@@ -329,6 +394,102 @@ def bench_show(env: dict[str, str], workdir: Path, repeats: int, warmup: int) ->
     return rows
 
 
+# --- long sequences (blocked computation) ------------------------------------------------------------
+
+
+def run_process_peak(argv: Sequence[str], env: dict[str, str]) -> tuple[float, int]:
+    """Wall time and peak RSS (bytes) of one whole process, its output discarded."""
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        list(argv),
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stderr is not None
+    error = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = error.decode(errors="replace").strip().splitlines()[-1:]
+        raise BenchError(f"{' '.join(argv)} exited {child.returncode}: {' '.join(tail)[:100]}")
+    return seconds, usage.ru_maxrss * 1024  # Linux reports KiB
+
+
+def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
+    """`attn compute FILE --stats --view heatmap` on long sequences (the blocked path) against a process
+    doing the two matrix products on the same file; its peak RSS; and the same computation against
+    the same products inside one process (no start-up on either side)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from attncli.stream import MAX_BLOCK_BYTES
+
+    rows: list[Row] = []
+    for heads, positions in LONG_CASES:
+        shape = (heads, positions, 64) if heads > 1 else (positions, 64)
+        generator = np.random.default_rng(0)
+        path = workdir / f"long-{heads}x{positions}.safetensors"
+        save_file(
+            {n: generator.standard_normal(shape).astype(np.float32) for n in ("query", "key", "value")}, path
+        )
+        block_rows = max(1, MAX_BLOCK_BYTES // (heads * positions * 4))
+        label = f"{heads}x{positions}"
+        attn = [*attn_command(), "compute", str(path), "--stats", "--view", "heatmap"]
+        products = [sys.executable, "-c", PRODUCTS, str(path), str(block_rows)]
+        peaks: list[int] = []
+
+        def attn_run(attn: list[str] = attn, peaks: list[int] = peaks) -> float:
+            seconds, peak = run_process_peak(attn, env)
+            peaks.append(peak)
+            return seconds
+
+        def products_run(products: list[str] = products) -> float:
+            return run_process_peak(products, env)[0]
+
+        print(f"  long sequences, {label}: {repeats} rounds of whole processes", file=sys.stderr)
+        samples = interleaved(
+            f"long {label}",
+            {"attn": attn_run, "products": products_run},
+            repeats,
+            0,
+        )
+        case = f"long {label}: attn --stats --view heatmap vs 2 products (processes)"
+        rows += timed_rows(samples, [(case, "attn", "products")], LONG_TIME_TARGET)
+        peak = max(peaks)
+        verdict = "pass" if peak < LONG_MEMORY_TARGET else "FAIL"
+        rows.append(
+            Row(
+                f"long {label}: peak RSS of attn",
+                _mib(peak),
+                "-",
+                None,
+                f"< {_mib(LONG_MEMORY_TARGET)}",
+                verdict,
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", LONG_IN_PROCESS, str(path), str(2 * max(1, repeats // 2))],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"long {label} in one process: exit {done.returncode}: {done.stderr[-200:]}")
+        inside = json.loads(done.stdout.strip().splitlines()[-1])
+        RUNS[f"long {label} in-process"] = len(inside["attncli"])
+        case = f"long {label}: stats + picture vs 2 products (in-process)"
+        rows += timed_rows(inside, [(case, "attncli", "products")], LONG_TIME_TARGET)
+        path.unlink()
+    return rows
+
+
 # --- 3./4. the weights path ---------------------------------------------------------------------------
 
 
@@ -482,7 +643,7 @@ def print_table(rows: Sequence[Row]) -> None:
         print(line(row))
 
 
-SECTIONS = ("start-up", "small job", "show", "memory", "time")
+SECTIONS = ("start-up", "small job", "show", "memory", "time", "long")
 #: The sections this run measures (--only); all by default.
 CHOSEN: set[str] = set(SECTIONS)
 
@@ -514,11 +675,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.only:
         CHOSEN.intersection_update(options.only)
 
-    # repeats per figure (after warm-up rounds): start-up, small job, weights time, memory
+    # repeats per figure (after warm-up rounds): start-up, small job, weights time, memory, long
     if options.quick:
-        start_n, job_n, time_n, memory_n = 7, 3, 3, 1
+        start_n, job_n, time_n, memory_n, long_n = 7, 3, 3, 1, 1
     else:
-        start_n, job_n, time_n, memory_n = 15, 7, 7, 3
+        start_n, job_n, time_n, memory_n, long_n = 15, 7, 7, 3, 3
     budget_s = TIME_BUDGET_S[1 if options.quick else 0]
     env = {name: value for name, value in os.environ.items() if name not in ("TYPER_USE_RICH",)}
 
@@ -537,6 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Memory first (fresh processes), then the timings in this process, which keep its threads busy.
     rows += guarded("memory cpu", lambda: bench_weights_memory("cpu", env, memory_n))
     rows += guarded("time cpu", lambda: bench_weights_time("cpu", time_n, 1, budget_s))
+    with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+        rows += guarded("long", lambda: bench_long(env, Path(workdir), long_n))
 
     import torch
 
