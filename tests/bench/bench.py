@@ -397,26 +397,40 @@ def bench_show(env: dict[str, str], workdir: Path, repeats: int, warmup: int) ->
 # --- long sequences (blocked computation) ------------------------------------------------------------
 
 
-def run_process_peak(argv: Sequence[str], env: dict[str, str]) -> tuple[float, int]:
+# Run as `python -c LAUNCHER REPORT COMMAND...`: COMMAND in a child of this small process, its peak RSS
+# (bytes, from wait4) written to REPORT. Linux carries the RSS of a process at fork into its child's
+# peak, so a command started straight from the benchmark (holding a GiB by then) would report that.
+LAUNCHER = """\
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    json.dump({"peak": usage.ru_maxrss * 1024}, report)  # Linux reports KiB
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_process_peak(argv: Sequence[str], env: dict[str, str], workdir: Path) -> tuple[float, int]:
     """Wall time and peak RSS (bytes) of one whole process, its output discarded."""
+    report = workdir / "peak.json"
     start = time.perf_counter()
-    child = subprocess.Popen(
-        list(argv),
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(report), *argv],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        check=False,
     )
-    assert child.stderr is not None
-    error = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        tail = error.decode(errors="replace").strip().splitlines()[-1:]
-        raise BenchError(f"{' '.join(argv)} exited {child.returncode}: {' '.join(tail)[:100]}")
-    return seconds, usage.ru_maxrss * 1024  # Linux reports KiB
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {' '.join(tail)[:100]}")
+    peak: int = json.loads(report.read_text())["peak"]
+    return seconds, peak
 
 
 def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
@@ -443,12 +457,12 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
         peaks: list[int] = []
 
         def attn_run(attn: list[str] = attn, peaks: list[int] = peaks) -> float:
-            seconds, peak = run_process_peak(attn, env)
+            seconds, peak = run_process_peak(attn, env, workdir)
             peaks.append(peak)
             return seconds
 
         def products_run(products: list[str] = products) -> float:
-            return run_process_peak(products, env)[0]
+            return run_process_peak(products, env, workdir)[0]
 
         print(f"  long sequences, {label}: {repeats} rounds of whole processes", file=sys.stderr)
         samples = interleaved(
