@@ -10,7 +10,6 @@ block by block to a file. Memory beyond the inputs and the output is a few block
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -35,7 +34,7 @@ from attncli.core import (
     settings,
 )
 from attncli.errors import OutputError, UsageError
-from attncli.writers import mode_for_replacing
+from attncli.writers import mode_for_replacing, safetensors_header
 
 __all__ = [
     "BLOCK_OVERHEAD",
@@ -57,7 +56,6 @@ MAX_BLOCK_BYTES = 16 << 20
 BLOCK_OVERHEAD = 10
 #: Suffixes `weights_to` takes.
 WEIGHTS_FORMATS = (".npy", ".safetensors")
-_SAFETENSORS_DTYPES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
 
 _FloatArray = npt.NDArray[np.float32]
 
@@ -479,7 +477,9 @@ class _WeightsWriter:
         try:
             self.file = os.fdopen(descriptor, "wb")
             header = (
-                _npy_header(shape, dtype) if suffix == ".npy" else _safetensors_header(shape, dtype, settings)
+                _npy_header(shape, dtype)
+                if suffix == ".npy"
+                else safetensors_header({"weights": (dtype, shape)}, settings)
             )
             self.file.write(header)
             self.data_start = len(header)
@@ -545,17 +545,6 @@ class _Bytes:
 
     def write(self, chunk: bytes) -> None:
         self.data += chunk
-
-
-def _safetensors_header(shape: tuple[int, ...], dtype: np.dtype[Any], settings: Mapping[str, Any]) -> bytes:
-    """8 bytes of little-endian header length, then the JSON header padded with spaces to 8 bytes."""
-    size = math.prod(shape) * dtype.itemsize
-    entry = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [0, size]}
-    # safetensors metadata maps strings to strings: every value is stored as JSON, as writers does.
-    metadata = {key: json.dumps(value) for key, value in settings.items()}
-    text = json.dumps({"__metadata__": metadata, "weights": entry}, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text
 
 
 def _file_dtype(dtype: torch.dtype) -> np.dtype[Any]:

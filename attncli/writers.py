@@ -8,7 +8,6 @@ Nothing here prints or exits; problems are `UsageError`s naming the path.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -56,7 +55,21 @@ def write_result(
     target = Path(path)
     fmt = OUTPUT_FORMATS.get(target.suffix.lower())
     if fmt == "safetensors":
-        _write_atomically(target, lambda file: file.write(_safetensors_bytes(tensors, metadata)), "--output")
+        # Little-endian, C order: what the format stores, and (for torch's arrays) no copy at all.
+        arrays = {
+            name: np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+            for name, array in tensors.items()
+        }
+        header = safetensors_header({name: (a.dtype, a.shape) for name, a in arrays.items()}, metadata)
+
+        def write_safetensors(file: BinaryIO) -> None:
+            # The arrays' own memory, one after the other: no second copy of a 4 GiB result.
+            file.write(header)
+            for array in arrays.values():
+                if array.size:  # an empty array has no bytes (and memoryview refuses to cast it)
+                    file.write(array.data.cast("B"))
+
+        _write_atomically(target, write_safetensors, "--output")
     elif fmt == "npz":
         _write_atomically(target, lambda file: _write_npz(file, tensors, metadata), "--output")
     elif fmt == "json":
@@ -103,21 +116,48 @@ def _nest(texts: np.ndarray) -> str:
     return "[" + ",".join(_nest(row) for row in texts) + "]"
 
 
-def _safetensors_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> bytes:
-    from safetensors.numpy import save
+#: safetensors' names for the NumPy dtypes a result may hold.
+SAFETENSORS_DTYPES = {
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint64): "U64",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
 
-    # safetensors metadata maps strings to strings: every value is stored as JSON, strings included.
-    flat = {key: json.dumps(value) for key, value in metadata.items()}
-    data: bytes = save({name: np.ascontiguousarray(array) for name, array in tensors.items()}, metadata=flat)
-    return data
+
+def safetensors_header(
+    entries: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]], metadata: Mapping[str, Any]
+) -> bytes:
+    """The header of a .safetensors file whose data holds, in this order and back to back, arrays of
+    these (dtype, shape): 8 bytes of little-endian length, then JSON padded with spaces to 8 bytes.
+    Metadata values are stored as JSON text (safetensors maps strings to strings)."""
+    header: dict[str, Any] = {"__metadata__": {key: json.dumps(value) for key, value in metadata.items()}}
+    offset = 0
+    for name, (dtype, shape) in entries.items():
+        try:
+            code = SAFETENSORS_DTYPES[np.dtype(dtype).newbyteorder("=")]
+        except KeyError:
+            raise ValueError(f"{name}: safetensors has no type for {dtype}") from None
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
 
 
 def _write_npz(file: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
     # The metadata is one JSON string: a unicode array, which loads without pickle.
-    buffer = io.BytesIO()
     arrays: dict[str, Any] = {**tensors, META_KEY: np.array(json.dumps(dict(metadata)))}
-    np.savez(buffer, **arrays)
-    file.write(buffer.getbuffer())
+    np.savez(file, **arrays)  # into the file itself: no copy of the result in memory
 
 
 def _write_atomically(target: Path, write: Callable[[BinaryIO], object], option: str) -> None:
