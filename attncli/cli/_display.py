@@ -65,6 +65,98 @@ NoColorOption = Annotated[
     ),
 ]
 
+# Options that `attn compute` and `attn model` share, defined once.
+StatsOption = Annotated[
+    bool,
+    typer.Option(
+        "--stats",
+        help="Per query: entropy, largest weight and its key, weight on key 0 (sink), mean distance.",
+        rich_help_panel=ANALYSIS,
+    ),
+]
+
+TopKOption = Annotated[
+    int | None,
+    typer.Option(min=1, metavar="K", help="Per query, its K most attended keys.", rich_help_panel=ANALYSIS),
+]
+
+CheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="Also compute with scaled_dot_product_attention and in float64; exit 1 if they disagree.",
+        rich_help_panel=ANALYSIS,
+    ),
+]
+
+ViewOption = Annotated[
+    View,
+    typer.Option(
+        help="table: numbers on coloured cells; heatmap: one coloured block per weight.",
+        rich_help_panel=DISPLAY,
+    ),
+]
+
+LabelsFileOption = Annotated[
+    str | None,
+    typer.Option(metavar="PATH", help="Names of the positions, one per line.", rich_help_panel=DISPLAY),
+]
+
+HeadOption = Annotated[
+    str | None,
+    typer.Option(metavar="H", help="Heads to show: 0, 1,3 or 0:4.", rich_help_panel=DISPLAY),
+]
+
+MaxRowsOption = Annotated[
+    int | None,
+    typer.Option(min=3, help="Rows per matrix (default: what fits the terminal).", rich_help_panel=DISPLAY),
+]
+
+MaxColsOption = Annotated[
+    int | None,
+    typer.Option(min=3, help="Columns per table (default: what fits).", rich_help_panel=DISPLAY),
+]
+
+FullOption = Annotated[
+    bool, typer.Option("--full", help="Every row and column, however large.", rich_help_panel=DISPLAY)
+]
+
+PoolOption = Annotated[
+    Pool,
+    typer.Option(
+        help="Heatmaps larger than the terminal: max or mean of each block.", rich_help_panel=DISPLAY
+    ),
+]
+
+OutputFormatOption = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        help="table: what --view shows; json: weights, output, meta.",
+        rich_help_panel=DISPLAY,
+    ),
+]
+
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=DISPLAY)
+]
+
+ExportSvgOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="PATH", help="Save what was shown as a standalone SVG picture.", rich_help_panel=SAVE
+    ),
+]
+
+ExportHtmlOption = Annotated[
+    str | None,
+    typer.Option(metavar="PATH", help="Save what was shown as a standalone HTML page.", rich_help_panel=SAVE),
+]
+
+ForceOption = Annotated[
+    bool, typer.Option("--force", "-f", help="Replace existing output files.", rich_help_panel=SAVE)
+]
+
 
 @dataclass(frozen=True)
 class Display:

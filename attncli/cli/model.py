@@ -9,15 +9,29 @@ import typer
 
 from attncli.cli._app import app
 from attncli.cli._display import (
-    ANALYSIS,
     DISPLAY,
     SAVE,
+    CheckOption,
     Display,
+    ExportHtmlOption,
+    ExportSvgOption,
+    ForceOption,
+    FullOption,
+    HeadOption,
+    LabelsFileOption,
+    MaxColsOption,
+    MaxRowsOption,
     NoColorOption,
     OutputFormat,
+    OutputFormatOption,
     Pool,
+    PoolOption,
     PrecisionOption,
+    QuietOption,
+    StatsOption,
+    TopKOption,
     View,
+    ViewOption,
     check_exports,
     finish,
     with_token_labels,
@@ -33,35 +47,10 @@ def model_command(
     more_texts: MoreTextsOption = None,
     texts_file: TextsFileOption = None,
     layer: Annotated[int, typer.Option(min=0, metavar="N", help="The layer to show (0 is the first).")] = 0,
-    stats: Annotated[
-        bool,
-        typer.Option(
-            "--stats",
-            help="Per query: entropy, largest weight and its key, weight on key 0 (sink), mean distance.",
-            rich_help_panel=ANALYSIS,
-        ),
-    ] = False,
-    top_k: Annotated[
-        int | None,
-        typer.Option(
-            min=1, metavar="K", help="Per query, its K most attended keys.", rich_help_panel=ANALYSIS
-        ),
-    ] = None,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check",
-            help="Also compute with scaled_dot_product_attention and in float64; exit 1 if they disagree.",
-            rich_help_panel=ANALYSIS,
-        ),
-    ] = False,
-    view: Annotated[
-        View,
-        typer.Option(
-            help="table: numbers on coloured cells; heatmap: one coloured block per weight.",
-            rich_help_panel=DISPLAY,
-        ),
-    ] = View.table,
+    stats: StatsOption = False,
+    top_k: TopKOption = None,
+    check: CheckOption = False,
+    view: ViewOption = View.table,
     labels: Annotated[
         str | None,
         typer.Option(
@@ -69,49 +58,19 @@ def model_command(
             rich_help_panel=DISPLAY,
         ),
     ] = None,
-    labels_file: Annotated[
-        str | None,
-        typer.Option(metavar="PATH", help="Names of the positions, one per line.", rich_help_panel=DISPLAY),
-    ] = None,
+    labels_file: LabelsFileOption = None,
     batch: Annotated[
         str | None,
         typer.Option(metavar="I", help="Texts to show: 0, 1,3 or 0:4.", rich_help_panel=DISPLAY),
     ] = None,
-    head: Annotated[
-        str | None,
-        typer.Option(metavar="H", help="Heads to show: 0, 1,3 or 0:4.", rich_help_panel=DISPLAY),
-    ] = None,
-    max_rows: Annotated[
-        int | None,
-        typer.Option(
-            min=3, help="Rows per matrix (default: what fits the terminal).", rich_help_panel=DISPLAY
-        ),
-    ] = None,
-    max_cols: Annotated[
-        int | None,
-        typer.Option(min=3, help="Columns per table (default: what fits).", rich_help_panel=DISPLAY),
-    ] = None,
-    full: Annotated[
-        bool, typer.Option("--full", help="Every row and column, however large.", rich_help_panel=DISPLAY)
-    ] = False,
-    pool: Annotated[
-        Pool,
-        typer.Option(
-            help="Heatmaps larger than the terminal: max or mean of each block.", rich_help_panel=DISPLAY
-        ),
-    ] = Pool.max,
+    head: HeadOption = None,
+    max_rows: MaxRowsOption = None,
+    max_cols: MaxColsOption = None,
+    full: FullOption = False,
+    pool: PoolOption = Pool.max,
     precision: PrecisionOption = 4,
-    output_format: Annotated[
-        OutputFormat,
-        typer.Option(
-            "--format",
-            help="table: what --view shows; json: weights, output, meta.",
-            rich_help_panel=DISPLAY,
-        ),
-    ] = OutputFormat.table,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=DISPLAY)
-    ] = False,
+    output_format: OutputFormatOption = OutputFormat.table,
+    quiet: QuietOption = False,
     no_color: NoColorOption = False,
     output: Annotated[
         str | None,
@@ -123,21 +82,9 @@ def model_command(
             rich_help_panel=SAVE,
         ),
     ] = None,
-    export_svg: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PATH", help="Save what was shown as a standalone SVG picture.", rich_help_panel=SAVE
-        ),
-    ] = None,
-    export_html: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PATH", help="Save what was shown as a standalone HTML page.", rich_help_panel=SAVE
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Replace existing output files.", rich_help_panel=SAVE)
-    ] = False,
+    export_svg: ExportSvgOption = None,
+    export_html: ExportHtmlOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Run a local Transformers model over texts and show one layer's attention, labelled with the tokens.
 
