@@ -71,11 +71,6 @@ class StreamResult:
 
     output: torch.Tensor
     masked_rows: torch.Tensor | None
-    stats: RowStats | None
-    top_k: tuple[torch.Tensor, torch.Tensor] | None  # values (..., Lq, k), int64 keys (..., Lq, k)
-    picture_max: _FloatArray | None
-    picture_mean: _FloatArray | None
-    picture_blocks: tuple[int, int]  # (0, 0) when no picture was asked for
     scale: float
     causal: bool
     heads: int | None
@@ -86,9 +81,36 @@ class StreamResult:
     device: torch.device
     block_rows: int
     mask: torch.Tensor | None = None
+    stats: RowStats | None = None
+    top_k: tuple[torch.Tensor, torch.Tensor] | None = None  # values (..., Lq, k), int64 keys (..., Lq, k)
+    picture_max: _FloatArray | None = None
+    picture_mean: _FloatArray | None = None
+    picture_blocks: tuple[int, int] = (0, 0)  # (0, 0) when no picture was asked for
     #: How the output was computed: "blocks" (attncli's own maths, row block by row block) or
     #: "scaled_dot_product_attention" (`fused_output`: no weights, statistics or picture).
     method: str = "blocks"
+
+    @classmethod
+    def of(
+        cls, p: Prepared, output: torch.Tensor, masked_rows: torch.Tensor | None, block_rows: int, **kept: Any
+    ) -> StreamResult:
+        """The result of computing `p`: its output (heads still split), the settings it came from,
+        and what else was `kept` (statistics, top-k, pictures, method)."""
+        return cls(
+            output=p.merge_heads(output),
+            masked_rows=masked_rows,
+            scale=p.scale,
+            causal=p.causal,
+            heads=p.heads,
+            query_heads_per_key_head=p.group,
+            input_shapes=p.input_shapes,
+            weights_shape=tuple(p.weights_shape),
+            dtype=p.query.dtype,
+            device=p.query.device,
+            block_rows=block_rows,
+            mask=p.mask,
+            **kept,
+        )
 
     def fully_masked_rows(self) -> list[tuple[int, ...]]:
         """Indices (batch..., row) of the query rows that could attend to no key: their weights are 0."""
@@ -199,24 +221,16 @@ def stream_attention(
         raise
     assert output is not None  # the loop runs at least once
     picture_max, picture_mean = (None, None) if pictures is None else pictures.arrays()
-    return StreamResult(
-        output=p.merge_heads(output),
-        masked_rows=masked_rows,
+    return StreamResult.of(
+        p,
+        output,
+        masked_rows,
+        block_rows,
         stats=None if stats_fields is None else RowStats(*stats_fields),
         top_k=kept,
         picture_max=picture_max,
         picture_mean=picture_mean,
         picture_blocks=(0, 0) if pictures is None else pictures.blocks,
-        scale=p.scale,
-        causal=p.causal,
-        heads=p.heads,
-        query_heads_per_key_head=p.group,
-        input_shapes=p.input_shapes,
-        weights_shape=weights_shape,
-        dtype=dtype,
-        device=device,
-        block_rows=block_rows,
-        mask=p.mask,
     )
 
 
@@ -282,26 +296,7 @@ def fused_output(
         if progress is not None:
             progress(stop, lq)
     output = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
-    return StreamResult(
-        output=p.merge_heads(output.to(dtype)),
-        masked_rows=masked_rows,
-        stats=None,
-        top_k=None,
-        picture_max=None,
-        picture_mean=None,
-        picture_blocks=(0, 0),
-        scale=p.scale,
-        causal=p.causal,
-        heads=p.heads,
-        query_heads_per_key_head=p.group,
-        input_shapes=p.input_shapes,
-        weights_shape=weights_shape,
-        dtype=dtype,
-        device=device,
-        block_rows=step,
-        mask=p.mask,
-        method="scaled_dot_product_attention",
-    )
+    return StreamResult.of(p, output.to(dtype), masked_rows, step, method="scaled_dot_product_attention")
 
 
 def _block_mask(
