@@ -276,16 +276,20 @@ def fused_output(
     parts = []
     for start in range(0, lq, step):
         stop = min(start + step, lq)
+        # Under causal, rows up to stop - 1 see no key past it: those keys need no work at all.
+        keys = min(stop, lk) if p.causal else lk
         block_mask = None
         if mask is not None or p.causal:
-            block_mask = _block_mask(mask, rows_axis, p.causal, start, stop, lk, device)
+            block_mask = _block_mask(mask, rows_axis, p.causal, start, stop, lk, device)[..., :keys]
             if block_mask.is_floating_point():
                 block_mask = block_mask.to(q.dtype)  # the kernel takes a float mask in its own dtype
         kernel_mask = None
         if block_mask is not None:
-            kernel_mask = block_mask.expand(*batch, stop - start, lk).reshape(matrices, 1, stop - start, lk)
+            kernel_mask = block_mask.expand(*batch, stop - start, keys).reshape(
+                matrices, 1, stop - start, keys
+            )
         part = F.scaled_dot_product_attention(
-            q[..., start:stop, :], k, v, attn_mask=kernel_mask, scale=p.scale
+            q[..., start:stop, :], k[..., :keys, :], v[..., :keys, :], attn_mask=kernel_mask, scale=p.scale
         ).reshape(*batch, stop - start, v.shape[-1])  # (M, 1, n, Dv) -> (..., n, Dv)
         if masked_rows is not None and block_mask is not None:
             open_keys = block_mask if block_mask.dtype == torch.bool else block_mask != -math.inf
