@@ -44,6 +44,7 @@ def row_stats(
     *,
     row_offset: int = 0,
     shifted_scores: torch.Tensor | None = None,
+    zero_where_blocked: bool = False,
 ) -> RowStats:
     """Per query row of `weights` (..., Lq, Lk): entropy, normalised entropy, largest weight and its
     key, weight on key 0 and mean distance from the query to the keys it attends to.
@@ -56,6 +57,8 @@ def row_stats(
     softmax (as `core.attend_rows_with_scores` gives both: finite, each row's largest 0), makes
     the entropy cost one product instead of a logarithm per weight: log w = shifted score -
     log(sum of exp) = shifted score + log(largest weight), since the largest weight is exp(0) / sum.
+    `zero_where_blocked` says the weights are already 0 at every blocked key (softmax gives that),
+    which spares a masked copy of every block.
     """
     compute_dtype = _compute_dtype(weights)
     blocked_keys = _blocked_view(blocked, weights)
@@ -71,25 +74,33 @@ def row_stats(
     entropy, entropy_normalised, max_weight, sink, distance = floats
     argmax = torch.full((rows,), -1, dtype=torch.int64, device=device)
     keys = torch.arange(lk, device=device)
+    open_counts = sink_opens = None
+    if blocked_keys is not None and lk:
+        # Counted on the blocked keys' own shape (one causal triangle for every head), then spread
+        # to every row: (..., Lq) -> (rows,)
+        small = _unexpanded(blocked_keys)
+        open_counts = (lk - count_true(small)).expand(*lead, lq).reshape(-1)
+        sink_opens = (~small[..., 0]).expand(*lead, lq).reshape(-1)
     for span, index in _row_blocks(weights):
         block = _rows(weights, span, index).to(compute_dtype)  # (n, Lk)
         query = index[-1] + row_offset  # (n,): the query position of each row in its matrix
-        if blocked_keys is None:
-            closed = None
+        closed = None
+        if blocked_keys is None or open_counts is None or sink_opens is None:
             open_count = torch.full_like(query, lk)
             sink_open = torch.ones_like(query, dtype=torch.bool)
         else:
-            closed = blocked_keys[index]  # (n, Lk)
-            block = block.masked_fill(closed, 0.0)
-            open_count = lk - closed.sum(dim=-1)
-            sink_open = ~closed[:, 0]
+            open_count, sink_open = open_counts[span], sink_opens[span]
+            if not zero_where_blocked:
+                closed = blocked_keys[index]  # (n, Lk)
+                block = block.masked_fill(closed, 0.0)
         live = open_count > 0
         largest, key_of_largest = _max_and_argmax(block)
-        if closed is not None:
+        if blocked_keys is not None:
             # A masked key holds 0 here: it can be the largest only where no open weight is above 0.
             redo = largest <= 0
             if bool(redo.any()):
-                ranked = block[redo].masked_fill(closed[redo], -math.inf)
+                shut = blocked_keys[tuple(axis[redo] for axis in index)] if closed is None else closed[redo]
+                ranked = block[redo].masked_fill(shut, -math.inf)
                 largest[redo], key_of_largest[redo] = ranked.max(dim=-1)  # the lowest key on ties
         if shifted_scores is None:
             # 0 - 0 = +0: one key shows as 0, not -0
@@ -248,6 +259,24 @@ def _blocked_view(blocked: torch.Tensor | np.ndarray | None, weights: torch.Tens
     if not fits:
         raise ValueError(f"blocked {shape} does not broadcast to the weights' shape {target}")
     return tensor.to(weights.device).expand(target)
+
+
+def count_true(flags: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """How many of bool `flags` are True along `dim`, as int64. Summed as bytes into int32: torch's
+    sum of a bool tensor converts every element to int64 first, forty times slower."""
+    if not flags.numel():
+        return flags.sum(dim=dim, keepdim=keepdim)
+    return flags.view(torch.uint8).sum(dim=dim, keepdim=keepdim, dtype=torch.int32).long()
+
+
+def _unexpanded(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` with every axis but the last that `expand` stretched (stride 0) cut back to one
+    entry: a view, whose sums over the last axis still count every key."""
+    index = tuple(
+        slice(0, 1) if stride == 0 and size > 1 else slice(None)
+        for size, stride in zip(tensor.shape[:-1], tensor.stride()[:-1], strict=True)
+    )
+    return tensor[(*index, slice(None))]
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:

@@ -283,15 +283,30 @@ def attend_rows(
     weights_shape: tuple[int, ...],
     may_overflow: bool = False,
     first_row: int = 0,
+    *,
+    skip_unseen_keys: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The maths, on tensors already checked and on their device; one N x N buffer, updated in place.
 
     `q` (and a mask with a query axis) may be a block of query rows starting at `first_row`, for the
     blocked computation of attncli.stream: the causal triangle is then shifted to match.
-    Returns weights, output and the fully masked rows (None without a mask).
+    Returns weights, output and the fully masked rows (None without a mask). `skip_unseen_keys`:
+    under causal, the keys past the block's last row get no work, only zero weights (a block of a
+    larger computation, where the zero columns are a block's size; `attend` keeps one N x N buffer).
     """
     weights, output, masked_rows, _ = _attend(
-        q, k, v, scale, mask, causal, group, weights_shape, may_overflow, first_row, keep_scores=False
+        q,
+        k,
+        v,
+        scale,
+        mask,
+        causal,
+        group,
+        weights_shape,
+        may_overflow,
+        first_row,
+        keep_scores=False,
+        skip_unseen_keys=skip_unseen_keys,
     )
     return weights, output, masked_rows
 
@@ -307,6 +322,8 @@ def attend_rows_with_scores(
     weights_shape: tuple[int, ...],
     may_overflow: bool = False,
     first_row: int = 0,
+    *,
+    skip_unseen_keys: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`attend_rows`, keeping the scores too, in a second buffer: each row less its largest score
     (so <= 0, exactly 0 at the largest, the dtype's lowest finite number at masked keys, where the
@@ -315,7 +332,18 @@ def attend_rows_with_scores(
     softmax subtracts the largest score itself. For statistics that need log(weights), which is
     these scores less log(sum of exp): see `analysis.row_stats(shifted_scores=...)`."""
     weights, output, masked_rows, scores = _attend(
-        q, k, v, scale, mask, causal, group, weights_shape, may_overflow, first_row, keep_scores=True
+        q,
+        k,
+        v,
+        scale,
+        mask,
+        causal,
+        group,
+        weights_shape,
+        may_overflow,
+        first_row,
+        keep_scores=True,
+        skip_unseen_keys=skip_unseen_keys,
     )
     assert scores is not None
     return weights, output, masked_rows, scores
@@ -334,8 +362,18 @@ def _attend(
     first_row: int,
     *,
     keep_scores: bool,
+    skip_unseen_keys: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     compute_dtype = q.dtype
+    all_keys = k.shape[-2]
+    seen = all_keys
+    if skip_unseen_keys and causal and first_row + q.shape[-2] < all_keys:
+        # Query rows first_row.. see no key past the last of them: those columns are zero weights.
+        seen = first_row + q.shape[-2]
+        k, v = k[..., :seen, :], v[..., :seen, :]
+        if mask is not None and mask.ndim and mask.shape[-1] > 1:
+            mask = mask[..., :seen]
+        weights_shape = (*weights_shape[:-1], seen)
     if group > 1:
         # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
         q = q.reshape(*q.shape[:-3], k.shape[-3], group, *q.shape[-2:])  # (..., Hkv, G, Lq, D)
@@ -391,6 +429,10 @@ def _attend(
     else:
         output = torch.matmul(weights, v)  # (..., Lq, Lk) @ (..., Lk, Dv) -> (..., Lq, Dv)
     kept = scores if keep_scores else None
+    if seen < all_keys:
+        weights = torch.nn.functional.pad(weights, (0, all_keys - seen))  # zeros for the unseen keys
+        if kept is not None:
+            kept = torch.nn.functional.pad(kept, (0, all_keys - seen), value=torch.finfo(kept.dtype).min)
     return weights.to(compute_dtype), output.to(compute_dtype), masked_rows, kept
 
 

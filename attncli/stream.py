@@ -193,7 +193,9 @@ def stream_attention(
             if masked_rows is not None and block_masked is not None:
                 masked_rows[..., start:stop] = block_masked
             if stats:
-                block_stats = analysis.row_stats(weights, blocked, row_offset=start, shifted_scores=scores)
+                block_stats = analysis.row_stats(
+                    weights, blocked, row_offset=start, shifted_scores=scores, zero_where_blocked=True
+                )
                 fields = [getattr(block_stats, name) for name in _STAT_FIELDS]
                 if stats_fields is None:
                     stats_fields = [field.new_empty((*lead, lq)) for field in fields]
@@ -385,9 +387,9 @@ class _Blocks:
         )
         scores = None
         if self.keep_scores:
-            weights, output, masked_rows, scores = attend_rows_with_scores(*arguments)
+            weights, output, masked_rows, scores = attend_rows_with_scores(*arguments, skip_unseen_keys=True)
         else:
-            weights, output, masked_rows = attend_rows(*arguments)
+            weights, output, masked_rows = attend_rows(*arguments, skip_unseen_keys=True)
         blocked = blocked_keys(mask, p.causal, stop - start, self.lk, start, device=weights.device)
         return weights, output, masked_rows, blocked, scores
 
@@ -426,7 +428,7 @@ class _Picture:
             open_count[-1] = weights.shape[-1] - self.block_cols * (columns - 1)
         else:
             # counted on the blocked keys' own shape (a causal triangle is (n, Lk)), then broadcast
-            open_count = self._columns(~blocked, torch.sum)
+            open_count = self._columns(~blocked, analysis.count_true)
         self.counts.index_add_(-2, row_of, open_count.expand(*weights.shape[:-1], columns))
 
     def _columns(self, values: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:

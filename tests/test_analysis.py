@@ -205,6 +205,31 @@ def test_row_stats_and_means_match_numpy(case, dtype, as_tensor):
 
 
 @PROPERTY
+@given(case=weight_cases(), dtype=st.sampled_from(DTYPES))
+def test_weights_already_zero_where_blocked_skip_the_masking(case, dtype):
+    """Weights from a softmax are 0 at every masked key: told so, row_stats gives the same numbers."""
+    weights_np = case["weights"]
+    blocked = case["blocked"] if case["masked"] else None
+    if blocked is not None:
+        weights_np = np.where(np.broadcast_to(blocked, weights_np.shape), 0.0, weights_np)
+    weights = torch.from_numpy(weights_np).to(dtype)
+    stats = row_stats(weights, blocked, zero_where_blocked=True)
+    _check_stats(stats, _expected_stats(_np(weights), blocked), dtype)
+
+
+def test_a_mask_broadcast_along_the_keys_counts_every_key():
+    """blocked (Lq, 1) stretched over the keys: a row is all open or all masked."""
+    rng = np.random.default_rng(13)
+    weights_np, _ = reference_attention(*(rng.standard_normal((2, 6, 4)) for _ in range(3)))
+    rows = np.array([False, True, False, False, True, False])
+    for blocked in (np.broadcast_to(rows[:, None], (6, 6)), torch.from_numpy(rows[:, None]).expand(6, 6)):
+        held = np.where(np.broadcast_to(np.asarray(blocked), weights_np.shape), 0.0, weights_np)
+        for zero in (False, True):
+            stats = row_stats(torch.from_numpy(held), blocked, zero_where_blocked=zero)
+            _check_stats(stats, _expected_stats(held, np.asarray(blocked)), torch.float64)
+
+
+@PROPERTY
 @given(case=weight_cases(), dtype=st.sampled_from(DTYPES), k=st.integers(1, 12))
 def test_top_k_matches_numpy_argsort(case, dtype, k):
     weights = torch.from_numpy(case["weights"]).to(dtype)
@@ -311,9 +336,10 @@ def test_a_masked_key_is_never_the_argmax():
     # Open weights all 0 (underflowed, say): the largest is 0, at the first open key, not at masked key 0.
     weights = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     blocked = torch.tensor([[True, False, False], [True, True, False]])
-    stats = row_stats(weights, blocked)
-    assert stats.argmax.tolist() == [1, 2]
-    assert stats.max_weight.tolist() == [0.0, 1.0]
+    for zero in (False, True):  # the weights are 0 at the masked keys: both ways must agree
+        stats = row_stats(weights, blocked, zero_where_blocked=zero)
+        assert stats.argmax.tolist() == [1, 2]
+        assert stats.max_weight.tolist() == [0.0, 1.0]
     assert top_k(weights, 3, blocked)[1].tolist() == [[1, 2, -1], [2, -1, -1]]
 
 

@@ -139,7 +139,8 @@ def _expected_picture(
 
 def _attend_by_blocks(name: str, block_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and output of `attend` run on each block of query rows as a problem of its own, the
-    causal triangle given as part of the mask: the numbers the blocked path must reproduce."""
+    causal triangle given as part of the mask and the keys no row of the block sees left out: the
+    numbers the blocked path must reproduce."""
     case = _case(name)
     query, key, value = case.pop("qkv")
     mask, causal = case.pop("mask", None), case.pop("causal", False)
@@ -158,8 +159,14 @@ def _attend_by_blocks(name: str, block_rows: int) -> tuple[torch.Tensor, torch.T
                 rows_mask = rows_mask & ~above
             else:
                 rows_mask = torch.where(above, -math.inf, rows_mask)
-        part = attend(prepare(query[..., start:stop, :], key, value, mask=rows_mask, **case))
-        weights.append(part.weights)
+        # Causal rows up to stop - 1 see no key past it: the blocked path leaves those keys out of the
+        # products (zero weights), so the reference does too, as a problem of its own.
+        seen = min(stop, lk) if causal else lk
+        block_key, block_value = key[..., :seen, :], value[..., :seen, :]
+        if rows_mask is not None and rows_mask.shape[-1] > 1:
+            rows_mask = rows_mask[..., :seen]
+        part = attend(prepare(query[..., start:stop, :], block_key, block_value, mask=rows_mask, **case))
+        weights.append(torch.nn.functional.pad(part.weights, (0, lk - seen)))
         outputs.append(part.output)
     return torch.cat(weights, dim=-2), torch.cat(outputs, dim=-2)
 
