@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich import box
@@ -24,6 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from attncli.view import STAT_NAMES, ViewOptions, matrix_indices
+
+if TYPE_CHECKING:
+    from attncli.stream import KeptTable
 
 # Perceptually ordered anchors (viridis) for weights in [0, 1].
 SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
@@ -90,44 +93,83 @@ def result_view(
 
 
 def stream_view(
-    pictures: np.ndarray,
+    pictures: np.ndarray | None,
     blocks: tuple[int, int],
     output: np.ndarray,
     meta: Mapping[str, Any],
     options: ViewOptions,
     analysis: Mapping[str, np.ndarray] | None = None,
+    table: KeptTable | None = None,
+    entropy: np.ndarray | None = None,
 ) -> Group:
     """The view of a computation done in blocks of query rows, whose weights were never held:
-    each matrix as a heatmap of its pooled `pictures` (..., R, C), with its statistics, then the
-    output matrices."""
+    each matrix as a heatmap of its pooled `pictures` (..., R, C), or, given `table` (and the
+    `entropy` of every row, (..., Lq), for the titles), as the table of the weights it kept; with
+    its statistics; then the output matrices."""
     from attncli.heatmap import pooled_heatmap
 
     analysis = analysis or {}
     weights_shape = tuple(meta["weights_shape"])
     weight_axes = list(options.axes or meta.get("weights_axes") or [])[: max(len(weights_shape) - 2, 0)]
     rows, cols = weights_shape[-2:]
+    dtype = str(meta.get("dtype", ""))
 
     def show_weights(index: tuple[int, ...], name: str) -> RenderableType:
-        title = f"{name}  {rows}×{cols}  {meta.get('dtype', '')}  (weights not kept)"
-        picture = pooled_heatmap(
-            pictures[index],
-            blocks=blocks,
-            shape=(rows, cols),
-            title=title,
-            width=options.width,
-            pool=options.pool,
-            colour=options.colour,
-        )
+        picture: RenderableType
+        if table is not None:
+            live = bool(table.live[index])
+            mean_entropy = math.nan
+            if live and entropy is not None:
+                mean_entropy = _nanmean(entropy[index])
+            title = summary_line(
+                name,
+                (rows, cols),
+                dtype,
+                float(table.minimum[index]),
+                float(table.maximum[index]),
+                float(table.deviation[index]),
+                mean_entropy,
+                live,
+            )
+            picture = kept_weight_table(
+                table.cells[index],
+                (rows, cols),
+                table.row_max[index],
+                options=options,
+                title=title,
+                blocked=None if table.blocked is None else table.blocked[index],
+            )
+        else:
+            assert pictures is not None
+            picture = pooled_heatmap(
+                pictures[index],
+                blocks=blocks,
+                shape=(rows, cols),
+                title=f"{name}  {rows}×{cols}  {dtype}  (weights not kept)",
+                width=options.width,
+                pool=options.pool,
+                colour=options.colour,
+            )
         extras = _analysis_parts(name, index, analysis, options)
         return Group(picture, *extras) if extras else picture
 
+    shown = (
+        "the table shows the rows and columns that fit"
+        if table is not None
+        else f"the heatmap shows the {options.pool} of each block"
+    )
+    block_rows = meta.get("block_rows")
+    rows_text = f"{block_rows} query row" + ("" if block_rows == 1 else "s")
     note = Text(
-        f"computed in blocks of {meta.get('block_rows')} query rows; the weights were not kept, the "
-        f"heatmap shows the {options.pool} of each block",
+        f"computed in blocks of {rows_text}; the weights were not kept, {shown}",
         style="dim",
     )
+    kept = table.cells if table is not None else pictures
+    assert kept is not None
     parts: list[RenderableType] = [header(meta), note, Text()]
-    parts += _matrices("weights", pictures, weight_axes, options, show_weights)
+    parts += _matrices("weights", kept, weight_axes, options, show_weights)
+    if table is not None:
+        parts.append(weights_legend(table.any_blocked))
     parts.append(Text())
     parts += _output_section(output, meta, options, weight_axes)
     return Group(*parts)
@@ -232,15 +274,29 @@ def weights_summary(name: str, matrix: np.ndarray, blocked: np.ndarray | None, d
         logs = np.log(live_block, out=np.zeros_like(live_block), where=live_block > 0)
         entropy_total -= float(np.einsum("ij,ij->", live_block, logs, dtype=np.float64))
         live_rows += int(live.sum())
+    entropy = entropy_total / live_rows if live_rows else math.nan
+    return summary_line(name, (rows, cols), dtype, minimum, maximum, deviation, entropy, live_rows > 0)
+
+
+def summary_line(
+    name: str,
+    shape: tuple[int, int],
+    dtype: str,
+    minimum: float,
+    maximum: float,
+    deviation: float,
+    entropy: float,
+    live: bool,
+) -> str:
+    """The text of `weights_summary` from its figures: the smallest and largest weight over open
+    keys, the largest |row sum - 1| and the mean entropy over rows with an open key (`live`: any)."""
+    rows, cols = shape
     text = f"{name}  {rows}×{cols}  {dtype}"
-    if not live_rows:
+    if not live:
         return text + "  every key masked"
     spread = "0" if deviation == 0 else f"{deviation:.0e}"
     # key=value, so that a line too long for the terminal breaks between figures, not inside one
-    return (
-        f"{text}  min={minimum:.3g} max={maximum:.3g} rowsum=1±{spread}"
-        f" entropy={entropy_total / live_rows:.3g} nats"
-    )
+    return f"{text}  min={minimum:.3g} max={maximum:.3g} rowsum=1±{spread} entropy={entropy:.3g} nats"
 
 
 def output_summary(name: str, matrix: np.ndarray, dtype: str) -> str:
@@ -277,6 +333,47 @@ def weight_table(
         row_labels=options.query_labels,
         col_labels=options.key_labels,
         blocked=None if blocked is None else np.broadcast_to(blocked, matrix.shape),
+    )
+
+
+def table_window(shape: tuple[int, int], options: ViewOptions) -> tuple[list[int], list[int]]:
+    """The rows and columns of a (Lq, Lk) weight matrix that `weight_table` shows with `options`:
+    what a computation in blocks keeps of each matrix for its table."""
+    cell_width = _weight_cell_width(options.precision)
+    row_names, col_names = _axis_names(shape, options.query_labels, options.key_labels)
+    row_indices, col_indices = _layout(shape, options, cell_width, "q\\k", row_names, col_names)
+    return [i for i in row_indices if i is not None], [j for j in col_indices if j is not None]
+
+
+def kept_weight_table(
+    cells: np.ndarray,
+    shape: tuple[int, int],
+    row_max: np.ndarray,
+    *,
+    options: ViewOptions,
+    title: str = "",
+    blocked: np.ndarray | None = None,
+) -> Group:
+    """`weight_table` of a matrix of `shape` of which only `cells`, its weights at `table_window`'s
+    rows and columns, were kept (with `row_max`, those rows' largest weights, and `blocked`, bool
+    like `cells`): the same table, drawn from them."""
+    rows, cols = table_window(shape, options)
+    position = {i: n for n, i in enumerate(rows)}
+
+    def style(row: int, value: float) -> Style:
+        largest = row_max[position[row]]
+        return _style(SEQUENTIAL, _level(value), bold=value == largest and value > 0)
+
+    return _matrix_table(
+        cells,
+        style,
+        options,
+        title,
+        corner="q\\k",
+        row_labels=options.query_labels,
+        col_labels=options.key_labels,
+        blocked=blocked,
+        window=(shape, rows, cols),
     )
 
 
@@ -480,28 +577,36 @@ def _matrix_table(
     row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
     blocked: np.ndarray | None = None,
+    window: tuple[tuple[int, int], list[int], list[int]] | None = None,
 ) -> Group:
-    rows, cols = matrix.shape
+    """A matrix as a table, cropped to what fits. With `window` = (shape, rows, cols), `matrix` (and
+    `blocked`) hold only those rows and columns of a matrix of that shape: the ones shown."""
     precision = options.precision
-    # The widest text is that of the smallest or the largest value: no need to format them all.
-    extremes = [float(matrix.min()), float(matrix.max())] if matrix.size else [0.0]
-    cell_width = max(len(f"{x:.{precision}f}") for x in extremes)
-    row_names = [_cut(label) for label in row_labels] if row_labels else [str(i) for i in range(rows)]
-    col_names = [_cut(label) for label in col_labels] if col_labels else [str(j) for j in range(cols)]
-    cell_width = max(cell_width, len(col_names[-1]), *(len(n) for n in col_names[:64]))
-    label_width = max(len(corner), *(len(n) for n in row_names[:64]), len(row_names[-1]))
-    if options.full:
-        row_indices: list[int | None] = list(range(rows))
-        col_indices: list[int | None] = list(range(cols))
+    if window is None:
+        shape = matrix.shape
+        # The widest text is that of the smallest or the largest value: no need to format them all.
+        extremes = [float(matrix.min()), float(matrix.max())] if matrix.size else [0.0]
+        cell_width = max(len(f"{x:.{precision}f}") for x in extremes)
     else:
-        row_indices = visible_indices(rows, options.max_rows)
-        fit = columns_that_fit(options.width, cell_width, label_width)
-        col_indices = visible_indices(cols, min(fit, options.max_cols or fit))
+        shape = window[0]
+        cell_width = _weight_cell_width(precision)  # weights lie in [0, 1]
+    rows, cols = shape
+    row_names, col_names = _axis_names((rows, cols), row_labels, col_labels)
+    row_indices, col_indices = _layout((rows, cols), options, cell_width, corner, row_names, col_names)
     shown_row_list = [i for i in row_indices if i is not None]
     shown_col_list = [j for j in col_indices if j is not None]
-    texts = _formatted(matrix[np.ix_(shown_row_list, shown_col_list)], precision)
-    row_position = {i: n for n, i in enumerate(shown_row_list)}
-    col_position = {j: n for n, j in enumerate(shown_col_list)}
+    if window is None:
+        row_position = {i: n for n, i in enumerate(shown_row_list)}
+        col_position = {j: n for n, j in enumerate(shown_col_list)}
+        values = matrix[np.ix_(shown_row_list, shown_col_list)]
+        shown_blocked = None if blocked is None else blocked[np.ix_(shown_row_list, shown_col_list)]
+    else:
+        if (shown_row_list, shown_col_list) != (window[1], window[2]):
+            raise ValueError("the kept cells are not the ones this table shows")
+        row_position = {i: n for n, i in enumerate(window[1])}
+        col_position = {j: n for n, j in enumerate(window[2])}
+        values, shown_blocked = matrix, blocked
+    texts = _formatted(values, precision)
     if (len(shown_row_list), len(shown_col_list)) != (rows, cols):
         title += f"  (showing {len(shown_row_list)} rows × {len(shown_col_list)} columns)"
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
@@ -516,14 +621,46 @@ def _matrix_table(
         for j in col_indices:
             if j is None:
                 cells.append(_ELLIPSIS)
-            elif blocked is not None and blocked[i, j]:
+                continue
+            r, c = row_position[i], col_position[j]
+            if shown_blocked is not None and shown_blocked[r, c]:
                 cells.append(Text(MASKED, style="dim"))
             else:
-                cells.append(
-                    Text(texts[row_position[i], col_position[j]], style=style(i, float(matrix[i, j])))
-                )
+                cells.append(Text(texts[r, c], style=style(i, float(values[r, c]))))
         table.add_row(*cells)
     return Group(Text(title, style="bold"), table)
+
+
+def _weight_cell_width(precision: int) -> int:
+    """Characters of a weight in a table: every number in [0, 1] takes as many."""
+    return max(len(f"{0.0:.{precision}f}"), len(f"{1.0:.{precision}f}"))
+
+
+def _axis_names(
+    shape: tuple[int, int], row_labels: Sequence[str] | None, col_labels: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    rows, cols = shape
+    row_names = [_cut(label) for label in row_labels] if row_labels else [str(i) for i in range(rows)]
+    col_names = [_cut(label) for label in col_labels] if col_labels else [str(j) for j in range(cols)]
+    return row_names, col_names
+
+
+def _layout(
+    shape: tuple[int, int],
+    options: ViewOptions,
+    cell_width: int,
+    corner: str,
+    row_names: Sequence[str],
+    col_names: Sequence[str],
+) -> tuple[list[int | None], list[int | None]]:
+    """The rows and columns a table shows (None: the ellipsis between first and last)."""
+    rows, cols = shape
+    if options.full:
+        return list(range(rows)), list(range(cols))
+    cell_width = max(cell_width, len(col_names[-1]) if col_names else 0, *(len(n) for n in col_names[:64]))
+    label_width = max(len(corner), *(len(n) for n in row_names[:64]), len(row_names[-1]) if row_names else 0)
+    fit = columns_that_fit(options.width, cell_width, label_width)
+    return visible_indices(rows, options.max_rows), visible_indices(cols, min(fit, options.max_cols or fit))
 
 
 def _cut(label: str) -> str:

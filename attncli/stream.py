@@ -10,9 +10,12 @@ block by block to a file. Memory beyond the inputs and the output is a few block
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +37,15 @@ from attncli.core import (
     settings,
 )
 from attncli.errors import OutputError, UsageError
-from attncli.writers import mode_for_replacing, safetensors_header
+from attncli.writers import META_KEY, mode_for_replacing, safetensors_header
 
 __all__ = [
     "BLOCK_OVERHEAD",
     "MAX_BLOCK_BYTES",
+    "RESULT_FORMATS",
     "WEIGHTS_FORMATS",
+    "KeptTable",
+    "ResultFile",
     "StreamResult",
     "choose_block_rows",
     "describe",
@@ -56,8 +62,29 @@ MAX_BLOCK_BYTES = 16 << 20
 BLOCK_OVERHEAD = 10
 #: Suffixes `weights_to` takes.
 WEIGHTS_FORMATS = (".npy", ".safetensors")
+#: Suffixes `ResultFile` (-o of a computation in blocks) takes.
+RESULT_FORMATS = (".safetensors", ".npz")
+_COPY_BYTES = 16 << 20  # a copy from file to file goes through a buffer of this size
 
 _FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class KeptTable:
+    """What a table view of the weights shows, kept from each block: for every matrix (...), the
+    weights at `rows` x `cols` and those rows' largest weights, and its figures over all weights
+    (NumPy arrays on the CPU; bfloat16 widened to float32, as `core.result_arrays` does)."""
+
+    rows: list[int]
+    cols: list[int]
+    cells: np.ndarray  # (..., len(rows), len(cols))
+    row_max: np.ndarray  # (..., len(rows)): the largest weight of each kept row, over every key
+    blocked: np.ndarray | None  # (..., len(rows), len(cols)) bool, True = masked; None without masking
+    any_blocked: bool  # any masked key in any matrix
+    minimum: np.ndarray  # (...): the smallest weight over open keys (inf when none is open)
+    maximum: np.ndarray  # (...): the largest weight over open keys
+    deviation: np.ndarray  # (...): the largest |row sum - 1| over rows with an open key
+    live: np.ndarray  # (...) bool: the matrix has a row with an open key
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,7 @@ class StreamResult:
     picture_max: _FloatArray | None = None
     picture_mean: _FloatArray | None = None
     picture_blocks: tuple[int, int] = (0, 0)  # (0, 0) when no picture was asked for
+    table: KeptTable | None = None
     #: How the output was computed: "blocks" (attncli's own maths, row block by row block) or
     #: "scaled_dot_product_attention" (`fused_output`: no weights, statistics or picture).
     method: str = "blocks"
@@ -147,17 +175,22 @@ def stream_attention(
     stats: bool = False,
     top_k: int | None = None,
     picture: tuple[int, int] | None = None,
+    table: tuple[list[int], list[int]] | None = None,
     weights_to: str | os.PathLike[str] | None = None,
+    result_file: ResultFile | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> StreamResult:
     """`attend(problem)`, computed `block_rows` query rows at a time; the full weights never exist.
 
     `stats`: `analysis.row_stats` of every row; `top_k`: `analysis.top_k` of every row (both with
     the mask and causal triangle as `blocked`, as `core.masked_positions` gives them). `picture`:
-    (rows, cols) of a pooled picture of each matrix, by max and by mean. `weights_to`: a .npy or
-    .safetensors path the weights are written to, atomically (bfloat16 widened to float32, as
-    `core.result_arrays` does). `progress(done, total)` is called with query rows after each block;
-    an exception it raises stops the work and leaves no file behind.
+    (rows, cols) of a pooled picture of each matrix, by max and by mean. `table`: the rows and
+    columns of each matrix whose weights to keep, with the figures a table's title gives
+    (`KeptTable`). `weights_to`: a .npy or .safetensors path the weights are written to,
+    atomically (bfloat16 widened to float32, as `core.result_arrays` does). `result_file`: a
+    `ResultFile` the weights are written to as well, which the caller commits or discards.
+    `progress(done, total)` is called with query rows after each block; an exception it raises
+    stops the work and leaves no `weights_to` file behind.
     """
     if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
         raise ValueError(f"block_rows must be a positive whole number, not {block_rows}")
@@ -171,10 +204,9 @@ def stream_attention(
     lead = tuple(lead_list)
     dtype, device = p.query.dtype, p.query.device
 
-    writer = None
-    if weights_to is not None:
-        writer = _WeightsWriter(Path(weights_to), weights_shape, _file_dtype(dtype), _settings(p))
+    writer = None if weights_to is None else _weights_alone(Path(weights_to), p)
     pictures = None if picture is None else _Picture(weights_shape, picture, device)
+    tables = None if table is None else _Table(weights_shape, *table, device)
     masked_rows = None if p.mask is None else torch.zeros((*lead, lq), dtype=torch.bool, device=device)
     stats_fields: list[torch.Tensor] | None = None
     kept: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -210,8 +242,12 @@ def stream_attention(
                 kept[1][..., start:stop, :] = keys
             if pictures is not None:
                 pictures.add(start, weights, blocked)
+            if tables is not None:
+                tables.add(start, weights, blocked, block_masked)
             if writer is not None:
                 writer.write_rows(start, weights)
+            if result_file is not None:
+                result_file.write_rows(start, weights)
             del weights, block_output, block_masked, blocked, scores
             if progress is not None:
                 progress(stop, lq)
@@ -233,6 +269,7 @@ def stream_attention(
         picture_max=picture_max,
         picture_mean=picture_mean,
         picture_blocks=(0, 0) if pictures is None else pictures.blocks,
+        table=None if tables is None else tables.kept(),
     )
 
 
@@ -450,44 +487,120 @@ class _Picture:
         return largest.cpu().numpy(), mean.cpu().numpy()
 
 
-class _WeightsWriter:
-    """The full weights, row block by row block, into a temporary file renamed over the target
-    when complete. The header goes first; each block's rows are written at their place in the
-    data (positioned writes, not a memory map, whose dirty pages would count as the process's)."""
+class _Table:
+    """`KeptTable`, built row block by row block."""
 
     def __init__(
-        self, target: Path, shape: tuple[int, ...], dtype: np.dtype[Any], settings: Mapping[str, Any]
+        self, weights_shape: tuple[int, ...], rows: list[int], cols: list[int], device: torch.device
     ) -> None:
-        suffix = target.suffix.lower()
-        if suffix not in WEIGHTS_FORMATS:
-            shown = f"suffix '{suffix}'" if suffix else "no suffix"
-            raise UsageError(
-                f"weights file {target}: {shown} is not supported; use {', '.join(WEIGHTS_FORMATS)}"
-            )
+        *lead_list, lq, lk = weights_shape
+        if any(not 0 <= i < lq for i in rows) or any(not 0 <= j < lk for j in cols):
+            raise ValueError(f"table rows and columns must lie in the weights' {lq} x {lk}")
+        lead = tuple(lead_list)
+        self.rows, self.cols = list(rows), list(cols)
+        self.columns = torch.tensor(self.cols, dtype=torch.int64, device=device)
+        self.cells: torch.Tensor | None = None  # in the weights' dtype, made by the first block
+        self.row_max: torch.Tensor | None = None
+        self.blocked = torch.zeros((*lead, len(rows), len(cols)), dtype=torch.bool, device=device)
+        self.any_blocked = False
+        self.minimum = torch.full(lead, math.inf, dtype=torch.float64, device=device)
+        self.maximum = torch.full(lead, -math.inf, dtype=torch.float64, device=device)
+        self.deviation = torch.zeros(lead, dtype=torch.float64, device=device)
+        self.live = torch.zeros(lead, dtype=torch.bool, device=device)
+
+    def add(
+        self,
+        start: int,
+        weights: torch.Tensor,
+        blocked: torch.Tensor | None,
+        masked_rows: torch.Tensor | None,
+    ) -> None:
+        """Weights (..., n, Lk) of query rows start.., 0 at every `blocked` key (bool, broadcastable;
+        None if none); `masked_rows` (..., n): rows with no open key (None: every row has one)."""
+        n, lk = weights.shape[-2:]
+        if self.cells is None:
+            self.cells = weights.new_zeros((*weights.shape[:-2], len(self.rows), len(self.cols)))
+            self.row_max = weights.new_zeros((*weights.shape[:-2], len(self.rows)))
+        assert self.row_max is not None
+        if not n or not lk:
+            return
+        here = [(k, i - start) for k, i in enumerate(self.rows) if start <= i < start + n]
+        if here:
+            kept = torch.tensor([k for k, _ in here], device=weights.device)
+            local = torch.tensor([i for _, i in here], device=weights.device)
+            picked = weights.index_select(-2, local)  # (..., h, Lk)
+            self.cells.index_copy_(-2, kept, picked.index_select(-1, self.columns))
+            self.row_max.index_copy_(-1, kept, picked.amax(dim=-1))
+            if blocked is not None:
+                shut = blocked.expand(weights.shape).index_select(-2, local).index_select(-1, self.columns)
+                self.blocked.index_copy_(-2, kept, shut)
+        if blocked is not None and not self.any_blocked:
+            self.any_blocked = bool(blocked.any())
+        # Masked weights are 0: the largest weight is over every key; the smallest, over open ones.
+        self.maximum = torch.maximum(self.maximum, weights.amax(dim=(-2, -1)).double())
+        open_weights = weights if blocked is None else weights.masked_fill(blocked, math.inf)
+        self.minimum = torch.minimum(self.minimum, open_weights.amin(dim=(-2, -1)).double())
+        off = (weights.sum(dim=-1, dtype=torch.float64) - 1).abs()  # (..., n)
+        live = None if masked_rows is None else ~masked_rows
+        if live is not None:
+            off = off.masked_fill(~live, 0.0)
+        self.deviation = torch.maximum(self.deviation, off.amax(dim=-1))
+        if live is None:
+            self.live.fill_(True)
+        else:
+            self.live |= live.any(dim=-1)
+
+    def kept(self) -> KeptTable:
+        assert self.cells is not None
+        assert self.row_max is not None
+
+        def array(tensor: torch.Tensor) -> np.ndarray:
+            tensor = tensor.detach().cpu()
+            return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+        return KeptTable(
+            rows=self.rows,
+            cols=self.cols,
+            cells=array(self.cells),
+            row_max=array(self.row_max),
+            blocked=array(self.blocked) if self.any_blocked else None,
+            any_blocked=self.any_blocked,
+            minimum=array(self.minimum),
+            maximum=array(self.maximum),
+            deviation=array(self.deviation),
+            live=array(self.live),
+        )
+
+
+class _WeightsWriter:
+    """The full weights, row block by row block, into a temporary file beside the target, after
+    `header`; renamed over the target when complete. Each block's rows are written at their place
+    in the data (positioned writes, not a memory map, whose dirty pages would count as the
+    process's)."""
+
+    def __init__(
+        self, target: Path, shape: tuple[int, ...], dtype: np.dtype[Any], header: bytes, option: str
+    ) -> None:
         if not target.parent.is_dir():
-            raise UsageError(f"weights file {target}: the folder {target.parent} does not exist")
-        self.target, self.shape, self.dtype = target, shape, dtype
+            raise UsageError(f"{option} {target}: the folder {target.parent} does not exist")
+        self.target, self.shape, self.dtype, self.option = target, shape, dtype, option
         self.rows, self.keys = shape[-2], shape[-1]
+        self.data_start = len(header)
+        self.data_bytes = math.prod(shape) * dtype.itemsize
         self.file: BinaryIO | None = None
         try:
             descriptor, self.temporary = tempfile.mkstemp(
                 dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
             )
         except OSError as error:
-            raise self._error(error) from None
+            raise self.error(error) from None
         try:
-            self.file = os.fdopen(descriptor, "wb")
-            header = (
-                _npy_header(shape, dtype)
-                if suffix == ".npy"
-                else safetensors_header({"weights": (dtype, shape)}, settings)
-            )
+            self.file = os.fdopen(descriptor, "w+b")
             self.file.write(header)
-            self.data_start = len(header)
         except BaseException as error:
             self.discard()
             if isinstance(error, OSError):
-                raise self._error(error) from None
+                raise self.error(error) from None
             raise
 
     def write_rows(self, start: int, weights: torch.Tensor) -> None:
@@ -504,7 +617,7 @@ class _WeightsWriter:
                 self.file.seek(self.data_start + (index * self.rows + start) * self.keys * itemsize)
                 self.file.write(np.ascontiguousarray(rows).data.cast("B"))
         except OSError as error:
-            raise self._error(error) from None
+            raise self.error(error) from None
 
     def commit(self) -> None:
         assert self.file is not None
@@ -516,15 +629,155 @@ class _WeightsWriter:
             os.replace(self.temporary, self.target)
         except OSError as error:
             self.discard()
-            raise self._error(error) from None
+            raise self.error(error) from None
 
     def discard(self) -> None:
         if self.file is not None and not self.file.closed:
             self.file.close()
         Path(self.temporary).unlink(missing_ok=True)
 
-    def _error(self, error: OSError) -> OutputError:
-        return OutputError(f"weights file {self.target}: could not be written: {error.strerror or error}")
+    def error(self, error: OSError) -> OutputError:
+        return OutputError(f"{self.option} {self.target}: could not be written: {error.strerror or error}")
+
+
+def _weights_alone(target: Path, problem: Prepared) -> _WeightsWriter:
+    """--weights-to: a .npy or .safetensors file of the weights alone."""
+    suffix = target.suffix.lower()
+    if suffix not in WEIGHTS_FORMATS:
+        shown = f"suffix '{suffix}'" if suffix else "no suffix"
+        raise UsageError(f"weights file {target}: {shown} is not supported; use {', '.join(WEIGHTS_FORMATS)}")
+    shape, dtype = tuple(problem.weights_shape), _file_dtype(problem.query.dtype)
+    header = (
+        _npy_header(shape, dtype)
+        if suffix == ".npy"
+        else safetensors_header({"weights": (dtype, shape)}, _settings(problem))
+    )
+    return _WeightsWriter(target, shape, dtype, header, option="weights file")
+
+
+class ResultFile:
+    """`attn compute -o` for a computation in blocks: the weights go into the file block by block
+    as they are computed, the output, statistics and metadata once they are known (`commit`); the
+    file replaces the target only when complete, and `discard` leaves nothing behind.
+
+    .safetensors: room is left for the header before the weights, and the header is written last,
+    its JSON padded with spaces (as the format allows); should it not fit, the file is written again
+    behind a header that does. .npz: the weights go to a temporary .npy file, copied into the
+    archive as its member `weights.npy`, the others written as `np.savez` writes them. Memory stays
+    that of one block either way. (JSON is not written so: the weights as text would be larger
+    still than the 4 bytes a weight takes in these files.)
+    """
+
+    def __init__(self, target: str | os.PathLike[str], problem: Prepared) -> None:
+        self.target = Path(target)
+        self.suffix = self.target.suffix.lower()
+        if self.suffix not in RESULT_FORMATS:
+            raise UsageError(
+                f"--output {self.target}: a computation in blocks writes the weights to "
+                f"{' or '.join(RESULT_FORMATS)} only; use one of them, or raise --memory-limit"
+            )
+        shape, dtype = tuple(problem.weights_shape), _file_dtype(problem.query.dtype)
+        self.entry = (dtype, shape)
+        if self.suffix == ".safetensors":
+            guess = len(safetensors_header({"weights": self.entry}, _settings(problem)))
+            self.room = 2 * guess + 4096  # header JSON bytes: settings, sources, statistics' names
+            self.room += -self.room % 8
+            header = bytes(8 + self.room)
+        else:
+            header = _npy_header(shape, dtype)
+        self.weights = _WeightsWriter(self.target, shape, dtype, header, option="--output")
+
+    def __enter__(self) -> ResultFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.discard()  # after commit, nothing is left to remove; before it, nothing is left behind
+
+    def write_rows(self, start: int, weights: torch.Tensor) -> None:
+        self.weights.write_rows(start, weights)
+
+    def commit(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+        """Add `arrays` (all but the weights) and `metadata` to the weights, then replace the target."""
+        if "weights" in arrays:
+            raise ValueError("the weights are in the file already")
+        try:
+            if self.suffix == ".safetensors":
+                self._commit_safetensors(arrays, metadata)
+            else:
+                self._commit_npz(arrays, metadata)
+        except OSError as error:
+            self.discard()
+            raise self.weights.error(error) from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        self.weights.discard()
+
+    def _commit_safetensors(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+        file = self.weights.file
+        assert file is not None
+        rest = {
+            name: np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+            for name, array in arrays.items()
+        }
+        header = safetensors_header(
+            {"weights": self.entry, **{name: (a.dtype, a.shape) for name, a in rest.items()}}, metadata
+        )
+        file.seek(self.weights.data_start + self.weights.data_bytes)
+        for array in rest.values():
+            if array.size:
+                file.write(array.data.cast("B"))
+        text = header[8:]
+        if len(text) <= self.room:
+            file.seek(0)
+            file.write(self.room.to_bytes(8, "little") + text + b" " * (self.room - len(text)))
+            self.weights.commit()
+            return
+        # A header longer than the room left for it: the data again, behind it, in a second file.
+        file.flush()
+        file.seek(self.weights.data_start)
+
+        def write(out: BinaryIO) -> None:
+            out.write(header)
+            shutil.copyfileobj(file, out, _COPY_BYTES)
+
+        self._replace_with(write)
+
+    def _commit_npz(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+        file = self.weights.file
+        assert file is not None
+        file.flush()
+        members = {**arrays, META_KEY: np.array(json.dumps(dict(metadata)))}
+
+        def write(out: BinaryIO) -> None:
+            # Stored, not compressed, as np.savez writes; ZIP64 past 4 GiB.
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.write(self.weights.temporary, "weights.npy")
+                for name, array in members.items():
+                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+        self._replace_with(write)
+
+    def _replace_with(self, write: Callable[[BinaryIO], object]) -> None:
+        """Write a second temporary file beside the target, rename it over the target, and remove
+        the first."""
+        descriptor, temporary = tempfile.mkstemp(
+            dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".partial"
+        )
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, mode_for_replacing(self.target))
+            os.replace(temporary, self.target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        self.weights.discard()
 
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:

@@ -647,34 +647,117 @@ def test_streamed_output_alone_comes_from_the_fused_kernel(samples, tmp_path):
     streamed = json_result(*args, "--stream")
     assert streamed["meta"]["computed_by"] == "scaled_dot_product_attention"
     np.testing.assert_allclose(np.array(streamed["output"]), np.array(full["output"]), rtol=1e-5, atol=1e-6)
+    # Statistics, or -o (which holds the weights), need the weights block by block.
+    with_stats = json_result(*args, "--stream", "--stats")
+    assert with_stats["meta"]["computed_by"] == "blocks"
     target = tmp_path / "r.safetensors"
     quiet = invoke("compute", *args, "--stream", "-q", "-o", str(target))
     assert quiet.exit_code == 0, quiet.output
-    assert quiet.stdout == ""
-    with safe_open(str(target), "np") as saved:
-        assert json.loads(saved.metadata()["computed_by"]) == "scaled_dot_product_attention"
-        np.testing.assert_allclose(saved.get_tensor("output"), np.array(full["output"]), rtol=1e-5, atol=1e-6)
-    with_stats = json_result(*args, "--stream", "--stats")
-    assert with_stats["meta"]["computed_by"] == "blocks"
+    assert _saved(target)[1]["computed_by"] == "blocks"
 
 
-def test_large_weights_that_nothing_needs_whole_are_computed_in_blocks(samples, monkeypatch):
+def test_large_weights_that_nothing_needs_whole_are_computed_in_blocks(samples, monkeypatch, tmp_path):
     monkeypatch.setattr("attncli.cli.compute.STREAM_ABOVE", 4096)
     path = str(samples / "pattern.safetensors")
     heatmap = invoke("compute", path, "--view", "heatmap", "--stats")
     assert heatmap.exit_code == 0, heatmap.output
     assert "the weights were not kept" in heatmap.stdout
-    for needs_whole in (["--view", "table"], ["--view", "heatmap", "--format", "json"]):
+    table = invoke("compute", path)
+    assert table.exit_code == 0, table.output
+    assert "the weights were not kept, the table shows" in table.stdout
+    for needs_whole in (["--full"], ["--view", "heatmap", "--format", "json"], ["--check"]):
         result = invoke("compute", path, *needs_whole)
         assert result.exit_code == 0, result.output
         assert "the weights were not kept" not in result.stdout
+    # -o .safetensors/.npz takes the weights block by block; JSON text needs them whole.
+    for suffix, blocks in ((".safetensors", True), (".npz", True), (".json", False)):
+        target = tmp_path / f"r{suffix}"
+        result = invoke("compute", path, "-q", "-o", str(target))
+        assert result.exit_code == 0, result.output
+        meta = _saved(target)[1]
+        assert (meta.get("computed_by") == "blocks") is blocks
 
 
-def test_a_small_memory_limit_streams_and_shows_a_pooled_heatmap(samples):
-    result = invoke("compute", str(samples / "pattern.safetensors"), "--causal", "--memory-limit", "200KiB")
-    assert result.exit_code == 0, result.output
-    assert "the weights were not kept" in result.stdout
-    assert "each cell: max of " in result.stdout
+def _saved(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and metadata of a result file attn wrote, read by each format's own reader."""
+    if path.suffix == ".json":
+        payload = json.loads(path.read_text())
+        return {k: np.array(v) for k, v in payload.items() if k != "meta"}, payload["meta"]
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        return arrays, json.loads(str(arrays.pop("meta")))
+    with safe_open(str(path), "np") as file:
+        meta = {key: json.loads(value) for key, value in file.metadata().items()}
+        return {name: file.get_tensor(name) for name in file.keys()}, meta  # noqa: SIM118
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_output_file_of_a_blocked_computation_holds_the_weights(samples, tmp_path, suffix):
+    """-o with --stream: weights (written block by block), output and statistics, as the full path's."""
+    args = [str(samples / "multihead.safetensors"), "--mask", str(samples / "padding_mask.npy"), "--causal"]
+    full_file, streamed_file = tmp_path / f"full{suffix}", tmp_path / f"streamed{suffix}"
+    for target, extra in ((full_file, []), (streamed_file, ["--stream", "--memory-limit", "1KiB"])):
+        result = invoke("compute", *args, "--stats", "-q", "-o", str(target), *extra)
+        assert result.exit_code == 0, result.output
+    full = _saved(full_file)[0]
+    streamed, streamed_meta = _saved(streamed_file)
+    assert set(streamed) == set(full)
+    assert streamed_meta["computed_by"] == "blocks"
+    assert streamed_meta["block_rows"] < full["weights"].shape[-2]  # more than one block
+    for name, array in full.items():
+        assert streamed[name].dtype == array.dtype
+        np.testing.assert_allclose(streamed[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert sorted(os.listdir(tmp_path)) == sorted([full_file.name, streamed_file.name])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["multihead.safetensors", "--mask", "padding_mask.npy", "--causal", "--stats"],
+        ["pattern.safetensors", "--causal", "--precision", "2", "--max-cols", "7", "--max-rows", "9"],
+        ["gqa.npz", "--dtype", "float16", "--head", "1:3"],
+        ["multihead.safetensors", "--dtype", "bfloat16", "--top-k", "2", "--no-color"],
+        ["seed.npz", "--labels", "The cat sat", "--dtype", "float64"],
+    ],
+)
+def test_streamed_table_is_the_full_paths_table(samples, args):
+    """Computed in blocks, the table view keeps the cells it shows and its title's figures: the same
+    view as from the whole weights, but for the line saying how it was computed."""
+    args = [str(samples / arg) if (samples / arg).is_file() else arg for arg in args]
+    wide = {"COLUMNS": "160"}  # the line saying how it was computed on one line
+    full = invoke("compute", *args, env=wide)
+    streamed = invoke("compute", *args, "--stream", "--memory-limit", "20KiB", env=wide)
+    assert full.exit_code == streamed.exit_code == 0, (full.output, streamed.output)
+    note = "; the weights were not kept, the table shows the rows and columns that fit"
+    lines = streamed.stdout.splitlines()
+    kept = [line for line in lines if note not in line]
+    assert len(kept) == len(lines) - 1
+    assert kept == full.stdout.splitlines()
+
+
+def test_full_table_of_a_blocked_computation_is_refused(samples):
+    result = invoke("compute", str(samples / "seed.npz"), "--stream", "--full")
+    assert_error(result, "--full", "--view heatmap")
+
+
+def test_blocked_computation_refuses_json_output_before_any_work(samples, tmp_path):
+    target = tmp_path / "r.json"
+    result = invoke("compute", str(samples / "seed.npz"), "--stream", "-o", str(target))
+    assert_error(result, f"--output {target}", ".safetensors or .npz")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_small_memory_limit_streams_and_shows_a_table_or_a_pooled_heatmap(samples):
+    args = ["compute", str(samples / "pattern.safetensors"), "--causal", "--memory-limit", "200KiB"]
+    table = invoke(*args)
+    assert table.exit_code == 0, table.output
+    assert "the weights were not kept, the table shows" in table.stdout
+    assert "(showing 31 rows × " in table.stdout
+    heatmap = invoke(*args, "--view", "heatmap")
+    assert heatmap.exit_code == 0, heatmap.output
+    assert "the weights were not kept, the heatmap shows" in heatmap.stdout
+    assert "each cell: max of " in heatmap.stdout
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ holds every row. The pooled means, summed in another order, get a tolerance of 1
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from attncli import analysis
@@ -32,6 +34,7 @@ from attncli.errors import InputError, UsageError
 from attncli.stream import (
     BLOCK_OVERHEAD,
     MAX_BLOCK_BYTES,
+    ResultFile,
     StreamResult,
     choose_block_rows,
     describe,
@@ -344,6 +347,123 @@ def test_replacing_a_file_is_atomic(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(target), np.arange(3))  # the old file, untouched
     stream_attention(problem, block_rows=5, weights_to=target)  # one block: attend's products exactly
     np.testing.assert_array_equal(np.load(target), result_arrays(attend(problem))["weights"])
+
+
+def _read_result(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every array of a .safetensors or .npz result, and its metadata, read by the formats' own readers."""
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        return arrays, json.loads(str(arrays.pop("meta")))
+    with safe_open(str(path), "np") as file:
+        metadata = {key: json.loads(value) for key, value in file.metadata().items()}
+        return {name: file.get_tensor(name) for name in file.keys()}, metadata  # noqa: SIM118
+
+
+def _output_array(result: StreamResult) -> np.ndarray:
+    output = result.output
+    return (output.float() if output.dtype == torch.bfloat16 else output).numpy()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+@pytest.mark.parametrize("name", ["batch_bool_mask_float64", "causal_wide_heads_bfloat16", "gqa_causal_mask"])
+def test_result_file_holds_the_blocks_weights_and_what_is_added(
+    name: str, suffix: str, tmp_path: Path
+) -> None:
+    """-o of a blocked computation: the weights as the blocks computed them, the output and
+    statistics as given to commit, the metadata; nothing else left in the folder."""
+    problem = _problem(name)
+    expected_weights, _ = _attend_by_blocks(name, 2)
+    target = tmp_path / f"result{suffix}"
+    with ResultFile(target, problem) as file:
+        result = stream_attention(problem, block_rows=2, stats=True, result_file=file)
+        arrays = {"output": _output_array(result), **analysis.stats_arrays(result.stats)}
+        metadata = {**describe(result), "sources": {"query": "q.npy"}}
+        file.commit(arrays, metadata)
+    assert os.listdir(tmp_path) == [target.name]
+    saved, saved_metadata = _read_result(target)
+    assert set(saved) == {"weights", *arrays}
+    expected = expected_weights.float() if expected_weights.dtype == torch.bfloat16 else expected_weights
+    np.testing.assert_array_equal(saved["weights"], expected.numpy())
+    for array_name, array in arrays.items():
+        np.testing.assert_array_equal(saved[array_name], array)
+        assert saved[array_name].dtype == array.dtype
+    assert saved_metadata == json.loads(json.dumps(metadata))
+
+
+def test_result_file_header_longer_than_its_room_is_written_again(tmp_path: Path) -> None:
+    problem = _problem("plain")
+    target = tmp_path / "result.safetensors"
+    long_text = "x" * 100_000  # far past the room left for the header
+    with ResultFile(target, problem) as file:
+        result = stream_attention(problem, block_rows=2, result_file=file)
+        file.commit({"output": result.output.numpy()}, {"note": long_text})
+    assert os.listdir(tmp_path) == [target.name]
+    saved, metadata = _read_result(target)
+    assert metadata == {"note": long_text}
+    np.testing.assert_array_equal(saved["weights"], _attend_by_blocks("plain", 2)[0].numpy())
+    np.testing.assert_array_equal(saved["output"], result.output.numpy())
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_result_file_interrupted_or_refused_leaves_the_old_file(suffix: str, tmp_path: Path) -> None:
+    problem = _problem("plain")
+    target = tmp_path / f"result{suffix}"
+    target.write_bytes(b"old")
+
+    def stop(done: int, total: int) -> None:
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), ResultFile(target, problem) as file:
+        stream_attention(problem, block_rows=2, result_file=file, progress=stop)
+    with ResultFile(target, problem) as file:
+        stream_attention(problem, block_rows=2, result_file=file)
+        with pytest.raises(ValueError, match="already"):
+            file.commit({"weights": np.zeros(1)}, {})
+    assert os.listdir(tmp_path) == [target.name]
+    assert target.read_bytes() == b"old"
+    with pytest.raises(UsageError, match=r"\.safetensors or \.npz"):
+        ResultFile(tmp_path / "result.json", problem)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_kept_table_holds_the_cells_and_figures_of_the_whole_weights(name: str) -> None:
+    """What a table view shows, kept block by block, against the same taken from attend's weights."""
+    problem = _problem(name)
+    whole = attend(problem)
+    weights = result_arrays(whole)["weights"].astype(np.float64)
+    *lead, lq, lk = weights.shape
+    rows, cols = sorted({0, lq // 2, lq - 1}), sorted({0, 1, lk - 1})
+    result = stream_attention(problem, block_rows=2, table=(rows, cols))
+    table = result.table
+    assert table is not None
+    expected_weights, _ = _attend_by_blocks(name, 2)
+    expected = expected_weights.float() if expected_weights.dtype == torch.bfloat16 else expected_weights
+    np.testing.assert_array_equal(table.cells, expected.numpy()[..., rows, :][..., cols])
+    np.testing.assert_array_equal(table.row_max, expected.numpy()[..., rows, :].max(axis=-1))
+    blocked = masked_positions(whole)
+    shut = np.zeros(weights.shape, dtype=bool) if blocked is None else np.broadcast_to(blocked, weights.shape)
+    assert table.any_blocked is bool(shut.any())
+    if table.blocked is None:
+        assert not shut.any()
+    else:
+        np.testing.assert_array_equal(table.blocked, shut[..., rows, :][..., cols])
+    live_rows = ~shut.all(axis=-1)  # (..., Lq)
+    tolerance = CLOSE[whole.weights.dtype]
+    np.testing.assert_allclose(
+        table.maximum, np.where(shut, -np.inf, weights).max(axis=(-2, -1)), **tolerance
+    )
+    np.testing.assert_allclose(table.minimum, np.where(shut, np.inf, weights).min(axis=(-2, -1)), **tolerance)
+    deviation = np.where(live_rows, np.abs(weights.sum(axis=-1) - 1), 0).max(axis=-1)
+    np.testing.assert_allclose(table.deviation, deviation, rtol=0, atol=tolerance["atol"] * lk)
+    np.testing.assert_array_equal(table.live, live_rows.any(axis=-1))
+    assert table.cells.shape == (*lead, len(rows), len(cols))
+
+
+def test_kept_table_refuses_rows_outside_the_weights() -> None:
+    with pytest.raises(ValueError, match="must lie"):
+        stream_attention(_problem("plain"), block_rows=2, table=([0, 5], [0]))
 
 
 def _raise_runtime_error(done: int, total: int) -> None:

@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -268,59 +268,85 @@ def finish_streamed(
     display: Display,
 ) -> None:
     """Compute in blocks of query rows (attncli.stream), keeping what is shown or saved: the output,
-    the statistics and top-k, a pooled picture per matrix, and the weights only into --weights-to."""
+    the statistics and top-k, a pooled picture per matrix, and the weights only into -o (.safetensors,
+    .npz) and --weights-to, block by block."""
     import torch
 
     from attncli import stream as blocked
 
     screen = _screen(display)
-    lq = problem.weights_shape[-2]
-    picture = None
-    if screen is not None:  # sized to the terminal: one cell per character, two rows per line in colour
+    lq, lk = problem.weights_shape[-2:]
+    picture = table = None
+    if screen is not None and display.view is View.table:
+        from attncli import render
+
+        # The rows and columns the table shows, and no more, kept from each block.
+        if display.full:
+            raise UsageError(
+                "--full shows every weight, which a blocked computation does not keep; "
+                "use --view heatmap, or drop --stream/--weights-to, or raise --memory-limit"
+            )
+        layout = _view_options(display, screen, "table", {"batch": None, "head": None}, ())
+        table = render.table_window((lq, lk), layout)
+    elif screen is not None:  # sized to the terminal: one cell per character, two rows per line in colour
         gutter = len(str(max(lq - 1, 0))) + 1
         picture = (screen.lines * (2 if screen.colour else 1), max(screen.console.width - gutter, 1))
     block_rows = blocked.choose_block_rows(problem, memory_limit)
     # Nothing made of the weights is shown or kept: the fused kernel gives the output fastest.
-    output_only = screen is None and not display.stats and not display.top_k and weights_target is None
-    with _progress(lq, enabled=not display.quiet) as advance:
-        if output_only:
-            result = blocked.fused_output(problem, block_rows=block_rows, progress=advance)
-        else:
-            result = blocked.stream_attention(
-                problem,
-                block_rows=block_rows,
-                stats=display.stats,
-                top_k=display.top_k,
-                picture=picture,
-                weights_to=weights_target,
-                progress=advance,
-            )
-    meta = {
-        **blocked.describe(result),
-        "computed_by": result.method,
-        "sources": sources,
-        "mask": mask_label,
-        "attncli_version": __version__,
-    }
-    meta |= {"block_rows": result.block_rows, "weights_saved_to": weights_target and str(weights_target)}
-    axes = meta["weights_axes"][:-2]
-    chosen = _chosen_matrices(display, axes, tuple(result.weights_shape))
-    _warn_masked_rows(result.fully_masked_rows())
-    output = result.output.detach().cpu()
-    arrays = {"output": (output.float() if output.dtype is torch.bfloat16 else output).numpy()}
-    arrays |= _analysis_arrays(result.stats, result.top_k, meta)
-    _save_and_print(arrays, meta, target, display)
+    output_only = (
+        screen is None
+        and not display.stats
+        and not display.top_k
+        and weights_target is None
+        and target is None
+    )
+    # -o holds the weights too: they go into it block by block, the rest once computed.
+    result_file = None if target is None else blocked.ResultFile(target, problem)
+    with result_file or nullcontext():
+        with _progress(lq, enabled=not display.quiet) as advance:
+            if output_only:
+                result = blocked.fused_output(problem, block_rows=block_rows, progress=advance)
+            else:
+                result = blocked.stream_attention(
+                    problem,
+                    block_rows=block_rows,
+                    stats=display.stats or table is not None,  # a table's title gives the mean entropy
+                    top_k=display.top_k,
+                    picture=picture,
+                    table=table,
+                    weights_to=weights_target,
+                    result_file=result_file,
+                    progress=advance,
+                )
+        meta = {
+            **blocked.describe(result),
+            "computed_by": result.method,
+            "sources": sources,
+            "mask": mask_label,
+            "attncli_version": __version__,
+        }
+        meta |= {"block_rows": result.block_rows, "weights_saved_to": weights_target and str(weights_target)}
+        axes = meta["weights_axes"][:-2]
+        chosen = _chosen_matrices(display, axes, tuple(result.weights_shape))
+        _warn_masked_rows(result.fully_masked_rows())
+        output = result.output.detach().cpu()
+        arrays = {"output": (output.float() if output.dtype is torch.bfloat16 else output).numpy()}
+        arrays |= _analysis_arrays(result.stats if display.stats else None, result.top_k, meta)
+        if result_file is not None:
+            result_file.commit(arrays, meta)  # before printing, as _save_and_print does
+    _save_and_print(arrays, meta, None, display)
     if screen is None:
         return
 
     from attncli import render
 
-    options = _view_options(display, screen, "heatmap", chosen, axes)
+    options = _view_options(display, screen, "heatmap" if table is None else "table", chosen, axes)
     pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
-    assert pictures is not None  # a picture was asked for, since there is a screen
-    screen.console.print(
-        render.stream_view(pictures, result.picture_blocks, arrays["output"], meta, options, arrays)
+    entropy = None if result.stats is None else result.stats.entropy.detach().cpu().double().numpy()
+    view = render.stream_view(
+        pictures, result.picture_blocks, arrays["output"], meta, options, arrays, result.table, entropy
     )
+    screen.console.print(view)
     _export(screen, display)
 
 

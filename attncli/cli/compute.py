@@ -129,7 +129,7 @@ def compute(
             metavar="SIZE",
             help="Memory the weights may take before computing in blocks, e.g. 2GiB or 500MB "
             "(default: half the memory available now). Weights over 256 MiB that nothing needs whole "
-            "(no -o, JSON, table view or --check) are computed in blocks whatever the limit.",
+            "(no JSON, --full table or --check) are computed in blocks whatever the limit.",
             rich_help_panel=ATTENTION,
         ),
     ] = None,
@@ -284,17 +284,26 @@ def compute(
     )
     from attncli import stream as blocked
 
-    # Nothing asks for the weights in full (a file, JSON, a table of them, --check): past a size where
+    # Nothing asks for the weights whole (JSON, a --full table, --check): past a size where
     # memory starts to matter, the blocked path gives all that is shown, in a fraction of the memory.
     shown = not quiet and output_format is OutputFormat.table
-    shows_table = view is View.table and (shown or bool(export_svg or export_html))
-    wants_full = check or target is not None or output_format is OutputFormat.json or shows_table
+    # A table shows a few rows and columns, kept block by block; --full shows every weight.
+    full_table = full and view is View.table and (shown or bool(export_svg or export_html))
+    # -o writes the weights block by block to .safetensors and .npz; JSON holds them as text.
+    text_file = target is not None and target.suffix.lower() not in blocked.RESULT_FORMATS
+    wants_full = check or text_file or output_format is OutputFormat.json or full_table
     size = blocked.full_weights_bytes(problem)
     if stream or weights_target is not None or size > limit or (size > STREAM_ABOVE and not wants_full):
         if check:
             raise UsageError(
                 "--check compares the full weights, which a blocked computation does not keep; "
                 "drop --stream/--weights-to or raise --memory-limit"
+            )
+        if text_file:
+            raise UsageError(
+                f"--output {target}: a blocked computation writes the weights block by block to "
+                f"{' or '.join(blocked.RESULT_FORMATS)}, not as JSON text; use one of those, or drop "
+                "--stream/--weights-to, or raise --memory-limit"
             )
         finish_streamed(problem, limit, inputs.sources, mask_label, target, weights_target, display)
         return
