@@ -45,6 +45,7 @@ def row_stats(
     row_offset: int = 0,
     shifted_scores: torch.Tensor | None = None,
     zero_where_blocked: bool = False,
+    overwrite_scores: bool = False,
 ) -> RowStats:
     """Per query row of `weights` (..., Lq, Lk): entropy, normalised entropy, largest weight and its
     key, weight on key 0 and mean distance from the query to the keys it attends to.
@@ -58,7 +59,8 @@ def row_stats(
     the entropy cost one product instead of a logarithm per weight: log w = shifted score -
     log(sum of exp) = shifted score + log(largest weight), since the largest weight is exp(0) / sum.
     `zero_where_blocked` says the weights are already 0 at every blocked key (softmax gives that),
-    which spares a masked copy of every block.
+    which spares a masked copy of every block. `overwrite_scores` lets the entropy's product be
+    made in the shifted scores' own memory (they are left holding it): no temporary of their size.
     """
     compute_dtype = _compute_dtype(weights)
     blocked_keys = _blocked_view(blocked, weights)
@@ -108,7 +110,11 @@ def row_stats(
         else:
             # -sum w log w = log(sum of exp) - sum w s, both >= 0: no cancellation.
             scores = _rows(shifted_scores, span, index).to(compute_dtype)
-            row_entropy = (0.0 - torch.linalg.vecdot(block, scores)) - torch.log(largest)
+            if overwrite_scores:
+                weighted = scores.mul_(block).sum(dim=-1)
+            else:
+                weighted = torch.linalg.vecdot(block, scores)
+            row_entropy = (0.0 - weighted) - torch.log(largest)
         entropy[span] = row_entropy.where(live, math.nan)
         # log(1) = 0: a row with one open key has no spread to normalise
         spread = torch.log(open_count.to(compute_dtype))

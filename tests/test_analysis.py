@@ -330,6 +330,12 @@ def test_entropy_from_shifted_scores_matches_numpy(dtype, case):
     torch.testing.assert_close(stats.entropy, plain.entropy, **_tol(dtype), equal_nan=True)
     with pytest.raises(ValueError, match="shifted_scores"):
         row_stats(weights, blocked, shifted_scores=scores[..., 1:])
+    # The product made in the scores' own memory: the same statistics, the scores used up.
+    products = weights * scores
+    in_place = row_stats(weights, blocked, shifted_scores=scores, overwrite_scores=True)
+    for name in ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance"):
+        torch.testing.assert_close(getattr(in_place, name), getattr(stats, name), equal_nan=True)
+    assert torch.equal(scores, products)
 
 
 def test_a_masked_key_is_never_the_argmax():
