@@ -587,7 +587,11 @@ def _row_sums(weights: torch.Tensor) -> torch.Tensor:
     whole = lk // 64 * 64
     sums = torch.zeros(weights.shape[:-1], dtype=torch.float64, device=weights.device)
     if whole:
-        chunks = weights[..., :whole].unflatten(-1, (whole // 64, 64)).sum(dim=-1, dtype=torch.float32)
+        chunks = (
+            weights[..., :whole]
+            .reshape(*weights.shape[:-1], whole // 64, 64)
+            .sum(dim=-1, dtype=torch.float32)
+        )
         sums += chunks.sum(dim=-1, dtype=torch.float64)
     if whole < lk:
         sums += weights[..., whole:].sum(dim=-1, dtype=torch.float64)
