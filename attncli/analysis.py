@@ -219,8 +219,7 @@ def top_k(
         ranking = block.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
         if blocked_keys is not None:
             ranking = ranking.masked_fill(blocked_keys[index], -math.inf)
-        # A stable sort keeps the lower key first among equal weights (topk does not promise to).
-        order = ranking.sort(dim=-1, descending=True, stable=True).indices[:, :kept]  # (n, k)
+        order = _largest_keys(ranking, kept)  # (n, k)
         ranked = block.gather(-1, order)
         if blocked_keys is not None:
             masked = blocked_keys[index].gather(-1, order)
@@ -228,6 +227,28 @@ def top_k(
         values[span] = ranked.to(weights.dtype)
         indices[span] = order
     return values.reshape(*lead, lq, kept), indices.reshape(*lead, lq, kept)
+
+
+def _largest_keys(ranking: torch.Tensor, kept: int) -> torch.Tensor:
+    """The keys of the `kept` largest values of each row of `ranking` (n, Lk), no NaN, largest first
+    and the lower key first among equal values: what a stable descending sort gives, without
+    sorting every key (a sort took 42 s of 50 at 32,768 positions). topk finds each row's k-th
+    largest value t; every key above t is taken, then the lowest keys equal to t, up to k."""
+    n, lk = ranking.shape
+    if not n or kept * 8 >= lk:  # few keys per key kept: sorting them all costs little
+        return ranking.sort(dim=-1, descending=True, stable=True).indices[:, :kept]
+    threshold = ranking.topk(kept, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)  # (n, 1)
+    chosen = ranking > threshold
+    tied = ranking == threshold
+    room = kept - count_true(chosen, keepdim=True)  # (n, 1): at least 1
+    crowded = (count_true(tied, keepdim=True) > room).squeeze(-1)  # more ties than room: keep the lowest
+    if bool(crowded.any()):
+        first = tied[crowded].cumsum(dim=-1, dtype=torch.int32) <= room[crowded]
+        tied[crowded] &= first
+    chosen |= tied
+    keys = chosen.nonzero()[:, 1].view(n, kept)  # row by row, each row's keys ascending
+    order = ranking.gather(-1, keys).sort(dim=-1, descending=True, stable=True).indices
+    return keys.gather(-1, order)
 
 
 def stats_arrays(stats: RowStats) -> dict[str, np.ndarray]:

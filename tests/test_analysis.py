@@ -276,6 +276,27 @@ def test_ties_in_long_rows():
     _check_stats(row_stats(weights, blocked), _expected_stats(weights_np, blocked), torch.float64)
 
 
+@pytest.mark.parametrize("k", [1, 3, 7, 40])
+@pytest.mark.parametrize("distinct", [2, 5, 1000])
+def test_top_k_of_long_rows_keeps_ties_in_key_order(k, distinct):
+    """Rows long enough that the keys are not all sorted (k-th value by topk, then ties): few
+    distinct values (ties everywhere), rows with fewer open keys than k, a row with none."""
+    rng = np.random.default_rng(k * 1000 + distinct)
+    weights_np = rng.integers(1, distinct + 1, size=(2, 5, 700)).astype(np.float64)
+    weights_np /= weights_np.sum(axis=-1, keepdims=True)
+    blocked = rng.random((2, 5, 700)) < 0.3
+    blocked[0, 1] = True  # every key masked
+    blocked[0, 2, 3:] = True  # three open keys
+    blocked[1, 0, :-2] = True  # two open keys, at the end
+    weights_np[blocked] = 0.0
+    for dtype in (torch.float64, torch.float32):
+        weights = torch.from_numpy(weights_np).to(dtype)
+        expected = _expected_top_k(_np(weights), blocked, k)
+        _check_top_k(top_k(weights, k, blocked), expected, dtype)
+        unmasked = _expected_top_k(_np(weights), None, k)
+        _check_top_k(top_k(weights, k), unmasked, dtype)
+
+
 @PROPERTY
 @given(
     lq=st.integers(1, 5),
