@@ -291,8 +291,8 @@ def attend_rows(
     `q` (and a mask with a query axis) may be a block of query rows starting at `first_row`, for the
     blocked computation of attncli.stream: the causal triangle is then shifted to match.
     Returns weights, output and the fully masked rows (None without a mask). `skip_unseen_keys`:
-    under causal, the keys past the block's last row get no work, only zero weights (a block of a
-    larger computation, where the zero columns are a block's size; `attend` keeps one N x N buffer).
+    under causal, the keys past the block's last row get no work and are left out of the weights,
+    which then hold the first min(first_row + rows, Lk) keys (their weights past it are all 0).
     """
     weights, output, masked_rows, _ = _attend(
         q,
@@ -404,8 +404,12 @@ def _attend(
         else:
             scores.add_(mask.to(scores.dtype))
     if causal:
+        # Keys up to first_row are seen by every row: only those after it can lie past the diagonal.
         rows, keys = scores.shape[-2], scores.shape[-1]
-        scores.masked_fill_(_above_diagonal(rows, keys, first_row, scores.device), -math.inf)
+        edge = min(first_row + 1, keys)
+        if edge < keys:
+            hidden = _above_diagonal(rows, keys - edge, first_row - edge, scores.device)
+            scores[..., edge:].masked_fill_(hidden, -math.inf)
     if mask is not None:
         # A row with every key masked has no softmax; it gets zero weights instead of NaN.
         masked_rows = scores.amax(dim=-1) == -math.inf  # (..., Lq)
@@ -429,10 +433,6 @@ def _attend(
     else:
         output = torch.matmul(weights, v)  # (..., Lq, Lk) @ (..., Lk, Dv) -> (..., Lq, Dv)
     kept = scores if keep_scores else None
-    if seen < all_keys:
-        weights = torch.nn.functional.pad(weights, (0, all_keys - seen))  # zeros for the unseen keys
-        if kept is not None:
-            kept = torch.nn.functional.pad(kept, (0, all_keys - seen), value=torch.finfo(kept.dtype).min)
     return weights.to(compute_dtype), output.to(compute_dtype), masked_rows, kept
 
 

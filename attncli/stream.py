@@ -241,10 +241,14 @@ def stream_attention(
             if top_k is not None:
                 values, keys = analysis.top_k(weights, top_k, blocked)
                 if kept is None:
-                    columns = values.shape[-1]
-                    kept = (values.new_empty((*lead, lq, columns)), keys.new_empty((*lead, lq, columns)))
-                kept[0][..., start:stop, :] = values
-                kept[1][..., start:stop, :] = keys
+                    columns = min(top_k, weights_shape[-1])  # as analysis.top_k of the whole weights
+                    kept = (
+                        values.new_full((*lead, lq, columns), math.nan),
+                        keys.new_full((*lead, lq, columns), -1),
+                    )
+                # A block of fewer keys (causal) has fewer to give: the rest stay NaN and -1.
+                kept[0][..., start:stop, : values.shape[-1]] = values
+                kept[1][..., start:stop, : keys.shape[-1]] = keys
             if pictures is not None:
                 pictures.add(start, weights, blocked)
             if tables is not None:
@@ -409,9 +413,11 @@ class _Blocks:
     def block(
         self, start: int, stop: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Weights (..., n, Lk) in the result dtype, output (..., n, Dv) in the result dtype, masked
-        rows (..., n) (None without a mask), the blocked keys (bool, broadcastable; None if none) and,
-        with `keep_scores`, the shifted scores of `core.attend_rows_with_scores` (else None)."""
+        """Weights (..., n, W) in the result dtype, output (..., n, Dv) in the result dtype, masked
+        rows (..., n) (None without a mask), the blocked keys (bool, broadcastable to the weights;
+        None if none) and, with `keep_scores`, the shifted scores of `core.attend_rows_with_scores`
+        (else None). W is Lk, or under causal the keys up to the block's last row: the weights of
+        the keys after them are 0."""
         p = self.p
         mask = p.mask[..., start:stop, :] if p.mask is not None and self.mask_rows else p.mask
         shape = (*self.lead, stop - start, self.lk)
@@ -432,7 +438,10 @@ class _Blocks:
             weights, output, masked_rows, scores = attend_rows_with_scores(*arguments, skip_unseen_keys=True)
         else:
             weights, output, masked_rows = attend_rows(*arguments, skip_unseen_keys=True)
-        blocked = blocked_keys(mask, p.causal, stop - start, self.lk, start, device=weights.device)
+        width = weights.shape[-1]  # under causal, only the keys the block's rows see
+        if mask is not None and mask.ndim and mask.shape[-1] > 1:
+            mask = mask[..., :width]
+        blocked = blocked_keys(mask, p.causal, stop - start, width, start, device=weights.device)
         return weights, output, masked_rows, blocked, scores
 
 
@@ -452,29 +461,31 @@ class _Picture:
         self.counts = torch.zeros(grid, dtype=torch.int64, device=device)
 
     def add(self, start: int, weights: torch.Tensor, blocked: torch.Tensor | None) -> None:
-        """Pool weights (..., n, Lk) of query rows start.. into the picture. The weights are 0 at
-        every blocked key (softmax gives exp(-inf) = 0, and fully masked rows are zeroed), so they
-        pool as they are: `blocked` only decides how many weights each cell's mean divides by."""
-        n, columns = weights.shape[-2], self.sums.shape[-1]
+        """Pool weights (..., n, W) of query rows start.. into the picture (W <= Lk: the keys past W
+        are masked, as causal leaves them out of a block). The weights are 0 at every blocked key
+        (softmax gives exp(-inf) = 0, and fully masked rows are zeroed), so they pool as they are:
+        `blocked` only decides how many weights each cell's mean divides by."""
+        n, width = weights.shape[-2:]
+        columns = math.ceil(width / self.block_cols)  # the picture's columns these keys reach
         if columns == 0:
             return  # no keys: nothing to pool
         values = weights.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
-        # (..., n, Lk) -> (..., n, C), then each row added to its picture row
+        # (..., n, W) -> (..., n, c), then each row added to its picture row
         row_of = torch.arange(start, start + n, device=weights.device) // self.block_rows
         row_largest = self._columns(values, torch.amax).float()
-        spread = row_of.view(-1, 1).expand(row_largest.shape)  # (..., n, C): each row's picture row
-        self.largest.scatter_reduce_(-2, spread, row_largest, reduce="amax")
-        self.sums.index_add_(-2, row_of, self._columns(values, torch.sum).double())
+        spread = row_of.view(-1, 1).expand(row_largest.shape)  # (..., n, c): each row's picture row
+        self.largest[..., :columns].scatter_reduce_(-2, spread, row_largest, reduce="amax")
+        self.sums[..., :columns].index_add_(-2, row_of, self._columns(values, torch.sum).double())
         if blocked is None:
             open_count = torch.full((columns,), self.block_cols, device=weights.device)
-            open_count[-1] = weights.shape[-1] - self.block_cols * (columns - 1)
+            open_count[-1] = width - self.block_cols * (columns - 1)
         else:
-            # counted on the blocked keys' own shape (a causal triangle is (n, Lk)), then broadcast
+            # counted on the blocked keys' own shape (a causal triangle is (n, W)), then broadcast
             open_count = self._columns(~blocked, analysis.count_true)
-        self.counts.index_add_(-2, row_of, open_count.expand(*weights.shape[:-1], columns))
+        self.counts[..., :columns].index_add_(-2, row_of, open_count.expand(*weights.shape[:-1], columns))
 
     def _columns(self, values: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """Reduce each run of block_cols keys: (..., n, Lk) -> (..., n, C), the last run ragged."""
+        """Reduce each run of block_cols keys: (..., n, W) -> (..., n, c), the last run ragged."""
         lk = values.shape[-1]
         whole = lk // self.block_cols * self.block_cols
         parts = []
@@ -502,7 +513,7 @@ class _Table:
         if any(not 0 <= i < lq for i in rows) or any(not 0 <= j < lk for j in cols):
             raise ValueError(f"table rows and columns must lie in the weights' {lq} x {lk}")
         lead = tuple(lead_list)
-        self.rows, self.cols = list(rows), list(cols)
+        self.rows, self.cols, self.keys = list(rows), list(cols), lk
         self.columns = torch.tensor(self.cols, dtype=torch.int64, device=device)
         self.cells: torch.Tensor | None = None  # in the weights' dtype, made by the first block
         self.row_max: torch.Tensor | None = None
@@ -520,8 +531,9 @@ class _Table:
         blocked: torch.Tensor | None,
         masked_rows: torch.Tensor | None,
     ) -> None:
-        """Weights (..., n, Lk) of query rows start.., 0 at every `blocked` key (bool, broadcastable;
-        None if none); `masked_rows` (..., n): rows with no open key (None: every row has one)."""
+        """Weights (..., n, W) of query rows start.. (W <= Lk: keys past W are masked), 0 at every
+        `blocked` key (bool, broadcastable; None if none); `masked_rows` (..., n): rows with no open
+        key (None: every row has one)."""
         n, lk = weights.shape[-2:]
         if self.cells is None:
             self.cells = weights.new_zeros((*weights.shape[:-2], len(self.rows), len(self.cols)))
@@ -533,14 +545,20 @@ class _Table:
         if here:
             kept = torch.tensor([k for k, _ in here], device=weights.device)
             local = torch.tensor([i for _, i in here], device=weights.device)
-            picked = weights.index_select(-2, local)  # (..., h, Lk)
-            self.cells.index_copy_(-2, kept, picked.index_select(-1, self.columns))
+            picked = weights.index_select(-2, local)  # (..., h, W)
+            # Columns past the block's keys (left out under causal) are masked, weight 0.
+            inside = self.columns < lk
+            columns = self.columns.clamp_max(lk - 1)
+            cells = picked.index_select(-1, columns).masked_fill(~inside, 0)
+            self.cells.index_copy_(-2, kept, cells)
             self.row_max.index_copy_(-1, kept, picked.amax(dim=-1))
-            if blocked is not None:
-                shut = blocked.expand(weights.shape).index_select(-2, local).index_select(-1, self.columns)
-                self.blocked.index_copy_(-2, kept, shut)
-        if blocked is not None and not self.any_blocked:
-            self.any_blocked = bool(blocked.any())
+            if blocked is not None or not bool(inside.all()):
+                shut = torch.zeros(picked.shape, dtype=torch.bool, device=weights.device)
+                if blocked is not None:
+                    shut |= blocked.expand(weights.shape).index_select(-2, local)
+                self.blocked.index_copy_(-2, kept, shut.index_select(-1, columns) | ~inside)
+        if not self.any_blocked:
+            self.any_blocked = lk < self.keys or (blocked is not None and bool(blocked.any()))
         # Masked weights are 0: the largest weight is over every key; the smallest, over open ones.
         self.maximum = torch.maximum(self.maximum, weights.amax(dim=(-2, -1)).double())
         open_weights = weights if blocked is None else weights.masked_fill(blocked, math.inf)
@@ -630,10 +648,13 @@ class _WeightsWriter:
             raise
 
     def write_rows(self, start: int, weights: torch.Tensor) -> None:
-        """Weights (..., n, Lk) of query rows start..start+n, each matrix's rows at their offset."""
+        """Weights (..., n, W <= Lk) of query rows start..start+n, each matrix's rows at their
+        offset; keys past W get weight 0."""
         assert self.file is not None
         if weights.dtype == torch.bfloat16:
             weights = weights.float()  # NumPy has no bfloat16; the widening is exact
+        if weights.shape[-1] < self.keys:  # the keys a causal block leaves out: weight 0
+            weights = torch.nn.functional.pad(weights, (0, self.keys - weights.shape[-1]))
         block = weights.detach().cpu().numpy().astype(self.dtype, copy=False)
         n = block.shape[-2]
         matrices = block.reshape(-1, n * self.keys)  # one contiguous run of rows per matrix
