@@ -16,7 +16,16 @@ import torch
 
 from attncli.view import MEAN_NAMES, STAT_NAMES
 
-__all__ = ["MEAN_NAMES", "STAT_NAMES", "RowStats", "matrix_means", "row_stats", "stats_arrays", "top_k"]
+__all__ = [
+    "MEAN_NAMES",
+    "STAT_NAMES",
+    "RowStats",
+    "amax_non_negative",
+    "matrix_means",
+    "row_stats",
+    "stats_arrays",
+    "top_k",
+]
 
 #: Rows x keys in one block: bounds the temporaries, whatever the size of the weights.
 _BLOCK_ELEMENTS = 1 << 22
@@ -46,6 +55,7 @@ def row_stats(
     shifted_scores: torch.Tensor | None = None,
     zero_where_blocked: bool = False,
     overwrite_scores: bool = False,
+    non_negative: bool = False,
 ) -> RowStats:
     """Per query row of `weights` (..., Lq, Lk): entropy, normalised entropy, largest weight and its
     key, weight on key 0 and mean distance from the query to the keys it attends to.
@@ -61,6 +71,7 @@ def row_stats(
     `zero_where_blocked` says the weights are already 0 at every blocked key (softmax gives that),
     which spares a masked copy of every block. `overwrite_scores` lets the entropy's product be
     made in the shifted scores' own memory (they are left holding it): no temporary of their size.
+    `non_negative` says no weight is below 0 (a softmax's), which finds the largest faster.
     """
     compute_dtype = _compute_dtype(weights)
     blocked_keys = _blocked_view(blocked, weights)
@@ -96,7 +107,7 @@ def row_stats(
                 closed = blocked_keys[index]  # (n, Lk)
                 block = block.masked_fill(closed, 0.0)
         live = open_count > 0
-        largest, key_of_largest = _max_and_argmax(block)
+        largest, key_of_largest = _max_and_argmax(block, non_negative)
         if blocked_keys is not None:
             # A masked key holds 0 here: it can be the largest only where no open weight is above 0.
             redo = largest <= 0
@@ -137,20 +148,35 @@ def _rows(tensor: torch.Tensor, span: slice, index: tuple[torch.Tensor, ...]) ->
 
 #: Keys per chunk in `_max_and_argmax`: a row's maximum is found among chunk maxima first.
 _CHUNK = 64
+_SAME_SIZE_INTEGERS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
-def _max_and_argmax(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def amax_non_negative(
+    values: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = False
+) -> torch.Tensor:
+    """`values.amax(dim)` of values known to be >= 0 (or NaN), such as weights: found on their bit
+    patterns as integers, which order non-negative floats (and NaN above them) exactly as the floats
+    are ordered, and which torch reduces two to four times faster (no NaN test per element)."""
+    integers = _SAME_SIZE_INTEGERS.get(values.dtype)
+    if integers is None or not values.numel():
+        return values.amax(dim=dim, keepdim=keepdim)
+    return values.view(integers).amax(dim=dim, keepdim=keepdim).view(values.dtype)
+
+
+def _max_and_argmax(block: torch.Tensor, non_negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`block.max(dim=-1)` of (n, Lk), Lk > 0: the largest value and its first key (NaN counting as
     largest, as max does), found from the maxima of chunks of keys, which a vectorised reduction
-    gives several times faster than max's own search over every key."""
+    gives several times faster than max's own search over every key (and `amax_non_negative`
+    faster still, for values known to be >= 0)."""
     lk = block.shape[-1]
     if lk <= 4 * _CHUNK:
         found = block.max(dim=-1)
         return found.values, found.indices
+    amax = amax_non_negative if non_negative else torch.amax
     whole = lk // _CHUNK * _CHUNK
-    chunks = block[:, :whole].reshape(block.shape[0], -1, _CHUNK).amax(dim=-1)  # (n, C); a view
+    chunks = amax(block[:, :whole].reshape(block.shape[0], -1, _CHUNK), dim=-1)  # (n, C); a view
     if whole < lk:
-        chunks = torch.cat([chunks, block[:, whole:].amax(dim=-1, keepdim=True)], dim=-1)
+        chunks = torch.cat([chunks, amax(block[:, whole:], dim=-1, keepdim=True)], dim=-1)
     largest, chunk = chunks.max(dim=-1)  # the first chunk that holds the largest
     columns = (chunk[:, None] * _CHUNK + torch.arange(_CHUNK, device=block.device)).clamp_max(lk - 1)
     within = block.gather(-1, columns).max(dim=-1).indices  # the first in it; clamped repeats come after

@@ -232,6 +232,7 @@ def stream_attention(
                     shifted_scores=scores,
                     zero_where_blocked=True,
                     overwrite_scores=True,  # this block's scores are not needed after
+                    non_negative=True,
                 )
                 fields = [getattr(block_stats, name) for name in _STAT_FIELDS]
                 if stats_fields is None:
@@ -472,7 +473,7 @@ class _Picture:
         values = weights.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
         # (..., n, W) -> (..., n, c), then each row added to its picture row
         row_of = torch.arange(start, start + n, device=weights.device) // self.block_rows
-        row_largest = self._columns(values, torch.amax).float()
+        row_largest = self._columns(values, analysis.amax_non_negative).float()  # weights are >= 0
         spread = row_of.view(-1, 1).expand(row_largest.shape)  # (..., n, c): each row's picture row
         self.largest[..., :columns].scatter_reduce_(-2, spread, row_largest, reduce="amax")
         self.sums[..., :columns].index_add_(-2, row_of, self._columns(values, torch.sum).double())
@@ -551,7 +552,7 @@ class _Table:
             columns = self.columns.clamp_max(lk - 1)
             cells = picked.index_select(-1, columns).masked_fill(~inside, 0)
             self.cells.index_copy_(-2, kept, cells)
-            self.row_max.index_copy_(-1, kept, picked.amax(dim=-1))
+            self.row_max.index_copy_(-1, kept, analysis.amax_non_negative(picked, dim=-1))
             if blocked is not None or not bool(inside.all()):
                 shut = torch.zeros(picked.shape, dtype=torch.bool, device=weights.device)
                 if blocked is not None:
@@ -560,7 +561,8 @@ class _Table:
         if not self.any_blocked:
             self.any_blocked = lk < self.keys or (blocked is not None and bool(blocked.any()))
         # Masked weights are 0: the largest weight is over every key; the smallest, over open ones.
-        self.maximum = torch.maximum(self.maximum, weights.amax(dim=(-2, -1)).double())
+        largest = analysis.amax_non_negative(weights, dim=(-2, -1))
+        self.maximum = torch.maximum(self.maximum, largest.double())
         open_weights = weights if blocked is None else weights.masked_fill(blocked, math.inf)
         self.minimum = torch.minimum(self.minimum, open_weights.amin(dim=(-2, -1)).double())
         off = (_row_sums(weights) - 1).abs()  # (..., n)

@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from reference import reference_attention
 
 from attncli import analysis
-from attncli.analysis import STAT_NAMES, RowStats, matrix_means, row_stats, stats_arrays, top_k
+from attncli.analysis import (
+    STAT_NAMES,
+    RowStats,
+    amax_non_negative,
+    matrix_means,
+    row_stats,
+    stats_arrays,
+    top_k,
+)
 from attncli.core import attend_rows_with_scores, attention, blocked_keys, masked_positions
 
 PROPERTY = settings(
@@ -591,3 +599,36 @@ def test_cuda_matches_numpy_without_host_syncs(dtype):
     _check_top_k(got_top, _expected_top_k(held, blocked, 4), dtype)
     _check_stats(row_stats(weights, blocked), expected, dtype)  # a NumPy mask goes to the GPU
     assert stats_arrays(stats)["argmax"].tolist() == expected["argmax"].tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_amax_of_non_negative_values_on_their_bits_is_amax(dtype):
+    """Zeros, the smallest subnormal, ordinary values, the largest finite, inf and NaN."""
+    info = torch.finfo(dtype)
+    special = torch.tensor([0.0, info.tiny / 4, info.tiny, 0.5, 1.0, info.max], dtype=dtype)
+    rng = torch.Generator().manual_seed(5)
+    values = torch.rand(6, 7, 300, generator=rng).to(dtype)
+    values[0, 0, :6] = special
+    values[1, 2] = 0.0  # a row of zeros
+    values[2, 3, 17] = math.inf
+    values[3, 4, 99] = math.nan  # NaN counts as the largest, as amax has it
+    for dim in (-1, (-2, -1), 0):
+        expected = values.amax(dim=dim)
+        got = amax_non_negative(values, dim=dim)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    strided = values[..., ::3].unfold(-1, 7, 7)  # a view with other strides
+    torch.testing.assert_close(
+        amax_non_negative(strided, dim=-1), strided.amax(dim=-1), rtol=0, atol=0, equal_nan=True
+    )
+    assert amax_non_negative(values[:, :, :0], dim=0).shape == (7, 0)
+
+
+def test_non_negative_weights_give_the_same_statistics():
+    rng = np.random.default_rng(8)
+    weights = torch.softmax(torch.from_numpy(rng.standard_normal((3, 40, 900)) * 4), dim=-1).float()
+    weights[0, 5] = 0.0
+    weights[1, :, 300:310] = weights[1, :, 200:210]  # ties between chunks
+    plain, fast = row_stats(weights), row_stats(weights, non_negative=True)
+    for name in ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance"):
+        torch.testing.assert_close(getattr(fast, name), getattr(plain, name), rtol=0, atol=0, equal_nan=True)
