@@ -641,18 +641,11 @@ def test_stdin_is_a_terminal(tmp_path, monkeypatch):
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
 
-def _resident_mib(pid: int) -> float | None:
-    try:
-        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
 def test_ctrl_c_during_a_long_computation_exits_130_quietly(tmp_path):
-    source = npy(tmp_path / "x.npy", RNG.standard_normal((4096, 64)).astype(np.float32))
+    # 2 GiB of weights, which -o takes block by block: interrupted while the file is being written.
+    source = npy(tmp_path / "x.npy", RNG.standard_normal((8192, 64)).astype(np.float32))
     folder = tmp_path / "out"
     folder.mkdir()
     target = folder / "out.safetensors"
@@ -663,10 +656,10 @@ def test_ctrl_c_during_a_long_computation_exits_130_quietly(tmp_path):
         args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     ) as process:
         start = time.monotonic()
-        # Computing: 1.5 s in (torch imported, input read), and the 512 MiB of weights allocated.
+        # Computing: 1.5 s in (torch imported, input read), and the partial file begun.
         while process.poll() is None:
-            elapsed, resident = time.monotonic() - start, _resident_mib(process.pid)
-            if elapsed >= 1.5 and (resident is None or resident >= 600 or elapsed >= 3.0):
+            elapsed = time.monotonic() - start
+            if elapsed >= 1.5 and (any(folder.iterdir()) or elapsed >= 4.0):
                 break
             time.sleep(0.05)
         if process.poll() is not None:
