@@ -486,7 +486,7 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
             )
         )
         done = subprocess.run(
-            [sys.executable, "-c", LONG_IN_PROCESS, str(path), str(2 * max(1, repeats // 2))],
+            [sys.executable, "-c", LONG_IN_PROCESS, str(path), str(max(4, repeats))],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
