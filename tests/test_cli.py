@@ -519,11 +519,22 @@ def test_display_option_errors(samples, args, words):
     assert_error(invoke("compute", str(samples / "seed.npz"), *args), *words)
 
 
-def test_head_out_of_range_names_the_count_and_writes_nothing(samples, tmp_path):
+@pytest.mark.parametrize("blocks", [[], ["--stream"]])
+def test_head_out_of_range_names_the_count_and_writes_nothing(samples, tmp_path, monkeypatch, blocks):
+    """Refused before the computation (which may take long): nothing computed, nothing written."""
+    import attncli.stream
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("computed before --head was checked")
+
+    for name in ("stream_attention", "fused_output"):
+        monkeypatch.setattr(attncli.stream, name, no_work)
+    monkeypatch.setattr("attncli.core.attend", no_work)
     target = tmp_path / "r.npz"
-    result = invoke("compute", str(samples / "multihead.safetensors"), "--head", "2,7", "-o", str(target))
+    args = [str(samples / "multihead.safetensors"), "--head", "2,7", "-o", str(target), *blocks]
+    result = invoke("compute", *args)
     assert_error(result, "--head 7: out of range, there are 4 heads (0 to 3)")
-    assert not target.exists()
+    assert os.listdir(tmp_path) == []
 
 
 def test_batch_and_head_choose_the_matrices(samples):

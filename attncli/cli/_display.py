@@ -463,6 +463,17 @@ def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, int], Non
             bar.stop()
 
 
+def check_matrix_choice(display: Display, problem: Prepared) -> None:
+    """--batch and --head against the weights' axes before the computation, which may be long."""
+    from attncli.core import settings
+
+    p = problem
+    described = settings(
+        p.scale, p.causal, p.heads, p.group, p.query.dtype, p.query.device, p.input_shapes, p.weights_shape
+    )
+    _chosen_matrices(display, described["weights_axes"][:-2], tuple(p.weights_shape))
+
+
 def _chosen_matrices(
     display: Display, axes: Sequence[str], weights_shape: tuple[int, ...]
 ) -> dict[str, list[int] | None]:

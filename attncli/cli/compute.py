@@ -36,6 +36,7 @@ from attncli.cli._display import (
     View,
     ViewOption,
     check_exports,
+    check_matrix_choice,
     finish,
     finish_streamed,
     with_token_labels,
@@ -282,6 +283,7 @@ def compute(
         device=device,
         names=names,
     )
+    check_matrix_choice(display, problem)
     from attncli import stream as blocked
 
     # Nothing asks for the weights whole (JSON, a --full table, --check): past a size where
