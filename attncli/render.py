@@ -320,20 +320,8 @@ def weight_table(
     masked keys as a dim dot."""
     options = options or ViewOptions()
     row_max = matrix.max(axis=1) if matrix.size else np.zeros(matrix.shape[0])
-
-    def style(row: int, value: float) -> Style:
-        return _style(SEQUENTIAL, _level(value), bold=value == row_max[row] and value > 0)
-
-    return _matrix_table(
-        matrix,
-        style,
-        options,
-        title,
-        corner="q\\k",
-        row_labels=options.query_labels,
-        col_labels=options.key_labels,
-        blocked=None if blocked is None else np.broadcast_to(blocked, matrix.shape),
-    )
+    shut = None if blocked is None else np.broadcast_to(blocked, matrix.shape)
+    return _weights_table(matrix, lambda row: float(row_max[row]), options, title, shut)
 
 
 def table_window(shape: tuple[int, int], options: ViewOptions) -> tuple[list[int], list[int]]:
@@ -360,12 +348,27 @@ def kept_weight_table(
     rows, cols = table_window(shape, options)
     position = {i: n for n, i in enumerate(rows)}
 
+    def largest(row: int) -> float:
+        return float(row_max[position[row]])
+
+    return _weights_table(cells, largest, options, title, blocked, window=(shape, rows, cols))
+
+
+def _weights_table(
+    matrix: np.ndarray,
+    row_max: Callable[[int], float],
+    options: ViewOptions,
+    title: str,
+    blocked: np.ndarray | None,
+    window: tuple[tuple[int, int], list[int], list[int]] | None = None,
+) -> Group:
+    """A weight table: the fixed 0..1 scale, each row's largest weight (`row_max(row)`) in bold."""
+
     def style(row: int, value: float) -> Style:
-        largest = row_max[position[row]]
-        return _style(SEQUENTIAL, _level(value), bold=value == largest and value > 0)
+        return _style(SEQUENTIAL, _level(value), bold=value == row_max(row) and value > 0)
 
     return _matrix_table(
-        cells,
+        matrix,
         style,
         options,
         title,
@@ -373,7 +376,7 @@ def kept_weight_table(
         row_labels=options.query_labels,
         col_labels=options.key_labels,
         blocked=blocked,
-        window=(shape, rows, cols),
+        window=window,
     )
 
 

@@ -1,11 +1,14 @@
-"""Helpers the test modules share: the checks of an error line, tensor files as bytes."""
+"""Helpers the test modules share: the checks of an error line, tensor files as bytes, result files."""
 
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 
 def assert_error(result: Any, *words: str, status: int = 2) -> str:
@@ -35,3 +38,17 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def read_result(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and metadata of a result file attn wrote, read by each format's own reader."""
+    if path.suffix == ".json":
+        payload = json.loads(path.read_text())
+        return {k: np.array(v) for k, v in payload.items() if k != "meta"}, payload["meta"]
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        return arrays, json.loads(str(arrays.pop("meta")))
+    with safe_open(str(path), "np") as file:
+        meta = {key: json.loads(value) for key, value in file.metadata().items()}
+        return {name: file.get_tensor(name) for name in file.keys()}, meta  # noqa: SIM118

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from helpers import assert_error
+from helpers import assert_error, read_result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_attention
-from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
@@ -609,7 +608,7 @@ def test_heatmap_view_of_a_long_causal_pattern(samples):
         assert not picture[-1].rstrip().endswith("·")
 
 
-def test_stats_and_top_k_are_shown_printed_as_json_and_saved(tmp_path, samples):
+def test_stats_and_top_k_are_shown_printed_as_json_andread_result(tmp_path, samples):
     target = tmp_path / "r.safetensors"
     args = ["compute", str(samples / "multihead.safetensors"), "--mask", str(samples / "padding_mask.npy")]
     payload = json_result(*args[1:], "--causal", "--stats", "--top-k", "3", "-o", str(target))
@@ -664,7 +663,7 @@ def test_streamed_output_alone_comes_from_the_fused_kernel(samples, tmp_path):
     target = tmp_path / "r.safetensors"
     quiet = invoke("compute", *args, "--stream", "-q", "-o", str(target))
     assert quiet.exit_code == 0, quiet.output
-    assert _saved(target)[1]["computed_by"] == "blocks"
+    assert read_result(target)[1]["computed_by"] == "blocks"
 
 
 def test_large_weights_that_nothing_needs_whole_are_computed_in_blocks(samples, monkeypatch, tmp_path):
@@ -685,22 +684,8 @@ def test_large_weights_that_nothing_needs_whole_are_computed_in_blocks(samples, 
         target = tmp_path / f"r{suffix}"
         result = invoke("compute", path, "-q", "-o", str(target))
         assert result.exit_code == 0, result.output
-        meta = _saved(target)[1]
+        meta = read_result(target)[1]
         assert (meta.get("computed_by") == "blocks") is blocks
-
-
-def _saved(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and metadata of a result file attn wrote, read by each format's own reader."""
-    if path.suffix == ".json":
-        payload = json.loads(path.read_text())
-        return {k: np.array(v) for k, v in payload.items() if k != "meta"}, payload["meta"]
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        return arrays, json.loads(str(arrays.pop("meta")))
-    with safe_open(str(path), "np") as file:
-        meta = {key: json.loads(value) for key, value in file.metadata().items()}
-        return {name: file.get_tensor(name) for name in file.keys()}, meta  # noqa: SIM118
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
@@ -711,8 +696,8 @@ def test_output_file_of_a_blocked_computation_holds_the_weights(samples, tmp_pat
     for target, extra in ((full_file, []), (streamed_file, ["--stream", "--memory-limit", "1KiB"])):
         result = invoke("compute", *args, "--stats", "-q", "-o", str(target), *extra)
         assert result.exit_code == 0, result.output
-    full = _saved(full_file)[0]
-    streamed, streamed_meta = _saved(streamed_file)
+    full = read_result(full_file)[0]
+    streamed, streamed_meta = read_result(streamed_file)
     assert set(streamed) == set(full)
     assert streamed_meta["computed_by"] == "blocks"
     assert streamed_meta["block_rows"] < full["weights"].shape[-2]  # more than one block

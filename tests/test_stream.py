@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
+from helpers import read_result
 from safetensors.numpy import load_file
 
 from attncli import analysis
@@ -349,17 +349,6 @@ def test_replacing_a_file_is_atomic(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(target), result_arrays(attend(problem))["weights"])
 
 
-def _read_result(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Every array of a .safetensors or .npz result, and its metadata, read by the formats' own readers."""
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        return arrays, json.loads(str(arrays.pop("meta")))
-    with safe_open(str(path), "np") as file:
-        metadata = {key: json.loads(value) for key, value in file.metadata().items()}
-        return {name: file.get_tensor(name) for name in file.keys()}, metadata  # noqa: SIM118
-
-
 def _output_array(result: StreamResult) -> np.ndarray:
     output = result.output
     return (output.float() if output.dtype == torch.bfloat16 else output).numpy()
@@ -381,7 +370,7 @@ def test_result_file_holds_the_blocks_weights_and_what_is_added(
         metadata = {**describe(result), "sources": {"query": "q.npy"}}
         file.commit(arrays, metadata)
     assert os.listdir(tmp_path) == [target.name]
-    saved, saved_metadata = _read_result(target)
+    saved, saved_metadata = read_result(target)
     assert set(saved) == {"weights", *arrays}
     expected = expected_weights.float() if expected_weights.dtype == torch.bfloat16 else expected_weights
     np.testing.assert_array_equal(saved["weights"], expected.numpy())
@@ -399,7 +388,7 @@ def test_result_file_header_longer_than_its_room_is_written_again(tmp_path: Path
         result = stream_attention(problem, block_rows=2, result_file=file)
         file.commit({"output": result.output.numpy()}, {"note": long_text})
     assert os.listdir(tmp_path) == [target.name]
-    saved, metadata = _read_result(target)
+    saved, metadata = read_result(target)
     assert metadata == {"note": long_text}
     np.testing.assert_array_equal(saved["weights"], _attend_by_blocks("plain", 2)[0].numpy())
     np.testing.assert_array_equal(saved["output"], result.output.numpy())
