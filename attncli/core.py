@@ -170,6 +170,19 @@ class Prepared:
             return output
         return output.reshape(*output.shape[:-1], self.heads, -1).transpose(-3, -2)
 
+    def describe(self) -> dict[str, Any]:
+        """`settings` of this computation, known before it runs (its weights' axes among them)."""
+        return settings(
+            self.scale,
+            self.causal,
+            self.heads,
+            self.group,
+            self.query.dtype,
+            self.query.device,
+            self.input_shapes,
+            self.weights_shape,
+        )
+
 
 def prepare(
     query: TensorLike,

@@ -206,7 +206,7 @@ def stream_attention(
 
     writer = None if weights_to is None else _weights_alone(Path(weights_to), p)
     pictures = None if picture is None else _Picture(weights_shape, picture, device)
-    tables = None if table is None else _Table(weights_shape, *table, device)
+    tables = None if table is None else _Table(weights_shape, *table, dtype, device)
     masked_rows = None if p.mask is None else torch.zeros((*lead, lq), dtype=torch.bool, device=device)
     stats_fields: list[torch.Tensor] | None = None
     kept: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -254,10 +254,12 @@ def stream_attention(
                 pictures.add(start, weights, blocked)
             if tables is not None:
                 tables.add(start, weights, blocked, block_masked)
-            if writer is not None:
-                writer.write_rows(start, weights)
-            if result_file is not None:
-                result_file.write_rows(start, weights)
+            if writer is not None or result_file is not None:
+                if weights.shape[-1] < weights_shape[-1]:  # keys a causal block left out: weight 0
+                    weights = torch.nn.functional.pad(weights, (0, weights_shape[-1] - weights.shape[-1]))
+                for file in (writer, result_file):
+                    if file is not None:
+                        file.write_rows(start, weights)
             del weights, block_output, block_masked, blocked, scores
             if progress is not None:
                 progress(stop, lq)
@@ -508,7 +510,12 @@ class _Table:
     """`KeptTable`, built row block by row block."""
 
     def __init__(
-        self, weights_shape: tuple[int, ...], rows: list[int], cols: list[int], device: torch.device
+        self,
+        weights_shape: tuple[int, ...],
+        rows: list[int],
+        cols: list[int],
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         *lead_list, lq, lk = weights_shape
         if any(not 0 <= i < lq for i in rows) or any(not 0 <= j < lk for j in cols):
@@ -516,8 +523,8 @@ class _Table:
         lead = tuple(lead_list)
         self.rows, self.cols, self.keys = list(rows), list(cols), lk
         self.columns = torch.tensor(self.cols, dtype=torch.int64, device=device)
-        self.cells: torch.Tensor | None = None  # in the weights' dtype, made by the first block
-        self.row_max: torch.Tensor | None = None
+        self.cells = torch.zeros((*lead, len(rows), len(cols)), dtype=dtype, device=device)
+        self.row_max = torch.zeros((*lead, len(rows)), dtype=dtype, device=device)
         self.blocked = torch.zeros((*lead, len(rows), len(cols)), dtype=torch.bool, device=device)
         self.any_blocked = False
         self.minimum = torch.full(lead, math.inf, dtype=torch.float64, device=device)
@@ -536,10 +543,6 @@ class _Table:
         `blocked` key (bool, broadcastable; None if none); `masked_rows` (..., n): rows with no open
         key (None: every row has one)."""
         n, lk = weights.shape[-2:]
-        if self.cells is None:
-            self.cells = weights.new_zeros((*weights.shape[:-2], len(self.rows), len(self.cols)))
-            self.row_max = weights.new_zeros((*weights.shape[:-2], len(self.rows)))
-        assert self.row_max is not None
         if not n or not lk:
             return
         here = [(k, i - start) for k, i in enumerate(self.rows) if start <= i < start + n]
@@ -576,9 +579,6 @@ class _Table:
             self.live |= live.any(dim=-1)
 
     def kept(self) -> KeptTable:
-        assert self.cells is not None
-        assert self.row_max is not None
-
         def array(tensor: torch.Tensor) -> np.ndarray:
             tensor = tensor.detach().cpu()
             return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
@@ -650,13 +650,10 @@ class _WeightsWriter:
             raise
 
     def write_rows(self, start: int, weights: torch.Tensor) -> None:
-        """Weights (..., n, W <= Lk) of query rows start..start+n, each matrix's rows at their
-        offset; keys past W get weight 0."""
+        """Weights (..., n, Lk) of query rows start..start+n, each matrix's rows at their offset."""
         assert self.file is not None
         if weights.dtype == torch.bfloat16:
             weights = weights.float()  # NumPy has no bfloat16; the widening is exact
-        if weights.shape[-1] < self.keys:  # the keys a causal block leaves out: weight 0
-            weights = torch.nn.functional.pad(weights, (0, self.keys - weights.shape[-1]))
         block = weights.detach().cpu().numpy().astype(self.dtype, copy=False)
         n = block.shape[-2]
         matrices = block.reshape(-1, n * self.keys)  # one contiguous run of rows per matrix
@@ -699,7 +696,7 @@ def _weights_alone(target: Path, problem: Prepared) -> _WeightsWriter:
     header = (
         _npy_header(shape, dtype)
         if suffix == ".npy"
-        else safetensors_header({"weights": (dtype, shape)}, _settings(problem))
+        else safetensors_header({"weights": (dtype, shape)}, problem.describe())
     )
     return _WeightsWriter(target, shape, dtype, header, option="weights file")
 
@@ -722,13 +719,14 @@ class ResultFile:
         self.suffix = self.target.suffix.lower()
         if self.suffix not in RESULT_FORMATS:
             raise UsageError(
-                f"--output {self.target}: a computation in blocks writes the weights to "
-                f"{' or '.join(RESULT_FORMATS)} only; use one of them, or raise --memory-limit"
+                f"--output {self.target}: a blocked computation writes the weights block by block to "
+                f"{' or '.join(RESULT_FORMATS)}, not as JSON text; use one of those, or drop "
+                "--stream/--weights-to, or raise --memory-limit"
             )
         shape, dtype = tuple(problem.weights_shape), _file_dtype(problem.query.dtype)
         self.entry = (dtype, shape)
         if self.suffix == ".safetensors":
-            guess = len(safetensors_header({"weights": self.entry}, _settings(problem)))
+            guess = len(safetensors_header({"weights": self.entry}, problem.describe()))
             self.room = 2 * guess + 4096  # header JSON bytes: settings, sources, statistics' names
             self.room += -self.room % 8
             header = bytes(8 + self.room)
@@ -859,9 +857,3 @@ def _file_dtype(dtype: torch.dtype) -> np.dtype[Any]:
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
-
-
-def _settings(p: Prepared) -> dict[str, Any]:
-    return settings(
-        p.scale, p.causal, p.heads, p.group, p.query.dtype, p.query.device, p.input_shapes, p.weights_shape
-    )

@@ -465,13 +465,8 @@ def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, int], Non
 
 def check_matrix_choice(display: Display, problem: Prepared) -> None:
     """--batch and --head against the weights' axes before the computation, which may be long."""
-    from attncli.core import settings
-
-    p = problem
-    described = settings(
-        p.scale, p.causal, p.heads, p.group, p.query.dtype, p.query.device, p.input_shapes, p.weights_shape
-    )
-    _chosen_matrices(display, described["weights_axes"][:-2], tuple(p.weights_shape))
+    axes = problem.describe()["weights_axes"][:-2]
+    _chosen_matrices(display, axes, tuple(problem.weights_shape))
 
 
 def _chosen_matrices(

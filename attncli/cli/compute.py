@@ -301,12 +301,6 @@ def compute(
                 "--check compares the full weights, which a blocked computation does not keep; "
                 "drop --stream/--weights-to or raise --memory-limit"
             )
-        if text_file:
-            raise UsageError(
-                f"--output {target}: a blocked computation writes the weights block by block to "
-                f"{' or '.join(blocked.RESULT_FORMATS)}, not as JSON text; use one of those, or drop "
-                "--stream/--weights-to, or raise --memory-limit"
-            )
         finish_streamed(problem, limit, inputs.sources, mask_label, target, weights_target, display)
         return
     result = attend(problem)
