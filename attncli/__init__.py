@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from attncli.core import AttentionResult, attention
+    from attncli.compute import AttentionResult, attention
     from attncli.loaders import load_tensor
 
 __all__ = ["AttentionResult", "__version__", "attention", "load_tensor"]
 
 _LAZY = {
-    "attention": "attncli.core",
-    "AttentionResult": "attncli.core",
+    "attention": "attncli.compute",
+    "AttentionResult": "attncli.compute",
     "load_tensor": "attncli.loaders",
 }
 

@@ -231,6 +231,20 @@ def max_abs_difference(
     return float(difference.max()) if difference.numel() else 0.0
 
 
+def agreement(
+    weights: torch.Tensor, probabilities: torch.Tensor, masked_rows: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """`attn model`'s verdict: whether attncli's weights are the model's own probabilities, within
+    TOLERANCE, as JSON-able values (the largest difference, the tolerance, the reference)."""
+    difference = max_abs_difference(weights, probabilities, masked_rows)
+    return {
+        "max_abs_diff": difference,
+        "tolerance": TOLERANCE,
+        "passed": difference <= TOLERANCE,
+        "reference": REFERENCE,
+    }
+
+
 # --- loading and running the model -------------------------------------------------------------
 
 
@@ -440,6 +454,7 @@ __all__ = [
     "TOLERANCE",
     "Capture",
     "LayerCapture",
+    "agreement",
     "capture",
     "max_abs_difference",
     "model_folder",

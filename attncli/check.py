@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
-from attncli.core import AttentionResult, Prepared, broadcast_shapes
+from attncli.compute import AttentionResult, Prepared, broadcast_shapes, fused
 
 #: (rtol, atol) by dtype: torch.testing.assert_close's, except that for float16 and bfloat16 atol is
 #: the dtype's own resolution near 1 (its eps), since both sides round every output to it: two
@@ -55,15 +54,20 @@ class Comparison:
 
 def check(problem: Prepared, result: AttentionResult) -> list[Comparison]:
     """Compare `result` (from `attend(problem)`) with the fused kernel and the float64 maths."""
-    rtol, atol = TOLERANCES[result.weights.dtype]
+    rtol, atol = TOLERANCES[result.dtype]
+    assert result.weights is not None, "--check compares the full weights"
     live = None if result.masked_rows is None else ~result.masked_rows  # (..., [H,] Lq)
     # Outputs are compared with their heads apart, so that the rows line up with `live`.
     output = problem.split_heads(result.output)
-    fused = fused_output(problem)
+    # The kernel in the inputs' own dtype, as people run it (not rounded from float32 as attncli's).
+    kernel_output = problem.split_heads(fused(problem, upcast_half=False).output)
     weights64, output64 = float64_reference(problem)
-    kernel = f"scaled_dot_product_attention ({str(fused.dtype).removeprefix('torch.')}, {fused.device})"
+    kernel = (
+        f"scaled_dot_product_attention ({str(kernel_output.dtype).removeprefix('torch.')}, "
+        f"{kernel_output.device})"
+    )
     return [
-        compare("output", kernel, output, fused, live, rtol, atol),
+        compare("output", kernel, output, kernel_output, live, rtol, atol),
         compare("weights", "float64 maths on the CPU", result.weights, weights64, live, rtol, atol),
         compare("output", "float64 maths on the CPU", output, output64, live, rtol, atol),
     ]
@@ -103,34 +107,6 @@ def compare(
         compared=compared,
         rtol=rtol,
         atol=atol,
-    )
-
-
-def fused_output(problem: Prepared) -> torch.Tensor:
-    """The output of scaled_dot_product_attention on the same inputs, device and dtype (heads apart)."""
-    q, k, v = problem.query, problem.key, problem.value
-    lq, lk = q.shape[-2], k.shape[-2]
-    attn_mask = problem.mask
-    is_causal = problem.causal and attn_mask is None
-    if problem.causal and attn_mask is not None:
-        # The fused kernel takes is_causal or a mask, not both: fold the triangle into the mask.
-        allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril_()
-        if attn_mask.dtype == torch.bool:
-            attn_mask = attn_mask & allowed
-        else:
-            attn_mask = attn_mask.to(q.dtype).masked_fill(~allowed, -math.inf)
-    elif attn_mask is not None and attn_mask.dtype != torch.bool:
-        attn_mask = attn_mask.to(q.dtype)
-    # The fused kernel does not broadcast leading axes the way matmul does: give all three the same.
-    if problem.group > 1:
-        batch = broadcast_shapes(problem.weights_shape[:-3], tuple(v.shape[:-3]))
-        q = q.expand(*batch, *q.shape[-3:])
-        k, v = (t.expand(*batch, *t.shape[-3:]) for t in (k, v))
-    else:
-        batch = broadcast_shapes(problem.weights_shape[:-2], tuple(v.shape[:-2]))
-        q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=problem.scale, enable_gqa=problem.group > 1
     )
 
 

@@ -26,7 +26,7 @@ from rich.text import Text
 from attncli.view import STAT_NAMES, ViewOptions, matrix_indices
 
 if TYPE_CHECKING:
-    from attncli.stream import KeptTable
+    from attncli.compute import KeptTable
 
 # Perceptually ordered anchors (viridis) for weights in [0, 1].
 SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))

@@ -1,16 +1,21 @@
 """Write results to .safetensors, .npz or .json, never leaving a partial or clobbered file.
 
-A result is a few named NumPy arrays (`weights`, `output`) and a metadata mapping. Each file is
-written to a temporary name in the target folder and renamed over the target only once complete,
-so an interrupted write leaves the old file as it was (and a memory-mapped reader of it unharmed).
-Nothing here prints or exits; problems are `UsageError`s naming the path.
+A result is a few named NumPy arrays (`weights`, `output`) and a metadata mapping, written whole
+(`write_result`) or, for a computation in blocks, with the weights written row block by row block
+as they are computed (`ResultFile`, `WeightsFile`). Each file is written to a temporary name in the
+target folder and renamed over the target only once complete, so an interrupted write leaves the
+old file as it was (and a memory-mapped reader of it unharmed). Nothing here prints or exits;
+problems are `UsageError`s and `OutputError`s naming the path.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -190,3 +195,255 @@ def mode_for_replacing(target: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+#: Suffixes `WeightsFile` (--weights-to) takes.
+WEIGHTS_FORMATS = (".npy", ".safetensors")
+#: Suffixes `ResultFile` (-o of a computation in blocks) takes.
+RESULT_FORMATS = (".safetensors", ".npz")
+_COPY_BYTES = 16 << 20  # a copy from file to file goes through a buffer of this size
+
+
+class _WeightsWriter:
+    """The full weights, row block by row block, into a temporary file beside the target, after
+    `header`; renamed over the target when complete. Each block's rows are written at their place
+    in the data (positioned writes, not a memory map, whose dirty pages would count as the
+    process's)."""
+
+    def __init__(
+        self, target: Path, shape: tuple[int, ...], dtype: np.dtype[Any], header: bytes, option: str
+    ) -> None:
+        if not target.parent.is_dir():
+            raise UsageError(f"{option} {target}: the folder {target.parent} does not exist")
+        self.target, self.shape, self.dtype, self.option = target, shape, dtype, option
+        self.rows, self.keys = shape[-2], shape[-1]
+        self.data_start = len(header)
+        self.data_bytes = math.prod(shape) * dtype.itemsize
+        self.file: BinaryIO | None = None
+        try:
+            descriptor, self.temporary = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
+            )
+        except OSError as error:
+            raise self.error(error) from None
+        try:
+            self.file = os.fdopen(descriptor, "w+b")
+            self.file.write(header)
+        except BaseException as error:
+            self.discard()
+            if isinstance(error, OSError):
+                raise self.error(error) from None
+            raise
+
+    def write_rows(self, start: int, weights: np.ndarray) -> None:
+        """Weights (..., n, Lk) of query rows start..start+n, each matrix's rows at their offset."""
+        assert self.file is not None
+        block = weights.astype(self.dtype, copy=False)
+        n = block.shape[-2]
+        matrices = block.reshape(-1, n * self.keys)  # one contiguous run of rows per matrix
+        itemsize = self.dtype.itemsize
+        try:
+            for index, rows in enumerate(matrices):
+                self.file.seek(self.data_start + (index * self.rows + start) * self.keys * itemsize)
+                self.file.write(np.ascontiguousarray(rows).data.cast("B"))
+        except OSError as error:
+            raise self.error(error) from None
+
+    def commit(self) -> None:
+        assert self.file is not None
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.chmod(self.temporary, mode_for_replacing(self.target))
+            os.replace(self.temporary, self.target)
+        except OSError as error:
+            self.discard()
+            raise self.error(error) from None
+
+    def discard(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+        Path(self.temporary).unlink(missing_ok=True)
+
+    def error(self, error: OSError) -> OutputError:
+        return OutputError(f"{self.option} {self.target}: could not be written: {error.strerror or error}")
+
+
+class WeightsFile(_WeightsWriter):
+    """--weights-to: a .npy or .safetensors file of the weights alone, written row block by row
+    block (`write_rows`), in place of the target only at `commit`; `discard` leaves nothing."""
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        metadata: Mapping[str, Any],
+    ) -> None:
+        path = Path(target)
+        suffix = path.suffix.lower()
+        if suffix not in WEIGHTS_FORMATS:
+            shown = f"suffix '{suffix}'" if suffix else "no suffix"
+            raise UsageError(
+                f"weights file {path}: {shown} is not supported; use {', '.join(WEIGHTS_FORMATS)}"
+            )
+        header = (
+            npy_header_bytes(shape, dtype)
+            if suffix == ".npy"
+            else safetensors_header({"weights": (dtype, shape)}, metadata)
+        )
+        super().__init__(path, shape, dtype, header, option="weights file")
+
+
+class ResultFile:
+    """`attn compute -o` for a computation in blocks: the weights go into the file block by block
+    as they are computed, the output, statistics and metadata once they are known (`commit`); the
+    file replaces the target only when complete, and `discard` leaves nothing behind.
+
+    .safetensors: room is left for the header before the weights, and the header is written last,
+    its JSON padded with spaces (as the format allows); should it not fit, the file is written again
+    behind a header that does. .npz: the weights go to a temporary .npy file, copied into the
+    archive as its member `weights.npy`, the others written as `np.savez` writes them. Memory stays
+    that of one block either way. (JSON is not written so: the weights as text would be larger
+    still than the 4 bytes a weight takes in these files.)
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        metadata: Mapping[str, Any],
+    ) -> None:
+        """`shape` and `dtype` of the weights; `metadata`: the settings known before the run."""
+        self.target = Path(target)
+        self.suffix = self.target.suffix.lower()
+        if self.suffix not in RESULT_FORMATS:
+            raise UsageError(
+                f"--output {self.target}: a blocked computation writes the weights block by block to "
+                f"{' or '.join(RESULT_FORMATS)}, not as JSON text; use one of those, or drop "
+                "--stream/--weights-to, or raise --memory-limit"
+            )
+        self.entry = (dtype, shape)
+        if self.suffix == ".safetensors":
+            guess = len(safetensors_header({"weights": self.entry}, metadata))
+            self.room = 2 * guess + 4096  # header JSON bytes: settings, sources, statistics' names
+            self.room += -self.room % 8
+            header = bytes(8 + self.room)
+        else:
+            header = npy_header_bytes(shape, dtype)
+        self.weights = _WeightsWriter(self.target, shape, dtype, header, option="--output")
+
+    def __enter__(self) -> ResultFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.discard()  # after commit, nothing is left to remove; before it, nothing is left behind
+
+    def write_rows(self, start: int, weights: np.ndarray) -> None:
+        self.weights.write_rows(start, weights)
+
+    def commit(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+        """Add `arrays` (all but the weights) and `metadata` to the weights, then replace the target."""
+        if "weights" in arrays:
+            raise ValueError("the weights are in the file already")
+        try:
+            if self.suffix == ".safetensors":
+                self._commit_safetensors(arrays, metadata)
+            else:
+                self._commit_npz(arrays, metadata)
+        except OSError as error:
+            self.discard()
+            raise self.weights.error(error) from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        self.weights.discard()
+
+    def _commit_safetensors(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+        file = self.weights.file
+        assert file is not None
+        rest = {
+            name: np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+            for name, array in arrays.items()
+        }
+        header = safetensors_header(
+            {"weights": self.entry, **{name: (a.dtype, a.shape) for name, a in rest.items()}}, metadata
+        )
+        file.seek(self.weights.data_start + self.weights.data_bytes)
+        for array in rest.values():
+            if array.size:
+                file.write(array.data.cast("B"))
+        text = header[8:]
+        if len(text) <= self.room:
+            file.seek(0)
+            file.write(self.room.to_bytes(8, "little") + text + b" " * (self.room - len(text)))
+            self.weights.commit()
+            return
+        # A header longer than the room left for it: the data again, behind it, in a second file.
+        file.flush()
+        file.seek(self.weights.data_start)
+
+        def write(out: BinaryIO) -> None:
+            out.write(header)
+            shutil.copyfileobj(file, out, _COPY_BYTES)
+
+        self._replace_with(write)
+
+    def _commit_npz(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+        file = self.weights.file
+        assert file is not None
+        file.flush()
+        members = {**arrays, META_KEY: np.array(json.dumps(dict(metadata)))}
+
+        def write(out: BinaryIO) -> None:
+            # Stored, not compressed, as np.savez writes; ZIP64 past 4 GiB.
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.write(self.weights.temporary, "weights.npy")
+                for name, array in members.items():
+                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+        self._replace_with(write)
+
+    def _replace_with(self, write: Callable[[BinaryIO], object]) -> None:
+        """Write a second temporary file beside the target, rename it over the target, and remove
+        the first."""
+        descriptor, temporary = tempfile.mkstemp(
+            dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".partial"
+        )
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, mode_for_replacing(self.target))
+            os.replace(temporary, self.target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        self.weights.discard()
+
+
+def npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    buffer = _Bytes()
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # a header over 64 KiB: never for a shape, but version 2.0 takes it
+        buffer = _Bytes()
+        np.lib.format.write_array_header_2_0(buffer, header)
+    return bytes(buffer.data)
+
+
+class _Bytes:
+    """The one method NumPy's header writers call."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self.data += chunk

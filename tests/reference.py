@@ -1,6 +1,6 @@
 """An independent float64 NumPy reference for attention, written from the formula alone.
 
-It shares no code with attncli.core: its own broadcasting, head splitting, grouping, masking and
+It shares no code with attncli.compute: its own broadcasting, head splitting, grouping, masking and
 softmax (with the row maximum subtracted), so the tests compare two implementations, not one.
 """
 

@@ -27,7 +27,8 @@ from attncli.analysis import (
     stats_arrays,
     top_k,
 )
-from attncli.core import attend_rows_with_scores, attention, blocked_keys, masked_positions
+from attncli.compute import attention, blocked_keys, masked_positions, prepare
+from attncli.compute.blocks import blocks
 
 PROPERTY = settings(
     max_examples=80,
@@ -348,9 +349,10 @@ def test_entropy_from_shifted_scores_matches_numpy(dtype, case):
     if "mask" in case:
         mask = torch.from_numpy(rng.random((2, 1, 300, 300)) < 0.7)
         mask[0, 0, 5] = False  # a row with every key masked
-    weights, _, _, scores = attend_rows_with_scores(
-        query, key, value, 0.35, mask, causal, 1, (2, 6, 300, 300), first_row=0
-    )
+    problem = prepare(query, key, value, scale=0.35, mask=mask, causal=causal, dtype=dtype)
+    (block,) = blocks(problem, 300, keep_scores=True)  # one block of every row
+    weights, scores = block.weights, block.scores
+    assert scores is not None
     blocked = blocked_keys(mask, causal, 300, 300, device=torch.device("cpu"))
     blocked_np = None if blocked is None else blocked.numpy()
     stats = row_stats(weights, blocked, shifted_scores=scores)
@@ -388,7 +390,7 @@ def test_ties_made_by_rounding_to_half_precision():
 
 
 # ---------------------------------------------------------------------------------------------------
-# with attncli.core
+# with attncli.compute
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

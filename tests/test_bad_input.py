@@ -572,7 +572,7 @@ def test_out_of_memory_is_status_3(tmp_path, monkeypatch):
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
 
-    monkeypatch.setattr("attncli.core.attend_rows", exhausted)
+    monkeypatch.setattr("attncli.compute.blocks._block", exhausted)
     refuse(tmp_path, path, words=["out of memory", "weights of shape (3, 3)"], status=3, existing=True)
 
 

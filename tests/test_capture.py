@@ -26,7 +26,7 @@ pytest.importorskip("transformers", reason="needs the models extra: pip install 
 
 from attncli import capture
 from attncli.cli import app
-from attncli.core import attention
+from attncli.compute import attention
 
 runner = CliRunner()
 TEXTS = ["the cat sat on the mat", "a dog ran"]

@@ -10,10 +10,9 @@ import torch
 from reference import reference_attention
 from typer.testing import CliRunner
 
-from attncli import check as check_module
 from attncli.check import TOLERANCES, check, compare, float64_reference
 from attncli.cli import app
-from attncli.core import attend, prepare
+from attncli.compute import attend, prepare
 
 runner = CliRunner()
 RNG = np.random.default_rng(11)
@@ -112,12 +111,12 @@ def test_cli_check_passes_and_reports(samples):
 
 
 def test_cli_check_fails_with_status_1_when_the_kernel_disagrees(samples, monkeypatch, tmp_path):
-    real = check_module.F.scaled_dot_product_attention
+    real = torch.nn.functional.scaled_dot_product_attention
 
     def off_by_a_little(*args, **kwargs):
         return real(*args, **kwargs) + 1e-3
 
-    monkeypatch.setattr(check_module.F, "scaled_dot_product_attention", off_by_a_little)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", off_by_a_little)
     target = tmp_path / "r.json"
     result = runner.invoke(
         app, ["compute", str(samples / "seed.npz"), "--check", "--format", "json", "-o", str(target)]

@@ -1,4 +1,4 @@
-"""Correctness of the attention core (attncli.core).
+"""Correctness of the attention core (attncli.compute).
 
 Expected values come from two independent sources only: the float64 NumPy reference in
 tests/reference.py and torch's fused `scaled_dot_product_attention` (SDPA). Shapes, indices and
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_attention
 
-from attncli.core import (
+from attncli.compute import (
     attention,
     check_scale,
     describe,

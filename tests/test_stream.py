@@ -1,6 +1,6 @@
-"""Blocked attention (attncli.stream) against the unblocked path (attncli.core.attend).
+"""Runs in blocks of query rows (attncli.compute.run) against the run of one block (`attend`).
 
-Every block runs `core.attend_rows` on a slice of the query rows,
+Every block runs the same maths on a slice of the query rows,
 so it reproduces bit for bit what `attend` gives on those rows alone: the output, masked rows,
 weights written to a file, statistics, top-k and pooled maxima are compared for exact equality
 with that. Against `attend` on all rows at once the scores can differ by a rounding step, because
@@ -28,20 +28,23 @@ from helpers import read_result
 from safetensors.numpy import load_file
 
 from attncli import analysis
-from attncli.core import attend, masked_positions, prepare, result_arrays
-from attncli.core import describe as core_describe
-from attncli.errors import InputError, UsageError
-from attncli.stream import (
+from attncli.compute import (
     BLOCK_OVERHEAD,
     MAX_BLOCK_BYTES,
-    ResultFile,
-    StreamResult,
+    AttentionResult,
+    attend,
     choose_block_rows,
     describe,
     full_weights_bytes,
-    fused_output,
-    stream_attention,
+    fused,
+    masked_positions,
+    prepare,
+    result_arrays,
+    run,
 )
+from attncli.compute.run import file_dtype
+from attncli.errors import InputError, UsageError
+from attncli.writers import ResultFile
 
 EXACT: dict[str, Any] = {"rtol": 0, "atol": 0, "equal_nan": True}
 
@@ -112,6 +115,12 @@ CASES = (
     "gqa_causal_mask",
     "mask_extra_axes_float16",
 )
+
+
+def _result_file(target: Path, problem: Any) -> ResultFile:
+    """-o of a run in blocks, as the command line opens it."""
+    shape = tuple(problem.weights_shape)
+    return ResultFile(target, shape, file_dtype(problem.query.dtype), problem.describe())
 
 
 def _problem(name: str) -> Any:
@@ -195,7 +204,7 @@ def test_stream_equals_attend(name: str, block_rows: int | None, tmp_path: Path)
     npy, safetensors = tmp_path / "w.npy", tmp_path / "w.safetensors"
     picture = (3, 4)
     seen: list[tuple[int, int]] = []
-    result = stream_attention(
+    result = run(
         problem,
         block_rows=rows,
         stats=True,
@@ -204,7 +213,7 @@ def test_stream_equals_attend(name: str, block_rows: int | None, tmp_path: Path)
         weights_to=npy,
         progress=lambda done, total: seen.append((done, total)),
     )
-    again = stream_attention(problem, block_rows=rows, weights_to=safetensors)
+    again = run(problem, block_rows=rows, weights_to=safetensors)
 
     # Bit for bit what attend gives on the same rows; within a rounding step of attend on all rows,
     # and bit for bit that too when one block holds every row (the same matrix products).
@@ -275,9 +284,7 @@ def test_fused_output_equals_attend(name: str, block_rows: int) -> None:
     problem = _problem(name)
     whole = attend(problem)
     seen: list[tuple[int, int]] = []
-    result = fused_output(
-        problem, block_rows=block_rows, progress=lambda done, total: seen.append((done, total))
-    )
+    result = fused(problem, block_rows=block_rows, progress=lambda done, total: seen.append((done, total)))
     assert result.method == "scaled_dot_product_attention"
     assert result.output.dtype == whole.output.dtype
     assert result.output.shape == whole.output.shape
@@ -294,20 +301,20 @@ def test_fused_output_equals_attend(name: str, block_rows: int) -> None:
     assert result.picture_max is None
     lq = whole.weights.shape[-2]
     assert seen[-1] == (lq, lq)
-    assert describe(result) == core_describe(whole)
+    assert describe(result) == describe(whole)
 
 
 def test_fused_output_without_rows_or_keys_falls_back() -> None:
     problem = prepare(torch.zeros(0, 4), torch.zeros(3, 4), torch.zeros(3, 2))
-    result = fused_output(problem, block_rows=2)
+    result = fused(problem, block_rows=2)
     assert result.method == "blocks"
     assert result.output.shape == (0, 2)
 
 
 def test_describe_matches_core() -> None:
     problem = _problem("gqa_causal_mask")
-    streamed = describe(stream_attention(problem, block_rows=4))
-    assert streamed == core_describe(attend(problem))
+    streamed = describe(run(problem, block_rows=4))
+    assert streamed == describe(attend(problem))
 
 
 def test_row_stats_row_offset() -> None:
@@ -334,7 +341,7 @@ def test_interrupted_write_leaves_no_file(suffix: str, tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        stream_attention(problem, block_rows=2, weights_to=target, progress=stop)
+        run(problem, block_rows=2, weights_to=target, progress=stop)
     assert os.listdir(tmp_path) == []
 
 
@@ -343,13 +350,13 @@ def test_replacing_a_file_is_atomic(tmp_path: Path) -> None:
     np.save(target, np.arange(3))
     problem = _problem("plain")
     with pytest.raises(RuntimeError):
-        stream_attention(problem, block_rows=1, weights_to=target, progress=_raise_runtime_error)
+        run(problem, block_rows=1, weights_to=target, progress=_raise_runtime_error)
     np.testing.assert_array_equal(np.load(target), np.arange(3))  # the old file, untouched
-    stream_attention(problem, block_rows=5, weights_to=target)  # one block: attend's products exactly
+    run(problem, block_rows=5, weights_to=target)  # one block: attend's products exactly
     np.testing.assert_array_equal(np.load(target), result_arrays(attend(problem))["weights"])
 
 
-def _output_array(result: StreamResult) -> np.ndarray:
+def _output_array(result: AttentionResult) -> np.ndarray:
     output = result.output
     return (output.float() if output.dtype == torch.bfloat16 else output).numpy()
 
@@ -364,8 +371,8 @@ def test_result_file_holds_the_blocks_weights_and_what_is_added(
     problem = _problem(name)
     expected_weights, _ = _attend_by_blocks(name, 2)
     target = tmp_path / f"result{suffix}"
-    with ResultFile(target, problem) as file:
-        result = stream_attention(problem, block_rows=2, stats=True, result_file=file)
+    with _result_file(target, problem) as file:
+        result = run(problem, block_rows=2, stats=True, result_file=file)
         arrays = {"output": _output_array(result), **analysis.stats_arrays(result.stats)}
         metadata = {**describe(result), "sources": {"query": "q.npy"}}
         file.commit(arrays, metadata)
@@ -384,8 +391,8 @@ def test_result_file_header_longer_than_its_room_is_written_again(tmp_path: Path
     problem = _problem("plain")
     target = tmp_path / "result.safetensors"
     long_text = "x" * 100_000  # far past the room left for the header
-    with ResultFile(target, problem) as file:
-        result = stream_attention(problem, block_rows=2, result_file=file)
+    with _result_file(target, problem) as file:
+        result = run(problem, block_rows=2, result_file=file)
         file.commit({"output": result.output.numpy()}, {"note": long_text})
     assert os.listdir(tmp_path) == [target.name]
     saved, metadata = read_result(target)
@@ -404,16 +411,16 @@ def test_result_file_interrupted_or_refused_leaves_the_old_file(suffix: str, tmp
         if done >= 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt), ResultFile(target, problem) as file:
-        stream_attention(problem, block_rows=2, result_file=file, progress=stop)
-    with ResultFile(target, problem) as file:
-        stream_attention(problem, block_rows=2, result_file=file)
+    with pytest.raises(KeyboardInterrupt), _result_file(target, problem) as file:
+        run(problem, block_rows=2, result_file=file, progress=stop)
+    with _result_file(target, problem) as file:
+        run(problem, block_rows=2, result_file=file)
         with pytest.raises(ValueError, match="already"):
             file.commit({"weights": np.zeros(1)}, {})
     assert os.listdir(tmp_path) == [target.name]
     assert target.read_bytes() == b"old"
     with pytest.raises(UsageError, match=r"\.safetensors or \.npz"):
-        ResultFile(tmp_path / "result.json", problem)
+        _result_file(tmp_path / "result.json", problem)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -424,7 +431,7 @@ def test_kept_table_holds_the_cells_and_figures_of_the_whole_weights(name: str) 
     weights = result_arrays(whole)["weights"].astype(np.float64)
     *lead, lq, lk = weights.shape
     rows, cols = sorted({0, lq // 2, lq - 1}), sorted({0, 1, lk - 1})
-    result = stream_attention(problem, block_rows=2, table=(rows, cols))
+    result = run(problem, block_rows=2, table=(rows, cols))
     table = result.table
     assert table is not None
     expected_weights, _ = _attend_by_blocks(name, 2)
@@ -452,7 +459,7 @@ def test_kept_table_holds_the_cells_and_figures_of_the_whole_weights(name: str) 
 
 def test_kept_table_refuses_rows_outside_the_weights() -> None:
     with pytest.raises(ValueError, match="must lie"):
-        stream_attention(_problem("plain"), block_rows=2, table=([0, 5], [0]))
+        run(_problem("plain"), block_rows=2, table=([0, 5], [0]))
 
 
 def _raise_runtime_error(done: int, total: int) -> None:
@@ -462,15 +469,15 @@ def _raise_runtime_error(done: int, total: int) -> None:
 def test_bad_arguments(tmp_path: Path) -> None:
     problem = _problem("plain")
     with pytest.raises(ValueError, match="block_rows"):
-        stream_attention(problem, block_rows=0)
+        run(problem, block_rows=0)
     with pytest.raises(ValueError, match="top_k"):
-        stream_attention(problem, block_rows=1, top_k=0)
+        run(problem, block_rows=1, top_k=0)
     with pytest.raises(ValueError, match="picture"):
-        stream_attention(problem, block_rows=1, picture=(0, 3))
+        run(problem, block_rows=1, picture=(0, 3))
     with pytest.raises(UsageError, match=r"suffix '\.npz'"):
-        stream_attention(problem, block_rows=1, weights_to=tmp_path / "w.npz")
+        run(problem, block_rows=1, weights_to=tmp_path / "w.npz")
     with pytest.raises(UsageError, match="does not exist"):
-        stream_attention(problem, block_rows=1, weights_to=tmp_path / "missing" / "w.npy")
+        run(problem, block_rows=1, weights_to=tmp_path / "missing" / "w.npy")
 
 
 def test_block_sizing() -> None:
@@ -490,9 +497,7 @@ def test_empty_query() -> None:
     one_row = prepare(torch.zeros(1, 4), torch.zeros(3, 4), torch.zeros(3, 2))
     problem = dataclasses.replace(one_row, query=one_row.query[:0], weights_shape=(0, 3))
     seen: list[tuple[int, int]] = []
-    result = stream_attention(
-        problem, block_rows=4, stats=True, top_k=2, picture=(2, 2), progress=_append(seen)
-    )
+    result = run(problem, block_rows=4, stats=True, top_k=2, picture=(2, 2), progress=_append(seen))
     assert result.output.shape == (0, 2)
     assert seen == [(0, 0)]
     assert result.picture_max is not None
@@ -507,18 +512,18 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import torch
-    from attncli.core import prepare
-    from attncli.stream import choose_block_rows, full_weights_bytes, stream_attention
+    from attncli.compute import prepare
+    from attncli.compute import choose_block_rows, full_weights_bytes, run
 
     n, d = 8192, 64
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(n, d, generator=g) for _ in range(3))
     problem = prepare(q, k, v)
     warm = prepare(q[:64], k[:64], v[:64])
-    stream_attention(warm, block_rows=16, stats=True, picture=(40, 80))  # load the kernels first
+    run(warm, block_rows=16, stats=True, picture=(40, 80))  # load the kernels first
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     block_rows = choose_block_rows(problem, 64 << 20)
-    result = stream_attention(problem, block_rows=block_rows, stats=True, picture=(40, 80))
+    result = run(problem, block_rows=block_rows, stats=True, picture=(40, 80))
     growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     error = (result.output - reference).abs().max().item()
@@ -550,11 +555,80 @@ def test_overflowing_scores_are_refused() -> None:
     with pytest.raises(InputError, match="overflow"):
         attend(problem)
     with pytest.raises(InputError, match="overflow"):
-        stream_attention(problem, block_rows=2)
+        run(problem, block_rows=2)
 
 
 def test_result_is_frozen() -> None:
-    result = stream_attention(_problem("plain"), block_rows=2)
-    assert isinstance(result, StreamResult)
+    result = run(_problem("plain"), block_rows=2)
+    assert isinstance(result, AttentionResult)
     with pytest.raises(AttributeError):
         result.scale = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_one_block_of_every_row_is_the_whole_run_bit_for_bit(name: str, tmp_path: Path) -> None:
+    """`attend` is the run of one block: the same run with the weights sent to a file instead of
+    kept gives every tensor, the statistics' entropy included, bit for bit."""
+    problem = _problem(name)
+    whole = attend(problem, stats=True, top_k=3)
+    lq = problem.weights_shape[-2]
+    target = tmp_path / "w.npy"
+    blocked = run(problem, block_rows=max(lq, 1), stats=True, top_k=3, weights_to=target)
+    assert whole.weights is not None
+    assert blocked.weights is None
+    np.testing.assert_array_equal(np.load(target), result_arrays(whole)["weights"], strict=True)
+    assert torch.equal(blocked.output, whole.output)
+    assert whole.stats is not None
+    assert blocked.stats is not None
+    for field in ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance"):
+        torch.testing.assert_close(getattr(blocked.stats, field), getattr(whole.stats, field), **EXACT)
+    assert whole.top_k is not None
+    assert blocked.top_k is not None
+    torch.testing.assert_close(blocked.top_k[0], whole.top_k[0], **EXACT)
+    assert torch.equal(blocked.top_k[1], whole.top_k[1])
+
+
+#: How far a run in blocks of any size may be from the float64 computation: the rounding of the
+#: products and softmax in the compute dtype, then of the result dtype.
+FROM_FLOAT64 = {
+    torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+    torch.float32: {"rtol": 1e-5, "atol": 2e-6},
+    torch.float16: {"rtol": 2e-3, "atol": 1e-3},
+    torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2},
+}
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64])
+@pytest.mark.parametrize("name", CASES)
+def test_any_block_size_agrees_with_float64_and_the_whole_run(name: str, block_rows: int) -> None:
+    """Blocks of 1, 7 and 64 rows: the weights and output within FROM_FLOAT64 of a float64
+    computation that shares no code with attncli (tests/reference.py), and the statistics within
+    CLOSE of the whole run's (one matrix product per block: BLAS picks its kernel by rows)."""
+    from reference import reference_attention
+
+    case = _case(name)
+    query, key, value = case["qkv"]
+    problem = _problem(name)
+    whole = attend(problem, stats=True)
+    result = run(problem, block_rows=block_rows, stats=True, keep_weights=True)
+    mask = case.get("mask")
+    weights64, output64 = reference_attention(
+        query.double().numpy(),
+        key.double().numpy(),
+        value.double().numpy(),
+        scale=problem.scale,
+        mask=None if mask is None else mask.double().numpy() if mask.is_floating_point() else mask.numpy(),
+        causal=case.get("causal", False),
+        heads=case.get("heads"),
+    )
+    assert result.weights is not None
+    bound = FROM_FLOAT64[problem.query.dtype]
+    np.testing.assert_allclose(result_arrays(result)["weights"], weights64, **bound)
+    np.testing.assert_allclose(result_arrays(result)["output"], output64, **bound)
+    assert whole.stats is not None
+    assert result.stats is not None
+    summed = CLOSE[torch.float64 if problem.query.dtype == torch.float64 else torch.float32]
+    for field in ("entropy", "entropy_normalised", "max_weight", "sink", "distance"):
+        torch.testing.assert_close(
+            getattr(result.stats, field), getattr(whole.stats, field), **summed, equal_nan=True
+        )

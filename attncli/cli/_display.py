@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
     from attncli.analysis import RowStats
     from attncli.check import Comparison
-    from attncli.core import AttentionResult, Prepared
+    from attncli.compute import AttentionResult, Prepared
+    from attncli.compute.plan import Plan
     from attncli.view import ViewOptions
+    from attncli.writers import ResultFile
 
 
 class OutputFormat(str, Enum):
@@ -217,6 +219,90 @@ def check_exports(display: Display) -> None:
         )
 
 
+def compute_and_finish(
+    problem: Prepared,
+    plan: Plan,
+    sources: dict[str, str],
+    mask_label: str | None,
+    target: os.PathLike[str] | None,
+    weights_target: os.PathLike[str] | None,
+    display: Display,
+    *,
+    check: bool = False,
+) -> list[Comparison]:
+    """Run `problem` as planned, keeping what is shown or saved, then `finish`. A run in blocks keeps
+    the output, the statistics and top-k, a pooled picture or a table's cells per matrix, and the
+    weights only into -o (.safetensors, .npz) and --weights-to, block by block. Returns the
+    comparisons of --check."""
+    from attncli.compute import attend, fused, run
+
+    if plan.method == "whole":
+        result = attend(problem, stats=display.stats, top_k=display.top_k)
+        comparisons = []
+        if check:
+            from attncli.check import check as check_against_references
+
+            comparisons = check_against_references(problem, result)
+        finish(result, sources, mask_label, target, display, comparisons=comparisons)
+        return comparisons
+
+    from attncli.writers import ResultFile
+
+    picture, table = _kept_views(problem, display)
+    assert plan.block_rows is not None
+    lq = problem.weights_shape[-2]
+    result_file = None
+    if target is not None:  # -o holds the weights too: block by block, the rest once computed
+        from attncli.compute.run import file_dtype
+
+        shape = tuple(problem.weights_shape)
+        result_file = ResultFile(target, shape, file_dtype(problem.query.dtype), problem.describe())
+    with result_file or nullcontext(), _progress(lq, enabled=not display.quiet) as advance:
+        if plan.method == "fused":
+            result = fused(problem, block_rows=plan.block_rows, progress=advance)
+        else:
+            result = run(
+                problem,
+                block_rows=plan.block_rows,
+                stats=display.stats or table is not None,  # a table's title gives the mean entropy
+                top_k=display.top_k,
+                picture=picture,
+                table=table,
+                weights_to=weights_target,
+                result_file=result_file,
+                progress=advance,
+            )
+        finish(
+            result,
+            sources,
+            mask_label,
+            target,
+            display,
+            result_file=result_file,
+            extra_meta={"weights_saved_to": weights_target and str(weights_target)},
+        )
+    return []
+
+
+def _kept_views(
+    problem: Prepared, display: Display
+) -> tuple[tuple[int, int] | None, tuple[list[int], list[int]] | None]:
+    """What a run in blocks keeps for the view: (rows, cols) of a pooled picture per matrix, or the
+    rows and columns of each matrix a table shows; (None, None) when nothing is shown."""
+    screen = _screen(display)
+    if screen is None:
+        return None, None
+    lq, lk = problem.weights_shape[-2:]
+    if display.view is View.table:
+        from attncli import render
+
+        layout = _view_options(display, screen, "table", {"batch": None, "head": None}, ())
+        return None, render.table_window((lq, lk), layout)
+    # sized to the terminal: one cell per character, two rows per line in colour
+    gutter = len(str(max(lq - 1, 0))) + 1
+    return (screen.lines * (2 if screen.colour else 1), max(screen.console.width - gutter, 1)), None
+
+
 def finish(
     result: AttentionResult,
     sources: dict[str, str],
@@ -226,23 +312,26 @@ def finish(
     console: Console | None = None,
     comparisons: Sequence[Comparison] = (),
     extra_meta: Mapping[str, Any] | None = None,
+    result_file: ResultFile | None = None,
 ) -> None:
-    """Check the display choices against the result, warn, save, then show and export."""
-    from attncli import analysis
-    from attncli.core import describe, masked_positions, result_arrays
+    """Check the display choices against the result, warn, save (into `result_file`, which holds the
+    weights already, when the run wrote them there block by block), then show and export."""
+    from attncli.compute import describe, masked_positions, result_arrays
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
+    if result.weights is None:  # computed in blocks: say how
+        meta |= {"computed_by": result.method, "block_rows": result.block_rows}
     meta |= extra_meta or {}
     if comparisons:
         meta["check"] = [comparison.as_dict() for comparison in comparisons]
     axes = meta["weights_axes"][:-2]
-    chosen = _chosen_matrices(display, axes, tuple(result.weights.shape))
+    chosen = _chosen_matrices(display, axes, tuple(result.weights_shape))
     _warn_masked_rows(result.fully_masked_rows())
     arrays = result_arrays(result)
-    blocked = masked_positions(result)
-    stats = analysis.row_stats(result.weights, blocked) if display.stats else None
-    top = analysis.top_k(result.weights, display.top_k, blocked) if display.top_k else None
-    arrays |= _analysis_arrays(stats, top, meta)
+    arrays |= _analysis_arrays(result.stats if display.stats else None, result.top_k, meta)
+    if result_file is not None:
+        result_file.commit(arrays, meta)  # before printing, as _save_and_print does
+        target = None
     _save_and_print(arrays, meta, target, display)
     screen = _screen(display, console)
     if screen is None:
@@ -250,103 +339,22 @@ def finish(
 
     from attncli import render
 
-    options = _view_options(display, screen, display.view.value, chosen, axes)
-    view = render.result_view(arrays["weights"], arrays["output"], meta, options, blocked, arrays)
-    screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
+    if result.weights is not None:
+        blocked = masked_positions(result)
+        options = _view_options(display, screen, display.view.value, chosen, axes)
+        view = render.result_view(arrays["weights"], arrays["output"], meta, options, blocked, arrays)
+        screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
+    else:
+        kind = "heatmap" if result.table is None else "table"
+        options = _view_options(display, screen, kind, chosen, axes)
+        pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
+        entropy = None if result.stats is None else result.stats.entropy.detach().cpu().double().numpy()
+        view = render.stream_view(
+            pictures, result.picture_blocks, arrays["output"], meta, options, arrays, result.table, entropy
+        )
+        screen.console.print(view)
     if comparisons:
         screen.console.print(render.check_table(comparisons))
-    _export(screen, display)
-
-
-def finish_streamed(
-    problem: Prepared,
-    memory_limit: int,
-    sources: dict[str, str],
-    mask_label: str | None,
-    target: os.PathLike[str] | None,
-    weights_target: os.PathLike[str] | None,
-    display: Display,
-) -> None:
-    """Compute in blocks of query rows (attncli.stream), keeping what is shown or saved: the output,
-    the statistics and top-k, a pooled picture per matrix, and the weights only into -o (.safetensors,
-    .npz) and --weights-to, block by block."""
-    import torch
-
-    from attncli import stream as blocked
-
-    screen = _screen(display)
-    lq, lk = problem.weights_shape[-2:]
-    picture = table = None
-    if screen is not None and display.view is View.table:
-        from attncli import render
-
-        # The rows and columns the table shows, and no more, kept from each block.
-        if display.full:
-            raise UsageError(
-                "--full shows every weight, which a blocked computation does not keep; "
-                "use --view heatmap, or drop --stream/--weights-to, or raise --memory-limit"
-            )
-        layout = _view_options(display, screen, "table", {"batch": None, "head": None}, ())
-        table = render.table_window((lq, lk), layout)
-    elif screen is not None:  # sized to the terminal: one cell per character, two rows per line in colour
-        gutter = len(str(max(lq - 1, 0))) + 1
-        picture = (screen.lines * (2 if screen.colour else 1), max(screen.console.width - gutter, 1))
-    block_rows = blocked.choose_block_rows(problem, memory_limit)
-    # Nothing made of the weights is shown or kept: the fused kernel gives the output fastest.
-    output_only = (
-        screen is None
-        and not display.stats
-        and not display.top_k
-        and weights_target is None
-        and target is None
-    )
-    # -o holds the weights too: they go into it block by block, the rest once computed.
-    result_file = None if target is None else blocked.ResultFile(target, problem)
-    with result_file or nullcontext():
-        with _progress(lq, enabled=not display.quiet) as advance:
-            if output_only:
-                result = blocked.fused_output(problem, block_rows=block_rows, progress=advance)
-            else:
-                result = blocked.stream_attention(
-                    problem,
-                    block_rows=block_rows,
-                    stats=display.stats or table is not None,  # a table's title gives the mean entropy
-                    top_k=display.top_k,
-                    picture=picture,
-                    table=table,
-                    weights_to=weights_target,
-                    result_file=result_file,
-                    progress=advance,
-                )
-        meta = {
-            **blocked.describe(result),
-            "computed_by": result.method,
-            "sources": sources,
-            "mask": mask_label,
-            "attncli_version": __version__,
-        }
-        meta |= {"block_rows": result.block_rows, "weights_saved_to": weights_target and str(weights_target)}
-        axes = meta["weights_axes"][:-2]
-        chosen = _chosen_matrices(display, axes, tuple(result.weights_shape))
-        _warn_masked_rows(result.fully_masked_rows())
-        output = result.output.detach().cpu()
-        arrays = {"output": (output.float() if output.dtype is torch.bfloat16 else output).numpy()}
-        arrays |= _analysis_arrays(result.stats if display.stats else None, result.top_k, meta)
-        if result_file is not None:
-            result_file.commit(arrays, meta)  # before printing, as _save_and_print does
-    _save_and_print(arrays, meta, None, display)
-    if screen is None:
-        return
-
-    from attncli import render
-
-    options = _view_options(display, screen, "heatmap" if table is None else "table", chosen, axes)
-    pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
-    entropy = None if result.stats is None else result.stats.entropy.detach().cpu().double().numpy()
-    view = render.stream_view(
-        pictures, result.picture_blocks, arrays["output"], meta, options, arrays, result.table, entropy
-    )
-    screen.console.print(view)
     _export(screen, display)
 
 

@@ -37,8 +37,7 @@ from attncli.cli._display import (
     ViewOption,
     check_exports,
     check_matrix_choice,
-    finish,
-    finish_streamed,
+    compute_and_finish,
     with_token_labels,
 )
 from attncli.errors import ExitCode, UsageError
@@ -250,8 +249,13 @@ def compute(
         weights_target = writers.check_output_path(
             weights_to, force=force, option="--weights-to", suffixes=(".npy", ".safetensors")
         )
-    limit = _memory_limit(memory_limit)
-    from attncli.core import attend, prepare, resolve_device
+    from attncli.compute import plan as planning
+
+    try:
+        limit = planning.memory_limit(memory_limit)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--memory-limit") from None
+    from attncli.compute import prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
     inputs = loaders.load_attention_inputs(specs, stdin, layer=layer)
@@ -284,67 +288,33 @@ def compute(
         names=names,
     )
     check_matrix_choice(display, problem)
-    from attncli import stream as blocked
-
-    # Nothing asks for the weights whole (JSON, a --full table, --check): past a size where
-    # memory starts to matter, the blocked path gives all that is shown, in a fraction of the memory.
     shown = not quiet and output_format is OutputFormat.table
     # A table shows a few rows and columns, kept block by block; --full shows every weight.
     full_table = full and view is View.table and (shown or bool(export_svg or export_html))
     # -o writes the weights block by block to .safetensors and .npz; JSON holds them as text.
-    text_file = target is not None and target.suffix.lower() not in blocked.RESULT_FORMATS
-    wants_full = check or text_file or output_format is OutputFormat.json or full_table
-    size = blocked.full_weights_bytes(problem)
-    if stream or weights_target is not None or size > limit or (size > STREAM_ABOVE and not wants_full):
-        if check:
-            raise UsageError(
-                "--check compares the full weights, which a blocked computation does not keep; "
-                "drop --stream/--weights-to or raise --memory-limit"
-            )
-        finish_streamed(problem, limit, inputs.sources, mask_label, target, weights_target, display)
-        return
-    result = attend(problem)
-    comparisons = []
-    if check:
-        from attncli.check import check as check_against_references
-
-        comparisons = check_against_references(problem, result)
-    finish(result, inputs.sources, mask_label, target, display, comparisons=comparisons)
+    text_file = target is not None and target.suffix.lower() not in writers.RESULT_FORMATS
+    request = planning.Request(
+        memory_limit=limit,
+        blocks=stream or weights_target is not None,
+        needs_weights=check or text_file or output_format is OutputFormat.json or full_table,
+        check=check,
+        full_table=full_table,
+        output_only=not (shown or export_svg or export_html)
+        and not stats
+        and not top_k
+        and weights_target is None
+        and target is None,
+        stats=stats,
+    )
+    comparisons = compute_and_finish(
+        problem,
+        planning.plan(problem, request),
+        inputs.sources,
+        mask_label,
+        target,
+        weights_target,
+        display,
+        check=check,
+    )
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
-
-
-#: Full weights larger than this are computed in blocks when nothing needs them whole.
-STREAM_ABOVE = 256 << 20
-
-
-def _memory_limit(text: str | None) -> int:
-    """--memory-limit in bytes: '2GiB', '500MB', '1e9'; by default half the memory available now."""
-    if text is None:
-        return _available_memory() // 2
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-    number = text.strip().lower()
-    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz ")
-    unit = number[len(digits) :].strip()
-    try:
-        value = float(digits) * units[unit]
-    except (KeyError, ValueError):
-        raise typer.BadParameter(
-            f"{text!r} is not a size; use e.g. 2GiB, 500MB or 1e9", param_hint="--memory-limit"
-        ) from None
-    if not math.isfinite(value) or value < 1:
-        raise typer.BadParameter(f"{text!r} must be a positive size", param_hint="--memory-limit")
-    return int(value)
-
-
-def _available_memory() -> int:
-    """MemAvailable from /proc/meminfo (Linux); 4 GiB where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2**30

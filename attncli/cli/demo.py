@@ -13,7 +13,7 @@ def demo(precision: PrecisionOption = 4, no_color: NoColorOption = False) -> Non
     from rich.syntax import Syntax
 
     from attncli import demo as seed
-    from attncli.core import attention
+    from attncli.compute import attention
 
     console = make_console(no_color)
     query, key, value = seed.sample_tensors()

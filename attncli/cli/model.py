@@ -149,20 +149,15 @@ def model_command(
         display.query_labels, inputs.query.shape[-2], "--labels-file" if labels_file else "--labels", "query"
     )
 
-    from attncli.core import attend, prepare
+    from attncli.compute import attend, prepare
 
     names = {**inputs.sources, "mask": inputs.mask_source or "mask"}
     problem = prepare(
         inputs.query, inputs.key, inputs.value, scale=inputs.scale, mask=inputs.mask, names=names
     )
-    result = attend(problem)
-    difference = capture.max_abs_difference(result.weights, captured.probabilities[layer], result.masked_rows)
-    agreement = {
-        "max_abs_diff": difference,
-        "tolerance": capture.TOLERANCE,
-        "passed": difference <= capture.TOLERANCE,
-        "reference": capture.REFERENCE,
-    }
+    result = attend(problem, stats=display.stats, top_k=display.top_k)
+    assert result.weights is not None
+    agreement = capture.agreement(result.weights, captured.probabilities[layer], result.masked_rows)
     comparisons = []
     if check:
         from attncli.check import check as check_against_references

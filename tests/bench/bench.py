@@ -37,7 +37,7 @@ HALF_DTYPES = ("float16", "bfloat16")
 
 START_TARGET = 1.25  # attn --help / --version vs a minimal Typer app's --help
 SMALL_JOB_TARGET = 1.25  # attn compute seed.npz vs python -c "import torch"
-TIME_TARGET = 1.5  # attncli.core.attention vs scaled_dot_product_attention
+TIME_TARGET = 1.5  # attncli.compute.attention vs scaled_dot_product_attention
 MEMORY_TARGET = 1.15  # memory added by the call vs bytes of inputs + weights + output
 HALF_TARGET = 2.0  # float16/bfloat16 vs float32, both attncli
 LONG_CASES = ((1, 32768), (8, 8192))  # (heads, positions), 64 features, float32
@@ -93,13 +93,13 @@ sys.stderr.write("\\nIMPORT-CHECK " + json.dumps({"code": code, "heavy": heavy})
 """
 
 # Run as `python -c MEMORY_CASE DEVICE SHAPE_JSON DTYPE` in a fresh process: the memory one
-# attncli.core.attention call adds on top of its inputs. On the CPU: /proc/self/status, with the
+# attncli.compute.attention call adds on top of its inputs. On the CPU: /proc/self/status, with the
 # peak (VmHWM) reset to the current RSS after the inputs exist (writing 5 to /proc/self/clear_refs);
 # on CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats. Prints one JSON line.
 MEMORY_CASE = """\
 import gc, json, sys
 import torch
-from attncli.core import attention
+from attncli.compute import attention
 
 def status(field):
     with open("/proc/self/status") as lines:
@@ -177,8 +177,7 @@ LONG_IN_PROCESS = (
 import json, sys, time
 import torch
 from safetensors.torch import load_file
-from attncli.core import prepare
-from attncli.stream import MAX_BLOCK_BYTES, choose_block_rows, stream_attention
+from attncli.compute import MAX_BLOCK_BYTES, choose_block_rows, prepare, run
 tensors = load_file(sys.argv[1])
 query, key, value = tensors["query"], tensors["key"], tensors["value"]
 problem = prepare(query, key, value)
@@ -189,7 +188,7 @@ def products():
         torch.matmul(torch.matmul(query[..., start:start + rows, :], key.transpose(-2, -1)), value)
 
 def blocked():
-    stream_attention(problem, block_rows=rows, stats=True, picture=(64, 160))
+    run(problem, block_rows=rows, stats=True, picture=(64, 160))
 
 samples = {"attncli": [], "products": []}
 for round_ in range(int(sys.argv[2])):
@@ -440,7 +439,7 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from attncli.stream import MAX_BLOCK_BYTES
+    from attncli.compute import MAX_BLOCK_BYTES
 
     rows: list[Row] = []
     for heads, positions in LONG_CASES:
@@ -508,11 +507,11 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
 
 
 def bench_weights_time(device: str, repeats: int, warmup: int, budget_s: float) -> list[Row]:
-    """attncli.core.attention vs scaled_dot_product_attention on the same tensors, in this process."""
+    """attncli.compute.attention vs scaled_dot_product_attention on the same tensors, in this process."""
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from attncli.core import attention
+    from attncli.compute import attention
 
     cuda = device.startswith("cuda")
 

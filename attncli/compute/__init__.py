@@ -1,0 +1,60 @@
+"""Computing attention: prepare a problem, run it as blocks of query rows, feed the blocks to sinks.
+
+`attention(query, key, value, ...)` is the whole computation (one block of every row, keeping the
+weights); `run` computes in blocks of any size, keeping what its caller asks for; `fused` gives the
+output alone by `scaled_dot_product_attention`. See docs/design.md for the flow.
+"""
+
+from attncli.compute.prepare import (
+    DTYPES,
+    HALF_DTYPES,
+    Prepared,
+    TensorLike,
+    blocked_keys,
+    broadcast_shapes,
+    causal_hidden,
+    check_scale,
+    prepare,
+    resolve_device,
+    resolve_dtype,
+    settings,
+)
+from attncli.compute.result import AttentionResult, KeptTable, describe, masked_positions, result_arrays
+from attncli.compute.run import (
+    BLOCK_OVERHEAD,
+    MAX_BLOCK_BYTES,
+    attend,
+    attention,
+    choose_block_rows,
+    full_weights_bytes,
+    fused,
+    run,
+)
+
+__all__ = [
+    "BLOCK_OVERHEAD",
+    "DTYPES",
+    "HALF_DTYPES",
+    "MAX_BLOCK_BYTES",
+    "AttentionResult",
+    "KeptTable",
+    "Prepared",
+    "TensorLike",
+    "attend",
+    "attention",
+    "blocked_keys",
+    "broadcast_shapes",
+    "causal_hidden",
+    "check_scale",
+    "choose_block_rows",
+    "describe",
+    "full_weights_bytes",
+    "fused",
+    "masked_positions",
+    "prepare",
+    "resolve_device",
+    "resolve_dtype",
+    "result_arrays",
+    "run",
+    "settings",
+]

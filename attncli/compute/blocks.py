@@ -1,0 +1,142 @@
+"""The maths, one block of query rows at a time: `weights = softmax(query @ key^T * scale + mask)`,
+`output = weights @ value`.
+
+Computed by hand in torch, because the fused `scaled_dot_product_attention` returns no weights; the
+tests hold this against it and against a float64 reference. A whole computation is the one block that
+holds every query row. No I/O, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from attncli.compute.prepare import Prepared, blocked_keys, causal_hidden
+from attncli.errors import InputError
+
+
+@dataclass(frozen=True)
+class Block:
+    """Query rows [start, stop) of every matrix, computed.
+
+    `weights` (..., n, W) and `output` (..., n, Dv, heads apart) are in the result dtype. W is Lk,
+    or under causal the keys up to the block's last row (the weights of the keys after them are 0).
+    `masked_rows` (..., n) marks rows with every key masked (None without a mask); `blocked` is
+    bool (True = masked), broadcastable to the weights, None when nothing is masked. `scores`, when
+    asked for: each row less its largest score, in the compute dtype (float32 for half inputs): <= 0,
+    exactly 0 at the largest, the dtype's lowest finite number at masked keys (where the weights are
+    0), 0 across a fully masked row; log(weights) is these less log(sum of exp).
+    """
+
+    start: int
+    stop: int
+    weights: torch.Tensor
+    output: torch.Tensor
+    masked_rows: torch.Tensor | None
+    blocked: torch.Tensor | None
+    scores: torch.Tensor | None = None
+
+
+def blocks(problem: Prepared, block_rows: int, *, keep_scores: bool = False) -> Iterator[Block]:
+    """The blocks of `block_rows` query rows of `problem`, in order (one empty block when Lq is 0)."""
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+        raise ValueError(f"block_rows must be a positive whole number, not {block_rows}")
+    query, key, value = problem.compute_inputs()
+    *_, lq, _ = problem.weights_shape
+    mask = problem.mask
+    # The mask's query axis, when it has one longer than 1, is cut to the block's rows.
+    mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
+    for start in range(0, max(lq, 1), block_rows):
+        stop = min(start + block_rows, lq)
+        block_mask = mask[..., start:stop, :] if mask is not None and mask_rows else mask
+        yield _block(problem, query[..., start:stop, :], key, value, block_mask, start, keep_scores)
+
+
+def _block(
+    p: Prepared,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    first_row: int,
+    keep_scores: bool,
+) -> Block:
+    """Rows first_row.. of the weights: `q` (..., n, D) in the compute dtype, as `k` and `v`; `mask`
+    cut to the block's rows where it has a query axis. One (n x W) buffer, updated in place, and a
+    second one for the scores when they are kept."""
+    n, all_keys = q.shape[-2], k.shape[-2]
+    weights_shape = (*p.weights_shape[:-2], n, all_keys)
+    if p.causal and first_row + n < all_keys:
+        # Query rows first_row.. see no key past the last of them: those columns get no work.
+        seen = first_row + n
+        k, v = k[..., :seen, :], v[..., :seen, :]
+        if mask is not None and mask.ndim and mask.shape[-1] > 1:
+            mask = mask[..., :seen]
+        weights_shape = (*weights_shape[:-1], seen)
+    if p.group > 1:
+        # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
+        q = q.reshape(*q.shape[:-3], k.shape[-3], p.group, *q.shape[-2:])  # (..., Hkv, G, n, D)
+        k = k.unsqueeze(-3)  # (..., Hkv, 1, W, D)
+        v = v.unsqueeze(-3)  # (..., Hkv, 1, W, Dv)
+    # Scaling the query (n x D numbers) costs less than scaling the scores (n x W).
+    scores = torch.matmul(q * p.scale, k.transpose(-2, -1))  # (..., n, D) @ (..., D, W) -> (..., n, W)
+    if p.may_overflow and not bool(torch.isfinite(scores).all()):
+        wider = "" if scores.dtype == torch.float64 else ", or use --dtype float64"
+        raise InputError(
+            f"query . key scores overflow {str(scores.dtype).removeprefix('torch.')} with these inputs "
+            f"(finite, but too large): scale them down or pass a smaller --scale{wider}"
+        )
+    if p.group > 1:
+        scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, W) -> (..., Hq, n, W)
+    if tuple(scores.shape) != weights_shape:
+        scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes than the inputs
+
+    width = weights_shape[-1]
+    blocked = blocked_keys(mask, p.causal, n, width, first_row, device=scores.device)
+    masked_rows = None
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, -math.inf)
+        else:
+            scores.add_(mask.to(scores.dtype))
+    if p.causal:
+        # Keys up to first_row are seen by every row: only those after it can lie past the diagonal.
+        edge = min(first_row + 1, width)
+        if edge < width:
+            hidden = causal_hidden(n, width - edge, first_row - edge, scores.device)
+            scores[..., edge:].masked_fill_(hidden, -math.inf)
+    if mask is not None:
+        # A row with every key masked has no softmax; it gets zero weights instead of NaN.
+        masked_rows = scores.amax(dim=-1) == -math.inf  # (..., n)
+        scores.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
+    if keep_scores:
+        if width:
+            scores.sub_(scores.amax(dim=-1, keepdim=True))  # what softmax subtracts first
+        weights = torch.softmax(scores, dim=-1)  # (..., n, W): a second buffer
+        if mask is not None or p.causal:
+            # -inf at masked keys -> the lowest finite number: their weight 0 times it is then 0
+            scores.clamp_min_(torch.finfo(scores.dtype).min)
+    else:
+        weights = torch.softmax(scores, dim=-1, out=scores)  # in place: no second buffer
+    if masked_rows is not None:
+        weights.masked_fill_(masked_rows.unsqueeze(-1), 0.0)
+
+    if p.group > 1:
+        # (..., Hkv, G, n, W) @ (..., Hkv, 1, W, Dv) -> (..., Hkv, G, n, Dv) -> (..., Hq, n, Dv)
+        grouped = weights.reshape(*weights.shape[:-3], k.shape[-4], p.group, *weights.shape[-2:])
+        output = torch.matmul(grouped, v).flatten(-4, -3)
+    else:
+        output = torch.matmul(weights, v)  # (..., n, W) @ (..., W, Dv) -> (..., n, Dv)
+    result_dtype = p.query.dtype
+    return Block(
+        start=first_row,
+        stop=first_row + n,
+        weights=weights.to(result_dtype),
+        output=output.to(result_dtype),
+        masked_rows=masked_rows,
+        blocked=blocked,
+        scores=scores if keep_scores else None,
+    )

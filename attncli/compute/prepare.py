@@ -1,0 +1,377 @@
+"""A problem, prepared: query, key, value and mask checked, converted and laid out for the maths.
+
+Shapes, heads, grouped-query attention, masks, scale, dtype and device are settled here, once, before
+anything is computed; every way of computing (`attncli.compute.run`) starts from a `Prepared`.
+No I/O, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from attncli.errors import InputError, ShapeError, UsageError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # computed in float32, rounded at the end
+_ROLES = ("query", "key", "value")
+
+TensorLike = torch.Tensor | np.ndarray
+
+
+def check_scale(scale: float) -> float:
+    """`scale` as a float, or ValueError when it is not a finite, non-zero number."""
+    value = float(scale)
+    if not math.isfinite(value) or value == 0.0:
+        raise ValueError(f"must be a finite, non-zero number, not {scale}")
+    return value
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N` or `auto` (CUDA when there is one) -> a device that exists here."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = spec.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index_text = text.partition(":")[2]
+        if index_text and not index_text.isdigit():
+            raise UsageError(f"device '{spec}' is not one of cpu, cuda, cuda:N, auto")
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UsageError(f"device '{spec}' is not available: {why}; use --device cpu")
+        count = torch.cuda.device_count()
+        if index_text and int(index_text) >= count:
+            raise UsageError(f"device '{spec}' does not exist: this machine has {count} CUDA device(s)")
+        return torch.device(text)
+    raise UsageError(f"device '{spec}' is not one of cpu, cuda, cuda:N, auto")
+
+
+def resolve_dtype(spec: str | torch.dtype | None, *inputs: TensorLike) -> torch.dtype:
+    """`auto` keeps float64 when an input is float64, else float32; otherwise the named dtype."""
+    if isinstance(spec, torch.dtype):
+        if spec not in DTYPES.values():
+            raise UsageError(f"dtype {spec} is not one of {', '.join(DTYPES)}")
+        return spec
+    if spec is None or spec == "auto":
+        wide = any(x.dtype in (np.float64, torch.float64) for x in inputs)
+        return torch.float64 if wide else torch.float32
+    if spec not in DTYPES:
+        raise UsageError(f"dtype '{spec}' is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs checked and laid out for the maths: heads split, on the device, in the compute dtype."""
+
+    query: torch.Tensor  # (..., Lq, D), with a heads axis before Lq when there are heads
+    key: torch.Tensor  # (..., Lk, D)
+    value: torch.Tensor  # (..., Lk, Dv)
+    scale: float
+    mask: torch.Tensor | None
+    causal: bool
+    heads: int | None  # the feature axis was split into this many heads
+    group: int  # query heads per key/value head
+    weights_shape: tuple[int, ...]
+    input_shapes: Mapping[str, tuple[int, ...]]
+    may_overflow: bool = False  # the inputs are large enough that a score might overflow its dtype
+
+    def merge_heads(self, output: torch.Tensor) -> torch.Tensor:
+        """Undo the --heads split on an output: (..., H, Lq, Dv/H) -> (..., Lq, H, Dv/H) -> (..., Lq, Dv)."""
+        return output if self.heads is None else output.transpose(-3, -2).flatten(-2)
+
+    def split_heads(self, output: torch.Tensor) -> torch.Tensor:
+        """The inverse of `merge_heads`: (..., Lq, Dv) -> (..., H, Lq, Dv/H)."""
+        if self.heads is None:
+            return output
+        return output.reshape(*output.shape[:-1], self.heads, -1).transpose(-3, -2)
+
+    def compute_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value in the dtype the arithmetic runs in: float32 for half-precision
+        inputs (fused kernels accumulate in float32 too, a float16 q @ k^T overflows long before
+        float32 does, and CPUs without half-precision instructions multiply float32 faster), else
+        their own. Results are rounded back to the inputs' dtype."""
+        if self.query.dtype in HALF_DTYPES:
+            return self.query.float(), self.key.float(), self.value.float()
+        return self.query, self.key, self.value
+
+    def describe(self) -> dict[str, Any]:
+        """`settings` of this computation, known before it runs (its weights' axes among them)."""
+        return settings(
+            self.scale,
+            self.causal,
+            self.heads,
+            self.group,
+            self.query.dtype,
+            self.query.device,
+            self.input_shapes,
+            self.weights_shape,
+        )
+
+
+def prepare(
+    query: TensorLike,
+    key: TensorLike,
+    value: TensorLike,
+    *,
+    scale: float | None = None,
+    mask: TensorLike | None = None,
+    causal: bool = False,
+    heads: int | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+    names: Mapping[str, str] | None = None,
+) -> Prepared:
+    """Check, convert and lay out the inputs of `attention` (same arguments); raise on any mismatch."""
+    label = {role: role for role in (*_ROLES, "mask")} | dict(names or {})
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, query, key, value)
+    q, k, v = (
+        _as_tensor(x, target_dtype, target_device, role)
+        for x, role in zip((query, key, value), _ROLES, strict=True)
+    )
+    for given, converted, role in zip((query, key, value), (q, k, v), _ROLES, strict=True):
+        _check_range(given, converted, role, label[role])
+    input_shapes = {role: tuple(t.shape) for role, t in zip(_ROLES, (q, k, v), strict=True)}
+    # Messages show each input as it was given: "k.npy (5, 8)".
+    shown = {role: f"{label[role]} {_shape_text(input_shapes[role])}" for role in _ROLES}
+    q, k, v = (t.unsqueeze(0) if t.ndim == 1 else t for t in (q, k, v))  # a vector is one position
+    _check_pair(q, k, "query", "key", -1, "features", shown)
+    _check_pair(k, v, "key", "value", -2, "positions", shown)
+
+    if heads is not None:
+        q, k, v = (_split_heads(t, heads, role, shown) for t, role in zip((q, k, v), _ROLES, strict=True))
+    group = _query_heads_per_key_head(q, k, v, shown)
+    _check_batch_axes(q, k, v, group, shown)
+    # The weights take the batch axes of query and key only; value's broadcast in the last product.
+    cut = -3 if group > 1 else -2
+    batch_shape = broadcast_shapes(q.shape[:cut], k.shape[:cut])
+    heads_axis = (q.shape[-3],) if group > 1 else ()
+    weights_shape = (*batch_shape, *heads_axis, q.shape[-2], k.shape[-2])
+
+    mask_tensor = None
+    if mask is not None:
+        mask_tensor = _as_mask(mask, target_device)
+        broadcast = _broadcast_or_none(weights_shape, tuple(mask_tensor.shape))
+        # The mask may add batch axes, never stretch the (query, key) axes it applies to.
+        if broadcast is None or broadcast[-2:] != weights_shape[-2:]:
+            raise ShapeError(
+                f"the mask does not broadcast to the weights' shape: {label['mask']} "
+                f"{_shape_text(tuple(mask_tensor.shape))}, weights {_shape_text(weights_shape)}"
+            )
+        weights_shape = broadcast
+
+    if scale is None:
+        scale = 1.0 / math.sqrt(k.shape[-1])
+    else:
+        try:
+            scale = check_scale(scale)
+        except ValueError as error:
+            raise UsageError(f"scale {error}") from None
+    # |q . k| * scale <= |q| |k| |scale|: when even that bound fits the scores' dtype, no score can
+    # overflow and the N x N check is skipped.
+    score_dtype = torch.float32 if target_dtype in HALF_DTYPES else target_dtype
+    bound = 0.0
+    if q.numel() and k.numel():
+        # Norms accumulated in the scores' dtype, without a wider copy of query and key: one that
+        # overflows gives an infinite bound, and the scores are then checked instead.
+        q_norm = torch.linalg.vector_norm(q, dim=-1, dtype=score_dtype).max()
+        k_norm = torch.linalg.vector_norm(k, dim=-1, dtype=score_dtype).max()
+        bound = float(q_norm) * float(k_norm) * abs(scale)
+    may_overflow = not bound < torch.finfo(score_dtype).max / 2
+    return Prepared(
+        q, k, v, scale, mask_tensor, causal, heads, group, weights_shape, input_shapes, may_overflow
+    )
+
+
+def _as_tensor(x: TensorLike, dtype: torch.dtype, device: torch.device, role: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "iuf":
+            raise UsageError(f"{role} holds {x.dtype}; query, key and value must be real numbers")
+        wanted = np.float64 if dtype == torch.float64 else np.float32
+        # astype also makes the array native-endian and writable, which torch.from_numpy needs.
+        if x.dtype != wanted or not x.flags.writeable or any(stride < 0 for stride in x.strides):
+            with np.errstate(over="ignore"):  # _check_range names the input that overflowed
+                x = x.astype(wanted)  # a copy: torch.from_numpy takes no negative strides
+        return torch.from_numpy(x).to(device=device, dtype=dtype)
+    if isinstance(x, torch.Tensor):
+        if x.dtype == torch.bool or x.is_complex():
+            raise UsageError(f"{role} holds {x.dtype}; query, key and value must be real numbers")
+        return x.to(device=device, dtype=dtype)
+    raise TypeError(f"{role} must be a torch.Tensor or numpy.ndarray, not {type(x).__name__}")
+
+
+def _check_range(given: TensorLike, converted: torch.Tensor, role: str, label: str) -> None:
+    """Refuse finite values that became infinite in the compute dtype (70000 in float16)."""
+    if not converted.is_floating_point() or _fits(given.dtype, converted.dtype):
+        return  # every value of the given dtype is finite in the compute dtype: nothing to scan
+    if bool(torch.isinf(converted).any()):
+        finite_before = (
+            bool(np.isfinite(given).all())
+            if isinstance(given, np.ndarray)
+            else (bool(torch.isfinite(given).all()) if given.is_floating_point() else True)
+        )
+        if finite_before:
+            largest = torch.finfo(converted.dtype).max
+            raise InputError(
+                f"{label}: {role} has values that overflow {str(converted.dtype).removeprefix('torch.')} "
+                f"(beyond ±{largest:.6g}); use a wider --dtype"
+            )
+
+
+def _fits(given: np.dtype[Any] | torch.dtype, compute: torch.dtype) -> bool:
+    """Whether every finite value of `given` (a NumPy or torch dtype) stays finite in `compute`."""
+    if isinstance(given, torch.dtype):
+        if not given.is_floating_point:
+            return given == torch.bool
+        largest = torch.finfo(given).max
+    else:
+        if given.kind != "f":
+            return given.kind == "b"
+        largest = float(np.finfo(given).max)
+    return largest <= torch.finfo(compute).max
+
+
+def _as_mask(mask: TensorLike, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(mask)) if isinstance(mask, np.ndarray) else mask
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or numpy.ndarray, not {type(mask).__name__}")
+    if tensor.dtype != torch.bool and not tensor.is_floating_point():
+        raise UsageError(f"the mask holds {tensor.dtype}; use booleans (True = may attend) or floats")
+    return tensor.to(device)
+
+
+def _check_pair(
+    a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, axis: int, what: str, shown: Mapping[str, str]
+) -> None:
+    if a.shape[axis] != b.shape[axis]:
+        raise ShapeError(
+            f"{name_a} has {a.shape[axis]} {what} but {name_b} has {b.shape[axis]}: "
+            f"{shown[name_a]}, {shown[name_b]}"
+        )
+
+
+def _split_heads(x: torch.Tensor, heads: int, role: str, shown: Mapping[str, str]) -> torch.Tensor:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise UsageError(f"heads must be a positive whole number, not {heads}")
+    features = x.shape[-1]
+    if features % heads:
+        raise ShapeError(f"{heads} heads do not divide the {features} features of {role}: {shown[role]}")
+    # (..., L, D) -> (..., L, H, D/H) -> (..., H, L, D/H)
+    return x.reshape(*x.shape[:-1], heads, features // heads).transpose(-3, -2)
+
+
+def _query_heads_per_key_head(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shown: Mapping[str, str]
+) -> int:
+    """How many query heads share each key/value head: 1 unless 4-D inputs have different head counts."""
+    if q.ndim < 4 or k.ndim < 4 or v.ndim < 4:
+        return 1
+    query_heads, key_heads, value_heads = q.shape[-3], k.shape[-3], v.shape[-3]
+    if key_heads != value_heads:
+        raise ShapeError(
+            f"key has {key_heads} heads but value has {value_heads}: {shown['key']}, {shown['value']}"
+        )
+    if query_heads == key_heads:
+        return 1
+    if query_heads % key_heads:
+        raise ShapeError(
+            f"query has {query_heads} heads and key/value {key_heads}; grouped-query attention needs "
+            f"query heads to be a multiple of key/value heads: {shown['query']}, {shown['key']}"
+        )
+    return query_heads // key_heads  # one key/value head for all: multi-query attention
+
+
+def _check_batch_axes(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, shown: Mapping[str, str]
+) -> None:
+    """The leading axes (the heads axis aside when heads are grouped) must broadcast together."""
+    cut = -3 if group > 1 else -2
+    try:
+        broadcast_shapes(q.shape[:cut], k.shape[:cut], v.shape[:cut])
+    except ValueError:
+        raise ShapeError("the batch axes do not broadcast: " + ", ".join(shown.values())) from None
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    # NumPy's, not torch.broadcast_shapes: that one imports sympy on first use (about 0.4 s).
+    return tuple(int(n) for n in np.broadcast_shapes(*shapes))
+
+
+def _broadcast_or_none(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    try:
+        return broadcast_shapes(*shapes)
+    except ValueError:
+        return None
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def memory_message(shape: tuple[int, ...], dtype: torch.dtype, error: BaseException) -> str:
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return f"out of memory computing weights of shape {shape} ({size / 2**30:.2f} GiB): {str(error)[:120]}"
+
+
+def settings(
+    scale: float,
+    causal: bool,
+    heads: int | None,
+    group: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    weights_shape: tuple[int, ...],
+) -> dict[str, Any]:
+    """What a computation was, as JSON-able values: known before it runs (the blocked path's
+    weights file carries them too). The weights' leading axes are named: the last is 'head' when
+    there are heads, the rest 'batch'."""
+    leading = len(weights_shape) - 2
+    names = ["batch"] * leading
+    if (heads is not None or len(input_shapes["query"]) >= 4) and leading:
+        names[-1] = "head"
+    return {
+        "scale": scale,
+        "causal": causal,
+        "heads": heads,
+        "query_heads_per_key_head": group,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "input_shapes": {role: list(shape) for role, shape in input_shapes.items()},
+        "weights_shape": list(weights_shape),
+        "weights_axes": [*names, "query", "key"],
+    }
+
+
+def blocked_keys(
+    mask: torch.Tensor | None, causal: bool, rows: int, keys: int, first_row: int = 0, *, device: torch.device
+) -> torch.Tensor | None:
+    """Masked keys as bool (True = masked), broadcastable to weights (..., rows, keys) whose first row
+    is query `first_row`: the mask's False or -inf entries, and the causal triangle. None if none."""
+    blocked = causal_hidden(rows, keys, first_row, device) if causal else None
+    if mask is not None:
+        from_mask = ~mask if mask.dtype == torch.bool else mask == -math.inf
+        blocked = from_mask if blocked is None else blocked | from_mask
+    return blocked
+
+
+def causal_hidden(rows: int, keys: int, first_row: int, device: torch.device) -> torch.Tensor:
+    """(rows, keys) bool: True where key j lies after query first_row + i (what causal hides).
+    The one causal triangle of the computation: blocks, the fused kernel's masks and the views."""
+    return torch.ones(rows, keys, dtype=torch.bool, device=device).triu_(first_row + 1)
