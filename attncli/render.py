@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich import box
+from rich.cells import cell_len
 from rich.color import Color
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.padding import Padding
+from rich.segment import Segment
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -364,12 +368,14 @@ def _weights_table(
 ) -> Group:
     """A weight table: the fixed 0..1 scale, each row's largest weight (`row_max(row)`) in bold."""
 
-    def style(row: int, value: float) -> Style:
-        return _style(SEQUENTIAL, _level(value), bold=value == row_max(row) and value > 0)
+    def shade(values: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        largest = np.array([row_max(i) for i in rows], dtype=np.float64).reshape(-1, 1)
+        return _levels(values), (values == largest) & (values > 0)
 
     return _matrix_table(
         matrix,
-        style,
+        SEQUENTIAL,
+        shade,
         options,
         title,
         corner="q\\k",
@@ -386,10 +392,13 @@ def output_table(
     """One (Lq, Dv) output matrix; colour from -limit (blue) through 0 (grey) to +limit (red)."""
     options = options or ViewOptions()
 
-    def style(row: int, value: float) -> Style:
-        return _style(DIVERGING, _level(0.5 + 0.5 * value / limit) if limit > 0 else LEVELS // 2, bold=False)
+    def shade(values: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        levels = _levels(0.5 + 0.5 * values / limit) if limit > 0 else np.full(values.shape, LEVELS // 2)
+        return levels, np.zeros(values.shape, dtype=bool)
 
-    return _matrix_table(matrix, style, options, title, corner="q\\f", row_labels=options.query_labels)
+    return _matrix_table(
+        matrix, DIVERGING, shade, options, title, corner="q\\f", row_labels=options.query_labels
+    )
 
 
 def stats_table(stats: Mapping[str, np.ndarray], options: ViewOptions) -> Table:
@@ -571,9 +580,15 @@ def _title(name: str, index: tuple[int, ...], axes: Sequence[str]) -> str:
     return f"{name}{where}" + (f" ({named})" if named else "")
 
 
+# The colour level (0..LEVELS-1) and boldness of each cell shown, from their values (float64,
+# shown rows x shown columns) and the indices of their rows.
+Shade = Callable[[np.ndarray, Sequence[int]], tuple[np.ndarray, np.ndarray]]
+
+
 def _matrix_table(
     matrix: np.ndarray,
-    style: Callable[[int, float], Style],
+    anchors: tuple[tuple[int, int, int], ...],
+    shade: Shade,
     options: ViewOptions,
     title: str,
     corner: str,
@@ -582,8 +597,9 @@ def _matrix_table(
     blocked: np.ndarray | None = None,
     window: tuple[tuple[int, int], list[int], list[int]] | None = None,
 ) -> Group:
-    """A matrix as a table, cropped to what fits. With `window` = (shape, rows, cols), `matrix` (and
-    `blocked`) hold only those rows and columns of a matrix of that shape: the ones shown."""
+    """A matrix as a table, cropped to what fits (all of it with --full, as wide as its columns).
+    With `window` = (shape, rows, cols), `matrix` (and `blocked`) hold only those rows and columns
+    of a matrix of that shape: the ones shown."""
     precision = options.precision
     if window is None:
         shape = matrix.shape
@@ -599,39 +615,202 @@ def _matrix_table(
     shown_row_list = [i for i in row_indices if i is not None]
     shown_col_list = [j for j in col_indices if j is not None]
     if window is None:
-        row_position = {i: n for n, i in enumerate(shown_row_list)}
-        col_position = {j: n for n, j in enumerate(shown_col_list)}
         values = matrix[np.ix_(shown_row_list, shown_col_list)]
         shown_blocked = None if blocked is None else blocked[np.ix_(shown_row_list, shown_col_list)]
     else:
         if (shown_row_list, shown_col_list) != (window[1], window[2]):
             raise ValueError("the kept cells are not the ones this table shows")
-        row_position = {i: n for n, i in enumerate(window[1])}
-        col_position = {j: n for n, j in enumerate(window[2])}
         values, shown_blocked = matrix, blocked
+    values = np.asarray(values, dtype=np.float64).reshape(len(shown_row_list), len(shown_col_list))
+    levels, bold = shade(values, shown_row_list)
     texts = _formatted(values, precision)
+    shown_blocked = None if shown_blocked is None else np.asarray(shown_blocked, dtype=bool)
+    lengths = np.char.str_len(texts)
+    if shown_blocked is not None:
+        lengths = np.where(shown_blocked, cell_len(MASKED), lengths)
     if (len(shown_row_list), len(shown_col_list)) != (rows, cols):
         title += f"  (showing {len(shown_row_list)} rows × {len(shown_col_list)} columns)"
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
-    table.add_column(corner, justify="right", style="dim", no_wrap=True)
-    for j in col_indices:
-        table.add_column(_ELLIPSIS if j is None else col_names[j], justify="right", no_wrap=True)
-    for i in row_indices:
-        if i is None:
-            table.add_row(_ELLIPSIS, *(_ELLIPSIS for _ in col_indices))
-            continue
-        cells: list[RenderableType] = [row_names[i]]
-        for j in col_indices:
-            if j is None:
-                cells.append(_ELLIPSIS)
+    cells = _MatrixCells(
+        corner,
+        [_ELLIPSIS if j is None else col_names[j] for j in col_indices],
+        [_ELLIPSIS if i is None else row_names[i] for i in row_indices],
+        _positions(row_indices),
+        _positions(col_indices),
+        texts.tolist(),
+        (levels * 2 + bold).tolist(),
+        None if shown_blocked is None else shown_blocked.tolist(),
+        (lengths.max(axis=0) if len(shown_row_list) else np.zeros(len(shown_col_list), int)).tolist(),
+        anchors,
+    )
+    return Group(Text(title, style="bold"), cells if options.full else cells.table())
+
+
+def _positions(indices: Sequence[int | None]) -> list[int | None]:
+    """For each index shown (None: the ellipsis), its position among those that are not None."""
+    positions: list[int | None] = []
+    count = 0
+    for index in indices:
+        positions.append(None if index is None else count)
+        count += index is not None
+    return positions
+
+
+class _MatrixCells:
+    """The cells of a matrix table. `table()` is the Rich table of them; drawn itself, it is that
+    table with every column as wide as its widest cell, whatever the console's width (--full prints
+    it uncropped), made segment by segment in time proportional to the cells.
+
+    `headers` and `labels` name the columns and rows shown (an ellipsis among them, maybe);
+    `col_positions` and `row_positions` place them in the lists of rows `texts`, `looks` (2 x colour
+    level + bold) and `blocked`, or are None for the ellipsis. `widest`: each shown column's widest
+    cell, in characters."""
+
+    def __init__(
+        self,
+        corner: str,
+        headers: list[str],
+        labels: list[str],
+        row_positions: list[int | None],
+        col_positions: list[int | None],
+        texts: list[list[str]],
+        looks: list[list[int]],
+        blocked: list[list[bool]] | None,
+        widest: list[int],
+        anchors: tuple[tuple[int, int, int], ...],
+    ) -> None:
+        self.corner, self.headers, self.labels = corner, headers, labels
+        self.row_positions, self.col_positions = row_positions, col_positions
+        self.texts, self.looks, self.blocked, self.widest = texts, looks, blocked, widest
+        self.anchors = anchors
+
+    def _style(self, look: int) -> Style:
+        return _style(self.anchors, look // 2, bold=bool(look % 2))
+
+    def table(self) -> Table:
+        table = Table(
+            box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True
+        )
+        table.add_column(self.corner, justify="right", style="dim", no_wrap=True)
+        for heading in self.headers:
+            table.add_column(heading, justify="right", no_wrap=True)
+        for label, r in zip(self.labels, self.row_positions, strict=True):
+            if r is None:
+                table.add_row(_ELLIPSIS, *(_ELLIPSIS for _ in self.col_positions))
                 continue
-            r, c = row_position[i], col_position[j]
-            if shown_blocked is not None and shown_blocked[r, c]:
-                cells.append(Text(MASKED, style="dim"))
-            else:
-                cells.append(Text(texts[r, c], style=style(i, float(values[r, c]))))
-        table.add_row(*cells)
-    return Group(Text(title, style="bold"), table)
+            cells: list[RenderableType] = [label]
+            for c in self.col_positions:
+                if c is None:
+                    cells.append(_ELLIPSIS)
+                elif self.blocked is not None and self.blocked[r][c]:
+                    cells.append(Text(MASKED, style="dim"))
+                else:
+                    cells.append(Text(self.texts[r][c], style=self._style(self.looks[r][c])))
+            table.add_row(*cells)
+        return table
+
+    def _pads(self) -> list[int]:
+        """Each column's padding, on its right: Rich's collapsed padding, none at the edges."""
+        return [1] * len(self.headers) + [0]
+
+    def _widths(self, console: Console, options: ConsoleOptions) -> list[int]:
+        """Each column's width with its padding, as Rich's table measures it given room enough."""
+        measure = options.update_width(1 << 30)
+        pads = self._pads()
+
+        def width(renderable: RenderableType, column: int) -> int:
+            return Measurement.get(console, measure, Padding(renderable, (0, pads[column], 0, 0))).maximum
+
+        ellipsis_row = None in self.row_positions
+        widths = [max(width(name, 0) for name in [self.corner, *self.labels])]
+        for n, (heading, c) in enumerate(zip(self.headers, self.col_positions, strict=True), 1):
+            widest = width(heading, n)
+            if c is None or ellipsis_row:
+                widest = max(widest, width(_ELLIPSIS, n))
+            if c is not None:
+                widest = max(widest, self.widest[c] + pads[n])
+            widths.append(widest or 1)
+        return widths
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        width = sum(self._widths(console, options)) + len(self.headers)
+        return Measurement(width, width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # Rich's Table, for this table's box, padding and styles; but each number is one segment, its
+        # text right-justified in the column's style, not a cell laid out by Rich.
+        widths = self._widths(console, options)
+        pads = self._pads()
+        options = options.update(width=sum(widths) + len(self.headers), highlight=False, height=None)
+        lines_box = box.SIMPLE_HEAD.substitute(options, safe=console.safe_box)
+        border = console.get_style("none") + console.get_style("")
+        header_style = console.get_style("table.header") + console.get_style("")
+        label_style, value_style = console.get_style("dim"), console.get_style("")
+        column_options = [
+            options.update(
+                width=w, justify="right", no_wrap=True, overflow="ellipsis", height=None, highlight=False
+            )
+            for w in widths
+        ]
+
+        def divider(character: str) -> Segment:
+            if character.strip():
+                return Segment(character, border)
+            return Segment(character, Style.null().background_style + border)
+
+        def cell(renderable: RenderableType, column: int, style: Style) -> list[Segment]:
+            padded = Padding(renderable, (0, pads[column], 0, 0))
+            (line,) = console.render_lines(padded, column_options[column], style=style)
+            return line
+
+        new_line = Segment.line()
+        heading = divider(lines_box.head_vertical)
+        for n, name in enumerate([self.corner, *self.headers]):
+            if n:
+                yield heading
+            yield from cell(name, n, header_style)
+        yield new_line
+        yield Segment(lines_box.get_row(widths, "head", edge=False), border)
+        yield new_line
+
+        marks: dict[tuple[bool, int], list[Segment]] = {}
+
+        def mark(masked: bool, column: int) -> list[Segment]:
+            """The segments of a masked cell or an ellipsis in `column`."""
+            if (masked, column) not in marks:
+                renderable = Text(MASKED, style="dim") if masked else _ELLIPSIS
+                marks[masked, column] = cell(renderable, column, value_style)
+            return marks[masked, column]
+
+        pad = [Segment(" " * n, console.get_style("none")) if n else None for n in pads]
+        styles: dict[int, Style] = {}
+        middle, foot = divider(lines_box.mid_vertical), divider(lines_box.foot_vertical)
+        columns = [(n, c, widths[n] - pads[n], pad[n]) for n, c in enumerate(self.col_positions, 1)]
+        for number, (label, r) in enumerate(zip(self.labels, self.row_positions, strict=True), 1):
+            between = foot if number == len(self.labels) else middle
+            yield from cell(label, 0, label_style)
+            if r is None:
+                for n, _, _, _ in columns:
+                    yield between
+                    yield from mark(False, n)
+                yield new_line
+                continue
+            texts, looks = self.texts[r], self.looks[r]
+            blocked = None if self.blocked is None else self.blocked[r]
+            for n, c, width, padding in columns:
+                yield between
+                if c is None:
+                    yield from mark(False, n)
+                elif blocked is not None and blocked[c]:
+                    yield from mark(True, n)
+                else:
+                    look = looks[c]
+                    style = styles.get(look)
+                    if style is None:
+                        style = styles[look] = self._style(look)
+                    yield Segment(texts[c].rjust(width), style)
+                    if padding is not None:
+                        yield padding
+            yield new_line
 
 
 def _weight_cell_width(precision: int) -> int:
@@ -678,8 +857,10 @@ def _formatted(matrix: np.ndarray, precision: int) -> np.ndarray:
     return np.asarray(formatted, dtype=str)
 
 
-def _level(t: float) -> int:
-    return min(LEVELS - 1, max(0, round(t * (LEVELS - 1))))
+def _levels(t: np.ndarray) -> np.ndarray:
+    """The colour level of each position `t` on the 0..1 scale (NaN at its bottom)."""
+    scaled = np.nan_to_num(np.asarray(t, dtype=np.float64) * (LEVELS - 1), nan=0.0)
+    return np.clip(np.rint(scaled), 0, LEVELS - 1).astype(np.int64)
 
 
 def _style(anchors: tuple[tuple[int, int, int], ...], level: int, bold: bool) -> Style:

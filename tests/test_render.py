@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import reference_attention
-from rich.console import Console
+from rich.console import Console, Group
+from rich.style import Style
+from rich.text import Text
 
 from attncli.render import output_table, result_view, visible_indices, weight_table
 from attncli.view import ViewOptions
 
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # UPDATE_GOLDEN=1 pytest tests/test_render.py rewrites them
+# ATTNCLI_UPDATE_GOLDEN=1 pytest tests/test_render.py writes the golden files anew, on purpose; without
+# it a golden file that is missing fails its test.
+UPDATE = os.environ.get("ATTNCLI_UPDATE_GOLDEN") == "1"
 
 
 def render(renderable, width: int = 80, colour: bool = False) -> str:
@@ -32,8 +36,9 @@ def render(renderable, width: int = 80, colour: bool = False) -> str:
 
 def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if UPDATE or not path.exists():
+    if UPDATE:
         path.write_text(text)
+    assert path.exists(), f"{path} is missing: ATTNCLI_UPDATE_GOLDEN=1 writes it"
     assert text == path.read_text()
 
 
@@ -206,3 +211,52 @@ def test_full_and_max_cols():
     assert len(full.splitlines()) == 1 + 2 + 40
     narrow = render(weight_table(weights, options=ViewOptions(max_cols=5), title="w"), width=200)
     assert "(showing 31 rows × 4 columns)" in narrow  # and an ellipsis row and column
+
+
+def _full_tables():
+    """--full tables of weights (masked cells, labels of all widths) and of outputs."""
+    rng = np.random.default_rng(11)
+    weights = rng.dirichlet(np.ones(60), size=30)
+    weights[:, 7] = 0.0
+    blocked = rng.random((30, 60)) < 0.2
+    blocked[:, -1] = True  # a column of masked cells only: as narrow as its label
+    labels = [f"tok{i}" if i % 7 else "猫" * (i % 5 + 1) for i in range(60)]
+    options = ViewOptions(full=True, width=80, query_labels=labels[:30], key_labels=labels, precision=3)
+    output = rng.standard_normal((30, 9)) * 10.0 ** rng.integers(-3, 3, size=(30, 9))
+    return [
+        weight_table(weights, options=options, title="w", blocked=blocked),
+        output_table(output, float(np.abs(output).max()), options=options, title="o"),
+    ]
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_full_table_is_as_wide_as_its_columns_on_any_console(colour):
+    """--full on a narrow console: Rich's table of the same cells drawn where it fits, uncropped."""
+    for group in _full_tables():
+        title, cells = group.renderables
+        texts = []
+        for width, picture in ((80, group), (100_000, Group(title, cells.table()))):
+            console = Console(
+                file=io.StringIO(),
+                width=width,
+                force_terminal=colour,
+                color_system="truecolor" if colour else None,
+            )
+            console.print(picture, crop=False, overflow="ignore")
+            texts.append(console.file.getvalue())
+        assert texts[0] == texts[1]
+        assert max(len(line) for line in Text.from_ansi(texts[0]).plain.splitlines()) > 80
+        assert "…" not in texts[0]
+
+
+@pytest.mark.parametrize("color_system", [None, "standard", "256", "truecolor", "ascii box"])
+def test_a_full_table_draws_the_segments_of_richs_table(color_system):
+    for group in _full_tables():
+        cells = group.renderables[1]
+        if color_system == "ascii box":  # a console that cannot print box characters
+            console = Console(file=io.TextIOWrapper(io.BytesIO(), encoding="ascii"), width=100_000)
+        else:
+            console = Console(file=io.StringIO(), width=100_000, color_system=color_system)
+        drawn = [(text, style or Style(), control) for text, style, control in console.render(cells)]
+        table = [(text, style or Style(), control) for text, style, control in console.render(cells.table())]
+        assert drawn == table
