@@ -1,14 +1,75 @@
 from __future__ import annotations
 
+import functools
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer.testing
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: slow tests are not kept apart there
+    fcntl = None
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py, importable as `reference`
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_inputs"
+
+# typer's CliRunner builds the Click command from the app on every invoke, which takes longer than
+# most of the tests' commands: build attn's once per test process, as `attn` does once per run.
+if hasattr(typer.testing, "_get_command"):
+    typer.testing._get_command = functools.cache(typer.testing._get_command)
+
+# --- parallel runs (pytest-xdist) ---------------------------------------------------------------
+# A run of folders (`pytest`, `make test`, `pytest tests`) runs in a process per CPU, up to 4, each
+# test file in one of them (--dist loadfile: a module's fixtures are made once, its tests run in
+# order). Named files or tests, --pdb and -s run in this one process, as do -n 0 and -p no:xdist;
+# -n and --dist choose otherwise. Tests marked slow (subprocesses that measure memory or time, a
+# signal, large inputs) run one at a time even then: see _one_slow_test_at_a_time.
+# (xdist_group marks would not do: --dist loadgroup ignores them with pytest 9.2, pytest-xdist#1386.)
+
+MAX_WORKERS = 4  # each worker collects the suite again, and none can split the largest file
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Each worker gets its share of the CPUs for torch's and NumPy's threads (and the commands that the
+# tests start), rather than all workers a thread per CPU each; OMP_NUM_THREADS set beforehand stays.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads these options
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    option = config.option
+    folders = all(Path(config.invocation_params.dir, arg).is_dir() for arg in config.args)
+    interactive = option.usepdb or option.capture == "no"
+    if option.numprocesses is None and folders and not interactive and not option.collectonly:
+        option.numprocesses = min(_cpus(), MAX_WORKERS) if _cpus() > 1 else 0
+    if option.numprocesses and option.dist == "no" and not option.distload:
+        option.dist = "loadfile"
+
+
+@pytest.fixture(autouse=True)
+def _one_slow_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under xdist, a slow test holds a lock that the other workers' slow tests wait for."""
+    slow = request.node.get_closest_marker("slow") is not None
+    if not slow or "PYTEST_XDIST_WORKER" not in os.environ or fcntl is None:
+        yield
+        return
+    # Each worker's base temporary folder is a subfolder of the run's.
+    root = request.getfixturevalue("tmp_path_factory").getbasetemp().parent
+    with (root / "slow-tests.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @pytest.fixture

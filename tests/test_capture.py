@@ -22,7 +22,9 @@ from helpers import assert_error
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-pytest.importorskip("transformers", reason="needs the models extra: pip install 'attncli[models]'")
+# Looked up, not imported: the tests that need Transformers import it (a second or more) when they run.
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("needs the models extra: pip install 'attncli[models]'", allow_module_level=True)
 
 from attncli import capture
 from attncli.cli import app

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -434,7 +435,7 @@ def test_help_and_usage_errors_import_neither_torch_nor_numpy_nor_transformers()
         "except SystemExit:\n    pass\n"
         "print('heavy:', sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))\n"
     )
-    for args in (
+    lines = [
         ["--help"],
         ["--version"],
         ["compute", "--help"],
@@ -444,11 +445,15 @@ def test_help_and_usage_errors_import_neither_torch_nor_numpy_nor_transformers()
         ["model", "--help"],
         ["capture", "no-such-model", "text", "-o", "run.safetensors"],
         ["model", "no-such-model", "text", "--head", "x"],
-    ):
-        done = subprocess.run(
-            [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60
-        )
-        assert "heavy: []" in done.stdout, (args, done.stdout, done.stderr)
+    ]
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", probe, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    with ThreadPoolExecutor(len(lines)) as pool:  # a fresh interpreter for each, side by side
+        for args, done in zip(lines, pool.map(run, lines), strict=True):
+            assert "heavy: []" in done.stdout, (args, done.stdout, done.stderr)
 
 
 @pytest.mark.slow

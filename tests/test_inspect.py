@@ -339,6 +339,7 @@ def test_the_loaders_catalogue_of_bad_files_is_refused_too(
     assert_error(invoke("inspect", str(path)), str(path), *words)
 
 
+@pytest.mark.slow
 def test_header_of_a_200_mb_file_is_read_without_its_data(tmp_path: Path) -> None:
     """A sparse 200 MB .npy: --no-stats is instant and takes no memory; statistics take one block's."""
     script = r"""
