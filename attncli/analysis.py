@@ -65,7 +65,7 @@ def row_stats(
     is taken as 0). Computed in float64 for float64 weights, else float32, and returned so.
     `row_offset` is the query index of the first row (the weights being a block of a larger
     matrix's rows); only the distance uses it. `shifted_scores`, when the weights are their
-    softmax (as `core.attend_rows_with_scores` gives both: finite, each row's largest 0), makes
+    softmax (as a `compute.blocks.Block` holds both: finite, each row's largest 0), makes
     the entropy cost one product instead of a logarithm per weight: log w = shifted score -
     log(sum of exp) = shifted score + log(largest weight), since the largest weight is exp(0) / sum.
     `zero_where_blocked` says the weights are already 0 at every blocked key (softmax gives that),

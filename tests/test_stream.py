@@ -42,9 +42,8 @@ from attncli.compute import (
     result_arrays,
     run,
 )
-from attncli.compute.run import file_dtype
+from attncli.compute.run import open_result_file
 from attncli.errors import InputError, UsageError
-from attncli.writers import ResultFile
 
 EXACT: dict[str, Any] = {"rtol": 0, "atol": 0, "equal_nan": True}
 
@@ -115,12 +114,6 @@ CASES = (
     "gqa_causal_mask",
     "mask_extra_axes_float16",
 )
-
-
-def _result_file(target: Path, problem: Any) -> ResultFile:
-    """-o of a run in blocks, as the command line opens it."""
-    shape = tuple(problem.weights_shape)
-    return ResultFile(target, shape, file_dtype(problem.query.dtype), problem.describe())
 
 
 def _problem(name: str) -> Any:
@@ -371,7 +364,7 @@ def test_result_file_holds_the_blocks_weights_and_what_is_added(
     problem = _problem(name)
     expected_weights, _ = _attend_by_blocks(name, 2)
     target = tmp_path / f"result{suffix}"
-    with _result_file(target, problem) as file:
+    with open_result_file(target, problem) as file:
         result = run(problem, block_rows=2, stats=True, result_file=file)
         arrays = {"output": _output_array(result), **analysis.stats_arrays(result.stats)}
         metadata = {**describe(result), "sources": {"query": "q.npy"}}
@@ -391,7 +384,7 @@ def test_result_file_header_longer_than_its_room_is_written_again(tmp_path: Path
     problem = _problem("plain")
     target = tmp_path / "result.safetensors"
     long_text = "x" * 100_000  # far past the room left for the header
-    with _result_file(target, problem) as file:
+    with open_result_file(target, problem) as file:
         result = run(problem, block_rows=2, result_file=file)
         file.commit({"output": result.output.numpy()}, {"note": long_text})
     assert os.listdir(tmp_path) == [target.name]
@@ -411,16 +404,16 @@ def test_result_file_interrupted_or_refused_leaves_the_old_file(suffix: str, tmp
         if done >= 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt), _result_file(target, problem) as file:
+    with pytest.raises(KeyboardInterrupt), open_result_file(target, problem) as file:
         run(problem, block_rows=2, result_file=file, progress=stop)
-    with _result_file(target, problem) as file:
+    with open_result_file(target, problem) as file:
         run(problem, block_rows=2, result_file=file)
         with pytest.raises(ValueError, match="already"):
             file.commit({"weights": np.zeros(1)}, {})
     assert os.listdir(tmp_path) == [target.name]
     assert target.read_bytes() == b"old"
     with pytest.raises(UsageError, match=r"\.safetensors or \.npz"):
-        _result_file(tmp_path / "result.json", problem)
+        open_result_file(tmp_path / "result.json", problem)
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -246,17 +246,13 @@ def compute_and_finish(
         finish(result, sources, mask_label, target, display, comparisons=comparisons)
         return comparisons
 
-    from attncli.writers import ResultFile
+    from attncli.compute.run import open_result_file
 
     picture, table = _kept_views(problem, display)
     assert plan.block_rows is not None
     lq = problem.weights_shape[-2]
-    result_file = None
-    if target is not None:  # -o holds the weights too: block by block, the rest once computed
-        from attncli.compute.run import file_dtype
-
-        shape = tuple(problem.weights_shape)
-        result_file = ResultFile(target, shape, file_dtype(problem.query.dtype), problem.describe())
+    # -o holds the weights too: block by block, the rest once computed
+    result_file = None if target is None else open_result_file(target, problem)
     with result_file or nullcontext(), _progress(lq, enabled=not display.quiet) as advance:
         if plan.method == "fused":
             result = fused(problem, block_rows=plan.block_rows, progress=advance)

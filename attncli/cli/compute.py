@@ -249,12 +249,7 @@ def compute(
         weights_target = writers.check_output_path(
             weights_to, force=force, option="--weights-to", suffixes=(".npy", ".safetensors")
         )
-    from attncli.compute import plan as planning
-
-    try:
-        limit = planning.memory_limit(memory_limit)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--memory-limit") from None
+    limit = None if memory_limit is None else _memory_limit(memory_limit)
     from attncli.compute import prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
@@ -293,10 +288,12 @@ def compute(
     full_table = full and view is View.table and (shown or bool(export_svg or export_html))
     # -o writes the weights block by block to .safetensors and .npz; JSON holds them as text.
     text_file = target is not None and target.suffix.lower() not in writers.RESULT_FORMATS
+    from attncli.compute import plan as planning
+
     request = planning.Request(
         memory_limit=limit,
         blocks=stream or weights_target is not None,
-        needs_weights=check or text_file or output_format is OutputFormat.json or full_table,
+        as_text=text_file or output_format is OutputFormat.json,
         check=check,
         full_table=full_table,
         output_only=not (shown or export_svg or export_html)
@@ -318,3 +315,21 @@ def compute(
     )
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
+
+
+def _memory_limit(text: str) -> int:
+    """--memory-limit in bytes: '2GiB', '500MB', '1e9'."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    number = text.strip().lower()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = number[len(digits) :].strip()
+    try:
+        value = float(digits) * units[unit]
+    except (KeyError, ValueError):
+        raise typer.BadParameter(
+            f"{text!r} is not a size; use e.g. 2GiB, 500MB or 1e9", param_hint="--memory-limit"
+        ) from None
+    if not math.isfinite(value) or value < 1:
+        raise typer.BadParameter(f"{text!r} must be a positive size", param_hint="--memory-limit")
+    return int(value)

@@ -1,12 +1,12 @@
 """Planning a run: whole (one block of every row), in blocks, or fused, and the block size.
 
 The command line parses its options into a `Request`; `plan` decides from it and the problem's size
-against the memory budget. No I/O but reading the memory available, no printing.
+against the memory budget (by default half the memory available now). No I/O but reading
+/proc/meminfo, no printing.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from attncli.compute.prepare import Prepared
@@ -21,13 +21,18 @@ STREAM_ABOVE = 256 << 20
 class Request:
     """What a command asks of a computation, as far as planning goes."""
 
-    memory_limit: int  # bytes the full weights may take
+    memory_limit: int | None = None  # bytes the full weights may take; None: half what is available
     blocks: bool = False  # --stream, or --weights-to (the weights go to a file block by block)
-    needs_weights: bool = False  # something needs the whole weights: JSON, a text file, --full, --check
+    as_text: bool = False  # the weights go out as JSON text: --format json, -o FILE.json
     check: bool = False  # --check: compares the whole weights
     full_table: bool = False  # a --full table is shown: every weight
     output_only: bool = False  # nothing made of the weights is shown or kept
     stats: bool = False  # per-row statistics (a second buffer for the scores in a whole run)
+
+    @property
+    def needs_weights(self) -> bool:
+        """Something needs the whole weights at once."""
+        return self.as_text or self.check or self.full_table
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,9 @@ class Plan:
 def plan(problem: Prepared, request: Request) -> Plan:
     """Whole when the weights fit the budget and (past STREAM_ABOVE) something needs them whole;
     otherwise in blocks sized to the budget, fused when only the output is wanted."""
+    limit = available_memory() // 2 if request.memory_limit is None else request.memory_limit
     size = full_weights_bytes(problem, scores=request.stats)
-    whole = not request.blocks and size <= request.memory_limit
+    whole = not request.blocks and size <= limit
     if whole and (size <= STREAM_ABOVE or request.needs_weights):
         return Plan("whole")
     if request.check:
@@ -56,27 +62,8 @@ def plan(problem: Prepared, request: Request) -> Plan:
             "--full shows every weight, which a blocked computation does not keep; "
             "use --view heatmap, or drop --stream/--weights-to, or raise --memory-limit"
         )
-    block_rows = choose_block_rows(problem, request.memory_limit)
+    block_rows = choose_block_rows(problem, limit)
     return Plan("fused" if request.output_only else "blocks", block_rows)
-
-
-def memory_limit(text: str | None) -> int:
-    """A size in bytes: '2GiB', '500MB', '1e9'; None: half the memory available now. ValueError
-    saying what is wrong otherwise."""
-    if text is None:
-        return available_memory() // 2
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-    number = text.strip().lower()
-    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz ")
-    unit = number[len(digits) :].strip()
-    try:
-        value = float(digits) * units[unit]
-    except (KeyError, ValueError):
-        raise ValueError(f"{text!r} is not a size; use e.g. 2GiB, 500MB or 1e9") from None
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(f"{text!r} must be a positive size")
-    return int(value)
 
 
 def available_memory() -> int:

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from attncli.compute.blocks import blocks
@@ -31,6 +32,7 @@ from attncli.compute.sinks import (
     FileSink,
     OutputSink,
     PictureSink,
+    RowsFile,
     Sink,
     StatsSink,
     TableSink,
@@ -38,6 +40,7 @@ from attncli.compute.sinks import (
     WeightsSink,
 )
 from attncli.errors import ComputeError
+from attncli.writers import ResultFile, WeightsFile
 
 #: The most bytes of scores one block of a run in blocks holds: larger blocks fall out of cache.
 MAX_BLOCK_BYTES = 16 << 20
@@ -98,7 +101,7 @@ def run(
     picture: tuple[int, int] | None = None,
     table: tuple[list[int], list[int]] | None = None,
     weights_to: str | os.PathLike[str] | None = None,
-    result_file: Any = None,
+    result_file: RowsFile | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> AttentionResult:
     """Compute `problem` `block_rows` query rows at a time (None: one block of every row), keeping
@@ -121,9 +124,7 @@ def run(
     rows = max(lq, 1) if block_rows is None else block_rows
     dtype, device = p.query.dtype, p.query.device
 
-    from attncli.writers import WeightsFile
-
-    outputs = OutputSink(weights_shape, p.mask is not None, device)
+    outputs = OutputSink(weights_shape, p.mask is not None)
     weights = WeightsSink(weights_shape) if keep_weights else None
     row_stats = StatsSink(weights_shape) if stats else None
     top = None if top_k is None else TopKSink(weights_shape, top_k)
@@ -150,30 +151,24 @@ def run(
                 progress(done, lq)
         if writer is not None:
             writer.commit()
-    except torch.OutOfMemoryError as error:
+    except BaseException as error:
         if writer is not None:
             writer.discard()
-        raise ComputeError(memory_message(_block_shape(weights_shape, rows), dtype, error)) from None
-    except RuntimeError as error:
-        if writer is not None:
-            writer.discard()
-        if "memory" in str(error).lower():
+        # torch's OutOfMemoryError, or a RuntimeError of an allocator that says so
+        memory = isinstance(error, RuntimeError) and "memory" in str(error).lower()
+        if isinstance(error, torch.OutOfMemoryError) or memory:
             raise ComputeError(memory_message(_block_shape(weights_shape, rows), dtype, error)) from None
         raise
-    except BaseException:
-        if writer is not None:
-            writer.discard()
-        raise
-    assert outputs.output is not None  # the loop runs at least once
+    assert outputs.output.tensor is not None  # the loop runs at least once
     picture_max, picture_mean = (None, None) if pictures is None else pictures.arrays()
     return _result(
         p,
-        outputs.output,
-        outputs.masked_rows,
+        outputs.output.tensor,
+        None if outputs.masked_rows is None else outputs.masked_rows.tensor,
         rows,
-        weights=None if weights is None else weights.weights,
+        weights=None if weights is None else weights.weights.tensor,
         stats=None if row_stats is None else row_stats.result(),
-        top_k=None if top is None else top.kept,
+        top_k=None if top is None else top.result(),
         picture_max=picture_max,
         picture_mean=picture_mean,
         picture_blocks=(0, 0) if pictures is None else pictures.blocks,
@@ -325,10 +320,15 @@ def choose_block_rows(problem: Prepared, memory_limit_bytes: int) -> int:
     return max(1, min(lq, budget // row_bytes))
 
 
-def file_dtype(dtype: torch.dtype) -> Any:
-    """NumPy's dtype for a weights file; bfloat16, which NumPy lacks, widened to float32."""
-    import numpy as np
+def open_result_file(target: str | os.PathLike[str], problem: Prepared) -> ResultFile:
+    """-o of a run in blocks: a `writers.ResultFile` for `problem`'s weights, which `run` fills
+    block by block (`result_file=`) and its caller commits with the rest of the result."""
+    shape = tuple(problem.weights_shape)
+    return ResultFile(target, shape, file_dtype(problem.query.dtype), problem.describe())
 
+
+def file_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    """NumPy's dtype for a weights file; bfloat16, which NumPy lacks, widened to float32."""
     if dtype == torch.float64:
         return np.dtype(np.float64)
     return np.dtype(np.float16) if dtype == torch.float16 else np.dtype(np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -31,29 +31,47 @@ class Sink(Protocol):
     def add(self, block: Block) -> None: ...
 
 
-class OutputSink:
-    """The output rows (heads apart) and the fully masked rows of every block."""
+class _Rows:
+    """One tensor of every query row, filled block by block along the query axis (`axis`, counted
+    from the end). A block that holds every row is taken as it is, without a copy. `shape` (else
+    the first block's, with every row) may be wider after the query axis than a block (a causal
+    block's top-k): the rest keeps `fill` (None: left empty, every place is written)."""
 
-    def __init__(self, weights_shape: tuple[int, ...], masked: bool, device: torch.device) -> None:
-        *lead, self.rows, _ = weights_shape
-        self.output: torch.Tensor | None = None
-        self.masked_rows = (
-            torch.zeros((*lead, self.rows), dtype=torch.bool, device=device) if masked else None
-        )
+    def __init__(
+        self, rows: int, axis: int, shape: tuple[int, ...] | None = None, fill: float | None = None
+    ) -> None:
+        self.rows, self.axis, self.shape, self.fill = rows, axis, shape, fill
+        self.tensor: torch.Tensor | None = None
+
+    def put(self, part: torch.Tensor, start: int, stop: int) -> None:
+        if self.tensor is None:
+            shape = list(part.shape) if self.shape is None else list(self.shape)
+            shape[self.axis] = self.rows
+            if start == 0 and stop == self.rows and list(part.shape) == shape:
+                self.tensor = part
+                return
+            if self.fill is None:
+                self.tensor = part.new_empty(shape)
+            else:
+                self.tensor = part.new_full(shape, self.fill)
+        place = [slice(0, size) for size in part.shape]
+        place[self.axis] = slice(start, stop)
+        self.tensor[tuple(place)] = part
+
+
+class OutputSink:
+    """The output rows (heads apart; value's batch axes may add to the weights') and the fully
+    masked rows (with a mask) of every block."""
+
+    def __init__(self, weights_shape: tuple[int, ...], masked: bool) -> None:
+        rows = weights_shape[-2]
+        self.output = _Rows(rows, axis=-2)
+        self.masked_rows = _Rows(rows, axis=-1) if masked else None
 
     def add(self, block: Block) -> None:
-        if self.output is None:
-            if block.start == 0 and block.stop == self.rows:  # one block holds every row: no copy
-                self.output = block.output
-                if self.masked_rows is not None and block.masked_rows is not None:
-                    self.masked_rows = block.masked_rows
-                return
-            # (..., n, Dv) -> (..., Lq, Dv): value's batch axes may add to the weights'
-            shape = (*block.output.shape[:-2], self.rows, block.output.shape[-1])
-            self.output = block.output.new_empty(shape)
-        self.output[..., block.start : block.stop, :] = block.output
+        self.output.put(block.output, block.start, block.stop)
         if self.masked_rows is not None and block.masked_rows is not None:
-            self.masked_rows[..., block.start : block.stop] = block.masked_rows
+            self.masked_rows.put(block.masked_rows, block.start, block.stop)
 
 
 def full_width(block: Block, keys: int) -> torch.Tensor:
@@ -68,17 +86,11 @@ class WeightsSink:
     """The full weights (..., Lq, Lk): a one-block run's own buffer, else the blocks copied in."""
 
     def __init__(self, weights_shape: tuple[int, ...]) -> None:
-        self.shape = weights_shape
-        self.weights: torch.Tensor | None = None
+        self.keys = weights_shape[-1]
+        self.weights = _Rows(weights_shape[-2], axis=-2, shape=weights_shape)
 
     def add(self, block: Block) -> None:
-        weights = full_width(block, self.shape[-1])
-        if self.weights is None:
-            if block.start == 0 and block.stop == self.shape[-2]:
-                self.weights = weights
-                return
-            self.weights = weights.new_empty(self.shape)
-        self.weights[..., block.start : block.stop, :] = weights
+        self.weights.put(full_width(block, self.keys), block.start, block.stop)
 
 
 class StatsSink:
@@ -87,9 +99,7 @@ class StatsSink:
     same function on the same numbers whatever the block size."""
 
     def __init__(self, weights_shape: tuple[int, ...]) -> None:
-        *lead, self.rows, _ = weights_shape
-        self.lead = tuple(lead)
-        self.fields: list[torch.Tensor] | None = None
+        self.fields = [_Rows(weights_shape[-2], axis=-1) for _ in _STAT_FIELDS]
 
     def add(self, block: Block) -> None:
         stats = analysis.row_stats(
@@ -101,49 +111,49 @@ class StatsSink:
             overwrite_scores=True,  # the block's scores are not needed after
             non_negative=True,
         )
-        fields = [getattr(stats, name) for name in _STAT_FIELDS]
-        if self.fields is None:
-            if block.start == 0 and block.stop == self.rows:
-                self.fields = fields
-                return
-            self.fields = [field.new_empty((*self.lead, self.rows)) for field in fields]
-        for whole, part in zip(self.fields, fields, strict=True):
-            whole[..., block.start : block.stop] = part
+        for field, name in zip(self.fields, _STAT_FIELDS, strict=True):
+            field.put(getattr(stats, name), block.start, block.stop)
 
     def result(self) -> RowStats | None:
-        return None if self.fields is None else RowStats(*self.fields)
+        tensors = [field.tensor for field in self.fields if field.tensor is not None]
+        return RowStats(*tensors) if len(tensors) == len(self.fields) else None
 
 
 class TopKSink:
-    """`analysis.top_k` of every row: values (..., Lq, k) and int64 keys, NaN and -1 past the open keys."""
+    """`analysis.top_k` of every row: values (..., Lq, k) and int64 keys, NaN and -1 past the open
+    keys (a causal block has fewer keys to give)."""
 
     def __init__(self, weights_shape: tuple[int, ...], k: int) -> None:
         if k < 1:
             raise ValueError(f"top_k must be at least 1, not {k}")
-        *lead, self.rows, keys = weights_shape
-        self.lead, self.k, self.columns = tuple(lead), k, min(k, keys)
-        self.kept: tuple[torch.Tensor, torch.Tensor] | None = None
+        *lead, rows, keys = weights_shape
+        self.k = k
+        shape = (*lead, rows, min(k, keys))
+        self.values = _Rows(rows, axis=-2, shape=shape, fill=math.nan)
+        self.keys = _Rows(rows, axis=-2, shape=shape, fill=-1)
 
     def add(self, block: Block) -> None:
         values, keys = analysis.top_k(block.weights, self.k, block.blocked)
-        if self.kept is None:
-            if block.start == 0 and block.stop == self.rows and values.shape[-1] == self.columns:
-                self.kept = (values, keys)
-                return
-            self.kept = (
-                values.new_full((*self.lead, self.rows, self.columns), math.nan),
-                keys.new_full((*self.lead, self.rows, self.columns), -1),
-            )
-        # A block of fewer keys (causal) has fewer to give: the rest stay NaN and -1.
-        self.kept[0][..., block.start : block.stop, : values.shape[-1]] = values
-        self.kept[1][..., block.start : block.stop, : keys.shape[-1]] = keys
+        self.values.put(values, block.start, block.stop)
+        self.keys.put(keys, block.start, block.stop)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.values.tensor is None or self.keys.tensor is None:
+            return None
+        return self.values.tensor, self.keys.tensor
+
+
+class RowsFile(Protocol):
+    """A file the weights go into row block by row block (`writers.ResultFile`, `writers.WeightsFile`)."""
+
+    def write_rows(self, start: int, weights: np.ndarray) -> None: ...
 
 
 class FileSink:
     """The weights of each block, over every key, written to files that take row blocks
     (`writers.ResultFile`, `writers.WeightsFile`): bfloat16 widened to float32, as NumPy lacks it."""
 
-    def __init__(self, files: Sequence[Any], keys: int) -> None:
+    def __init__(self, files: Sequence[RowsFile], keys: int) -> None:
         self.files, self.keys = list(files), keys
 
     def add(self, block: Block) -> None:
