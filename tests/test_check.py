@@ -10,9 +10,9 @@ import torch
 from reference import reference_attention
 from typer.testing import CliRunner
 
-from attncli.check import TOLERANCES, check, compare, float64_reference
 from attncli.cli import app
 from attncli.compute import attend, prepare
+from attncli.compute.check import TOLERANCES, check, compare, float64_reference
 
 runner = CliRunner()
 RNG = np.random.default_rng(11)

@@ -1,4 +1,4 @@
-"""`attn diff` and attncli.compare: exit statuses like cmp, assert_close's tolerances, weights rows.
+"""`attn diff` and attncli.analysis.diff: exit statuses like cmp, assert_close's tolerances, weights rows.
 
 Expected numbers come from NumPy (and torch.isclose) on the arrays written here, never from attncli.
 """

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from rich.console import Console, Group
 
-from attncli.heatmap import HALF_BLOCK, MASKED_CHAR, MASKED_RGB, NAN_CHAR, RAMP, heatmap
-from attncli.render import LEVELS, SEQUENTIAL, lerp
+from attncli.present.heatmap import HALF_BLOCK, MASKED_CHAR, MASKED_RGB, NAN_CHAR, RAMP, heatmap
+from attncli.present.style import LEVELS, SEQUENTIAL, lerp
 
 RGB = tuple[int, int, int]
 DARKEST, BRIGHTEST = (68, 1, 84), (253, 231, 37)
@@ -396,7 +396,7 @@ def test_a_mask_that_does_not_broadcast_raises():
 
 
 def test_importing_the_module_imports_no_torch():
-    code = "import sys, attncli.heatmap; assert 'torch' not in sys.modules"
+    code = "import sys, attncli.present.heatmap; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,4 @@
-"""`attn inspect` and attncli.inspection: every format, statistics, metadata, lazy reading, errors.
+"""`attn inspect` and attncli.io.lazy: every format, statistics, metadata, lazy reading, errors.
 
 Expected statistics come from NumPy on the arrays written here, never from attncli.
 """
@@ -18,8 +18,8 @@ from safetensors.numpy import save_file
 from test_loaders import BAD_FILES
 from typer.testing import CliRunner
 
-from attncli import inspection
 from attncli.cli import app
+from attncli.io import lazy
 
 runner = CliRunner()
 RNG = np.random.default_rng(11)
@@ -145,7 +145,7 @@ def test_bfloat16_is_shown_as_bfloat16_with_exact_statistics(tmp_path: Path) -> 
 
 def test_statistics_over_many_blocks_layouts_and_byte_orders(tmp_path: Path) -> None:
     """More values than three blocks, column-major and big-endian files, and npz members streamed."""
-    big = RNG.standard_normal((3 * inspection.BLOCK_ELEMENTS // 1000 + 7, 1000)).astype(np.float32) * 5 + 2
+    big = RNG.standard_normal((3 * lazy.BLOCK_ELEMENTS // 1000 + 7, 1000)).astype(np.float32) * 5 + 2
     fortran = np.asfortranarray(RNG.standard_normal((700, 900)))
     swapped = RNG.standard_normal(1500).astype(">f4")
     np.save(tmp_path / "big.npy", big)
@@ -160,9 +160,9 @@ def test_statistics_over_many_blocks_layouts_and_byte_orders(tmp_path: Path) -> 
         for entry, array in zip(report["tensors"], arrays, strict=True):
             assert_stats(entry, array)
     # C-order blocks of a column-major file are its values in C order, as NumPy reads them.
-    (tensor,) = inspection.open_tensors(str(tmp_path / "fortran.npy")).tensors.values()
+    (tensor,) = lazy.open_tensors(str(tmp_path / "fortran.npy")).tensors.values()
     np.testing.assert_array_equal(np.concatenate(list(tensor.blocks(4099))), fortran.reshape(-1))
-    member = inspection.open_tensors(str(tmp_path / "packed.npz")).tensors["fortran"]
+    member = lazy.open_tensors(str(tmp_path / "packed.npz")).tensors["fortran"]
     np.testing.assert_array_equal(np.concatenate(list(member.blocks(4099))), fortran.reshape(-1))
 
 
@@ -324,7 +324,7 @@ def test_safetensors_headers_are_checked_as_strictly_as_the_loaders(
     path.write_bytes(len(text).to_bytes(8, "little") + text + data)
     assert_error(invoke("inspect", str(path), "--no-stats"), str(path), *words)
     from attncli.errors import InputError
-    from attncli.loaders import read_tensors
+    from attncli.io.loaders import read_tensors
 
     with pytest.raises(InputError):  # the loaders refuse it too
         read_tensors(str(path))

@@ -1,4 +1,4 @@
-"""Tests for attncli.loaders: every format by suffix and from stdin, query/key/value resolution, masks,
+"""Tests for attncli.io.loaders: every format by suffix and from stdin, query/key/value resolution, masks,
 and the catalogue of inputs that must be refused with a message naming the file.
 
 Expected values come from NumPy, safetensors, torch or the JSON text written here, never from attncli.
@@ -17,9 +17,9 @@ import pytest
 from safetensors.numpy import save as safetensors_bytes
 from safetensors.numpy import save_file
 
-from attncli import loaders
 from attncli.errors import InputError, UsageError
-from attncli.loaders import (
+from attncli.io import loaders
+from attncli.io.loaders import (
     check_numeric_input,
     load_attention_inputs,
     load_mask,

@@ -13,8 +13,8 @@ from rich.console import Console, Group
 from rich.style import Style
 from rich.text import Text
 
-from attncli.render import output_table, result_view, visible_indices, weight_table
-from attncli.view import ViewOptions
+from attncli.present.options import ViewOptions
+from attncli.present.tables import output_table, result_view, visible_indices, weight_table
 
 GOLDEN = Path(__file__).parent / "golden"
 # ATTNCLI_UPDATE_GOLDEN=1 pytest tests/test_render.py writes the golden files anew, on purpose; without

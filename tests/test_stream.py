@@ -27,7 +27,7 @@ import torch
 from helpers import read_result
 from safetensors.numpy import load_file
 
-from attncli import analysis
+from attncli.analysis import rows as analysis
 from attncli.compute import (
     BLOCK_OVERHEAD,
     MAX_BLOCK_BYTES,

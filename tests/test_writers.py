@@ -1,4 +1,4 @@
-"""Tests for attncli.writers: results written and read back exactly, output paths checked before any
+"""Tests for attncli.io.writers: results written and read back exactly, output paths checked before any
 work, and atomic replacement that never leaves a clobbered target or a temporary file behind.
 
 Expected values come from NumPy, safetensors and the json module, never from attncli's own output.
@@ -17,10 +17,10 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from attncli import writers
 from attncli.errors import OutputError, UsageError
-from attncli.loaders import read_tensors
-from attncli.writers import check_output_path, json_text, write_result
+from attncli.io import writers
+from attncli.io.loaders import read_tensors
+from attncli.io.writers import check_output_path, json_text, write_result
 
 FORMATS = [".safetensors", ".npz", ".json"]
 META = {

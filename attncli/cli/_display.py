@@ -24,12 +24,12 @@ if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
-    from attncli.analysis import RowStats
-    from attncli.check import Comparison
+    from attncli.analysis.rows import RowStats
     from attncli.compute import AttentionResult, Prepared
+    from attncli.compute.check import ReferenceCheck
     from attncli.compute.plan import Plan
-    from attncli.view import ViewOptions
-    from attncli.writers import ResultFile
+    from attncli.io.writers import ResultFile
+    from attncli.present.options import ViewOptions
 
 
 class OutputFormat(str, Enum):
@@ -190,7 +190,7 @@ def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Disp
     their position numbers, with a warning (one set of labels names both axes of every matrix)."""
     from dataclasses import replace
 
-    from attncli.view import parse_indices, resolve_indices
+    from attncli.selection import parse_indices, resolve_indices
 
     entries = list(range(len(tokens)))
     if display.batch is not None:
@@ -209,7 +209,7 @@ def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Disp
 
 
 def check_exports(display: Display) -> None:
-    from attncli.writers import check_output_path
+    from attncli.io.writers import check_output_path
 
     if display.export_svg:
         check_output_path(display.export_svg, force=display.force, option="--export-svg", suffixes=(".svg",))
@@ -229,7 +229,7 @@ def compute_and_finish(
     display: Display,
     *,
     check: bool = False,
-) -> list[Comparison]:
+) -> list[ReferenceCheck]:
     """Run `problem` as planned, keeping what is shown or saved, then `finish`. A run in blocks keeps
     the output, the statistics and top-k, a pooled picture or a table's cells per matrix, and the
     weights only into -o (.safetensors, .npz) and --weights-to, block by block. Returns the
@@ -240,7 +240,7 @@ def compute_and_finish(
         result = attend(problem, stats=display.stats, top_k=display.top_k)
         comparisons = []
         if check:
-            from attncli.check import check as check_against_references
+            from attncli.compute.check import check as check_against_references
 
             comparisons = check_against_references(problem, result)
         finish(result, sources, mask_label, target, display, comparisons=comparisons)
@@ -290,10 +290,10 @@ def _kept_views(
         return None, None
     lq, lk = problem.weights_shape[-2:]
     if display.view is View.table:
-        from attncli import render
+        from attncli.present import tables
 
         layout = _view_options(display, screen, "table", {"batch": None, "head": None}, ())
-        return None, render.table_window((lq, lk), layout)
+        return None, tables.table_window((lq, lk), layout)
     # sized to the terminal: one cell per character, two rows per line in colour
     gutter = len(str(max(lq - 1, 0))) + 1
     return (screen.lines * (2 if screen.colour else 1), max(screen.console.width - gutter, 1)), None
@@ -306,7 +306,7 @@ def finish(
     target: os.PathLike[str] | None,
     display: Display,
     console: Console | None = None,
-    comparisons: Sequence[Comparison] = (),
+    comparisons: Sequence[ReferenceCheck] = (),
     extra_meta: Mapping[str, Any] | None = None,
     result_file: ResultFile | None = None,
 ) -> None:
@@ -333,24 +333,24 @@ def finish(
     if screen is None:
         return
 
-    from attncli import render
+    from attncli.present import tables
 
     if result.weights is not None:
         blocked = masked_positions(result)
         options = _view_options(display, screen, display.view.value, chosen, axes)
-        view = render.result_view(arrays["weights"], arrays["output"], meta, options, blocked, arrays)
+        view = tables.result_view(arrays["weights"], arrays["output"], meta, options, blocked, arrays)
         screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
     else:
         kind = "heatmap" if result.table is None else "table"
         options = _view_options(display, screen, kind, chosen, axes)
         pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
         entropy = None if result.stats is None else result.stats.entropy.detach().cpu().double().numpy()
-        view = render.stream_view(
+        view = tables.stream_view(
             pictures, result.picture_blocks, arrays["output"], meta, options, arrays, result.table, entropy
         )
         screen.console.print(view)
     if comparisons:
-        screen.console.print(render.check_table(comparisons))
+        screen.console.print(tables.check_table(comparisons))
     _export(screen, display)
 
 
@@ -378,7 +378,7 @@ def _screen(display: Display, console: Console | None = None) -> _Screen | None:
 def _view_options(
     display: Display, screen: _Screen, view: str, chosen: dict[str, list[int] | None], axes: Sequence[str]
 ) -> ViewOptions:
-    from attncli.view import ViewOptions
+    from attncli.present.options import ViewOptions
 
     return ViewOptions(
         view=view,
@@ -401,7 +401,7 @@ def _save_and_print(
     arrays: dict[str, np.ndarray], meta: dict[str, Any], target: os.PathLike[str] | None, display: Display
 ) -> None:
     """-o first, so that a closed pipe or Ctrl-C while printing cannot lose the file; then --format json."""
-    from attncli import writers
+    from attncli.io import writers
 
     if target is not None:
         writers.write_result(target, arrays, meta)
@@ -412,15 +412,14 @@ def _save_and_print(
 
 def _export(screen: _Screen, display: Display) -> None:
     """--export-svg and --export-html: what the console recorded."""
-    from attncli import render, writers
+    from attncli.io import writers
+    from attncli.present.export import export_html, export_svg
 
     title = picture_title(sys.argv[1:])
     if display.export_svg:
-        writers.write_text(
-            display.export_svg, render.export_svg(screen.console, title), option="--export-svg"
-        )
+        writers.write_text(display.export_svg, export_svg(screen.console, title), option="--export-svg")
     if display.export_html:
-        writers.write_text(display.export_html, render.export_html(screen.console), option="--export-html")
+        writers.write_text(display.export_html, export_html(screen.console), option="--export-html")
 
 
 def _warn_masked_rows(rows: Sequence[tuple[int, ...]]) -> None:
@@ -477,7 +476,7 @@ def _chosen_matrices(
     display: Display, axes: Sequence[str], weights_shape: tuple[int, ...]
 ) -> dict[str, list[int] | None]:
     """--batch and --head checked against the weights' leading axes (before anything is written)."""
-    from attncli.view import parse_indices, resolve_indices
+    from attncli.selection import parse_indices, resolve_indices
 
     chosen: dict[str, list[int] | None] = {"batch": None, "head": None}
     for axis, spec in (("batch", display.batch), ("head", display.head)):
@@ -495,14 +494,13 @@ def _analysis_arrays(
     stats: RowStats | None, top: tuple[torch.Tensor, torch.Tensor] | None, meta: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """The --stats and --top-k tensors, to save and show beside the weights; their means go in meta."""
-    from attncli import analysis
+    from attncli.analysis.rows import matrix_means, stats_arrays
 
     arrays: dict[str, np.ndarray] = {}
     if stats is not None:
-        arrays |= analysis.stats_arrays(stats)
+        arrays |= stats_arrays(stats)
         meta["stats_means"] = {
-            name: mean.detach().cpu().double().numpy().tolist()
-            for name, mean in analysis.matrix_means(stats).items()
+            name: mean.detach().cpu().double().numpy().tolist() for name, mean in matrix_means(stats).items()
         }
     if top is not None:
         arrays["top_k_weights"] = top[0].detach().cpu().float().numpy()

@@ -40,7 +40,7 @@ def gather_texts(text: str | None, more_texts: list[str] | None, texts_file: str
     """TEXT, then each --text, then the lines of --texts-file: one batch, in that order."""
     texts = ([text] if text is not None else []) + list(more_texts or [])
     if texts_file is not None:
-        from attncli.capture import read_texts
+        from attncli.io.text import read_texts
 
         texts += read_texts(texts_file)
     if not texts:
@@ -88,18 +88,18 @@ def capture_command(
 
     Exit status: 0 success, 2 bad usage, a folder or model that cannot be used, 3 could not write.
     """
-    from attncli import view
+    from attncli import selection
 
     if output is None:
         raise UsageError(
             f"give -o PATH to save the capture (e.g. attn capture {model_dir} TEXT -o run.safetensors)"
         )
     texts = gather_texts(text, more_texts, texts_file)
-    chosen = view.parse_indices(layers, "--layers") if layers is not None else None
-    from attncli import capture
+    chosen = selection.parse_indices(layers, "--layers") if layers is not None else None
+    from attncli.models import capture
 
     capture.model_folder(model_dir)  # before NumPy, torch and transformers are imported
-    from attncli import writers
+    from attncli.io import writers
 
     target = writers.check_output_path(output, force=force)
     capture.require_transformers("attn capture")

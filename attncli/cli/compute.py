@@ -210,12 +210,13 @@ def compute(
         )
     if mask is not None and mask.partition(":")[0] == "-" and any(s.partition(":")[0] == "-" for s in specs):
         raise UsageError("stdin ('-') can feed the inputs or --mask, not both")
-    from attncli import view as views
+    from attncli import selection
+    from attncli.io.text import read_labels
 
     given_labels = [name for name, value in (("--labels", labels), ("--labels-file", labels_file)) if value]
     if len(given_labels) > 1:
         raise UsageError("give --labels or --labels-file, not both")
-    both = views.read_labels(labels_file) if labels_file else views.parse_labels(labels) if labels else None
+    both = read_labels(labels_file) if labels_file else selection.parse_labels(labels) if labels else None
     display = Display(
         output_format=output_format,
         quiet=quiet,
@@ -223,8 +224,8 @@ def compute(
         no_color=no_color,
         view=view,
         pool=pool,
-        query_labels=views.parse_labels(query_labels) if query_labels is not None else both,
-        key_labels=views.parse_labels(key_labels) if key_labels is not None else both,
+        query_labels=selection.parse_labels(query_labels) if query_labels is not None else both,
+        key_labels=selection.parse_labels(key_labels) if key_labels is not None else both,
         batch=batch,
         head=head,
         max_rows=max_rows,
@@ -238,10 +239,10 @@ def compute(
     )
     for spec, option in ((batch, "--batch"), (head, "--head")):
         if spec is not None:
-            views.parse_indices(spec, option)  # a typo is reported before any work
+            selection.parse_indices(spec, option)  # a typo is reported before any work
     check_exports(display)
 
-    from attncli import loaders, writers
+    from attncli.io import loaders, writers
 
     target = writers.check_output_path(output, force=force) if output else None
     weights_target = None
@@ -258,10 +259,10 @@ def compute(
         display = with_token_labels(display, inputs.tokens)
     query_positions = inputs.query.shape[-2] if inputs.query.ndim > 1 else 1
     label_option = "--labels-file" if labels_file else "--labels"
-    views.check_label_count(
+    selection.check_label_count(
         display.query_labels, query_positions, "--query-labels" if query_labels else label_option, "query"
     )
-    views.check_label_count(
+    selection.check_label_count(
         display.key_labels,
         inputs.key.shape[-2] if inputs.key.ndim > 1 else 1,
         "--key-labels" if key_labels else label_option,

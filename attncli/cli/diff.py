@@ -69,19 +69,21 @@ def diff_command(
     Exit status: 0 equal within tolerance, 1 different, 2 trouble (a file that cannot be read,
     tensor names or shapes that do not match, bad usage).
     """
-    from attncli import compare, inspection
-    from attncli.loaders import split_spec
+    from attncli.analysis.diff import compare_files
+    from attncli.io.lazy import open_spec
+    from attncli.io.loaders import split_spec
+    from attncli.present.diff import comparison_json, comparison_view
 
     if split_spec(a)[0] == split_spec(b)[0] == "-":
         raise UsageError("stdin ('-') can be only one of A and B")
     stdin = _app.stdin()
-    files = inspection.open_spec(a, stdin), inspection.open_spec(b, stdin)
-    comparison = compare.compare_files(*files, rtol=rtol, atol=atol, top_k=top_k)
+    files = open_spec(a, stdin), open_spec(b, stdin)
+    comparison = compare_files(*files, rtol=rtol, atol=atol, top_k=top_k)
     if quiet:
         pass
     elif output_format is OutputFormat.json:
-        sys.stdout.write(compare.comparison_json(comparison) + "\n")
+        sys.stdout.write(comparison_json(comparison) + "\n")
     else:
-        make_console(no_color).print(compare.comparison_view(comparison))
+        make_console(no_color).print(comparison_view(comparison))
     if not comparison.close:
         raise typer.Exit(ExitCode.DIFFERENT)

@@ -57,15 +57,16 @@ def inspect_command(
         if stdin is None:
             raise UsageError("no input: give tensor files, or pipe one in (e.g. 'cat x.npy | attn inspect')")
         specs = ["-"]
-    from attncli import inspection
-    from attncli.loaders import split_spec
+    from attncli.io.lazy import inspect_spec
+    from attncli.io.loaders import split_spec
+    from attncli.present.inspect import report_view, reports_json
 
     if sum(split_spec(spec)[0] == "-" for spec in specs) > 1:
         raise UsageError("stdin ('-') can be given only once")
     if output_format is OutputFormat.json:
-        reports = [inspection.inspect_spec(spec, stdin, stats=not no_stats) for spec in specs]
-        sys.stdout.write(inspection.reports_json(reports) + "\n")
+        reports = [inspect_spec(spec, stdin, stats=not no_stats) for spec in specs]
+        sys.stdout.write(reports_json(reports) + "\n")
         return
     console = make_console(no_color)
     for spec in specs:  # each file is shown as soon as it is read
-        console.print(inspection.report_view(inspection.inspect_spec(spec, stdin, stats=not no_stats)))
+        console.print(report_view(inspect_spec(spec, stdin, stats=not no_stats)))

@@ -104,13 +104,14 @@ def model_command(
     Exit status: 0 success, 1 attncli disagrees with the model, 2 bad usage or a folder or model
     that cannot be used, 3 could not compute or write.
     """
-    from attncli import capture
-    from attncli import view as views
+    from attncli import selection
+    from attncli.io.text import read_labels
+    from attncli.models import capture
 
     texts = gather_texts(text, more_texts, texts_file)
     if labels and labels_file:
         raise UsageError("give --labels or --labels-file, not both")
-    given = views.read_labels(labels_file) if labels_file else views.parse_labels(labels) if labels else None
+    given = read_labels(labels_file) if labels_file else selection.parse_labels(labels) if labels else None
     display = Display(
         output_format=output_format,
         quiet=quiet,
@@ -133,9 +134,9 @@ def model_command(
     )
     for spec, option in ((batch, "--batch"), (head, "--head")):
         if spec is not None:
-            views.parse_indices(spec, option)  # a typo is reported before the model is loaded
+            selection.parse_indices(spec, option)  # a typo is reported before the model is loaded
     capture.model_folder(model_dir)  # before NumPy, torch and transformers are imported
-    from attncli import loaders, writers
+    from attncli.io import loaders, writers
 
     check_exports(display)
     target = writers.check_output_path(output, force=force) if output else None
@@ -145,7 +146,7 @@ def model_command(
     inputs = loaders.layer_inputs(source, layer)
     if inputs.tokens is not None and given is None:
         display = with_token_labels(display, inputs.tokens)
-    views.check_label_count(
+    selection.check_label_count(
         display.query_labels, inputs.query.shape[-2], "--labels-file" if labels_file else "--labels", "query"
     )
 
@@ -160,7 +161,7 @@ def model_command(
     agreement = capture.agreement(result.weights, captured.probabilities[layer], result.masked_rows)
     comparisons = []
     if check:
-        from attncli.check import check as check_against_references
+        from attncli.compute.check import check as check_against_references
 
         comparisons = check_against_references(problem, result)
     extra = {"model": model_dir, "layer": layer, "texts": captured.texts, "tokens": captured.tokens}

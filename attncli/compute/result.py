@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from attncli.analysis import RowStats
+from attncli.analysis.rows import RowStats
 from attncli.compute.prepare import blocked_keys, settings
 
 _FloatArray = npt.NDArray[np.float32]

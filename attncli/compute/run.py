@@ -40,7 +40,7 @@ from attncli.compute.sinks import (
     WeightsSink,
 )
 from attncli.errors import ComputeError
-from attncli.writers import ResultFile, WeightsFile
+from attncli.io.writers import ResultFile, WeightsFile
 
 #: The most bytes of scores one block of a run in blocks holds: larger blocks fall out of cache.
 MAX_BLOCK_BYTES = 16 << 20
@@ -105,8 +105,8 @@ def run(
     progress: Callable[[int, int], None] | None = None,
 ) -> AttentionResult:
     """Compute `problem` `block_rows` query rows at a time (None: one block of every row), keeping
-    the output and what is asked for: `keep_weights`, the full weights; `stats`, `analysis.row_stats`
-    of every row; `top_k`, `analysis.top_k` of every row (both with the mask and causal triangle as
+    the output and what is asked for: `keep_weights`, the full weights; `stats`, `analysis.rows.row_stats`
+    of every row; `top_k`, `analysis.rows.top_k` of every row (both with the mask and causal triangle as
     `blocked`); `picture`, (rows, cols) of a pooled picture of each matrix, by max and by mean;
     `table`, the rows and columns of each matrix whose weights to keep, with the figures a table's
     title gives (`KeptTable`); `weights_to`, a .npy or .safetensors path the weights are written to

@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from attncli import analysis
-from attncli.analysis import RowStats
+from attncli.analysis import rows as analysis
+from attncli.analysis.rows import RowStats
 from attncli.compute.blocks import Block
 from attncli.compute.result import KeptTable, as_array
 

@@ -34,11 +34,11 @@ if __name__ == "__main__":  # imported by the tests, it needs no atheris and ins
 
 if atheris is not None:
     with atheris.instrument_imports(include=["attncli", "zipfile", "numpy.lib"]):
-        from attncli import loaders
         from attncli.errors import AttnError
+        from attncli.io import loaders
 else:
-    from attncli import loaders
     from attncli.errors import AttnError
+    from attncli.io import loaders
 
 #: Crashes still open, each pinned by a strict xfail test in tests/test_bad_input.py: (exception type
 #: name, text in its message). With ATTN_FUZZ_SKIP_KNOWN=1 the target lets them pass, to look for

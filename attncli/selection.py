@@ -1,45 +1,15 @@
-"""What to show of a result: which matrices, with which labels, how large, in which view.
+"""Which matrices and labels: `--head 0:4`, `--batch 1,3`, `--labels "The cat sat"`.
 
-Plain values and parsing only (no Rich, no torch): the CLI turns options into a `ViewOptions`,
-`render` draws what it says. Problems are `UsageError`s naming the option.
+Plain values and parsing only (no Rich, no torch, no files). Problems are `UsageError`s naming the
+option.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from attncli.errors import UsageError
-
-VIEWS = ("table", "heatmap")
-#: The per-row statistics of `attn compute --stats` (attncli.analysis.RowStats), as saved and shown.
-STAT_NAMES: tuple[str, ...] = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
-#: Those that have a per-matrix mean (an argmax has none).
-MEAN_NAMES: tuple[str, ...] = ("entropy", "entropy_normalised", "max_weight", "sink", "distance")
-POOLS = ("max", "mean")
-DEFAULT_MAX_MATRICES = 8
-
-
-@dataclass(frozen=True)
-class ViewOptions:
-    """How `render.result_view` shows a result."""
-
-    view: str = "table"
-    precision: int = 4
-    width: int = 80  # the console's columns
-    max_rows: int = 32  # rows of a table (an ellipsis row included), lines of a heatmap
-    max_cols: int | None = None  # None: as many as fit in `width`
-    full: bool = False  # every row and column, whatever the size
-    pool: str = "max"  # heatmaps larger than the terminal: max or mean of each block
-    colour: bool = True  # False: no colours to rely on (heatmaps use characters)
-    query_labels: Sequence[str] | None = None
-    key_labels: Sequence[str] | None = None
-    batch: Sequence[int] | None = None  # None: every batch entry
-    head: Sequence[int] | None = None  # None: every head
-    max_matrices: int = DEFAULT_MAX_MATRICES  # when no selection was made
-    axes: Sequence[str] = field(default_factory=tuple)  # names of the weights' leading axes
 
 
 def parse_indices(text: str, option: str) -> list[int | slice]:
@@ -88,21 +58,6 @@ def parse_labels(text: str) -> list[str]:
     if "," in text:
         return [label.strip() for label in text.split(",")]
     return text.split()
-
-
-def read_labels(path: str) -> list[str]:
-    """One label per line (a token may contain spaces); a final newline adds no label."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--labels-file {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--labels-file {path}: is a directory") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--labels-file {path}: not UTF-8 text") from None
-    except OSError as error:
-        raise UsageError(f"--labels-file {path}: cannot be read: {error.strerror or error}") from None
-    return text.splitlines()
 
 
 def check_label_count(labels: Sequence[str] | None, positions: int, option: str, axis: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attncli.view import MEAN_NAMES, STAT_NAMES
+from attncli.analysis import MEAN_NAMES, STAT_NAMES
 
 __all__ = [
     "MEAN_NAMES",

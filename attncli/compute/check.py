@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-from attncli.compute import AttentionResult, Prepared, broadcast_shapes, fused
+from attncli.compute.prepare import Prepared, broadcast_shapes
+from attncli.compute.result import AttentionResult
+from attncli.compute.run import fused
 
 #: (rtol, atol) by dtype: torch.testing.assert_close's, except that for float16 and bfloat16 atol is
 #: the dtype's own resolution near 1 (its eps), since both sides round every output to it: two
@@ -31,7 +33,7 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 
 
 @dataclass(frozen=True)
-class Comparison:
+class ReferenceCheck:
     """How far one tensor of the result is from a reference."""
 
     tensor: str  # "weights" or "output"
@@ -52,7 +54,7 @@ class Comparison:
         return {**asdict(self), "worst_index": list(self.worst_index), "passed": self.passed}
 
 
-def check(problem: Prepared, result: AttentionResult) -> list[Comparison]:
+def check(problem: Prepared, result: AttentionResult) -> list[ReferenceCheck]:
     """Compare `result` (from `attend(problem)`) with the fused kernel and the float64 maths."""
     rtol, atol = TOLERANCES[result.dtype]
     assert result.weights is not None, "--check compares the full weights"
@@ -81,7 +83,7 @@ def compare(
     live_rows: torch.Tensor | None,
     rtol: float,
     atol: float,
-) -> Comparison:
+) -> ReferenceCheck:
     """`actual` against `expected` (..., rows, cols), over the rows where `live_rows` (..., rows) holds."""
     a = actual.detach().to("cpu", torch.float64)
     b = expected.detach().to("cpu", torch.float64)
@@ -95,9 +97,9 @@ def compare(
     relative = torch.where(keep & (b != 0), gap / b.abs(), torch.zeros((), dtype=torch.float64))
     compared = int(keep.sum())
     if compared == 0:
-        return Comparison(tensor, reference, 0.0, 0.0, (), 0, 0, rtol, atol)
+        return ReferenceCheck(tensor, reference, 0.0, 0.0, (), 0, 0, rtol, atol)
     worst = int(excess.argmax())
-    return Comparison(
+    return ReferenceCheck(
         tensor=tensor,
         reference=reference,
         max_abs=float(torch.where(keep, gap, 0.0).max()),

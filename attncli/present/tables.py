@@ -10,15 +10,12 @@ matrix depends on what is shown, not on its size.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich import box
 from rich.cells import cell_len
-from rich.color import Color
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.padding import Padding
@@ -27,20 +24,26 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from attncli.view import STAT_NAMES, ViewOptions, matrix_indices
+from attncli.analysis import STAT_NAMES
+from attncli.present.options import ViewOptions
+from attncli.present.style import (
+    DIVERGING,
+    ELLIPSIS,
+    LEVELS,
+    MASKED,
+    SEQUENTIAL,
+    cell_style,
+    cut_label,
+    lerp,
+    levels,
+    rgb_color,
+)
+from attncli.selection import matrix_indices
 
 if TYPE_CHECKING:
     from attncli.compute import KeptTable
 
-# Perceptually ordered anchors (viridis) for weights in [0, 1].
-SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
-# Blue for negative, light grey for zero, red for positive (RdBu, reversed).
-DIVERGING = ((5, 48, 97), (67, 147, 195), (230, 230, 230), (214, 96, 77), (103, 0, 31))
-LEVELS = 65  # colours are quantised (odd, so zero sits exactly mid-scale): few distinct styles
-_ELLIPSIS = "…"
-MASKED = "·"
 _SUMMARY_ROWS = 256  # rows per block when summarising a matrix: a few MiB at a time
-_LABEL_WIDTH = 12  # longer labels are cut, with an ellipsis, to keep columns narrow
 
 
 def result_view(
@@ -70,7 +73,7 @@ def result_view(
         title = weights_summary(name, matrix, matrix_blocked, dtype)
         extras = _analysis_parts(name, index, analysis, options)
         if options.view == "heatmap":
-            from attncli.heatmap import heatmap
+            from attncli.present.heatmap import heatmap
 
             picture: RenderableType = heatmap(
                 matrix,
@@ -110,7 +113,7 @@ def stream_view(
     each matrix as a heatmap of its pooled `pictures` (..., R, C), or, given `table` (and the
     `entropy` of every row, (..., Lq), for the titles), as the table of the weights it kept; with
     its statistics; then the output matrices."""
-    from attncli.heatmap import pooled_heatmap
+    from attncli.present.heatmap import pooled_heatmap
 
     analysis = analysis or {}
     weights_shape = tuple(meta["weights_shape"])
@@ -370,7 +373,7 @@ def _weights_table(
 
     def shade(values: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         largest = np.array([row_max(i) for i in rows], dtype=np.float64).reshape(-1, 1)
-        return _levels(values), (values == largest) & (values > 0)
+        return levels(values), (values == largest) & (values > 0)
 
     return _matrix_table(
         matrix,
@@ -393,8 +396,8 @@ def output_table(
     options = options or ViewOptions()
 
     def shade(values: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        levels = _levels(0.5 + 0.5 * values / limit) if limit > 0 else np.full(values.shape, LEVELS // 2)
-        return levels, np.zeros(values.shape, dtype=bool)
+        shades = levels(0.5 + 0.5 * values / limit) if limit > 0 else np.full(values.shape, LEVELS // 2)
+        return shades, np.zeros(values.shape, dtype=bool)
 
     return _matrix_table(
         matrix, DIVERGING, shade, options, title, corner="q\\f", row_labels=options.query_labels
@@ -411,12 +414,12 @@ def stats_table(stats: Mapping[str, np.ndarray], options: ViewOptions) -> Table:
     key_names = options.key_labels
     for i in visible_indices(rows, options.max_rows):
         if i is None:
-            table.add_row(*([_ELLIPSIS] * 7))
+            table.add_row(*([ELLIPSIS] * 7))
             continue
         argmax = int(stats["argmax"][i])
-        key = "" if argmax < 0 else _cut(key_names[argmax]) if key_names else str(argmax)
+        key = "" if argmax < 0 else cut_label(key_names[argmax]) if key_names else str(argmax)
         table.add_row(
-            _cut(options.query_labels[i]) if options.query_labels else str(i),
+            cut_label(options.query_labels[i]) if options.query_labels else str(i),
             *(
                 _number(stats[name][i], options.precision)
                 for name in ("entropy", "entropy_normalised", "max_weight")
@@ -450,15 +453,15 @@ def top_k_table(weights: np.ndarray, keys: np.ndarray, options: ViewOptions) -> 
     table.add_column(f"top {keys.shape[-1]} keys (weight)", no_wrap=True)
     for i in visible_indices(len(keys), options.max_rows):
         if i is None:
-            table.add_row(_ELLIPSIS, _ELLIPSIS)
+            table.add_row(ELLIPSIS, ELLIPSIS)
             continue
         picks = [
-            f"{_cut(options.key_labels[j]) if options.key_labels else j} ({w:.{options.precision}f})"
+            f"{cut_label(options.key_labels[j]) if options.key_labels else j} ({w:.{options.precision}f})"
             for j, w in zip(keys[i].tolist(), weights[i].tolist(), strict=True)
             if j >= 0
         ]
         table.add_row(
-            _cut(options.query_labels[i]) if options.query_labels else str(i), "  ".join(picks) or "–"
+            cut_label(options.query_labels[i]) if options.query_labels else str(i), "  ".join(picks) or "–"
         )
     return table
 
@@ -507,7 +510,7 @@ def _nanmean(values: np.ndarray) -> float:
 def weights_legend(masked: bool = False) -> Text:
     text = Text("colour: 0 ", style="dim")
     for step in range(16):
-        text.append("█", style=Style(color=_rgb_color(lerp(SEQUENTIAL, step / 15))))
+        text.append("█", style=Style(color=rgb_color(lerp(SEQUENTIAL, step / 15))))
     text.append(" 1, one scale for all tables · bold: row maximum", style="dim")
     if masked:
         text.append(f" · {MASKED}: masked", style="dim")
@@ -517,7 +520,7 @@ def weights_legend(masked: bool = False) -> Text:
 def output_legend(limit: float, precision: int) -> Text:
     text = Text(f"colour: -{limit:.{precision}g} ", style="dim")
     for step in range(16):
-        text.append("█", style=Style(color=_rgb_color(lerp(DIVERGING, step / 15))))
+        text.append("█", style=Style(color=rgb_color(lerp(DIVERGING, step / 15))))
     text.append(f" +{limit:.{precision}g}, grey at 0", style="dim")
     return text
 
@@ -566,7 +569,7 @@ def _matrices(
         choose = f"choose them with {' '.join(options_named)} (e.g. 0:4 or 1,3), or " if options_named else ""
         parts.append(
             Text(
-                f"{_ELLIPSIS} {len(indices) - limit} more {name} matrices not shown ({name} "
+                f"{ELLIPSIS} {len(indices) - limit} more {name} matrices not shown ({name} "
                 f"{_shape_text(tensor.shape)}); {choose}save them all with -o FILE",
                 style="yellow",
             )
@@ -622,7 +625,7 @@ def _matrix_table(
             raise ValueError("the kept cells are not the ones this table shows")
         values, shown_blocked = matrix, blocked
     values = np.asarray(values, dtype=np.float64).reshape(len(shown_row_list), len(shown_col_list))
-    levels, bold = shade(values, shown_row_list)
+    shades, bold = shade(values, shown_row_list)
     texts = _formatted(values, precision)
     shown_blocked = None if shown_blocked is None else np.asarray(shown_blocked, dtype=bool)
     lengths = np.char.str_len(texts)
@@ -632,12 +635,12 @@ def _matrix_table(
         title += f"  (showing {len(shown_row_list)} rows × {len(shown_col_list)} columns)"
     cells = _MatrixCells(
         corner,
-        [_ELLIPSIS if j is None else col_names[j] for j in col_indices],
-        [_ELLIPSIS if i is None else row_names[i] for i in row_indices],
+        [ELLIPSIS if j is None else col_names[j] for j in col_indices],
+        [ELLIPSIS if i is None else row_names[i] for i in row_indices],
         _positions(row_indices),
         _positions(col_indices),
         texts.tolist(),
-        (levels * 2 + bold).tolist(),
+        (shades * 2 + bold).tolist(),
         None if shown_blocked is None else shown_blocked.tolist(),
         (lengths.max(axis=0) if len(shown_row_list) else np.zeros(len(shown_col_list), int)).tolist(),
         anchors,
@@ -684,7 +687,7 @@ class _MatrixCells:
         self.anchors = anchors
 
     def _style(self, look: int) -> Style:
-        return _style(self.anchors, look // 2, bold=bool(look % 2))
+        return cell_style(self.anchors, look // 2, bold=bool(look % 2))
 
     def table(self) -> Table:
         table = Table(
@@ -695,12 +698,12 @@ class _MatrixCells:
             table.add_column(heading, justify="right", no_wrap=True)
         for label, r in zip(self.labels, self.row_positions, strict=True):
             if r is None:
-                table.add_row(_ELLIPSIS, *(_ELLIPSIS for _ in self.col_positions))
+                table.add_row(ELLIPSIS, *(ELLIPSIS for _ in self.col_positions))
                 continue
             cells: list[RenderableType] = [label]
             for c in self.col_positions:
                 if c is None:
-                    cells.append(_ELLIPSIS)
+                    cells.append(ELLIPSIS)
                 elif self.blocked is not None and self.blocked[r][c]:
                     cells.append(Text(MASKED, style="dim"))
                 else:
@@ -725,7 +728,7 @@ class _MatrixCells:
         for n, (heading, c) in enumerate(zip(self.headers, self.col_positions, strict=True), 1):
             widest = width(heading, n)
             if c is None or ellipsis_row:
-                widest = max(widest, width(_ELLIPSIS, n))
+                widest = max(widest, width(ELLIPSIS, n))
             if c is not None:
                 widest = max(widest, self.widest[c] + pads[n])
             widths.append(widest or 1)
@@ -777,7 +780,7 @@ class _MatrixCells:
         def mark(masked: bool, column: int) -> list[Segment]:
             """The segments of a masked cell or an ellipsis in `column`."""
             if (masked, column) not in marks:
-                renderable = Text(MASKED, style="dim") if masked else _ELLIPSIS
+                renderable = Text(MASKED, style="dim") if masked else ELLIPSIS
                 marks[masked, column] = cell(renderable, column, value_style)
             return marks[masked, column]
 
@@ -822,8 +825,8 @@ def _axis_names(
     shape: tuple[int, int], row_labels: Sequence[str] | None, col_labels: Sequence[str] | None
 ) -> tuple[list[str], list[str]]:
     rows, cols = shape
-    row_names = [_cut(label) for label in row_labels] if row_labels else [str(i) for i in range(rows)]
-    col_names = [_cut(label) for label in col_labels] if col_labels else [str(j) for j in range(cols)]
+    row_names = [cut_label(label) for label in row_labels] if row_labels else [str(i) for i in range(rows)]
+    col_names = [cut_label(label) for label in col_labels] if col_labels else [str(j) for j in range(cols)]
     return row_names, col_names
 
 
@@ -845,49 +848,10 @@ def _layout(
     return visible_indices(rows, options.max_rows), visible_indices(cols, min(fit, options.max_cols or fit))
 
 
-def _cut(label: str) -> str:
-    """A label short enough for a column header, and on one line."""
-    label = " ".join(label.split()) or "␣"
-    return label if len(label) <= _LABEL_WIDTH else label[: _LABEL_WIDTH - 1] + _ELLIPSIS
-
-
 def _formatted(matrix: np.ndarray, precision: int) -> np.ndarray:
     """Every value as fixed-point text with `precision` digits (NumPy's own formatter, all at once)."""
     formatted = np.char.mod(f"%.{precision}f", matrix.astype(np.float64))
     return np.asarray(formatted, dtype=str)
-
-
-def _levels(t: np.ndarray) -> np.ndarray:
-    """The colour level of each position `t` on the 0..1 scale (NaN at its bottom)."""
-    scaled = np.nan_to_num(np.asarray(t, dtype=np.float64) * (LEVELS - 1), nan=0.0)
-    return np.clip(np.rint(scaled), 0, LEVELS - 1).astype(np.int64)
-
-
-def _style(anchors: tuple[tuple[int, int, int], ...], level: int, bold: bool) -> Style:
-    # A new Style each time: Rich caches a Style's escape codes for the first console it meets.
-    foreground, background = _colours(anchors, level)
-    return Style(color=foreground, bgcolor=_rgb_color(background), bold=bold)
-
-
-@lru_cache(maxsize=2 * LEVELS)
-def _colours(anchors: tuple[tuple[int, int, int], ...], level: int) -> tuple[str, tuple[int, int, int]]:
-    """Text and background colour for a level: black text on light backgrounds, white on dark."""
-    red, green, blue = lerp(anchors, level / (LEVELS - 1))
-    luminance = (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
-    return ("black" if luminance > 0.45 else "white"), (red, green, blue)
-
-
-def lerp(anchors: tuple[tuple[int, int, int], ...], t: float) -> tuple[int, int, int]:
-    position = min(max(t, 0.0), 1.0) * (len(anchors) - 1)
-    low = min(int(position), len(anchors) - 2)
-    fraction = position - low
-    a, b = anchors[low], anchors[low + 1]
-    red, green, blue = (round(x + (y - x) * fraction) for x, y in zip(a, b, strict=True))
-    return red, green, blue
-
-
-def _rgb_color(rgb: tuple[int, int, int]) -> Color:
-    return Color.from_rgb(*rgb)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -905,21 +869,3 @@ def _scale_text(meta: Mapping[str, Any]) -> str:
         if features and math.isclose(scale, 1 / math.sqrt(features), rel_tol=1e-12):
             text += f" = 1/√{features}"
     return text
-
-
-def export_svg(console: Console, title: str) -> str:
-    """What `console` recorded, as a standalone SVG: Rich's template without its web-font download."""
-    from rich._export_format import CONSOLE_SVG_FORMAT
-
-    # Keep local() fonts and fall back to the system's monospace fonts; fetch nothing.
-    template = re.sub(r',\s*url\("[^"]*"\) format\("[^"]*"\)', "", CONSOLE_SVG_FORMAT)
-    template = template.replace("font-family: Fira Code, monospace;", _SVG_FONTS)
-    return console.export_svg(title=title, code_format=template, clear=False)
-
-
-def export_html(console: Console) -> str:
-    """What `console` recorded, as a standalone HTML page with inline styles (no stylesheet to fetch)."""
-    return console.export_html(inline_styles=True, clear=False)
-
-
-_SVG_FONTS = "font-family: Fira Code, 'DejaVu Sans Mono', Menlo, Consolas, monospace;"

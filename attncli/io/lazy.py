@@ -21,12 +21,12 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
 from attncli.errors import InputError, UsageError
-from attncli.loaders import (
+from attncli.io.loaders import (
     DTYPE_KIND_WORDS,
     META_KEY,
     SAFETENSORS_DTYPES,
@@ -43,9 +43,6 @@ from attncli.loaders import (
     sniff_format,
     split_spec,
 )
-
-if TYPE_CHECKING:
-    from rich.console import RenderableType
 
 #: Values per block: 4 MiB once widened to float64, whatever the file's size.
 BLOCK_ELEMENTS = 1 << 19
@@ -554,102 +551,6 @@ def _fresh(values: np.ndarray, bfloat16: bool) -> np.ndarray:
         # bfloat16 is the top half of a float32.
         return (values.astype(np.uint32) << 16).view(np.float32)
     return np.array(values, dtype=values.dtype.newbyteorder("="))
-
-
-# --- presentation (Rich renderables and JSON; render.py's kind of code, kept with what it shows) --------
-
-
-def reports_json(reports: list[FileReport]) -> str:
-    """One JSON document for every file: `{"files": [{"path", "format", "bytes", "tensors", "metadata"}]}`."""
-    files = []
-    for report in reports:
-        tensors = []
-        for tensor in report.tensors:
-            entry: dict[str, Any] = {
-                "name": tensor.name,
-                "shape": list(tensor.shape),
-                "dtype": tensor.dtype,
-                "bytes": tensor.nbytes,
-            }
-            if tensor.stats is not None:
-                stats = tensor.stats
-                entry |= {"min": stats.min, "max": stats.max, "mean": stats.mean, "std": stats.std}
-                entry |= {"nan": stats.nan, "inf": stats.inf}
-            tensors.append(entry)
-        files.append(
-            {
-                "path": report.label,
-                "format": report.format,
-                "bytes": report.nbytes,
-                "tensors": tensors,
-                "metadata": report.metadata,
-            }
-        )
-    return json.dumps({"files": files}, indent=2)
-
-
-def report_view(report: FileReport) -> RenderableType:
-    """A table of the file's tensors (one row each), then its metadata, one key per line."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    with_stats = any(tensor.stats is not None for tensor in report.tensors)
-    count = len(report.tensors)
-    title = Text.assemble(
-        (report.label, "bold"),
-        f"  {report.format}, {size_text(report.nbytes)}, {count} tensor{'s' if count != 1 else ''}",
-    )
-    table = Table(
-        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0
-    )  # the box puts a space between
-    for heading in ("tensor", "shape", "dtype"):
-        table.add_column(heading, no_wrap=True)
-    numbers = ["size", *(("min", "max", "mean", "std", "NaN", "Inf") if with_stats else ())]
-    for heading in numbers:
-        table.add_column(heading, justify="right", no_wrap=True)
-    for tensor in report.tensors:
-        cells: list[Text | str] = [
-            Text(tensor.name),
-            str(tensor.shape),
-            tensor.dtype,
-            size_text(tensor.nbytes),
-        ]
-        if tensor.stats is not None:
-            stats = tensor.stats
-            cells += [number_text(value) for value in (stats.min, stats.max, stats.mean, stats.std)]
-            cells += [str(stats.nan), str(stats.inf)]
-        table.add_row(*cells)
-    if not report.metadata:
-        return Group(title, table, Text())
-    lines = Table.grid(padding=(0, 2))
-    lines.add_column(style="bold")
-    lines.add_column()
-    for key, value in sorted(report.metadata.items()):  # safetensors keeps no order of its own
-        lines.add_row(Text(key), Text(value if isinstance(value, str) else json.dumps(value)))
-    return Group(title, table, Text(), Text("metadata", style="bold"), lines, Text())
-
-
-def size_text(nbytes: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    if nbytes < 1024:
-        return f"{nbytes} B"
-    size = nbytes / 1024
-    for unit in ("KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
-def number_text(value: float | int | bool | None) -> str:
-    """A number as a table shows it: ints exactly, floats to 4 significant digits, None as a dash."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool | int):
-        return str(value)
-    return f"{value:.4g}"
 
 
 __all__ = [

@@ -20,9 +20,9 @@ from rich.constrain import Constrain
 from rich.style import Style
 from rich.text import Span, Text
 
-from attncli.render import LEVELS, SEQUENTIAL, lerp
-from attncli.render import MASKED as MASKED_CHAR  # the tables' mark for a masked weight
-from attncli.view import POOLS
+from attncli.present.options import POOLS
+from attncli.present.style import LEVELS, SEQUENTIAL, cut_label, lerp
+from attncli.present.style import MASKED as MASKED_CHAR  # the tables' mark for a masked weight
 
 RAMP = " .:-=+*#%@"  # weight 0 is ' '; any weight above 0 is at least '.', by ninths up to '@' at 1
 NAN_CHAR = "!"
@@ -153,7 +153,6 @@ def _labelled(
 ) -> list[RenderableType] | None:
     """Ruler, one line per query named by its label and index, legend, then the keys' names; None
     when the matrix does not fit that way (it is then pooled as usual)."""
-    from attncli.render import _cut as cut_label
 
     queries, keys = matrix.shape
     rows = [f"{cut_label(query_labels[i]) if query_labels else ''} {i}" for i in range(queries)]

@@ -127,24 +127,6 @@ def require_transformers(command: str = "attn capture") -> None:
         raise UsageError(f"{command} needs the models extra: pip install 'attncli[models]'") from None
 
 
-def read_texts(path: str) -> list[str]:
-    """One text per line of a UTF-8 file; blank lines are skipped."""
-    try:
-        content = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--texts-file {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--texts-file {path}: is a directory, not a file of texts") from None
-    except UnicodeDecodeError:
-        raise InputError(f"--texts-file {path}: not UTF-8 text") from None
-    except OSError as error:
-        raise UsageError(f"--texts-file {path}: cannot be read: {error.strerror or error}") from None
-    texts = [line for line in content.splitlines() if line.strip()]
-    if not texts:
-        raise InputError(f"--texts-file {path}: holds no text (one text per line)")
-    return texts
-
-
 def capture(
     model_dir: str | os.PathLike[str],
     texts: Sequence[str],
@@ -155,7 +137,7 @@ def capture(
 ) -> Capture:
     """Run the model in `model_dir` once over `texts` (padded into one batch) and record its attention.
 
-    `layers` picks layers as `attncli.view.parse_indices` gives them (None: every layer); `option`
+    `layers` picks layers as `attncli.selection.parse_indices` gives them (None: every layer); `option`
     is how messages name that choice. With `reference`, the model runs a second time with eager
     attention and `output_attentions`, and its own probabilities are kept for comparison.
     """
@@ -314,7 +296,7 @@ def _load(folder: Path) -> tuple[Any, Any]:
 
 
 def _chosen_layers(layers: Sequence[int | slice] | None, count: int, option: str) -> list[int]:
-    from attncli.view import resolve_indices
+    from attncli.selection import resolve_indices
 
     if layers is None:
         return list(range(count))
@@ -458,6 +440,5 @@ __all__ = [
     "capture",
     "max_abs_difference",
     "model_folder",
-    "read_texts",
     "require_transformers",
 ]

@@ -1,0 +1,34 @@
+"""What to show of a result: which view, how large, with which labels and selection.
+
+Plain values only (no Rich, no torch): the CLI turns options into a `ViewOptions`, the views in
+`attncli.present` draw what it says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+VIEWS = ("table", "heatmap")
+POOLS = ("max", "mean")
+DEFAULT_MAX_MATRICES = 8
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """How the views of `attncli.present` show a result."""
+
+    view: str = "table"
+    precision: int = 4
+    width: int = 80  # the console's columns
+    max_rows: int = 32  # rows of a table (an ellipsis row included), lines of a heatmap
+    max_cols: int | None = None  # None: as many as fit in `width`
+    full: bool = False  # every row and column, whatever the size
+    pool: str = "max"  # heatmaps larger than the terminal: max or mean of each block
+    colour: bool = True  # False: no colours to rely on (heatmaps use characters)
+    query_labels: Sequence[str] | None = None
+    key_labels: Sequence[str] | None = None
+    batch: Sequence[int] | None = None  # None: every batch entry
+    head: Sequence[int] | None = None  # None: every head
+    max_matrices: int = DEFAULT_MAX_MATRICES  # when no selection was made
+    axes: Sequence[str] = field(default_factory=tuple)  # names of the weights' leading axes
