@@ -162,9 +162,7 @@ def silence_stdout() -> None:
 
 
 def main() -> None:
-    """The `attn` console script."""
-    import attncli.cli  # noqa: F401 - registers the commands
-
+    """The `attn` console script (importing attncli.cli, this module's package, registered the commands)."""
     # Back PyTorch's large CPU buffers with transparent huge pages (read when torch is imported):
     # faulting in a fresh N x N weights buffer 4 KiB at a time was a third of the weights path's
     # time; with 2 MiB pages the path runs at about 1.3x scaled_dot_product_attention, not 1.7x.
@@ -190,7 +188,3 @@ def _reuse_freed_buffers() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
     mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value on 64-bit systems
     mallopt(m_trim_threshold, 1 << 30)
-
-
-if __name__ == "__main__":
-    main()
