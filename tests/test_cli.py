@@ -391,7 +391,7 @@ def test_internal_errors_are_one_line_with_status_70(samples, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("attncli.compute.attend", broken)
+    monkeypatch.setattr("attncli.compute.run", broken)
     assert_error(
         invoke("compute", str(samples / "seed.npz")), "internal error", "ZeroDivisionError", status=70
     )

@@ -15,9 +15,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "attncli"
 
 #: Lowest first: a module may import its own layer and those before it, never one after it.
-LAYERS = ("base", "io", "analysis", "compute", "models", "present", "cli")
+LAYERS = ("base", "io", "analysis", "compute", "models", "present", "api", "cli")
 BASE = {"attncli", "attncli.errors", "attncli.selection", "attncli.demo"}
 ENTRY = "attncli.__main__"  # `python -m attncli`: the command line
+API = {"attncli.show"}  # views of arrays and results for Python: present/ drawing compute/'s consumers
 #: Layers that must never import torch, directly or through the modules they import.
 TORCH_FREE = ("io", "present")
 
@@ -35,6 +36,8 @@ def _layer(module: str) -> str:
         return "base"
     if module == ENTRY:
         return "cli"
+    if module in API:
+        return "api"
     return module.split(".")[1]
 
 

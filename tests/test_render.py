@@ -14,7 +14,8 @@ from rich.style import Style
 from rich.text import Text
 
 from attncli.present.options import ViewOptions
-from attncli.present.tables import output_table, result_view, visible_indices, weight_table
+from attncli.present.tables import output_table, visible_indices, weight_table
+from attncli.show import weights_view
 
 GOLDEN = Path(__file__).parent / "golden"
 # ATTNCLI_UPDATE_GOLDEN=1 pytest tests/test_render.py writes the golden files anew, on purpose; without
@@ -63,7 +64,7 @@ def seed_result() -> tuple[np.ndarray, np.ndarray]:
 
 def test_seed_view_matches_golden():
     weights, output = seed_result()
-    check_golden("seed_view.txt", render(result_view(weights, output, seed_meta(weights, output))))
+    check_golden("seed_view.txt", render(weights_view(weights, output, seed_meta(weights, output))))
 
 
 def test_batched_heads_titles_and_the_matrix_limit_match_golden():
@@ -80,7 +81,7 @@ def test_batched_heads_titles_and_the_matrix_limit_match_golden():
         "weights_axes": ["batch", "head", "query", "key"],
         "input_shapes": {"query": [2, 5, 4, 2], "key": [2, 5, 4, 2], "value": [2, 5, 4, 2]},
     }
-    text = render(result_view(weights, output, meta, ViewOptions(precision=2, max_matrices=3)))
+    text = render(weights_view(weights, output, meta, ViewOptions(precision=2, max_matrices=3)))
     check_golden("heads_view.txt", text)
     assert "weights[0, 2] (batch 0, head 2)  4×4  float64  min=" in text
     assert "7 more weights matrices not shown" in text
@@ -89,7 +90,7 @@ def test_batched_heads_titles_and_the_matrix_limit_match_golden():
 
 def test_every_number_shown_is_the_value_rounded():
     weights, output = seed_result()
-    text = render(result_view(weights, output, seed_meta(weights, output), ViewOptions(precision=3)))
+    text = render(weights_view(weights, output, seed_meta(weights, output), ViewOptions(precision=3)))
     for number in (*weights.ravel(), *output.ravel()):
         assert f"{number:.3f}" in text
 
@@ -168,7 +169,7 @@ def test_masked_cells_are_dots_and_the_summary_ignores_them():
     weights = np.array([[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.2, 0.3, 0.5]])
     blocked = np.triu(np.ones((3, 3), dtype=bool), 1)
     meta = {**seed_meta(weights, weights), "causal": True}
-    text = render(result_view(weights, weights, meta, ViewOptions(width=120), blocked), width=120)
+    text = render(weights_view(weights, weights, meta, ViewOptions(width=120), blocked), width=120)
     weight_rows = text.split("\noutput")[0].split("───\n")[1].splitlines()[:3]
     assert [row.split()[1:] for row in weight_rows] == [
         ["1.0000", "·", "·"],
@@ -186,7 +187,7 @@ def test_summary_figures_match_numpy():
     weights = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
     entropy = float(np.mean(-(weights * np.log(weights)).sum(1)))
     text = render(
-        result_view(weights, weights[:, :3], seed_meta(weights, weights), ViewOptions(width=200)), width=200
+        weights_view(weights, weights[:, :3], seed_meta(weights, weights), ViewOptions(width=200)), width=200
     )
     assert f"min={weights.min():.3g} max={weights.max():.3g}" in text
     assert f"entropy={entropy:.3g} nats" in text
@@ -198,7 +199,7 @@ def test_selection_shows_exactly_the_chosen_heads():
     weights = np.full((2, 6, 3, 3), 1 / 3)
     meta = {**seed_meta(weights, weights), "weights_axes": ["batch", "head", "query", "key"]}
     options = ViewOptions(batch=[1], head=[0, 4])
-    text = render(result_view(weights, weights, meta, options), width=100)
+    text = render(weights_view(weights, weights, meta, options), width=100)
     titles = [line.split("  ")[0] for line in text.splitlines() if line.startswith("weights[")]
     assert titles == ["weights[1, 0] (batch 1, head 0)", "weights[1, 4] (batch 1, head 4)"]
     assert "not shown" not in text

@@ -234,10 +234,10 @@ def compute_and_finish(
     the output, the statistics and top-k, a pooled picture or a table's cells per matrix, and the
     weights only into -o (.safetensors, .npz) and --weights-to, block by block. Returns the
     comparisons of --check."""
-    from attncli.compute import attend, fused, run
+    from attncli.compute import fused, run
 
     if plan.method == "whole":
-        result = attend(problem, stats=display.stats, top_k=display.top_k)
+        result = attend_for_view(problem, display)
         comparisons = []
         if check:
             from attncli.compute.check import check as check_against_references
@@ -283,20 +283,38 @@ def compute_and_finish(
 def _kept_views(
     problem: Prepared, display: Display
 ) -> tuple[tuple[int, int] | None, tuple[list[int], list[int]] | None]:
-    """What a run in blocks keeps for the view: (rows, cols) of a pooled picture per matrix, or the
-    rows and columns of each matrix a table shows; (None, None) when nothing is shown."""
+    """What a run keeps for the view, whole or in blocks: (rows, cols) of a pooled picture per
+    matrix for a heatmap, and the rows and columns of each matrix a table shows (none for a heatmap,
+    whose title still takes the table's figures); (None, None) when nothing is shown."""
     screen = _screen(display)
     if screen is None:
         return None, None
     lq, lk = problem.weights_shape[-2:]
+    layout = _view_options(display, screen, display.view.value, {"batch": None, "head": None}, ())
     if display.view is View.table:
         from attncli.present import tables
 
-        layout = _view_options(display, screen, "table", {"batch": None, "head": None}, ())
         return None, tables.table_window((lq, lk), layout)
-    # sized to the terminal: one cell per character, two rows per line in colour
-    gutter = len(str(max(lq - 1, 0))) + 1
-    return (screen.lines * (2 if screen.colour else 1), max(screen.console.width - gutter, 1)), None
+    from attncli.present.heatmap import picture_size
+
+    size = picture_size(
+        (lq, lk),
+        width=layout.width,
+        max_lines=max(lq, 1) if layout.full else layout.max_rows,
+        colour=layout.colour,
+        query_labels=layout.query_labels,
+        key_labels=layout.key_labels,
+    )
+    return size, ([], [])
+
+
+def attend_for_view(problem: Prepared, display: Display) -> AttentionResult:
+    """The whole run of `problem`, its weights kept, with what the view and -o take of them."""
+    from attncli.compute import run
+
+    picture, table = _kept_views(problem, display)
+    stats = display.stats or table is not None  # a title gives the mean entropy
+    return run(problem, keep_weights=True, stats=stats, top_k=display.top_k, picture=picture, table=table)
 
 
 def finish(
@@ -312,7 +330,7 @@ def finish(
 ) -> None:
     """Check the display choices against the result, warn, save (into `result_file`, which holds the
     weights already, when the run wrote them there block by block), then show and export."""
-    from attncli.compute import describe, masked_positions, result_arrays
+    from attncli.compute import describe, result_arrays
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
     if result.weights is None:  # computed in blocks: say how
@@ -335,20 +353,21 @@ def finish(
 
     from attncli.present import tables
 
-    if result.weights is not None:
-        blocked = masked_positions(result)
-        options = _view_options(display, screen, display.view.value, chosen, axes)
-        view = tables.result_view(arrays["weights"], arrays["output"], meta, options, blocked, arrays)
-        screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
-    else:
-        kind = "heatmap" if result.table is None else "table"
-        options = _view_options(display, screen, kind, chosen, axes)
-        pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
-        entropy = None if result.stats is None else result.stats.entropy.detach().cpu().double().numpy()
-        view = tables.stream_view(
-            pictures, result.picture_blocks, arrays["output"], meta, options, arrays, result.table, entropy
-        )
-        screen.console.print(view)
+    assert result.table is not None, "the run keeps what the view shows: attend_for_view, _kept_views"
+    options = _view_options(display, screen, display.view.value, chosen, axes)
+    pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
+    entropy = None if result.stats is None else result.stats.entropy.detach().cpu().double().numpy()
+    view = tables.result_view(
+        arrays["output"],
+        meta,
+        options,
+        result.table,
+        entropy,
+        analysis=arrays,
+        pictures=pictures,
+        picture_blocks=result.picture_blocks,
+    )
+    screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
     if comparisons:
         screen.console.print(tables.check_table(comparisons))
     _export(screen, display)

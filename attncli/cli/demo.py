@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from attncli.cli._app import app
 from attncli.cli._app import console as make_console
-from attncli.cli._display import Display, NoColorOption, PrecisionOption, finish
+from attncli.cli._display import Display, NoColorOption, PrecisionOption, attend_for_view, finish
 
 
 @app.command()
@@ -13,7 +13,7 @@ def demo(precision: PrecisionOption = 4, no_color: NoColorOption = False) -> Non
     from rich.syntax import Syntax
 
     from attncli import demo as seed
-    from attncli.compute import attention
+    from attncli.compute import prepare
 
     console = make_console(no_color)
     query, key, value = seed.sample_tensors()
@@ -24,7 +24,9 @@ def demo(precision: PrecisionOption = 4, no_color: NoColorOption = False) -> Non
     for source in (seed.tutorial_source(), seed.sample_source()):
         console.print(Syntax(source, "python", theme="ansi_dark", background_color="default", word_wrap=True))
     tutorial_output, tutorial_weights = seed.self_attention(query, key, value)  # type: ignore[no-untyped-call]
-    result = attention(query, key, value)
+    display = Display(precision=precision, no_color=no_color)
+    result = attend_for_view(prepare(query, key, value), display)
+    assert result.weights is not None
     weights_gap = (result.weights - tutorial_weights).abs().max().item()
     output_gap = (result.output - tutorial_output).abs().max().item()
     console.print(
@@ -34,4 +36,4 @@ def demo(precision: PrecisionOption = 4, no_color: NoColorOption = False) -> Non
         highlight=False,
     )
     sources = {"query": "sample", "key": "sample", "value": "sample"}
-    finish(result, sources, None, None, Display(precision=precision, no_color=no_color), console)
+    finish(result, sources, None, None, display, console)

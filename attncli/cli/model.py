@@ -32,6 +32,7 @@ from attncli.cli._display import (
     TopKOption,
     View,
     ViewOption,
+    attend_for_view,
     check_exports,
     finish,
     with_token_labels,
@@ -150,13 +151,13 @@ def model_command(
         display.query_labels, inputs.query.shape[-2], "--labels-file" if labels_file else "--labels", "query"
     )
 
-    from attncli.compute import attend, prepare
+    from attncli.compute import prepare
 
     names = {**inputs.sources, "mask": inputs.mask_source or "mask"}
     problem = prepare(
         inputs.query, inputs.key, inputs.value, scale=inputs.scale, mask=inputs.mask, names=names
     )
-    result = attend(problem, stats=display.stats, top_k=display.top_k)
+    result = attend_for_view(problem, display)
     assert result.weights is not None
     agreement = capture.agreement(result.weights, captured.probabilities[layer], result.masked_rows)
     comparisons = []

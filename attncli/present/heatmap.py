@@ -111,6 +111,27 @@ def heatmap(
     return Group(*parts)
 
 
+def picture_size(
+    shape: tuple[int, int],
+    *,
+    width: int,
+    max_lines: int,
+    colour: bool = True,
+    query_labels: Sequence[str] | None = None,
+    key_labels: Sequence[str] | None = None,
+) -> tuple[int, int]:
+    """The (rows, cols) of pooled cells that a heatmap of a (Lq, Lk) matrix draws in `width` columns
+    and `max_lines` lines: one cell per weight where the labelled layout fits, else as many as fit
+    (two matrix rows per line in colour). A computation pools its weights to this size."""
+    queries, keys = shape
+    if (query_labels is not None or key_labels is not None) and _labelled_gutter(
+        queries, keys, width, max_lines, query_labels
+    ):
+        return max(queries, 1), max(keys, 1)
+    gutter = len(str(max(queries - 1, 0))) + 1
+    return max(max_lines, 1) * (2 if colour else 1), max(width - gutter, 1)
+
+
 def pooled_heatmap(
     pooled: np.ndarray,
     *,
@@ -120,25 +141,53 @@ def pooled_heatmap(
     width: int,
     pool: str = "max",
     colour: bool = True,
+    query_labels: Sequence[str] | None = None,
+    key_labels: Sequence[str] | None = None,
 ) -> Group:
-    """A heatmap of a matrix that was pooled elsewhere (the blocked computation never holds it).
+    """A heatmap of a matrix pooled by the computation (as `picture_size` says), drawn as `heatmap`
+    draws a matrix.
 
     `pooled` (R, C) holds the max or mean of each `blocks` = (rows, columns) block of the (Lq, Lk)
     matrix `shape`, NaN where a whole block was masked; indices on the axes are the matrix's own.
+    With one weight per cell and labels, the labelled layout is drawn where it fits.
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be 'max' or 'mean', not {pool!r}")
-    queries = shape[0]
+    queries, keys = shape
+    heading = Constrain(Text(title, style="bold"), max(width, 1))
+    if queries == 0 or keys == 0:
+        return Group(heading, Text(f"no weights to draw ({queries}×{keys})", style="dim"))
     block_rows, block_cols = blocks
     values = np.asarray(pooled, dtype=np.float32)
     masked = np.isnan(values)
-    gutter = len(str(max(queries - 1, 0))) + 1
     codes = _codes(np.where(masked, 0.0, values), masked, colour)
+    if blocks == (1, 1) and (query_labels is not None or key_labels is not None):
+        gutter = _labelled_gutter(queries, keys, width, len(codes), query_labels)
+        if gutter:
+            return Group(
+                heading, *_labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels)
+            )
+    gutter = len(str(max(queries - 1, 0))) + 1
     draw = _colour_lines if colour else _plain_lines
     lines = draw(codes, gutter, block_rows)
     ruler = _ruler(codes.shape[1], block_cols, gutter, max(width, gutter + 1))
     legend = _legend(codes, colour, pool, block_rows, block_cols)
-    return Group(Constrain(Text(title, style="bold"), max(width, 1)), ruler, *lines, Constrain(legend, width))
+    return Group(heading, ruler, *lines, Constrain(legend, width))
+
+
+def _row_names(queries: int, query_labels: Sequence[str] | None) -> list[str]:
+    return [f"{cut_label(query_labels[i]) if query_labels else ''} {i}" for i in range(queries)]
+
+
+def _labelled_gutter(
+    queries: int, keys: int, width: int, max_lines: int, query_labels: Sequence[str] | None
+) -> int:
+    """The gutter of the labelled layout (one query per line, LABELLED_CELL columns per key), 0
+    when the matrix does not fit that way."""
+    if not queries or queries > max_lines:
+        return 0
+    gutter = max(len(row) for row in _row_names(queries, query_labels)) + 1
+    return gutter if gutter + keys * LABELLED_CELL <= width else 0
 
 
 def _labelled(
@@ -153,14 +202,26 @@ def _labelled(
 ) -> list[RenderableType] | None:
     """Ruler, one line per query named by its label and index, legend, then the keys' names; None
     when the matrix does not fit that way (it is then pooled as usual)."""
-
     queries, keys = matrix.shape
-    rows = [f"{cut_label(query_labels[i]) if query_labels else ''} {i}" for i in range(queries)]
-    gutter = max(len(row) for row in rows) + 1
-    if queries > max_lines or gutter + keys * LABELLED_CELL > width:
+    gutter = _labelled_gutter(queries, keys, width, max_lines, query_labels)
+    if not gutter:
         return None
     pooled, masked = _pool(matrix, open_keys, 1, 1, pool)
     codes = _codes(pooled, masked, colour)  # (Lq, Lk): one cell per weight
+    return _labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels)
+
+
+def _labelled_lines(
+    codes: npt.NDArray[np.int16],
+    gutter: int,
+    width: int,
+    colour: bool,
+    pool: str,
+    query_labels: Sequence[str] | None,
+    key_labels: Sequence[str] | None,
+) -> list[RenderableType]:
+    queries, keys = codes.shape
+    rows = _row_names(queries, query_labels)
     ruler = "".join(str(j).rjust(LABELLED_CELL - 1).ljust(LABELLED_CELL) for j in range(keys)).rstrip()
     parts: list[RenderableType] = [
         Text("q\\k".ljust(gutter) + ruler, style="dim", no_wrap=True, overflow="crop")

@@ -43,76 +43,28 @@ from attncli.selection import matrix_indices
 if TYPE_CHECKING:
     from attncli.compute import KeptTable
 
-_SUMMARY_ROWS = 256  # rows per block when summarising a matrix: a few MiB at a time
-
 
 def result_view(
-    weights: np.ndarray,
-    output: np.ndarray,
-    meta: Mapping[str, Any],
-    options: ViewOptions | None = None,
-    blocked: np.ndarray | None = None,
-    analysis: Mapping[str, np.ndarray] | None = None,
-) -> Group:
-    """The whole terminal view of a result: header, then each weight matrix, then each output matrix.
-
-    `blocked` (bool, True = masked, broadcastable to the weights) marks masked keys, so they look
-    different from tiny weights. `analysis` may hold the per-row statistics (STAT_NAMES, each
-    (..., Lq)) and `top_k_weights`/`top_k_keys` (..., Lq, K), shown under each weight matrix.
-    """
-    analysis = analysis or {}
-    options = options or ViewOptions()
-    weight_axes = list(options.axes or meta.get("weights_axes") or [])[: max(weights.ndim - 2, 0)]
-    dtype = str(meta.get("dtype", weights.dtype))
-    full_blocked = None if blocked is None else np.broadcast_to(blocked, weights.shape)
-    any_blocked = bool(full_blocked is not None and full_blocked.any())
-
-    def show_weights(index: tuple[int, ...], name: str) -> RenderableType:
-        matrix = weights[index]
-        matrix_blocked = None if full_blocked is None else full_blocked[index]
-        title = weights_summary(name, matrix, matrix_blocked, dtype)
-        extras = _analysis_parts(name, index, analysis, options)
-        if options.view == "heatmap":
-            from attncli.present.heatmap import heatmap
-
-            picture: RenderableType = heatmap(
-                matrix,
-                title=title,
-                width=options.width,
-                max_lines=options.max_rows if not options.full else max(matrix.shape[0], 1),
-                pool=options.pool,
-                blocked=matrix_blocked,
-                colour=options.colour,
-                query_labels=options.query_labels,
-                key_labels=options.key_labels,
-            )
-        else:
-            picture = weight_table(matrix, options=options, title=title, blocked=matrix_blocked)
-        return Group(picture, *extras) if extras else picture
-
-    parts: list[RenderableType] = [header(meta), Text()]
-    parts += _matrices("weights", weights, weight_axes, options, show_weights)
-    if options.view == "table":
-        parts.append(weights_legend(any_blocked))
-    parts.append(Text())
-    parts += _output_section(output, meta, options, weight_axes)
-    return Group(*parts)
-
-
-def stream_view(
-    pictures: np.ndarray | None,
-    blocks: tuple[int, int],
     output: np.ndarray,
     meta: Mapping[str, Any],
     options: ViewOptions,
+    table: KeptTable,
+    entropy: np.ndarray | None,
+    *,
     analysis: Mapping[str, np.ndarray] | None = None,
-    table: KeptTable | None = None,
-    entropy: np.ndarray | None = None,
+    pictures: np.ndarray | None = None,
+    picture_blocks: tuple[int, int] = (1, 1),
 ) -> Group:
-    """The view of a computation done in blocks of query rows, whose weights were never held:
-    each matrix as a heatmap of its pooled `pictures` (..., R, C), or, given `table` (and the
-    `entropy` of every row, (..., Lq), for the titles), as the table of the weights it kept; with
-    its statistics; then the output matrices."""
+    """The view of a result, however it was computed: the header, each weight matrix with its
+    statistics, then each output matrix.
+
+    What is drawn was kept by the computation's consumers: `table` (`compute.KeptTable`), the cells
+    a table shows and every matrix's figures for its title; `entropy` (..., Lq), each row's, whose
+    mean the title gives; `pictures` (..., R, C), each cell the max or mean of `picture_blocks`
+    weights, for the heatmap view (`options.view == "heatmap"`). `analysis` may hold the per-row
+    statistics (STAT_NAMES, each (..., Lq)) and `top_k_weights`/`top_k_keys` (..., Lq, K), shown
+    under each matrix. A run in blocks (`meta["block_rows"]`) gets a line saying so.
+    """
     from attncli.present.heatmap import pooled_heatmap
 
     analysis = analysis or {}
@@ -120,24 +72,30 @@ def stream_view(
     weight_axes = list(options.axes or meta.get("weights_axes") or [])[: max(len(weights_shape) - 2, 0)]
     rows, cols = weights_shape[-2:]
     dtype = str(meta.get("dtype", ""))
+    heatmap = options.view == "heatmap"
+    if heatmap and pictures is None:
+        raise ValueError("the heatmap view draws the pooled pictures: pass pictures")
 
     def show_weights(index: tuple[int, ...], name: str) -> RenderableType:
+        live = bool(table.live[index])
+        mean_entropy = _nanmean(entropy[index]) if live and entropy is not None else math.nan
+        figures = (float(table.minimum[index]), float(table.maximum[index]), float(table.deviation[index]))
+        title = summary_line(name, (rows, cols), dtype, *figures, mean_entropy, live)
         picture: RenderableType
-        if table is not None:
-            live = bool(table.live[index])
-            mean_entropy = math.nan
-            if live and entropy is not None:
-                mean_entropy = _nanmean(entropy[index])
-            title = summary_line(
-                name,
-                (rows, cols),
-                dtype,
-                float(table.minimum[index]),
-                float(table.maximum[index]),
-                float(table.deviation[index]),
-                mean_entropy,
-                live,
+        if heatmap:
+            assert pictures is not None
+            picture = pooled_heatmap(
+                pictures[index],
+                blocks=picture_blocks,
+                shape=(rows, cols),
+                title=title,
+                width=options.width,
+                pool=options.pool,
+                colour=options.colour,
+                query_labels=options.query_labels,
+                key_labels=options.key_labels,
             )
+        else:
             picture = kept_weight_table(
                 table.cells[index],
                 (rows, cols),
@@ -146,36 +104,25 @@ def stream_view(
                 title=title,
                 blocked=None if table.blocked is None else table.blocked[index],
             )
-        else:
-            assert pictures is not None
-            picture = pooled_heatmap(
-                pictures[index],
-                blocks=blocks,
-                shape=(rows, cols),
-                title=f"{name}  {rows}×{cols}  {dtype}  (weights not kept)",
-                width=options.width,
-                pool=options.pool,
-                colour=options.colour,
-            )
         extras = _analysis_parts(name, index, analysis, options)
         return Group(picture, *extras) if extras else picture
 
-    shown = (
-        "the table shows the rows and columns that fit"
-        if table is not None
-        else f"the heatmap shows the {options.pool} of each block"
-    )
+    parts: list[RenderableType] = [header(meta)]
     block_rows = meta.get("block_rows")
-    rows_text = f"{block_rows} query row" + ("" if block_rows == 1 else "s")
-    note = Text(
-        f"computed in blocks of {rows_text}; the weights were not kept, {shown}",
-        style="dim",
-    )
-    kept = table.cells if table is not None else pictures
-    assert kept is not None
-    parts: list[RenderableType] = [header(meta), note, Text()]
-    parts += _matrices("weights", kept, weight_axes, options, show_weights)
-    if table is not None:
+    if block_rows is not None:
+        shown = (
+            f"the heatmap shows the {options.pool} of each block"
+            if heatmap
+            else "the table shows the rows and columns that fit"
+        )
+        rows_text = f"{block_rows} query row" + ("" if block_rows == 1 else "s")
+        parts.append(
+            Text(f"computed in blocks of {rows_text}; the weights were not kept, {shown}", style="dim")
+        )
+    parts.append(Text())
+    every_matrix = np.broadcast_to(table.live[..., None, None], weights_shape)  # a view, for the shape
+    parts += _matrices("weights", every_matrix, weight_axes, options, show_weights)
+    if not heatmap:
         parts.append(weights_legend(table.any_blocked))
     parts.append(Text())
     parts += _output_section(output, meta, options, weight_axes)
@@ -254,37 +201,6 @@ def header(meta: Mapping[str, Any]) -> Text:
     return text
 
 
-def weights_summary(name: str, matrix: np.ndarray, blocked: np.ndarray | None, dtype: str) -> str:
-    """One line about a weight matrix, in the spirit of lovely-tensors, e.g.
-    `weights[0, 3] (batch 0, head 3)  12×12  float32  min=0.001 max=0.873 rowsum=1±2e-07 entropy=1.21 nats`
-
-    Masked keys are left out of min and max; rows with every key masked are left out of rowsum and
-    entropy. Computed in blocks of rows, in the matrix's own precision (float32 for float16), so a
-    4096 x 4096 matrix costs tens of milliseconds and no copy of itself.
-    """
-    rows, cols = matrix.shape
-    values = matrix if matrix.dtype in (np.float32, np.float64) else matrix.astype(np.float32)
-    open_all = None if blocked is None else ~np.broadcast_to(blocked, matrix.shape)
-    minimum, maximum, deviation, entropy_total, live_rows = math.inf, -math.inf, 0.0, 0.0, 0
-    for start in range(0, rows, _SUMMARY_ROWS):
-        block = values[start : start + _SUMMARY_ROWS]
-        open_keys = (
-            np.ones(block.shape, dtype=bool) if open_all is None else open_all[start : start + _SUMMARY_ROWS]
-        )
-        live = open_keys.any(axis=1)
-        if not live.any():
-            continue
-        minimum = min(minimum, float(np.min(block, where=open_keys, initial=math.inf)))
-        maximum = max(maximum, float(np.max(block, where=open_keys, initial=-math.inf)))
-        live_block = block[live]
-        deviation = max(deviation, float(np.abs(live_block.sum(axis=1, dtype=np.float64) - 1).max()))
-        logs = np.log(live_block, out=np.zeros_like(live_block), where=live_block > 0)
-        entropy_total -= float(np.einsum("ij,ij->", live_block, logs, dtype=np.float64))
-        live_rows += int(live.sum())
-    entropy = entropy_total / live_rows if live_rows else math.nan
-    return summary_line(name, (rows, cols), dtype, minimum, maximum, deviation, entropy, live_rows > 0)
-
-
 def summary_line(
     name: str,
     shape: tuple[int, int],
@@ -295,8 +211,10 @@ def summary_line(
     entropy: float,
     live: bool,
 ) -> str:
-    """The text of `weights_summary` from its figures: the smallest and largest weight over open
-    keys, the largest |row sum - 1| and the mean entropy over rows with an open key (`live`: any)."""
+    """A weight matrix's title, in the spirit of lovely-tensors, e.g.
+    `weights[0, 3] (batch 0, head 3)  12×12  float32  min=0.001 max=0.873 rowsum=1±2e-07 entropy=1.21 nats`:
+    the smallest and largest weight over open keys, the largest |row sum - 1| and the mean entropy
+    over rows with an open key (`live`: any), as `compute.KeptTable` and the statistics keep them."""
     rows, cols = shape
     text = f"{name}  {rows}×{cols}  {dtype}"
     if not live:
