@@ -258,7 +258,7 @@ def top_k(
 def _largest_keys(ranking: torch.Tensor, kept: int) -> torch.Tensor:
     """The keys of the `kept` largest values of each row of `ranking` (n, Lk), no NaN, largest first
     and the lower key first among equal values: what a stable descending sort gives, without
-    sorting every key (a sort took 42 s of 50 at 32,768 positions). topk finds each row's k-th
+    sorting every key (a sort of each row costs most of a long run). topk finds each row's k-th
     largest value t; every key above t is taken, then the lowest keys equal to t, up to k."""
     n, lk = ranking.shape
     if not n or kept * 8 >= lk:  # few keys per key kept: sorting them all costs little

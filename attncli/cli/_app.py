@@ -164,8 +164,7 @@ def silence_stdout() -> None:
 def main() -> None:
     """The `attn` console script (importing attncli.cli, this module's package, registered the commands)."""
     # Back PyTorch's large CPU buffers with transparent huge pages (read when torch is imported):
-    # faulting in a fresh N x N weights buffer 4 KiB at a time was a third of the weights path's
-    # time; with 2 MiB pages the path runs at about 1.3x scaled_dot_product_attention, not 1.7x.
+    # a fresh N x N weights buffer is then faulted in 2 MiB at a time, not 4 KiB (tests/bench).
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     _reuse_freed_buffers()
     app()
@@ -174,8 +173,8 @@ def main() -> None:
 def _reuse_freed_buffers() -> None:
     """Let glibc's malloc keep freed buffers of up to 32 MiB for the next allocation instead of
     unmapping them: a blocked computation frees and allocates buffers of the same size for every
-    block, and faulting each fresh one in cost more than the softmax over it (measured: 3.1 ms
-    against 1.2 ms for 16 MiB). Peak memory stays the same; the process keeps it until exit."""
+    block, and faulting each fresh one in costs more than the softmax over it. Peak memory stays
+    the same; the process keeps it until exit."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
