@@ -7,6 +7,7 @@ option.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 
 from attncli.errors import UsageError
@@ -87,3 +88,19 @@ def matrix_indices(
         else:
             choices.append(range(size))
     yield from itertools.product(*choices)
+
+
+def parse_size(text: str, option: str) -> int:
+    """A size in bytes from option text: '2GiB', '500MB', '1e9'."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    number = text.strip().lower()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = number[len(digits) :].strip()
+    try:
+        value = float(digits) * units[unit]
+    except (KeyError, ValueError):
+        raise UsageError(f"{option} {text!r} is not a size; use e.g. 2GiB, 500MB or 1e9") from None
+    if not math.isfinite(value) or value < 1:
+        raise UsageError(f"{option} {text!r} must be a positive size")
+    return int(value)

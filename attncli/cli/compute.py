@@ -320,17 +320,6 @@ def compute(
 
 def _memory_limit(text: str) -> int:
     """--memory-limit in bytes: '2GiB', '500MB', '1e9'."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-    number = text.strip().lower()
-    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz ")
-    unit = number[len(digits) :].strip()
-    try:
-        value = float(digits) * units[unit]
-    except (KeyError, ValueError):
-        raise typer.BadParameter(
-            f"{text!r} is not a size; use e.g. 2GiB, 500MB or 1e9", param_hint="--memory-limit"
-        ) from None
-    if not math.isfinite(value) or value < 1:
-        raise typer.BadParameter(f"{text!r} must be a positive size", param_hint="--memory-limit")
-    return int(value)
+    from attncli.selection import parse_size
+
+    return parse_size(text, "--memory-limit")

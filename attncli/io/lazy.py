@@ -25,7 +25,7 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
-from attncli.errors import InputError, UsageError
+from attncli.errors import InputError
 from attncli.io.loaders import (
     DTYPE_KIND_WORDS,
     META_KEY,
@@ -38,11 +38,13 @@ from attncli.io.loaders import (
     file_error,
     format_of,
     metadata_from_json,
+    parse_tensors,
     pick_named,
     read_tensors,
     sniff_format,
     split_spec,
 )
+from attncli.io.source import file_kind, read_path, stdin_bytes
 
 #: Values per block: 4 MiB once widened to float64, whatever the file's size.
 BLOCK_ELEMENTS = 1 << 19
@@ -134,6 +136,8 @@ def open_tensors(path: str, stdin: BinaryIO | None = None) -> LazyFile:
         return _open_stdin(stdin)
     fmt = format_of(path)
     size = _checked_size(path)
+    if size < 0:  # a pipe: read once, whole
+        return _open_bytes(_read_pipe(path), path, fmt)
     if fmt == "npy":
         return _open_npy(path, size)
     if fmt == "safetensors":
@@ -236,8 +240,11 @@ class _Source:
 
 
 def _checked_size(path: str) -> int:
-    """The size of a readable, non-empty file; the loaders' messages otherwise."""
+    """The size of a readable, non-empty file, -1 for a pipe (not opened: it is read once, later);
+    the loaders' messages otherwise."""
     try:
+        if file_kind(path) == "pipe":
+            return -1
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             file.read(1)
@@ -249,17 +256,29 @@ def _checked_size(path: str) -> int:
 
 
 def _open_stdin(stdin: BinaryIO | None) -> LazyFile:
-    if stdin is None:
-        raise UsageError("'-' means stdin, but there is no stdin to read")
-    data = stdin.read()
+    data = stdin_bytes(stdin, STDIN_LABEL)
     fmt = sniff_format(data) if data else None
-    if fmt == "safetensors":
-        return _open_safetensors(_Source(STDIN_LABEL, data=data, size=len(data)))
-    if fmt == "npz":
-        return _open_npz(_Source(STDIN_LABEL, data=data, size=len(data)))
+    if fmt in ("safetensors", "npz"):
+        return _open_bytes(data, STDIN_LABEL, fmt)
     # Empty or unknown bytes, .npy and JSON: the loaders read them whole and word the errors.
     parsed = read_tensors(STDIN, io.BytesIO(data))
     return _from_tensor_file(parsed, fmt or "json", len(data))
+
+
+def _read_pipe(path: str) -> bytes:
+    try:
+        return read_path(path)
+    except OSError as error:
+        raise file_error(path, error) from None
+
+
+def _open_bytes(data: bytes, label: str, fmt: str) -> LazyFile:
+    """The tensors of bytes read whole (stdin, a pipe), labelled `label`."""
+    if fmt == "safetensors" and data:
+        return _open_safetensors(_Source(label, data=data, size=len(data)))
+    if fmt == "npz" and data:
+        return _open_npz(_Source(label, data=data, size=len(data)))
+    return _from_tensor_file(parse_tensors(data, label, fmt), fmt, len(data))
 
 
 def _from_tensor_file(parsed: TensorFile, fmt: str, size: int) -> LazyFile:

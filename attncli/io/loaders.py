@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from attncli.errors import InputError, UsageError
+from attncli.io.source import file_kind, read_path, stdin_bytes
 
 STDIN = "-"
 STDIN_LABEL = "<stdin>"
@@ -122,9 +123,7 @@ def sniff_format(data: bytes) -> str | None:
 def read_tensors(path: str, stdin: BinaryIO | None = None) -> TensorFile:
     """Read every tensor in the file at `path` (`-`: the bytes of `stdin`)."""
     if path == STDIN:
-        if stdin is None:
-            raise UsageError("'-' means stdin, but there is no stdin to read")
-        data = stdin.read()
+        data = stdin_bytes(stdin, STDIN_LABEL)
         if not data:
             raise InputError(
                 f"{STDIN_LABEL} is empty: pipe in a .npy, .npz, .safetensors or JSON tensor file"
@@ -137,10 +136,22 @@ def read_tensors(path: str, stdin: BinaryIO | None = None) -> TensorFile:
             )
         return _PARSERS[fmt](data, STDIN_LABEL)
     fmt = format_of(path)
-    mapped = _map_npy(path) if fmt == "npy" else _map_safetensors(path) if fmt == "safetensors" else None
-    if mapped is not None:
-        return mapped
+    try:
+        pipe = file_kind(path) == "pipe"
+    except OSError as error:
+        raise file_error(path, error) from None
+    if not pipe:  # a pipe cannot be mapped, and is read once
+        mapped = _map_npy(path) if fmt == "npy" else _map_safetensors(path) if fmt == "safetensors" else None
+        if mapped is not None:
+            return mapped
     return _PARSERS[fmt](_read_file(path), path)
+
+
+def parse_tensors(data: bytes, label: str, fmt: str) -> TensorFile:
+    """The tensors of bytes already read (a pipe, stdin) in format `fmt` ('npy', 'npz', ...)."""
+    if not data:
+        raise InputError(f"{label}: the file is empty")
+    return _PARSERS[fmt](data, label)
 
 
 def load_tensor(spec: str, stdin: BinaryIO | None = None) -> np.ndarray:
@@ -334,7 +345,7 @@ def file_error(path: str, error: OSError) -> InputError:
 
 def _read_file(path: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        data = read_path(path)
     except OSError as error:
         raise file_error(path, error) from None
     if not data:

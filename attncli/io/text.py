@@ -5,9 +5,8 @@ NumPy-free, so that a bad option is reported before any heavy import.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from attncli.errors import InputError, UsageError
+from attncli.io.source import read_path
 
 
 def read_labels(path: str) -> list[str]:
@@ -29,7 +28,7 @@ def read_texts(path: str) -> list[str]:
 
 def _read_lines(path: str, option: str, directory: str) -> list[str]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_path(path, f"{option} {path}").decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"{option} {path}: no such file") from None
     except IsADirectoryError:

@@ -1,0 +1,164 @@
+"""Reads are bounded, read once and refuse what is not a file or a pipe (attncli.io.source).
+
+Expected values are the arrays written here, read back by NumPy; the limits are set through
+ATTNCLI_MAX_INPUT_SIZE, as a user sets them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_error, npy_bytes
+from typer.testing import CliRunner
+
+from attncli.cli import app
+from attncli.errors import InputError
+from attncli.io import loaders, source
+
+runner = CliRunner()
+ZERO = "/dev/zero"
+needs_dev_zero = pytest.mark.skipif(not os.path.exists(ZERO), reason="no /dev/zero here")
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+
+
+def invoke(*args: str, input: bytes | None = None, **env: str):
+    return runner.invoke(app, list(args), input=input, env={"COLUMNS": "100", **env})
+
+
+def seed_files(folder: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for role in ("query", "key", "value"):
+        path = folder / f"{role}.npy"
+        np.save(path, rng.standard_normal((3, 4)).astype(np.float32))
+        paths.append(str(path))
+    return paths
+
+
+def test_stdin_beyond_the_limit_is_refused_naming_the_variable():
+    line = assert_error(
+        invoke("compute", "-", input=b"[" + b"0," * 600_000 + b"0]", ATTNCLI_MAX_INPUT_SIZE="1MB"),
+        "<stdin>",
+        "more than 976.6 KiB",
+        "ATTNCLI_MAX_INPUT_SIZE",
+    )
+    assert "Traceback" not in line
+
+
+def test_a_file_read_whole_beyond_the_limit_is_refused_before_reading(tmp_path):
+    path = tmp_path / "big.json"
+    path.write_text("[" + "0.5," * 400_000 + "0.5]")
+    assert_error(invoke("inspect", str(path), ATTNCLI_MAX_INPUT_SIZE="1MiB"), str(path), "over 1 MiB")
+
+
+def test_a_bad_limit_is_a_usage_error(tmp_path):
+    paths = seed_files(tmp_path)
+    stdin = Path(paths[2]).read_bytes()
+    result = invoke("compute", *paths[:2], "-", input=stdin, ATTNCLI_MAX_INPUT_SIZE="lots")
+    assert_error(result, "ATTNCLI_MAX_INPUT_SIZE", "not a size")
+
+
+def test_inputs_within_the_limit_read_as_before(tmp_path):
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    parsed = loaders.read_tensors("-", _Stream(npy_bytes(array)))
+    np.testing.assert_array_equal(parsed.tensors["tensor"], array)
+
+
+class _Stream:
+    """A stream that hands out at most `step` bytes a read, as a pipe does."""
+
+    def __init__(self, data: bytes, step: int = 1000) -> None:
+        self.data, self.step, self.position = data, step, 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.step if size < 0 else min(size, self.step)
+        chunk = self.data[self.position : self.position + size]
+        self.position += len(chunk)
+        return chunk
+
+
+@needs_dev_zero
+def test_an_endless_stdin_stops_at_the_limit(monkeypatch):
+    monkeypatch.setenv("ATTNCLI_MAX_INPUT_SIZE", "4MiB")
+    with open(ZERO, "rb") as endless, pytest.raises(InputError, match="more than 4 MiB"):
+        loaders.read_tensors("-", endless)
+
+
+@needs_dev_zero
+@pytest.mark.parametrize("name", ["z.npy", "z.json", "z.npz", "z.safetensors"])
+def test_a_link_to_a_device_is_refused_before_any_read(tmp_path, name):
+    link = tmp_path / name
+    link.symlink_to(ZERO)
+    assert_error(invoke("compute", str(link)), str(link), "is a character device, not a file or a pipe")
+    assert_error(invoke("inspect", str(link)), str(link), "is a character device")
+
+
+@needs_dev_zero
+@pytest.mark.parametrize("option", ["--labels-file"])
+def test_option_files_that_are_devices_are_refused(tmp_path, option):
+    paths = seed_files(tmp_path)
+    assert_error(invoke("compute", *paths, option, ZERO), option, "is a character device")
+
+
+@needs_fifo
+@pytest.mark.parametrize("command", ["compute", "inspect"])
+def test_a_named_pipe_is_read_once(tmp_path, command):
+    """A FIFO given as a path is opened once (a second open would wait for a writer forever), and
+    reads as the same bytes in a regular file do."""
+    paths = seed_files(tmp_path)
+    fifo = tmp_path / "pipe" / "query.npy"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    data = Path(paths[0]).read_bytes()
+
+    def feed() -> None:
+        with open(fifo, "wb") as writer:
+            writer.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    rest = paths[1:] if command == "compute" else []
+    through_pipe = invoke(command, str(fifo), *rest, "--format", "json")
+    writer.join(timeout=10)
+    assert not writer.is_alive(), "attn never read the pipe"
+    assert through_pipe.exit_code == 0, through_pipe.output
+    from_file = invoke(command, paths[0], *rest, "--format", "json")
+    assert through_pipe.stdout.replace(str(fifo), paths[0]) == from_file.stdout
+
+
+@pytest.mark.slow
+@needs_dev_zero
+def test_attn_on_dev_zero_through_stdin_exits_2_in_bounded_memory():
+    """The real console script, its stdin /dev/zero: one line, status 2, within a second or so of work."""
+    env = {**os.environ, "ATTNCLI_MAX_INPUT_SIZE": "64MiB"}
+    with open(ZERO, "rb") as endless:
+        done = subprocess.run(
+            [sys.executable, "-m", "attncli", "compute", "-"],
+            stdin=endless,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("attn: error: <stdin>: more than 64 MiB"), done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("2GiB", 2 * 1024**3), ("500MB", 500 * 1000**2), ("1e9", 10**9), ("64 kib", 65536)]
+)
+def test_the_limit_reads_sizes_as_memory_limit_does(monkeypatch, text, expected):
+    monkeypatch.setenv("ATTNCLI_MAX_INPUT_SIZE", text)
+    assert source.max_input_bytes() == expected
+
+
+def test_without_the_variable_the_documented_default_holds(monkeypatch):
+    monkeypatch.delenv("ATTNCLI_MAX_INPUT_SIZE", raising=False)
+    assert source.max_input_bytes() == 16 * 1024**3
