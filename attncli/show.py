@@ -28,7 +28,7 @@ def weights_view(
     masked keys; their weights count as 0. `analysis` may hold statistics and top-k to show."""
     import torch
 
-    from attncli.analysis.rows import row_stats
+    from attncli.analysis.rows import row_entropy
     from attncli.compute.sinks import PictureSink, TableSink
     from attncli.present import tables
     from attncli.present.heatmap import picture_size
@@ -62,7 +62,7 @@ def weights_view(
         picture.pool(0, matrix, shut)
         largest, mean = picture.arrays()
         pictures, blocks = (largest if options.pool == "max" else mean), picture.blocks
-    entropy = row_stats(matrix, shut).entropy.double().numpy()
+    entropy = row_entropy(matrix, shut).double().numpy()
     return tables.result_view(
         np.asarray(output),
         {**meta, "weights_shape": list(shape)},

@@ -116,8 +116,7 @@ def row_stats(
                 ranked = block[redo].masked_fill(shut, -math.inf)
                 largest[redo], key_of_largest[redo] = ranked.max(dim=-1)  # the lowest key on ties
         if shifted_scores is None:
-            # 0 - 0 = +0: one key shows as 0, not -0
-            row_entropy = 0.0 - torch.xlogy(block, block).sum(dim=-1)
+            row_entropy = _entropy_of_weights(block)
         else:
             # -sum w log w = log(sum of exp) - sum w s, both >= 0: no cancellation.
             scores = _rows(shifted_scores, span, index).to(compute_dtype)
@@ -137,6 +136,32 @@ def row_stats(
         distance[span] = _distance(block, query, keys, lowest, highest).where(live, math.nan)
     fields = (entropy, entropy_normalised, max_weight, argmax, sink, distance)
     return RowStats(*(field.reshape(*lead, lq) for field in fields))
+
+
+def row_entropy(weights: torch.Tensor, blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """`row_stats(weights, blocked).entropy` of weights that are 0 at every `blocked` key (a
+    softmax's), alone: (..., Lq), NaN where every key is masked; computed from the weights the way
+    `row_stats` computes it without scores, in the same precision."""
+    compute_dtype = _compute_dtype(weights)
+    *lead, lq, lk = weights.shape
+    entropy = torch.full((math.prod(lead) * lq,), math.nan, dtype=compute_dtype, device=weights.device)
+    blocked_keys = _blocked_view(blocked, weights)
+    live_rows = None
+    if blocked_keys is not None and lk:
+        small = _unexpanded(blocked_keys)
+        live_rows = (count_true(small) < lk).expand(*lead, lq).reshape(-1)
+    for span, index in _row_blocks(weights):
+        block = _rows(weights, span, index).to(compute_dtype)  # (n, Lk)
+        row = _entropy_of_weights(block)
+        entropy[span] = row if live_rows is None else row.where(live_rows[span], math.nan)
+    if not lk:
+        entropy.fill_(math.nan)
+    return entropy.reshape(*lead, lq)
+
+
+def _entropy_of_weights(block: torch.Tensor) -> torch.Tensor:
+    """-sum w log w of each row of (n, Lk), 0 log 0 = 0."""
+    return 0.0 - torch.xlogy(block, block).sum(dim=-1)  # 0 - 0 = +0: one key shows as 0, not -0
 
 
 def _rows(tensor: torch.Tensor, span: slice, index: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -260,7 +260,8 @@ def compute_and_finish(
             result = run(
                 problem,
                 block_rows=plan.block_rows,
-                stats=display.stats or table is not None,  # a table's title gives the mean entropy
+                stats=display.stats,
+                entropy=table is not None,  # a title gives the mean entropy
                 top_k=display.top_k,
                 picture=picture,
                 table=table,
@@ -313,8 +314,15 @@ def attend_for_view(problem: Prepared, display: Display) -> AttentionResult:
     from attncli.compute import run
 
     picture, table = _kept_views(problem, display)
-    stats = display.stats or table is not None  # a title gives the mean entropy
-    return run(problem, keep_weights=True, stats=stats, top_k=display.top_k, picture=picture, table=table)
+    return run(
+        problem,
+        keep_weights=True,
+        stats=display.stats,
+        entropy=table is not None,  # a title gives the mean entropy
+        top_k=display.top_k,
+        picture=picture,
+        table=table,
+    )
 
 
 def finish(
@@ -356,7 +364,8 @@ def finish(
     assert result.table is not None, "the run keeps what the view shows: attend_for_view, _kept_views"
     options = _view_options(display, screen, display.view.value, chosen, axes)
     pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
-    entropy = None if result.stats is None else result.stats.entropy.detach().cpu().double().numpy()
+    row_entropy = result.entropy if result.stats is None else result.stats.entropy
+    entropy = None if row_entropy is None else row_entropy.detach().cpu().double().numpy()
     view = tables.result_view(
         arrays["output"],
         meta,

@@ -67,6 +67,7 @@ class AttentionResult:
     #: "scaled_dot_product_attention" (the fused kernel: the output alone).
     method: str = "blocks"
     stats: RowStats | None = None
+    entropy: torch.Tensor | None = None  # (..., Lq) of every row, when kept without `stats`
     top_k: tuple[torch.Tensor, torch.Tensor] | None = None  # values (..., Lq, k), int64 keys (..., Lq, k)
     picture_max: _FloatArray | None = None
     picture_mean: _FloatArray | None = None

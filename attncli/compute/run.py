@@ -29,6 +29,7 @@ from attncli.compute.prepare import (
 )
 from attncli.compute.result import AttentionResult
 from attncli.compute.sinks import (
+    EntropySink,
     FileSink,
     OutputSink,
     PictureSink,
@@ -97,6 +98,7 @@ def run(
     block_rows: int | None = None,
     keep_weights: bool = False,
     stats: bool = False,
+    entropy: bool = False,
     top_k: int | None = None,
     picture: tuple[int, int] | None = None,
     table: tuple[list[int], list[int]] | None = None,
@@ -106,7 +108,8 @@ def run(
 ) -> AttentionResult:
     """Compute `problem` `block_rows` query rows at a time (None: one block of every row), keeping
     the output and what is asked for: `keep_weights`, the full weights; `stats`, `analysis.rows.row_stats`
-    of every row; `top_k`, `analysis.rows.top_k` of every row (both with the mask and causal triangle as
+    of every row; `entropy`, each row's entropy alone (`stats` has it too);
+    `top_k`, `analysis.rows.top_k` of every row (both with the mask and causal triangle as
     `blocked`); `picture`, (rows, cols) of a pooled picture of each matrix, by max and by mean;
     `table`, the rows and columns of each matrix whose weights to keep, with the figures a table's
     title gives (`KeptTable`); `weights_to`, a .npy or .safetensors path the weights are written to
@@ -127,6 +130,7 @@ def run(
     outputs = OutputSink(weights_shape, p.mask is not None)
     weights = WeightsSink(weights_shape) if keep_weights else None
     row_stats = StatsSink(weights_shape) if stats else None
+    entropies = EntropySink(weights_shape) if entropy and not stats else None
     top = None if top_k is None else TopKSink(weights_shape, top_k)
     pictures = None if picture is None else PictureSink(weights_shape, picture, device)
     tables = None if table is None else TableSink(weights_shape, *table, dtype, device)
@@ -135,7 +139,7 @@ def run(
         writer = WeightsFile(weights_to, weights_shape, file_dtype(dtype), p.describe())
     files = [file for file in (writer, result_file) if file is not None]
     # The statistics, last, take the scores over (their product is made in the scores' memory).
-    sinks: list[Sink | None] = [outputs, weights, top, pictures, tables]
+    sinks: list[Sink | None] = [outputs, weights, top, pictures, tables, entropies]
     sinks += [FileSink(files, weights_shape[-1]) if files else None, row_stats]
     consumers = [sink for sink in sinks if sink is not None]
     # The entropy from the scores saves a logarithm per weight; half-precision weights are rounded
@@ -168,6 +172,7 @@ def run(
         rows,
         weights=None if weights is None else weights.weights.tensor,
         stats=None if row_stats is None else row_stats.result(),
+        entropy=None if entropies is None else entropies.entropy.tensor,
         top_k=None if top is None else top.result(),
         picture_max=picture_max,
         picture_mean=picture_mean,

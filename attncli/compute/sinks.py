@@ -93,6 +93,17 @@ class WeightsSink:
         self.weights.put(full_width(block, self.keys), block.start, block.stop)
 
 
+class EntropySink:
+    """The entropy of every row alone (a title's figure when no other statistic is asked for):
+    `analysis.rows.row_entropy` of each block's weights."""
+
+    def __init__(self, weights_shape: tuple[int, ...]) -> None:
+        self.entropy = _Rows(weights_shape[-2], axis=-1)
+
+    def add(self, block: Block) -> None:
+        self.entropy.put(analysis.row_entropy(block.weights, block.blocked), block.start, block.stop)
+
+
 class StatsSink:
     """`analysis.row_stats` of every row, from each block's weights and, where the block kept them,
     its shifted scores (the entropy then costs one product per weight instead of a logarithm): the
