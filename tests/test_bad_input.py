@@ -1176,6 +1176,9 @@ def test_found_npy_header_that_numpy_cannot_parse(tmp_path, header):
     _bad_npy_line(refuse(tmp_path, words=["<stdin>"], input=data))
     npz = write(tmp_path / "x.npz", _zip({"query.npy": data}))
     _bad_npy_line(refuse(tmp_path, npz, words=[npz]))
+    # inspect and diff read the same header with the same reader (io/formats.py): status 2 too
+    for command, args in (("inspect", [path]), ("inspect", [npz]), ("diff", [path, path])):
+        _bad_npy_line(assert_error(invoke(command, *args), args[0]))
 
 
 @pytest.mark.parametrize("where", ["file", "stdin", "object"])

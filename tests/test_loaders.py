@@ -886,3 +886,25 @@ def test_layer_errors_name_the_file_and_the_layers_it_holds(tmp_path: Path) -> N
     assert_words(error_of(InputError, load_attention_inputs, [str(plain)], layer=0), "no captured layers")
     odd = _capture_file(tmp_path, **{"layers.0.mask": np.ones((2, 1, 3, 5), dtype=np.int8)})
     assert_words(error_of(InputError, load_attention_inputs, [odd], layer=0), "layers.0.mask", "int8")
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_npy_files_are_mapped_after_the_shared_header_reader(tmp_path, order):
+    """Mapped, not read (a copy-on-write np.memmap), with the values np.load gives, in either order."""
+    array = np.asarray(np.arange(24, dtype=np.float32).reshape(2, 3, 4), order=order)
+    np.save(tmp_path / "x.npy", array)
+    read = loaders.read_tensors(str(tmp_path / "x.npy")).tensors["tensor"]
+    assert isinstance(read, np.memmap)
+    np.testing.assert_array_equal(read, np.load(tmp_path / "x.npy"))
+
+
+def test_safetensors_files_are_mapped_after_the_shared_header_reader(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {"query": np.ones((2, 3), np.float32), "key": np.arange(6, dtype=np.float64).reshape(3, 2)}
+    save_file(tensors, tmp_path / "x.safetensors", metadata={"note": "kept"})
+    read = loaders.read_tensors(str(tmp_path / "x.safetensors"))
+    assert all(isinstance(array, np.memmap) for array in read.tensors.values())
+    for name, array in load_file(tmp_path / "x.safetensors").items():
+        np.testing.assert_array_equal(read.tensors[name], array)
+    assert read.metadata == {"note": "kept"}

@@ -14,27 +14,33 @@ Nothing here prints, exits or imports torch; every problem is an `InputError` na
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from attncli.errors import InputError
+from attncli.io.formats import (
+    NPY_MAGIC,
+    check_real_dtype,
+    check_spans,
+    error_reason,
+    npy_header,
+    safetensors_entry,
+    safetensors_header,
+)
 from attncli.io.loaders import (
-    DTYPE_KIND_WORDS,
     META_KEY,
     SAFETENSORS_DTYPES,
     STDIN,
     STDIN_LABEL,
     TensorFile,
     decoded_metadata_value,
-    error_reason,
     file_error,
     format_of,
     metadata_from_json,
@@ -48,8 +54,6 @@ from attncli.io.source import file_kind, read_path, stdin_bytes
 
 #: Values per block: 4 MiB once widened to float64, whatever the file's size.
 BLOCK_ELEMENTS = 1 << 19
-_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger headers
-_NPY_MAGIC = b"\x93NUMPY"
 
 BlockReader = Callable[[int], Iterator[np.ndarray]]
 
@@ -294,11 +298,11 @@ def _from_tensor_file(parsed: TensorFile, fmt: str, size: int) -> LazyFile:
 
 def _open_npy(path: str, size: int) -> LazyFile:
     with open(path, "rb") as file:
-        if file.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+        if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise InputError(f"{path}: not a valid .npy file (it does not start with the NumPy header)")
         file.seek(0)
-        shape, fortran_order, dtype, offset = _npy_header(file, path, ".npy")
-    _check_dtype(dtype, path, ".npy")
+        shape, fortran_order, dtype, offset = npy_header(file, path, ".npy")
+    check_real_dtype(dtype, path, ".npy")
     nbytes = math.prod(shape) * dtype.itemsize
     if offset + nbytes > size:
         raise InputError(
@@ -318,69 +322,21 @@ def _open_npy(path: str, size: int) -> LazyFile:
     return LazyFile(path, "npy", size, {"tensor": tensor}, named=False)
 
 
-def _npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
-    """(shape, fortran_order, dtype, data offset) from the .npy header at the file's position."""
-    try:
-        start = file.tell()
-        version = np.lib.format.read_magic(file)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
-        else:  # 2.0 and 3.0 differ only in how the (ASCII, for real numbers) header is encoded
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
-        return tuple(int(n) for n in shape), bool(fortran_order), dtype, file.tell() - start
-    except (ValueError, OSError, EOFError, SyntaxError) as error:
-        raise InputError(f"{label}: not a valid {suffix} file ({error_reason(error)})") from None
-
-
-def _check_dtype(dtype: np.dtype[Any], label: str, suffix: str) -> None:
-    if dtype.kind == "O":
-        raise InputError(
-            f"{label}: holds Python objects (an object array); attncli never unpickles files, "
-            "save numeric arrays instead"
-        )
-    if dtype.kind not in "biuf":
-        words = DTYPE_KIND_WORDS.get(dtype.kind, str(dtype))
-        raise InputError(f"{label}: holds {words} ({dtype}); tensors must hold real numbers")
-
-
 # --- .safetensors ------------------------------------------------------------------------------------
 
 
 def _open_safetensors(source: _Source) -> LazyFile:
     label = source.label
+    header, raw_metadata, data_start = safetensors_header(source.read, source.size, label)
 
     def invalid(reason: str) -> InputError:
         return InputError(f"{label}: not a valid .safetensors file ({reason})")
 
-    if source.size < 8:
-        raise invalid(f"only {source.size} bytes; it starts with an 8-byte header length")
-    header_size = int.from_bytes(source.read(0, 8), "little")
-    if header_size > _MAX_SAFETENSORS_HEADER:
-        raise invalid(
-            f"its header length, {header_size} bytes, is over the {_MAX_SAFETENSORS_HEADER} allowed"
-        )
-    data_start = 8 + header_size
-    if data_start > source.size:
-        raise invalid(
-            f"its header length is {header_size} bytes, but the file holds only {source.size - 8} after it"
-        )
-    raw = source.read(8, header_size)
-    if not raw.startswith(b"{"):
-        raise invalid("its header is not a JSON object")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise invalid(f"its header is not valid JSON: {error_reason(error)}") from None
-    if not isinstance(header, dict):
-        raise invalid("its header is not a JSON object")
-    raw_metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(raw_metadata, dict) or not all(isinstance(v, str) for v in raw_metadata.values()):
-        raise invalid("its __metadata__ must map names to strings")
     data_size = source.size - data_start
     spans: list[tuple[int, int, str]] = []
     tensors: dict[str, LazyTensor] = {}
     for name, info in header.items():
-        dtype_name, shape, begin, end = _safetensors_entry(name, info, invalid)
+        dtype_name, shape, begin, end = safetensors_entry(name, info, invalid)
         if dtype_name != "BF16" and dtype_name not in SAFETENSORS_DTYPES:
             raise InputError(
                 f"{label}:{name}: dtype {dtype_name} is not supported (use F64, F32, F16, BF16 or integers)"
@@ -401,50 +357,12 @@ def _open_safetensors(source: _Source) -> LazyFile:
         shown = "bfloat16" if dtype_name == "BF16" else storage.name
         reader = _raw_blocks(source, data_start + begin, storage, math.prod(shape), dtype_name == "BF16")
         tensors[name] = LazyTensor(name, shape, shown, nbytes, reader)
-    _check_spans(sorted(spans), data_size, invalid)
+    check_spans(sorted(spans), data_size, invalid)
     if not tensors:
         raise InputError(f"{label}: the file holds no tensors")
     ordered = {name: tensors[name] for _, _, name in sorted(spans)}  # in the order of their data
     metadata = {str(key): decoded_metadata_value(value) for key, value in raw_metadata.items()}
     return LazyFile(label, "safetensors", source.size, ordered, named=True, metadata=metadata)
-
-
-def _safetensors_entry(
-    name: str, info: Any, invalid: Callable[[str], InputError]
-) -> tuple[str, tuple[int, ...], int, int]:
-    """(dtype, shape, begin, end) of one header entry, each checked for its type."""
-    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise invalid(f"tensor '{name}' needs an object with dtype, shape and data_offsets")
-    dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-
-    def is_count(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    if not isinstance(dtype_name, str):
-        raise invalid(f"tensor '{name}' has dtype {json.dumps(dtype_name)}, not a name like F32")
-    if not isinstance(shape, list) or not all(is_count(n) for n in shape):
-        raise invalid(f"tensor '{name}' has shape {json.dumps(shape)}, not a list of sizes")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_count(n) for n in offsets):
-        raise invalid(f"tensor '{name}' has data_offsets {json.dumps(offsets)}, not [begin, end]")
-    begin, end = offsets
-    if end < begin:
-        raise invalid(f"tensor '{name}' has data_offsets [{begin}, {end}], which end before they begin")
-    return dtype_name, tuple(shape), begin, end
-
-
-def _check_spans(
-    spans: list[tuple[int, int, str]], data_size: int, invalid: Callable[[str], InputError]
-) -> None:
-    """The tensors' bytes must tile the data exactly: no overlap, no gap, nothing after (as safetensors)."""
-    position, previous = 0, None
-    for begin, end, name in spans:
-        if begin < position:
-            raise invalid(f"the data of tensors '{previous}' and '{name}' overlap")
-        if begin > position:
-            raise invalid(f"{begin - position} bytes before tensor '{name}' belong to no tensor")
-        position, previous = end, name
-    if position != data_size:
-        raise invalid(f"the last {data_size - position} bytes of the file belong to no tensor")
 
 
 def _raw_blocks(
@@ -479,16 +397,16 @@ def _open_npz(source: _Source) -> LazyFile:
                 name = info.filename.removesuffix(".npy")
                 where = f"{label}:{name}"
                 with archive.open(info) as member:
-                    if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                    if member.read(len(NPY_MAGIC)) != NPY_MAGIC:
                         raise InputError(f"{where}: not a .npy array inside the archive")
                     member.seek(0)
-                    shape, fortran_order, dtype, offset = _npy_header(member, where, ".npz member")
+                    shape, fortran_order, dtype, offset = npy_header(member, where, ".npz member")
                     if name == META_KEY and dtype.kind == "U" and shape == ():
                         member.seek(0)
                         text = np.lib.format.read_array(member, allow_pickle=False)
                         metadata = metadata_from_json(str(text), label)
                         continue
-                _check_dtype(dtype, where if dtype.kind != "O" else label, ".npz")
+                check_real_dtype(dtype, where if dtype.kind != "O" else label, ".npz")
                 nbytes = math.prod(shape) * dtype.itemsize
                 if offset + nbytes > info.file_size:
                     raise InputError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,15 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from attncli.errors import InputError, UsageError
+from attncli.io.formats import (
+    DTYPE_KIND_WORDS,
+    NPY_MAGIC,
+    check_spans,
+    error_reason,
+    npy_header,
+    safetensors_entry,
+    safetensors_header,
+)
 from attncli.io.source import file_kind, read_path, stdin_bytes
 
 STDIN = "-"
@@ -57,15 +67,6 @@ SAFETENSORS_DTYPES = {
     "U16": "<u2",
     "U8": "u1",
     "BOOL": "?",
-}
-DTYPE_KIND_WORDS = {
-    "c": "complex numbers",
-    "U": "strings",
-    "S": "byte strings",
-    "O": "Python objects",
-    "V": "structured records",
-    "M": "dates",
-    "m": "time spans",
 }
 
 
@@ -354,51 +355,71 @@ def _read_file(path: str) -> bytes:
 
 
 def _map_npy(path: str) -> TensorFile | None:
-    """A .npy file mapped copy-on-write: no read of its data until used, no copy into torch.
+    """A .npy file mapped copy-on-write after `formats.npy_header` has read its header: no read of
+    its data until used, no copy into torch.
 
     None when it cannot be mapped (empty arrays, odd files): the caller then reads it whole, which
     also gives the precise error message for a bad file.
     """
     try:
         with open(path, "rb") as file:
-            if file.read(6) != b"\x93NUMPY":
+            if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 return None
-        array = np.load(path, mmap_mode="c", allow_pickle=False)
-    except Exception:  # any failure: the whole-file reader says what is wrong
-        return None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or not array.dtype.isnative:
+            file.seek(0)
+            shape, fortran_order, dtype, offset = npy_header(file, path, ".npy")
+            size = os.fstat(file.fileno()).st_size
+        if dtype.kind not in "biuf" or not dtype.isnative or not all(shape):
+            return None
+        if offset + math.prod(shape) * dtype.itemsize > size:
+            return None
+        array = np.memmap(
+            path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran_order else "C"
+        )
+    except (InputError, OSError, ValueError):  # the whole-file reader says what is wrong
         return None
     return TensorFile(path, {"tensor": array}, named=False)
 
 
 def _map_safetensors(path: str) -> TensorFile | None:
-    """A .safetensors file's tensors mapped copy-on-write, after the library has checked its header.
+    """A .safetensors file's tensors mapped copy-on-write, after `formats.safetensors_header` has
+    checked its header (as strictly as the safetensors library).
 
     None when that is not possible (bfloat16, which NumPy cannot map, empty tensors, a bad file):
     the caller then reads the file whole, which also gives the precise error message.
     """
-    import safetensors
-
     try:
-        with safetensors.safe_open(path, "np") as handle:  # validates the header, offsets and sizes
-            names = list(handle.keys())
         with open(path, "rb") as file:
-            header_size = int.from_bytes(file.read(8), "little")
-            header = json.loads(file.read(header_size))
-    except Exception:  # SafetensorError has no public import path; the whole-file reader explains
+            size = os.fstat(file.fileno()).st_size
+
+            def read(offset: int, length: int) -> bytes:
+                file.seek(offset)
+                return file.read(length)
+
+            header, raw_metadata, data_start = safetensors_header(read, size, path)
+    except (InputError, OSError):
         return None
+
+    def invalid(reason: str) -> InputError:
+        return InputError(reason)
+
     tensors: dict[str, np.ndarray] = {}
-    for name in names:
-        info = header[name]
-        dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES or begin == end:
-            return None
-        tensors[name] = np.memmap(
-            path, dtype=SAFETENSORS_DTYPES[dtype], mode="c", offset=8 + header_size + begin, shape=shape
-        )
+    spans: list[tuple[int, int, str]] = []
+    try:
+        for name, info in header.items():
+            dtype, shape, begin, end = safetensors_entry(name, info, invalid)
+            if dtype not in SAFETENSORS_DTYPES or begin == end:
+                return None  # bfloat16 and empty tensors: read whole
+            storage = np.dtype(SAFETENSORS_DTYPES[dtype])
+            if end - begin != math.prod(shape) * storage.itemsize:
+                return None
+            spans.append((begin, end, name))
+            tensors[name] = np.memmap(path, dtype=storage, mode="c", offset=data_start + begin, shape=shape)
+        check_spans(sorted(spans), size - data_start, invalid)
+    except (InputError, OSError, ValueError):
+        return None
     if not tensors:
         return None
-    metadata = {str(k): decoded_metadata_value(str(v)) for k, v in (header.get("__metadata__") or {}).items()}
+    metadata = {str(k): decoded_metadata_value(str(v)) for k, v in raw_metadata.items()}
     return TensorFile(path, tensors, named=True, metadata=metadata)
 
 
@@ -654,11 +675,6 @@ def tensor_names(tensors: Mapping[str, Any]) -> str:
 
 def _first_index(flags: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(flags)), flags.shape))
-
-
-def error_reason(error: BaseException) -> str:
-    text = str(error).strip().rstrip(".")
-    return text[:200] if text else type(error).__name__
 
 
 _PARSERS = {

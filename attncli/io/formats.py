@@ -1,0 +1,132 @@
+"""The headers of the tensor formats attncli reads, each read and checked by one function.
+
+`npy_header` (.npy files and .npz members) and `safetensors_header` are used by both readers: the
+loaders (which map what they can) and `inspect`/`diff`'s headers-first reader (io/lazy.py). Every
+problem is an `InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from tokenize import TokenError
+from typing import IO, Any
+
+import numpy as np
+
+from attncli.errors import InputError
+
+NPY_MAGIC = b"\x93NUMPY"
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger headers
+DTYPE_KIND_WORDS = {
+    "c": "complex numbers",
+    "U": "strings",
+    "S": "byte strings",
+    "O": "Python objects",
+    "V": "structured records",
+    "M": "dates",
+    "m": "time spans",
+}
+
+
+def error_reason(error: BaseException) -> str:
+    text = str(error).strip().rstrip(".")
+    return text[:200] if text else type(error).__name__
+
+
+def npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, fortran_order, dtype, data offset) from the .npy header at the file's position."""
+    try:
+        start = file.tell()
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
+        else:  # 2.0 and 3.0 differ only in how the (ASCII, for real numbers) header is encoded
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
+        return tuple(int(n) for n in shape), bool(fortran_order), dtype, file.tell() - start
+    # untrusted bytes: NumPy's header parser (a Python literal parser) fails in many ways
+    except (ValueError, OSError, EOFError, SyntaxError, TokenError, OverflowError, MemoryError) as error:
+        raise InputError(f"{label}: not a valid {suffix} file ({error_reason(error)})") from None
+
+
+def check_real_dtype(dtype: np.dtype[Any], label: str, suffix: str) -> None:
+    if dtype.kind == "O":
+        raise InputError(
+            f"{label}: holds Python objects (an object array); attncli never unpickles files, "
+            "save numeric arrays instead"
+        )
+    if dtype.kind not in "biuf":
+        words = DTYPE_KIND_WORDS.get(dtype.kind, str(dtype))
+        raise InputError(f"{label}: holds {words} ({dtype}); tensors must hold real numbers")
+
+
+def safetensors_header(
+    read: Callable[[int, int], bytes], size: int, label: str
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """(tensor entries, raw __metadata__, where the data starts) of a .safetensors file of `size`
+    bytes, `read(offset, length)` giving its bytes; checked as strictly as the safetensors library."""
+
+    def invalid(reason: str) -> InputError:
+        return InputError(f"{label}: not a valid .safetensors file ({reason})")
+
+    if size < 8:
+        raise invalid(f"only {size} bytes; it starts with an 8-byte header length")
+    header_size = int.from_bytes(read(0, 8), "little")
+    if header_size > MAX_SAFETENSORS_HEADER:
+        raise invalid(f"its header length, {header_size} bytes, is over the {MAX_SAFETENSORS_HEADER} allowed")
+    data_start = 8 + header_size
+    if data_start > size:
+        raise invalid(
+            f"its header length is {header_size} bytes, but the file holds only {size - 8} after it"
+        )
+    raw = read(8, header_size)
+    if not raw.startswith(b"{"):
+        raise invalid("its header is not a JSON object")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise invalid(f"its header is not valid JSON: {error_reason(error)}") from None
+    if not isinstance(header, dict):
+        raise invalid("its header is not a JSON object")
+    raw_metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(raw_metadata, dict) or not all(isinstance(v, str) for v in raw_metadata.values()):
+        raise invalid("its __metadata__ must map names to strings")
+    return header, raw_metadata, data_start
+
+
+def safetensors_entry(
+    name: str, info: Any, invalid: Callable[[str], InputError]
+) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each checked for its type."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise invalid(f"tensor '{name}' needs an object with dtype, shape and data_offsets")
+    dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+
+    def is_count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(dtype_name, str):
+        raise invalid(f"tensor '{name}' has dtype {json.dumps(dtype_name)}, not a name like F32")
+    if not isinstance(shape, list) or not all(is_count(n) for n in shape):
+        raise invalid(f"tensor '{name}' has shape {json.dumps(shape)}, not a list of sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_count(n) for n in offsets):
+        raise invalid(f"tensor '{name}' has data_offsets {json.dumps(offsets)}, not [begin, end]")
+    begin, end = offsets
+    if end < begin:
+        raise invalid(f"tensor '{name}' has data_offsets [{begin}, {end}], which end before they begin")
+    return dtype_name, tuple(shape), begin, end
+
+
+def check_spans(
+    spans: list[tuple[int, int, str]], data_size: int, invalid: Callable[[str], InputError]
+) -> None:
+    """The tensors' bytes must tile the data exactly: no overlap, no gap, nothing after (as safetensors)."""
+    position, previous = 0, None
+    for begin, end, name in spans:
+        if begin < position:
+            raise invalid(f"the data of tensors '{previous}' and '{name}' overlap")
+        if begin > position:
+            raise invalid(f"{begin - position} bytes before tensor '{name}' belong to no tensor")
+        position, previous = end, name
+    if position != data_size:
+        raise invalid(f"the last {data_size - position} bytes of the file belong to no tensor")
