@@ -379,12 +379,15 @@ def test_nan_in_an_input_is_refused_naming_the_file(tmp_path):
     assert_error(invoke("compute", str(tmp_path / "x.npy")), "x.npy", "1 NaN", "(1, 2)")
 
 
-def test_traceback_flag_shows_the_exception(tmp_path):
-    result = invoke("compute", str(tmp_path / "missing.npy"), "--traceback")
-    assert result.exit_code != 0
-    from attncli.errors import InputError
-
-    assert isinstance(result.exception, InputError)
+def test_traceback_flag_shows_the_exception_and_keeps_the_status(tmp_path):
+    """--traceback adds the traceback; the line and the documented status stay (2, not Python's 1)."""
+    path = str(tmp_path / "missing.npy")
+    result = invoke("compute", path, "--traceback")
+    assert result.exit_code == 2, result.output
+    stderr = str(result.stderr)
+    assert stderr.startswith("Traceback (most recent call last):")
+    assert "attncli.errors.InputError" in stderr
+    assert stderr.endswith(f"attn: error: {path}: no such file\n")
 
 
 def test_internal_errors_are_one_line_with_status_70(samples, monkeypatch):

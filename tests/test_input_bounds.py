@@ -162,3 +162,32 @@ def test_the_limit_reads_sizes_as_memory_limit_does(monkeypatch, text, expected)
 def test_without_the_variable_the_documented_default_holds(monkeypatch):
     monkeypatch.delenv("ATTNCLI_MAX_INPUT_SIZE", raising=False)
     assert source.max_input_bytes() == 16 * 1024**3
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_pipe_is_success_for_every_command(tmp_path):
+    """`attn ... | head -1`: the reader is gone before attn writes; every command ends 0, silently."""
+    samples = Path(__file__).resolve().parent.parent / "sample_inputs"
+    seed = str(samples / "seed.npz")
+    lines = [
+        ["--help"],
+        ["compute", "--help"],
+        ["demo"],
+        ["inspect", seed],
+        ["diff", seed, str(samples / "seed.safetensors")],
+        ["compute", seed],
+    ]
+    for args in lines:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # every write to stdout now fails: EPIPE
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "attncli", *args],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.close(write_end)
+        assert (done.returncode, done.stderr) == (0, ""), args

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
@@ -42,11 +43,11 @@ class AttnGroup(TyperGroup):
             status = super().main(argv, prog_name or "attn", complete_var, standalone_mode=False, **extra)
         except AttnError as error:
             if show_traceback:
-                raise
+                traceback.print_exc()  # then the one line and the documented status, as without it
             fail(str(error), error.exit_code)
         except typer.TyperException as error:  # Click's usage errors: bad options, missing values
             if show_traceback:
-                raise
+                traceback.print_exc()  # then the one line and the documented status, as without it
             message = error.format_message().replace("Value error, ", "").rstrip(".")
             context = getattr(error, "ctx", None)
             if context is not None:
@@ -54,12 +55,18 @@ class AttnGroup(TyperGroup):
             fail(message, getattr(error, "exit_code", ExitCode.USAGE))
         except (KeyboardInterrupt, typer.Abort):
             sys.exit(ExitCode.INTERRUPTED)
+        except SystemExit as exit:
+            # Rich ends with status 1 when the reader of stdout went away (it points stdout at the
+            # null device first); for attn a closed pipe is success, as for `head -1`.
+            if exit.code == 1 and _stdout_is_null():
+                sys.exit(ExitCode.OK)
+            raise
         except BrokenPipeError:
             silence_stdout()
             sys.exit(ExitCode.OK)
         except Exception as error:
             if show_traceback:
-                raise
+                traceback.print_exc()  # then the one line and the documented status, as without it
             fail(
                 f"internal error: {type(error).__name__}: {error} (run again with --traceback and report it)",
                 ExitCode.INTERNAL,
@@ -150,6 +157,14 @@ def fail(message: str, status: int) -> NoReturn:
     sys.stderr.write(f"attn: error: {shown}\n")
     sys.stderr.flush()
     sys.exit(status)
+
+
+def _stdout_is_null() -> bool:
+    try:
+        out, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (out.st_dev, out.st_ino, out.st_rdev) == (null.st_dev, null.st_ino, null.st_rdev)
 
 
 def silence_stdout() -> None:
