@@ -61,6 +61,16 @@ def parse_labels(text: str) -> list[str]:
     return text.split()
 
 
+def given_labels(text: str | None, option: str = "--labels") -> list[str] | None:
+    """`--labels TEXT` as labels (None when not given); an empty TEXT is refused, not ignored."""
+    if text is None:
+        return None
+    labels = parse_labels(text)
+    if not labels:
+        raise UsageError(f'{option}: no labels given; give one per position, e.g. {option} "The cat sat"')
+    return labels
+
+
 def check_label_count(labels: Sequence[str] | None, positions: int, option: str, axis: str) -> None:
     if labels is not None and len(labels) != positions:
         raise UsageError(f"{option}: {len(labels)} labels, but the {axis} has {positions} positions")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import assert_error, npy_bytes
+from reference import reference_attention
 from typer.testing import CliRunner
 
 from attncli.cli import app
@@ -191,3 +192,41 @@ def test_a_closed_stdout_pipe_is_success_for_every_command(tmp_path):
         finally:
             os.close(write_end)
         assert (done.returncode, done.stderr) == (0, ""), args
+
+
+SEED = str(Path(__file__).resolve().parent.parent / "sample_inputs" / "seed.npz")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-o", ""], ["--output: the path is empty"]),
+        (["--weights-to", ""], ["--weights-to: the path is empty"]),
+        (["--export-svg", ""], ["--export-svg: the path is empty"]),
+        (["--export-html", ""], ["--export-html: the path is empty"]),
+        (["--labels", ""], ["--labels: no labels given"]),
+        (["--labels", "   "], ["--labels: no labels given"]),
+    ],
+)
+def test_empty_paths_and_labels_are_refused_not_ignored(args, words):
+    assert_error(invoke("compute", SEED, *args), *words)
+
+
+def test_the_same_file_for_output_and_weights_is_refused(tmp_path):
+    target = tmp_path / "x.safetensors"
+    result = invoke("compute", SEED, "-o", str(target), "--weights-to", str(target))
+    assert_error(result, "--weights-to", "the same file as --output")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("columns", ["0", "1", "5"])
+def test_a_width_below_the_minimum_draws_at_the_minimum(columns):
+    """COLUMNS=0 printed nothing with status 0; every number still shows at the minimum width."""
+    result = invoke("compute", SEED, COLUMNS=columns)
+    assert result.exit_code == 0, result.output
+    wide = invoke("compute", SEED, COLUMNS="40")
+    assert result.stdout == wide.stdout
+    with np.load(SEED) as seed:
+        weights, output = reference_attention(seed["query"], seed["key"], seed["value"])
+    for number in (*weights.ravel(), *output.ravel()):  # every weight and output, to 4 digits
+        assert f"{number:.4f}" in result.stdout

@@ -116,6 +116,10 @@ def _root(
         typer.echo(context.get_help())
 
 
+#: Narrower terminals (or COLUMNS) get views this wide: a line too long wraps, a view of width 0 is empty.
+MIN_COLUMNS = 40
+
+
 def console(no_color: bool, record: bool = False, silent: bool = False) -> Console:
     import io
 
@@ -127,10 +131,13 @@ def console(no_color: bool, record: bool = False, silent: bool = False) -> Conso
             record=record,
             highlight=False,
             no_color=no_color or None,
-            width=Console().width,
+            width=max(Console().width, MIN_COLUMNS),
             force_terminal=True,
         )
-    return Console(highlight=False, no_color=True if no_color else None, record=record)
+    shown = Console(highlight=False, no_color=True if no_color else None, record=record)
+    if shown.width < MIN_COLUMNS:  # COLUMNS=0 or a sliver of a pane: draw at the minimum, not nothing
+        shown.width = MIN_COLUMNS
+    return shown
 
 
 def stdin() -> BinaryIO | None:

@@ -211,9 +211,9 @@ def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Disp
 def check_exports(display: Display) -> None:
     from attncli.io.writers import check_output_path
 
-    if display.export_svg:
+    if display.export_svg is not None:
         check_output_path(display.export_svg, force=display.force, option="--export-svg", suffixes=(".svg",))
-    if display.export_html:
+    if display.export_html is not None:
         check_output_path(
             display.export_html, force=display.force, option="--export-html", suffixes=(".html", ".htm")
         )

@@ -216,7 +216,7 @@ def compute(
     given_labels = [name for name, value in (("--labels", labels), ("--labels-file", labels_file)) if value]
     if len(given_labels) > 1:
         raise UsageError("give --labels or --labels-file, not both")
-    both = read_labels(labels_file) if labels_file else selection.parse_labels(labels) if labels else None
+    both = read_labels(labels_file) if labels_file else selection.given_labels(labels)
     display = Display(
         output_format=output_format,
         quiet=quiet,
@@ -244,12 +244,14 @@ def compute(
 
     from attncli.io import loaders, writers
 
-    target = writers.check_output_path(output, force=force) if output else None
+    target = writers.check_output_path(output, force=force) if output is not None else None
     weights_target = None
-    if weights_to:
+    if weights_to is not None:
         weights_target = writers.check_output_path(
             weights_to, force=force, option="--weights-to", suffixes=(".npy", ".safetensors")
         )
+    if target is not None and weights_target is not None and target.resolve() == weights_target.resolve():
+        raise UsageError(f"--weights-to {weights_to}: the same file as --output; give two paths")
     limit = None if memory_limit is None else _memory_limit(memory_limit)
     from attncli.compute import prepare, resolve_device
 

@@ -112,7 +112,7 @@ def model_command(
     texts = gather_texts(text, more_texts, texts_file)
     if labels and labels_file:
         raise UsageError("give --labels or --labels-file, not both")
-    given = read_labels(labels_file) if labels_file else selection.parse_labels(labels) if labels else None
+    given = read_labels(labels_file) if labels_file else selection.given_labels(labels)
     display = Display(
         output_format=output_format,
         quiet=quiet,
@@ -140,7 +140,7 @@ def model_command(
     from attncli.io import loaders, writers
 
     check_exports(display)
-    target = writers.check_output_path(output, force=force) if output else None
+    target = writers.check_output_path(output, force=force) if output is not None else None
     capture.require_transformers("attn model")
     captured = capture.capture(model_dir, texts, [layer], reference=True, option="--layer")
     source = loaders.TensorFile(model_dir, captured.arrays(), named=True, metadata=captured.metadata())

@@ -36,6 +36,9 @@ def check_output_path(
     suffixes: Collection[str] = tuple(OUTPUT_FORMATS),
 ) -> Path:
     """Refuse, before any work is done, an output path that could not or should not be written."""
+    if not os.fspath(path):
+        example = f"result{next(iter(suffixes), '')}"
+        raise UsageError(f"{option}: the path is empty; give a file name, e.g. {option} {example}")
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in suffixes:
