@@ -230,3 +230,20 @@ def test_a_width_below_the_minimum_draws_at_the_minimum(columns):
         weights, output = reference_attention(seed["query"], seed["key"], seed["value"])
     for number in (*weights.ravel(), *output.ravel()):  # every weight and output, to 4 digits
         assert f"{number:.4f}" in result.stdout
+
+
+def _npy_of_shape(shape_text: str) -> bytes:
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape_text + ", }"
+    header += " " * (127 - 10 - len(header)) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(64)
+
+
+@pytest.mark.parametrize("command", ["inspect", "diff", "compute"])
+def test_a_npy_header_with_a_negative_size_is_refused(tmp_path, command):
+    """NumPy's header parser takes shape (-1, 4): inspect said 'size -16 B' and diff called two such
+    files equal."""
+    path = tmp_path / "negative.npy"
+    path.write_bytes(_npy_of_shape("(-1, 4)"))
+    args = [str(path), str(path)] if command == "diff" else [str(path)]
+    line = assert_error(invoke(command, *args), str(path))
+    assert "negative" in line

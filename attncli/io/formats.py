@@ -43,10 +43,16 @@ def npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...
             shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
         else:  # 2.0 and 3.0 differ only in how the (ASCII, for real numbers) header is encoded
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
-        return tuple(int(n) for n in shape), bool(fortran_order), dtype, file.tell() - start
+        sizes = tuple(int(n) for n in shape)
+        end = file.tell()
     # untrusted bytes: NumPy's header parser (a Python literal parser) fails in many ways
     except (ValueError, OSError, EOFError, SyntaxError, TokenError, OverflowError, MemoryError) as error:
         raise InputError(f"{label}: not a valid {suffix} file ({error_reason(error)})") from None
+    if any(n < 0 for n in sizes):  # NumPy's parser takes (-1, 4); no array has that shape
+        raise InputError(
+            f"{label}: not a valid {suffix} file (its header gives shape {sizes}, with a negative size)"
+        )
+    return sizes, bool(fortran_order), dtype, end - start
 
 
 def check_real_dtype(dtype: np.dtype[Any], label: str, suffix: str) -> None:
