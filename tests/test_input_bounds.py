@@ -247,3 +247,19 @@ def test_a_npy_header_with_a_negative_size_is_refused(tmp_path, command):
     args = [str(path), str(path)] if command == "diff" else [str(path)]
     line = assert_error(invoke(command, *args), str(path))
     assert "negative" in line
+
+
+@pytest.mark.parametrize("option", ["-o", "--weights-to", "--export-svg"])
+@pytest.mark.parametrize("where", ["name", "folder", "partial"])
+def test_output_names_too_long_are_usage_errors(tmp_path, option, where):
+    """'File name too long' was an internal error (70); the temporary .NAME.XXXXXXXX.partial must fit too."""
+    suffix = {"-o": ".safetensors", "--weights-to": ".npy", "--export-svg": ".svg"}[option]
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    if where == "name":
+        target = tmp_path / ("a" * (limit + 10) + suffix)
+    elif where == "folder":
+        target = tmp_path / ("a" * (limit + 10)) / f"x{suffix}"
+    else:  # fits alone, but not with the temporary's prefix and suffix
+        target = tmp_path / ("b" * (limit - len(suffix) - 5) + suffix)
+    assert_error(invoke("compute", SEED, option, str(target)), option)
+    assert list(tmp_path.iterdir()) == []

@@ -45,15 +45,33 @@ def check_output_path(
         shown = f"suffix '{suffix}'" if suffix else "no suffix"
         raise UsageError(f"{option} {target}: {shown} is not supported; {option} takes {', '.join(suffixes)}")
     folder = target.parent
-    if not folder.is_dir():
-        raise UsageError(f"{option} {target}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {target}: the folder {folder} is not writable")
-    if target.is_dir():
-        raise UsageError(f"{option} {target}: is a directory")
-    if target.exists() and not force:
-        raise UsageError(f"{option} {target}: the file exists; add --force to replace it")
+    # The file is written as .NAME.XXXXXXXX.partial beside it, then renamed: that name must fit too.
+    longest = _name_max(folder) - len(".") - len(".XXXXXXXX.partial")
+    if len(os.fsencode(target.name)) > longest:
+        raise UsageError(
+            f"{option} {target}: the file name is {len(os.fsencode(target.name))} bytes long; "
+            f"at most {longest} fit this folder"
+        )
+    try:
+        if not folder.is_dir():
+            raise UsageError(f"{option} {target}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {target}: the folder {folder} is not writable")
+        if target.is_dir():
+            raise UsageError(f"{option} {target}: is a directory")
+        if target.exists() and not force:
+            raise UsageError(f"{option} {target}: the file exists; add --force to replace it")
+    except OSError as error:  # a folder name too long, a loop of links, ...
+        raise UsageError(f"{option} {target}: cannot be written: {error.strerror or error}") from None
     return target
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the folder's file system takes (255 bytes where it cannot be asked)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def write_result(
