@@ -263,3 +263,35 @@ def test_output_names_too_long_are_usage_errors(tmp_path, option, where):
         target = tmp_path / ("b" * (limit - len(suffix) - 5) + suffix)
     assert_error(invoke("compute", SEED, option, str(target)), option)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_stdout_full_or_closed_is_status_3_with_one_line():
+    """`> /dev/full` and `>&-` were internal errors (70); `-q` writes nothing and stays 0."""
+    base = [sys.executable, "-m", "attncli"]
+    cases = [
+        ([*base, "compute", SEED, "--format", "json"], "full", 3, "No space left on device"),
+        ([*base, "compute", SEED], "full", 3, "No space left on device"),
+        ([*base, "--help"], "full", 3, "No space left on device"),
+        ([*base, "compute", SEED, "--format", "json"], "closed", 3, "stdout is closed"),
+        ([*base, "compute", SEED, "-q"], "closed", 0, ""),
+    ]
+    for command, stdout, status, words in cases:
+        if stdout == "full":
+            with open("/dev/full", "w") as full:
+                done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        else:
+            done = subprocess.run(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                preexec_fn=lambda: os.close(1),
+            )
+        assert done.returncode == status, (command, stdout, done.stderr)
+        if status:
+            assert done.stderr == f"attn: error: stdout: cannot be written: {words}\n", done.stderr
+        else:
+            assert done.stderr == ""

@@ -7,6 +7,8 @@ modules. torch and NumPy are imported inside the commands that need them, so `at
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import sys
 import traceback
@@ -39,8 +41,11 @@ class AttnGroup(TyperGroup):
         show_traceback = "--traceback" in options
         if show_traceback:  # accepted anywhere on the line, before or after the command
             argv.remove("--traceback")
+        if sys.stdout is None:  # started with stdout closed (`>&-`): writing to it is an error, not a crash
+            sys.stdout = _ClosedStdout()
         try:
             status = super().main(argv, prog_name or "attn", complete_var, standalone_mode=False, **extra)
+            sys.stdout.flush()  # a full disk (/dev/full) shows here, inside the mapping below
         except AttnError as error:
             if show_traceback:
                 traceback.print_exc()  # then the one line and the documented status, as without it
@@ -64,6 +69,12 @@ class AttnGroup(TyperGroup):
         except BrokenPipeError:
             silence_stdout()
             sys.exit(ExitCode.OK)
+        except OSError as error:  # writing stdout failed: a full disk, a closed stream
+            if show_traceback:
+                traceback.print_exc()
+            where = error.filename or "stdout"
+            silence_stdout()
+            fail(f"{where}: cannot be written: {error.strerror or error}", ExitCode.RUNTIME)
         except Exception as error:
             if show_traceback:
                 traceback.print_exc()  # then the one line and the documented status, as without it
@@ -164,6 +175,13 @@ def fail(message: str, status: int) -> NoReturn:
     sys.stderr.write(f"attn: error: {shown}\n")
     sys.stderr.flush()
     sys.exit(status)
+
+
+class _ClosedStdout(io.TextIOBase):
+    """What stdout is when attn was started without one: every write fails as a closed file's would."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
 
 
 def _stdout_is_null() -> bool:
