@@ -428,7 +428,8 @@ def _parse_npy(data: bytes, label: str) -> TensorFile:
         # np.load would take other bytes for a pickle and blame allow_pickle; say what they are not.
         raise InputError(f"{label}: not a valid .npy file (it does not start with the NumPy header)")
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        with np.errstate(all="ignore"):  # a header's shape whose product overflows warns; it fails below
+            array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as error:  # untrusted bytes: np.load can fail in many ways, each means "bad file"
         raise _numpy_error(error, label, ".npy") from None
     if not isinstance(array, np.ndarray):
@@ -452,7 +453,7 @@ def _parse_npz(data: bytes, label: str) -> TensorFile:
     tensors: dict[str, np.ndarray] = {}
     metadata: dict[str, Any] = {}
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        with np.errstate(all="ignore"), np.load(io.BytesIO(data), allow_pickle=False) as archive:
             for name in archive.files:
                 array = archive[name]
                 if name == META_KEY and array.dtype.kind == "U" and array.ndim == 0:
