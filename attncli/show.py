@@ -31,7 +31,6 @@ def weights_view(
     from attncli.analysis.rows import row_entropy
     from attncli.compute.sinks import PictureSink, TableSink
     from attncli.present import tables
-    from attncli.present.heatmap import picture_size
 
     options = options or ViewOptions()
     values = np.asarray(weights)
@@ -44,20 +43,11 @@ def weights_view(
     masked_rows = None if shut is None else shut.all(dim=-1)  # (..., Lq)
     if shut is not None:
         matrix = matrix.masked_fill(shut, 0.0)
-    heatmap = options.view == "heatmap"
-    rows, cols = ([], []) if heatmap else tables.table_window((lq, lk), options)
+    size, (rows, cols) = tables.kept_views((lq, lk), options)
     table = TableSink(shape, rows, cols, matrix.dtype, matrix.device)
     table.keep(0, matrix, shut, masked_rows)
     pictures, blocks = None, (1, 1)
-    if heatmap:
-        size = picture_size(
-            (lq, lk),
-            width=options.width,
-            max_lines=max(lq, 1) if options.full else options.max_rows,
-            colour=options.colour,
-            query_labels=options.query_labels,
-            key_labels=options.key_labels,
-        )
+    if size is not None:
         picture = PictureSink(shape, size, matrix.device)
         picture.pool(0, matrix, shut)
         largest, mean = picture.arrays()

@@ -284,29 +284,16 @@ def compute_and_finish(
 def _kept_views(
     problem: Prepared, display: Display
 ) -> tuple[tuple[int, int] | None, tuple[list[int], list[int]] | None]:
-    """What a run keeps for the view, whole or in blocks: (rows, cols) of a pooled picture per
-    matrix for a heatmap, and the rows and columns of each matrix a table shows (none for a heatmap,
-    whose title still takes the table's figures); (None, None) when nothing is shown."""
+    """`present.tables.kept_views` for this terminal, whole run or blocks; (None, None) when
+    nothing is shown."""
     screen = _screen(display)
     if screen is None:
         return None, None
-    lq, lk = problem.weights_shape[-2:]
+    from attncli.present.tables import kept_views
+
     layout = _view_options(display, screen, display.view.value, {"batch": None, "head": None}, ())
-    if display.view is View.table:
-        from attncli.present import tables
-
-        return None, tables.table_window((lq, lk), layout)
-    from attncli.present.heatmap import picture_size
-
-    size = picture_size(
-        (lq, lk),
-        width=layout.width,
-        max_lines=max(lq, 1) if layout.full else layout.max_rows,
-        colour=layout.colour,
-        query_labels=layout.query_labels,
-        key_labels=layout.key_labels,
-    )
-    return size, ([], [])
+    lq, lk = problem.weights_shape[-2:]
+    return kept_views((lq, lk), layout)
 
 
 def attend_for_view(problem: Prepared, display: Display) -> AttentionResult:

@@ -258,6 +258,27 @@ def table_window(shape: tuple[int, int], options: ViewOptions) -> tuple[list[int
     return [i for i in row_indices if i is not None], [j for j in col_indices if j is not None]
 
 
+def kept_views(
+    shape: tuple[int, int], options: ViewOptions
+) -> tuple[tuple[int, int] | None, tuple[list[int], list[int]]]:
+    """What a computation keeps of each (Lq, Lk) matrix for `result_view` with `options`: the
+    (rows, cols) of its pooled picture for a heatmap (None for a table), and the rows and columns a
+    table shows (none for a heatmap, whose title still takes the table's figures)."""
+    if options.view != "heatmap":
+        return None, table_window(shape, options)
+    from attncli.present.heatmap import picture_size
+
+    size = picture_size(
+        shape,
+        width=options.width,
+        max_lines=max(shape[0], 1) if options.full else options.max_rows,
+        colour=options.colour,
+        query_labels=options.query_labels,
+        key_labels=options.key_labels,
+    )
+    return size, ([], [])
+
+
 def kept_weight_table(
     cells: np.ndarray,
     shape: tuple[int, int],
