@@ -6,6 +6,7 @@ The result of `attend` is compared with two references computed here from the sa
 - a float64 computation on the CPU written the plain way (repeat the key/value heads, matmul,
   scale, mask, softmax), for both weights and output.
 Rows whose every key is masked are left out: attncli defines them as zero, the fused kernel as NaN.
+Any other NaN, on either side, fails the check.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def compare(
         keep = keep & live_rows.detach().cpu().unsqueeze(-1)
     gap = (a - b).abs()
     excess = torch.where(keep, gap - (atol + rtol * b.abs()), torch.tensor(-math.inf, dtype=torch.float64))
+    # A NaN on either side is outside any tolerance (NaN > 0 is false: it would pass unnoticed).
+    excess = excess.masked_fill(keep & excess.isnan(), math.inf)
     relative = torch.where(keep & (b != 0), gap / b.abs(), torch.zeros((), dtype=torch.float64))
     compared = int(keep.sum())
     if compared == 0:

@@ -124,6 +124,10 @@ class Prepared:
         )
 
 
+#: The most axes an input may have: NumPy broadcasts shapes of up to 32 (torch takes 64, .npy 64).
+MAX_AXES = 32
+
+
 def prepare(
     query: TensorLike,
     key: TensorLike,
@@ -146,6 +150,11 @@ def prepare(
         for x, role in zip((query, key, value), _ROLES, strict=True)
     )
     for given, converted, role in zip((query, key, value), (q, k, v), _ROLES, strict=True):
+        if converted.ndim > MAX_AXES:
+            raise ShapeError(
+                f"{label[role]}: {role} has {converted.ndim} axes; attncli takes at most {MAX_AXES} "
+                "(batch axes, then heads, positions and features)"
+            )
         _check_range(given, converted, role, label[role])
     input_shapes = {role: tuple(t.shape) for role, t in zip(_ROLES, (q, k, v), strict=True)}
     # Messages show each input as it was given: "k.npy (5, 8)".
@@ -163,10 +172,17 @@ def prepare(
     batch_shape = broadcast_shapes(q.shape[:cut], k.shape[:cut])
     heads_axis = (q.shape[-3],) if group > 1 else ()
     weights_shape = (*batch_shape, *heads_axis, q.shape[-2], k.shape[-2])
+    if len(weights_shape) > MAX_AXES:  # --heads adds one
+        raise ShapeError(
+            f"the weights would have {len(weights_shape)} axes: {shown['query']} split into {heads} "
+            f"heads; attncli takes at most {MAX_AXES}"
+        )
 
+    # Scores are float32 for half-precision inputs (see compute_inputs), else the inputs' dtype.
+    score_dtype = torch.float32 if target_dtype in HALF_DTYPES else target_dtype
     mask_tensor = None
     if mask is not None:
-        mask_tensor = _as_mask(mask, target_device)
+        mask_tensor = _as_mask(mask, target_device, score_dtype, label["mask"])
         broadcast = _broadcast_or_none(weights_shape, tuple(mask_tensor.shape))
         # The mask may add batch axes, never stretch the (query, key) axes it applies to.
         if broadcast is None or broadcast[-2:] != weights_shape[-2:]:
@@ -185,7 +201,6 @@ def prepare(
             raise UsageError(f"scale {error}") from None
     # |q . k| * scale <= |q| |k| |scale|: when even that bound fits the scores' dtype, no score can
     # overflow and the N x N check is skipped.
-    score_dtype = torch.float32 if target_dtype in HALF_DTYPES else target_dtype
     bound = 0.0
     if q.numel() and k.numel():
         # Norms accumulated in the scores' dtype, without a wider copy of query and key: one that
@@ -247,13 +262,30 @@ def _fits(given: np.dtype[Any] | torch.dtype, compute: torch.dtype) -> bool:
     return largest <= torch.finfo(compute).max
 
 
-def _as_mask(mask: TensorLike, device: torch.device) -> torch.Tensor:
+def _as_mask(mask: TensorLike, device: torch.device, score_dtype: torch.dtype, label: str) -> torch.Tensor:
+    """The mask on `device`; a float mask in the scores' dtype, as it is added to them, checked
+    there: NaN, or +inf (a finite 1e300 becomes +inf in float32), would make NaN weights."""
     tensor = torch.from_numpy(np.array(mask)) if isinstance(mask, np.ndarray) else mask
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor or numpy.ndarray, not {type(mask).__name__}")
     if tensor.dtype != torch.bool and not tensor.is_floating_point():
         raise UsageError(f"the mask holds {tensor.dtype}; use booleans (True = may attend) or floats")
-    return tensor.to(device)
+    if tensor.ndim > MAX_AXES:
+        raise ShapeError(f"{label}: the mask has {tensor.ndim} axes; attncli takes at most {MAX_AXES}")
+    if tensor.dtype == torch.bool:
+        return tensor.to(device)
+    converted = tensor.to(device=device, dtype=score_dtype)
+    bad = torch.isnan(converted) | torch.isposinf(converted)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in torch.nonzero(bad.reshape(bad.shape or (1,)))[0])
+        dtype_name = str(score_dtype).removeprefix("torch.")
+        raise InputError(
+            f"{label}: the mask holds {int(bad.sum())} values that are NaN or +inf in {dtype_name} "
+            f"(the scores' dtype; finite values beyond ±{torch.finfo(score_dtype).max:.4g} become +inf), "
+            f"the first at index {first}; use 0 for keys that may be attended and -inf (or a large "
+            "negative number) for keys that may not"
+        )
+    return converted
 
 
 def _check_pair(
