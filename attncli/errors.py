@@ -49,3 +49,12 @@ class OutputError(AttnError):
     """A result could not be written (disk full, permissions changed while computing)."""
 
     exit_code = ExitCode.RUNTIME
+
+
+def escaped(text: str) -> str:
+    """`text` with what a terminal would not show as one character escaped, as Python writes it:
+    a newline in a tensor name as `\\n`, a lone surrogate from JSON as `\\ud800`, so that a table
+    keeps its rows and columns and an error stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

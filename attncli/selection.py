@@ -114,3 +114,15 @@ def parse_size(text: str, option: str) -> int:
     if not math.isfinite(value) or value < 1:
         raise UsageError(f"{option} {text!r} must be a positive size")
     return int(value)
+
+
+def size_text(nbytes: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    size = nbytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

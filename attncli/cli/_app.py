@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from attncli import __version__
-from attncli.errors import AttnError, ExitCode
+from attncli.errors import AttnError, ExitCode, escaped
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,8 +41,7 @@ class AttnGroup(TyperGroup):
         show_traceback = "--traceback" in options
         if show_traceback:  # accepted anywhere on the line, before or after the command
             argv.remove("--traceback")
-        if sys.stdout is None:  # started with stdout closed (`>&-`): writing to it is an error, not a crash
-            sys.stdout = _ClosedStdout()
+        _guard_standard_streams()
         try:
             status = super().main(argv, prog_name or "attn", complete_var, standalone_mode=False, **extra)
             sys.stdout.flush()  # a full disk (/dev/full) shows here, inside the mapping below
@@ -66,7 +65,7 @@ class AttnGroup(TyperGroup):
             if exit.code == 1 and _stdout_is_null():
                 sys.exit(ExitCode.OK)
             raise
-        except BrokenPipeError:
+        except (BrokenPipeError, ReaderGone):
             silence_stdout()
             sys.exit(ExitCode.OK)
         except OSError as error:  # writing stdout failed: a full disk, a closed stream
@@ -75,9 +74,15 @@ class AttnGroup(TyperGroup):
             where = error.filename or "stdout"
             silence_stdout()
             fail(f"{where}: cannot be written: {error.strerror or error}", ExitCode.RUNTIME)
+        except MemoryError as error:  # NumPy's, Python's or the JSON writer's (torch's below)
+            if show_traceback:
+                traceback.print_exc()
+            fail(f"out of memory{f': {error}' if str(error) else ''}; {_LESS_MEMORY}", ExitCode.RUNTIME)
         except Exception as error:
             if show_traceback:
                 traceback.print_exc()  # then the one line and the documented status, as without it
+            if _is_allocation_failure(error):
+                fail(f"out of memory: {error_line(error)}; {_LESS_MEMORY}", ExitCode.RUNTIME)
             fail(
                 f"internal error: {type(error).__name__}: {error} (run again with --traceback and report it)",
                 ExitCode.INTERNAL,
@@ -170,11 +175,92 @@ def warn(message: str) -> None:
 
 
 def fail(message: str, status: int) -> NoReturn:
-    # One line, whatever a file or tensor name holds: control characters are shown escaped.
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    sys.stderr.write(f"attn: error: {shown}\n")
+    sys.stderr.write(f"attn: error: {escaped(message)}\n")  # one line, whatever a name holds
     sys.stderr.flush()
     sys.exit(status)
+
+
+_LESS_MEMORY = "use fewer positions, heads or batch entries, a smaller --dtype, or a lower --memory-limit"
+
+
+def _is_allocation_failure(error: Exception) -> bool:
+    """torch's allocators fail with a RuntimeError (CUDA's with its OutOfMemoryError subclass)."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+    )
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of an exception's message (torch's carry C++ frames below it)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _guard_standard_streams() -> None:
+    """Make stdout report every failed write, and a closed stdout or stderr harmless to the rest.
+
+    Python's text stdout drops what a short write left over (a file grown to `ulimit -f`, where the
+    next write would fail with EFBIG): exit 0 with a truncated file. Writes go through `_WholeWrites`
+    instead, which writes all or raises. A closed stderr (`2>&-`) swallows messages, keeping the
+    status; a closed stdout (`>&-`) fails every write, as a full one does (status 3)."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the life of the process)
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
+        return
+    stream = sys.stdout
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # replaced already (tests, a capturing runner)
+        return
+    if not isinstance(stream, io.TextIOWrapper) or stream.name != "<stdout>":
+        return
+    stream.flush()
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(_WholeWrites(descriptor)),
+        encoding=stream.encoding,
+        # What the encoding cannot write is shown escaped, as a lone surrogate from a JSON name
+        # ("\ud800"), not a crash; an error line escapes it the same way (see `fail`).
+        errors="backslashreplace",
+        line_buffering=stream.line_buffering,
+        write_through=stream.write_through,
+    )
+
+
+class ReaderGone(BaseException):
+    """The reader of stdout went away (`attn ... | head -1`): success, quietly. Not an OSError, so
+    that no `except OSError` on the way (Click's among them, which would exit 1) takes it for a
+    failure to write."""
+
+
+class _WholeWrites(io.RawIOBase):
+    """A file descriptor written in full, write after write, until a write fails with OSError."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.descriptor
+
+    def isatty(self) -> bool:
+        return os.isatty(self.descriptor)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.descriptor, view) :]
+        except BrokenPipeError:
+            raise ReaderGone from None
+        return len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
+
+    def close(self) -> None:  # the descriptor is the process's stdout: leave it open
+        super().close()
 
 
 class _ClosedStdout(io.TextIOBase):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from attncli.compute.prepare import Prepared
 from attncli.compute.run import choose_block_rows, full_weights_bytes
 from attncli.errors import UsageError
+from attncli.selection import size_text
 
 #: Full weights larger than this are computed in blocks when nothing needs them whole.
 STREAM_ABOVE = 256 << 20
@@ -56,6 +57,13 @@ def plan(problem: Prepared, request: Request) -> Plan:
         raise UsageError(
             "--check compares the full weights, which a blocked computation does not keep; "
             "drop --stream/--weights-to or raise --memory-limit"
+        )
+    if request.as_text and not request.blocks:  # with --stream, JSON holds all but the weights
+        raise UsageError(
+            f"the weights ({size_text(size)}) do not fit the memory limit ({size_text(limit)}), and "
+            "--format json and -o FILE.json write them whole, as text; use -o FILE.safetensors or "
+            "FILE.npz (written block by block), --stream for JSON without the weights, or raise "
+            "--memory-limit"
         )
     if request.full_table:
         raise UsageError(

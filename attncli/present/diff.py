@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attncli.analysis.diff import Comparison, TensorComparison
+from attncli.errors import escaped
 from attncli.present.style import number_text
 
 
@@ -58,7 +59,7 @@ def comparison_json(comparison: Comparison) -> str:
 def comparison_view(comparison: Comparison) -> RenderableType:
     """A row per tensor pair, then the tolerance, NaN counts and row agreement of weights, then a verdict."""
     a, b = comparison.labels
-    title = Text.assemble("A ", (a, "bold"), "  B ", (b, "bold"))
+    title = Text.assemble("A ", (escaped(a), "bold"), "  B ", (escaped(b), "bold"))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     for heading in ("tensor", "shape", "max abs", "max rel", "worst index", "outside tol", "verdict"):
         table.add_column(
@@ -68,7 +69,7 @@ def comparison_view(comparison: Comparison) -> RenderableType:
     for tensor in comparison.tensors:
         outside = f"{tensor.outside} ({_percent(tensor.outside_share)})" if tensor.outside else "0"
         table.add_row(
-            Text(tensor.name),
+            Text(escaped(tensor.name)),
             str(tensor.shape),
             number_text(tensor.max_abs),
             number_text(tensor.max_rel),
@@ -91,7 +92,7 @@ def _notes(comparison: Comparison) -> list[str]:
     notes = []
     several = len({(tensor.rtol, tensor.atol) for tensor in comparison.tensors}) > 1
     for tensor in comparison.tensors if several else comparison.tensors[:1]:
-        where = f"{tensor.name}: " if several else ""
+        where = f"{escaped(tensor.name)}: " if several else ""
         defaults = f"defaults for {' and '.join(dict.fromkeys(tensor.dtypes))}"
         rtol_given, atol_given = comparison.given
         if rtol_given and atol_given:
@@ -105,7 +106,7 @@ def _notes(comparison: Comparison) -> list[str]:
     for tensor in comparison.tensors:
         if tensor.nan[0] or tensor.nan[1]:
             notes.append(
-                f"{tensor.name}: NaN in A {tensor.nan[0]}, in B {tensor.nan[1]}, "
+                f"{escaped(tensor.name)}: NaN in A {tensor.nan[0]}, in B {tensor.nan[1]}, "
                 f"in both {tensor.nan_both} (counted equal)"
             )
         notes += _row_notes(tensor)
@@ -119,11 +120,11 @@ def _row_notes(tensor: TensorComparison) -> list[str]:
     left_out = rows.rows - rows.rows_compared
     skipped = f" ({left_out} with no mass, NaN, Inf or negative weights left out)" if left_out else ""
     if rows.kl_mean is None or rows.top_k_same is None or rows.top_k_overlap is None:
-        return [f"{tensor.name}: no row to compare as a distribution{skipped}"]
+        return [f"{escaped(tensor.name)}: no row to compare as a distribution{skipped}"]
     return [
-        f"{tensor.name}: KL(A‖B) per row: mean {number_text(rows.kl_mean)}, max "
+        f"{escaped(tensor.name)}: KL(A‖B) per row: mean {number_text(rows.kl_mean)}, max "
         f"{number_text(rows.kl_max)}, over {rows.rows_compared} of {rows.rows} rows{skipped}",
-        f"{tensor.name}: top-{rows.top_k} keys the same in {_percent(rows.top_k_same)} of rows; "
+        f"{escaped(tensor.name)}: top-{rows.top_k} keys the same in {_percent(rows.top_k_same)} of rows; "
         f"mean overlap {rows.top_k_overlap * rows.top_k:.3g} of {rows.top_k}",
     ]
 

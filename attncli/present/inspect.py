@@ -10,8 +10,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from attncli.errors import escaped
 from attncli.io.lazy import FileReport
-from attncli.present.style import number_text, size_text
+from attncli.present.style import number_text
+from attncli.selection import size_text
 
 
 def reports_json(reports: list[FileReport]) -> str:
@@ -48,7 +50,7 @@ def report_view(report: FileReport) -> RenderableType:
     with_stats = any(tensor.stats is not None for tensor in report.tensors)
     count = len(report.tensors)
     title = Text.assemble(
-        (report.label, "bold"),
+        (escaped(report.label), "bold"),
         f"  {report.format}, {size_text(report.nbytes)}, {count} tensor{'s' if count != 1 else ''}",
     )
     table = Table(
@@ -61,7 +63,7 @@ def report_view(report: FileReport) -> RenderableType:
         table.add_column(heading, justify="right", no_wrap=True)
     for tensor in report.tensors:
         cells: list[Text | str] = [
-            Text(tensor.name),
+            Text(escaped(tensor.name)),
             str(tensor.shape),
             tensor.dtype,
             size_text(tensor.nbytes),
@@ -77,5 +79,6 @@ def report_view(report: FileReport) -> RenderableType:
     lines.add_column(style="bold")
     lines.add_column()
     for key, value in sorted(report.metadata.items()):  # safetensors keeps no order of its own
-        lines.add_row(Text(key), Text(value if isinstance(value, str) else json.dumps(value)))
+        text = value if isinstance(value, str) else json.dumps(value)
+        lines.add_row(Text(escaped(key)), Text(escaped(text)))
     return Group(title, table, Text(), Text("metadata", style="bold"), lines, Text())

@@ -61,18 +61,6 @@ def rgb_color(rgb: tuple[int, int, int]) -> Color:
     return Color.from_rgb(*rgb)
 
 
-def size_text(nbytes: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    if nbytes < 1024:
-        return f"{nbytes} B"
-    size = nbytes / 1024
-    for unit in ("KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def number_text(value: float | int | bool | None) -> str:
     """A number as a table shows it: ints exactly, floats to 4 significant digits, None as a dash."""
     if value is None:
