@@ -295,3 +295,33 @@ def test_stdout_full_or_closed_is_status_3_with_one_line():
             assert done.stderr == f"attn: error: stdout: cannot be written: {words}\n", done.stderr
         else:
             assert done.stderr == ""
+
+
+# --- --max-input-size -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["before", "after", "equals"])
+def test_the_input_limit_is_an_option_anywhere_on_the_line(tmp_path, monkeypatch, where):
+    monkeypatch.delenv(source.LIMIT_VARIABLE, raising=False)
+    path = tmp_path / "big.json"
+    path.write_text("[" + "0.5," * 4000 + "0.5]")  # 16 kB
+    option = ["--max-input-size=10KB"] if where == "equals" else ["--max-input-size", "10KB"]
+    args = [*option, "inspect", str(path)] if where == "before" else ["inspect", str(path), *option]
+    assert_error(invoke(*args), str(path), "over 9.766 KiB")
+    monkeypatch.delenv(source.LIMIT_VARIABLE, raising=False)
+    roomy = invoke("inspect", str(path), "--max-input-size", "1MB")
+    assert roomy.exit_code == 0, roomy.output
+    assert "(4001,)" in roomy.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--max-input-size"], ["--max-input-size needs a size"]),
+        (["--max-input-size", "lots"], ["--max-input-size 'lots' is not a size"]),
+        (["--max-input-size", "0"], ["--max-input-size '0' must be a positive size"]),
+    ],
+)
+def test_a_bad_input_limit_is_a_usage_error(tmp_path, monkeypatch, args, words):
+    monkeypatch.delenv(source.LIMIT_VARIABLE, raising=False)
+    assert_error(invoke("inspect", *seed_files(tmp_path)[:1], *args), *words)

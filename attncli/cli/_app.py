@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from attncli import __version__
-from attncli.errors import AttnError, ExitCode, escaped
+from attncli.errors import AttnError, ExitCode, UsageError, escaped
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,6 +41,10 @@ class AttnGroup(TyperGroup):
         show_traceback = "--traceback" in options
         if show_traceback:  # accepted anywhere on the line, before or after the command
             argv.remove("--traceback")
+        try:
+            argv = _take_input_limit(argv)
+        except AttnError as error:
+            fail(str(error), error.exit_code)
         _guard_standard_streams()
         try:
             status = super().main(argv, prog_name or "attn", complete_var, standalone_mode=False, **extra)
@@ -116,6 +120,15 @@ def _root(
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="On an error, show the Python traceback (for bug reports).")
     ] = False,
+    max_input_size: Annotated[
+        str | None,
+        typer.Option(
+            INPUT_LIMIT_OPTION,
+            metavar="SIZE",
+            help="Read at most SIZE (e.g. 64GiB) from any one input; default 16GiB, or "
+            "ATTNCLI_MAX_INPUT_SIZE. Accepted anywhere on the line.",
+        ),
+    ] = None,
 ) -> None:
     """attncli: compute attention from query/key/value files and see its weights.
 
@@ -178,6 +191,31 @@ def fail(message: str, status: int) -> NoReturn:
     sys.stderr.write(f"attn: error: {escaped(message)}\n")  # one line, whatever a name holds
     sys.stderr.flush()
     sys.exit(status)
+
+
+INPUT_LIMIT_OPTION = "--max-input-size"
+
+
+def _take_input_limit(argv: list[str]) -> list[str]:
+    """`--max-input-size SIZE` (or `=SIZE`), anywhere on the line as --traceback is, taken out of
+    `argv` into the variable every reader consults (attncli.io.source), after checking SIZE."""
+    from attncli.io.source import LIMIT_VARIABLE
+
+    end = argv.index("--") if "--" in argv else len(argv)
+    for index, arg in enumerate(argv[:end]):
+        if arg == INPUT_LIMIT_OPTION or arg.startswith(INPUT_LIMIT_OPTION + "="):
+            given = arg.partition("=")[2] if "=" in arg else None
+            if given is None:
+                if index + 1 >= end:
+                    raise UsageError(f"{INPUT_LIMIT_OPTION} needs a size, e.g. {INPUT_LIMIT_OPTION} 64GiB")
+                given = argv[index + 1]
+            from attncli.selection import parse_size
+
+            parse_size(given, INPUT_LIMIT_OPTION)
+            os.environ[LIMIT_VARIABLE] = given
+            rest = argv[index + (1 if "=" in arg else 2) :]
+            return argv[:index] + _take_input_limit(rest)
+    return argv
 
 
 _LESS_MEMORY = "use fewer positions, heads or batch entries, a smaller --dtype, or a lower --memory-limit"
