@@ -72,7 +72,8 @@ def test_the_same_mask_is_used_when_computing_in_float64(tmp_path):
     np.save(tmp_path / "m.npy", mask)
     out = tmp_path / "r.json"
     paths = qkv(tmp_path)
-    result = invoke("compute", *paths, "--mask", str(tmp_path / "m.npy"), "--dtype", "float64", "-o", str(out))
+    mask_option = ["--mask", str(tmp_path / "m.npy")]
+    result = invoke("compute", *paths, *mask_option, "--dtype", "float64", "-o", str(out))
     assert result.exit_code == 0, result.output
     expected, _ = reference_attention(*(np.load(p) for p in paths), mask=mask)
     np.testing.assert_allclose(json.loads(out.read_text())["weights"], expected, rtol=1e-12)
@@ -116,7 +117,9 @@ def test_check_counts_a_nan_on_either_side_as_outside_the_tolerance(side):
 def test_check_still_passes_equal_tensors():
     values = torch.rand(3, 4, dtype=torch.float64)
     comparison = check.compare("output", "test", values, values.clone(), None, 1e-9, 1e-9)
-    assert comparison.passed and comparison.outside == 0 and comparison.compared == 12
+    assert comparison.passed
+    assert comparison.outside == 0
+    assert comparison.compared == 12
 
 
 # --- axes ---------------------------------------------------------------------------------------
@@ -170,7 +173,8 @@ def test_json_asked_with_stream_holds_all_but_the_weights(tmp_path):
     result = invoke("compute", *paths, "--memory-limit", "4KiB", "--stream", "--format", "json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert "weights" not in document and document["meta"]["computed_by"] == "scaled_dot_product_attention"
+    assert "weights" not in document
+    assert document["meta"]["computed_by"] == "scaled_dot_product_attention"
     _, expected = reference_attention(*(np.load(p) for p in paths))
     np.testing.assert_allclose(document["output"], expected, atol=1e-6)
 
@@ -246,7 +250,8 @@ def test_names_a_terminal_cannot_show_are_escaped_not_a_crash(tmp_path):
         done = attn(*command, env={**os.environ, "COLUMNS": "100"})
         assert done.returncode == 0, done.stderr
         assert done.stderr == ""
-        assert "a\\ud800b" in done.stdout and "c\\nd" in done.stdout
+        assert "a\\ud800b" in done.stdout
+        assert "c\\nd" in done.stdout
     assert "k\\udc00" in attn("inspect", str(path)).stdout
 
 
