@@ -72,6 +72,18 @@ def _one_slow_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _no_input_limit_left_behind() -> Iterator[None]:
+    """`--max-input-size` sets ATTNCLI_MAX_INPUT_SIZE for the rest of its process, as it should for
+    one run of `attn`; in-process runs (CliRunner) must not hand it to the next test."""
+    before = os.environ.get("ATTNCLI_MAX_INPUT_SIZE")
+    yield
+    if before is None:
+        os.environ.pop("ATTNCLI_MAX_INPUT_SIZE", None)
+    else:
+        os.environ["ATTNCLI_MAX_INPUT_SIZE"] = before
+
+
 @pytest.fixture
 def samples() -> Path:
     return SAMPLES

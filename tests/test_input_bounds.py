@@ -325,3 +325,88 @@ def test_the_input_limit_is_an_option_anywhere_on_the_line(tmp_path, monkeypatch
 def test_a_bad_input_limit_is_a_usage_error(tmp_path, monkeypatch, args, words):
     monkeypatch.delenv(source.LIMIT_VARIABLE, raising=False)
     assert_error(invoke("inspect", *seed_files(tmp_path)[:1], *args), *words)
+
+
+# --- .npz archives: what they declare is checked before anything is inflated --------------------------
+
+
+def _bomb(path: Path, positions: int) -> None:
+    """A deflated archive of zeros: a few KiB on disk that declares `positions` x 64 float32."""
+    np.savez_compressed(path, query=np.zeros((positions, 64), np.float32))
+
+
+@pytest.mark.parametrize("where", ["file", "stdin"])
+def test_an_npz_bomb_beyond_the_limit_is_refused_before_inflating(tmp_path, monkeypatch, where):
+    path = tmp_path / "bomb.npz"
+    _bomb(path, 65_536)  # 16 MiB of zeros in about 16 KiB
+    assert path.stat().st_size < 100_000
+    inflated = []
+    original = loaders.read_npz_member
+
+    def spy(*args, **kwargs):
+        inflated.append(args[1].name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loaders, "read_npz_member", spy)
+    args, data = ([str(path)], None) if where == "file" else (["-"], path.read_bytes())
+    label = str(path) if where == "file" else "<stdin>"
+    assert_error(
+        invoke("compute", *args, input=data, ATTNCLI_MAX_INPUT_SIZE="1MiB"),
+        label,
+        "unpacks to 16 MiB, over 1 MiB",
+        "--max-input-size",
+    )
+    assert inflated == []
+
+
+def test_an_npz_bomb_beyond_available_memory_is_status_3(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.npz"
+    _bomb(path, 65_536)
+    monkeypatch.setattr(source, "available_memory", lambda: 4 << 20)
+    assert_error(
+        invoke("compute", str(path)), str(path), "unpacks to 16 MiB", "4 MiB of memory available", status=3
+    )
+
+
+def test_an_npz_within_the_limit_is_inflated_exactly(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = {
+        "query": rng.standard_normal((5, 8)).astype(np.float32),
+        "key": np.asfortranarray(rng.standard_normal((5, 8))),
+        "value": rng.standard_normal((5, 8)).astype(">f4"),
+    }
+    np.savez_compressed(tmp_path / "x.npz", **arrays)
+    read = loaders.read_tensors(str(tmp_path / "x.npz")).tensors
+    with np.load(tmp_path / "x.npz") as expected:
+        for name in arrays:
+            np.testing.assert_array_equal(read[name], expected[name])
+            assert read[name].dtype.isnative
+
+
+@pytest.mark.parametrize("content", [b"x", b"query,key\n1,2\n", b"PK\x03\x04 cut short"])
+def test_an_npz_that_is_not_a_zip_archive_says_so(tmp_path, content):
+    path = tmp_path / "x.npz"
+    path.write_bytes(content)
+    for command in ("compute", "inspect"):
+        assert_error(invoke(command, str(path)), str(path), "not a valid .npz file")
+    if not content.startswith(b"PK"):
+        assert_error(invoke("compute", str(path)), "it is not a zip archive")
+
+
+# --- files changed while they are read -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_a_file_cut_short_after_its_header_is_an_error_not_a_fault(tmp_path, suffix):
+    """Inputs were mapped: a file truncated while attn read it killed it with SIGBUS (status 135)."""
+    from safetensors.numpy import save_file
+
+    from attncli.io import lazy
+
+    path = tmp_path / f"x{suffix}"
+    array = np.arange(1 << 20, dtype=np.float32)
+    np.save(path, array) if suffix == ".npy" else save_file({"query": array}, str(path))
+    tensor = next(iter(lazy.open_tensors(str(path)).tensors.values()))
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(InputError, match=str(path)):
+        sum(block.size for block in tensor.blocks())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from attncli.compute.prepare import Prepared
 from attncli.compute.run import choose_block_rows, full_weights_bytes
 from attncli.errors import UsageError
+from attncli.io.source import available_memory
 from attncli.selection import size_text
 
 #: Full weights larger than this are computed in blocks when nothing needs them whole.
@@ -72,15 +73,3 @@ def plan(problem: Prepared, request: Request) -> Plan:
         )
     block_rows = choose_block_rows(problem, limit)
     return Plan("fused" if request.output_only else "blocks", block_rows)
-
-
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo (Linux); 4 GiB where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2**30

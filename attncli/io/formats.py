@@ -1,14 +1,19 @@
 """The headers of the tensor formats attncli reads, each read and checked by one function.
 
-`npy_header` (.npy files and .npz members) and `safetensors_header` are used by both readers: the
-loaders (which map what they can) and `inspect`/`diff`'s headers-first reader (io/lazy.py). Every
-problem is an `InputError` naming the file.
+`npy_header` (.npy files and .npz members), `npz_members` and `safetensors_header` are used by both
+readers: the loaders (which read tensors whole) and `inspect`/`diff`'s headers-first reader
+(io/lazy.py). `read_into` is how both fill an array from a file. Every problem is an `InputError`
+naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import zipfile
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from tokenize import TokenError
 from typing import IO, Any
 
@@ -53,6 +58,109 @@ def npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...
             f"{label}: not a valid {suffix} file (its header gives shape {sizes}, with a negative size)"
         )
     return sizes, bool(fortran_order), dtype, end - start
+
+
+def read_into(file: IO[bytes], array: np.ndarray, label: str) -> np.ndarray:
+    """Fill a fresh C- or F-contiguous `array` with the bytes at the file's position, a MiB at a
+    time (Ctrl-C stops it between reads); an InputError when the file ends first (it was cut short,
+    or shrank while it was read). Reading, not mapping, so a file truncated meanwhile is an error
+    message, not a SIGBUS."""
+    view = array.reshape(-1, order="A").view(np.uint8).data
+    position = 0
+    while position < len(view):
+        count = file.readinto(view[position : position + _CHUNK])  # type: ignore[attr-defined]
+        if not count:
+            raise InputError(
+                f"{label}: the file ends {len(view) - position} bytes before the data its header describes"
+            )
+        position += count
+    return array
+
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class NpzMember:
+    """One array of an .npz archive, as its zip entry and its .npy header describe it."""
+
+    name: str  # without .npy
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype[Any]
+    offset: int  # of the data within the unpacked member
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+#: What reading an archive can raise for bytes that are not a valid one.
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+)
+
+
+def open_npz(file: IO[bytes], label: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(file)
+    except zipfile.BadZipFile:
+        raise InputError(f"{label}: not a valid .npz file (it is not a zip archive)") from None
+    except ZIP_ERRORS as error:
+        raise InputError(f"{label}: not a valid .npz file ({error_reason(error)})") from None
+
+
+def npz_members(archive: zipfile.ZipFile, label: str) -> list[NpzMember]:
+    """The archive's arrays, each checked from its zip entry and .npy header, nothing inflated past
+    the header: a member whose header describes more data than its entry's declared size is refused
+    here, and zipfile never inflates a member past its declared size, so the sum of `nbytes` bounds
+    what reading them all can unpack."""
+    members = []
+    try:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            where = f"{label}:{name}"
+            if info.flag_bits & 0x1:
+                raise InputError(f"{where}: the .npz member is encrypted; attncli reads unencrypted archives")
+            with archive.open(info) as member:
+                if member.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                    raise InputError(f"{where}: not a .npy array inside the .npz archive")
+                member.seek(0)
+                shape, fortran_order, dtype, offset = npy_header(member, where, ".npz member")
+            entry = NpzMember(name, info, shape, fortran_order, dtype, offset)
+            if offset + entry.nbytes > info.file_size:
+                raise InputError(
+                    f"{where}: its header describes {dtype.name} of shape {shape}, {entry.nbytes} bytes "
+                    f"of data, but the member holds only {info.file_size - offset} bytes after it"
+                )
+            members.append(entry)
+    except ZIP_ERRORS as error:
+        raise InputError(f"{label}: not a valid .npz file ({error_reason(error)})") from None
+    return members
+
+
+def read_npz_member(archive: zipfile.ZipFile, member: NpzMember, label: str) -> np.ndarray:
+    """The member's array, inflated straight into its own buffer (no copy of the bytes on the way)."""
+    where = f"{label}:{member.name}"
+    if member.fortran_order and len(member.shape) > 1:
+        array = np.empty(member.shape, member.dtype, order="F")
+    else:
+        array = np.empty(member.shape, member.dtype)
+    try:
+        with archive.open(member.info) as stream:
+            stream.seek(member.offset)
+            read_into(stream, array, where)
+    except ZIP_ERRORS as error:
+        raise InputError(f"{label}: not a valid .npz file ({error_reason(error)})") from None
+    return array
 
 
 def check_real_dtype(dtype: np.dtype[Any], label: str, suffix: str) -> None:

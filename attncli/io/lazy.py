@@ -1,10 +1,10 @@
 """Look inside tensor files without loading them: headers first, data a block at a time.
 
 `open_tensors` reads only what a file says about its tensors (names, shapes, dtypes, where the bytes
-are); each `LazyTensor` then yields its values in blocks of a few MiB. A .npy file is mapped with
-`np.load(mmap_mode="r")`'s header and read through `np.memmap` windows; a .safetensors header is
-parsed and checked here (as strictly as the safetensors library does) and its data read through
-`np.memmap` windows too; an .npz member is streamed out of the archive. So a header costs a few
+are); each `LazyTensor` then yields its values in blocks of a few MiB. A .npy file's header is read
+by `formats.npy_header` and its data a block at a time; a .safetensors header is parsed and checked
+(as strictly as the safetensors library does) and its data read a block at a time too; an .npz
+member is streamed out of the archive. So a header costs a few
 KiB however large the file, and statistics of a multi-GiB file take memory for one block.
 JSON and stdin cannot be read in pieces: they are read whole.
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -27,10 +25,16 @@ import numpy as np
 from attncli.errors import InputError
 from attncli.io.formats import (
     NPY_MAGIC,
+    ZIP_ERRORS,
+    NpzMember,
     check_real_dtype,
     check_spans,
     error_reason,
     npy_header,
+    npz_members,
+    open_npz,
+    read_into,
+    read_npz_member,
     safetensors_entry,
     safetensors_header,
 )
@@ -50,7 +54,7 @@ from attncli.io.loaders import (
     sniff_format,
     split_spec,
 )
-from attncli.io.source import file_kind, read_path, stdin_bytes
+from attncli.io.source import check_in_memory, file_kind, read_path, stdin_bytes
 
 #: Values per block: 4 MiB once widened to float64, whatever the file's size.
 BLOCK_ELEMENTS = 1 << 19
@@ -229,12 +233,14 @@ class _Source:
             return file.read(length)
 
     def values(self, offset: int, dtype: np.dtype[Any], count: int) -> np.ndarray:
-        """`count` values of `dtype` at byte `offset`: a view, valid until the next call."""
+        """`count` values of `dtype` at byte `offset`: read, not mapped, so a file cut short
+        meanwhile is an InputError, not a SIGBUS. From memory, a view valid until the next call."""
         if self.data is not None:
             return np.frombuffer(self.data, dtype=dtype, count=count, offset=offset)
         assert self.path is not None
-        window: np.ndarray = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(count,))
-        return window
+        with open(self.path, "rb") as file:
+            file.seek(offset)
+            return read_into(file, np.empty(count, dtype), self.label)
 
     def open(self) -> BinaryIO:
         if self.data is not None:
@@ -310,10 +316,13 @@ def _open_npy(path: str, size: int) -> LazyFile:
             f"{nbytes} bytes of data, but the file holds only {size - offset} bytes after the header)"
         )
     if fortran_order and len(shape) > 1:
-        # Stored column-major: C-order blocks need NumPy's strided view of the mapped file.
+        # Stored column-major: C-order blocks need the whole array, read with its strides.
         def read(elements: int) -> Iterator[np.ndarray]:
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-            yield from _array_blocks(mapped)(elements)
+            check_in_memory(nbytes, path)
+            with open(path, "rb") as file:
+                file.seek(offset)
+                whole = read_into(file, np.empty(shape, dtype, order="F"), path)
+            yield from _array_blocks(whole)(elements)
 
         reader: BlockReader = read
     else:
@@ -378,7 +387,6 @@ def _raw_blocks(
                 block = _fresh(window, bfloat16)
             except (OSError, ValueError) as error:  # the file shrank or vanished since its header was read
                 raise InputError(f"{source.label}: cannot be read: {error_reason(error)}") from None
-            del window  # unmaps it
             yield block
 
     return read
@@ -391,66 +399,42 @@ def _open_npz(source: _Source) -> LazyFile:
     label = source.label
     tensors: dict[str, LazyTensor] = {}
     metadata: dict[str, Any] = {}
-    try:
-        with source.open() as stream, zipfile.ZipFile(stream) as archive:
-            for info in archive.infolist():
-                name = info.filename.removesuffix(".npy")
-                where = f"{label}:{name}"
-                with archive.open(info) as member:
-                    if member.read(len(NPY_MAGIC)) != NPY_MAGIC:
-                        raise InputError(f"{where}: not a .npy array inside the archive")
-                    member.seek(0)
-                    shape, fortran_order, dtype, offset = npy_header(member, where, ".npz member")
-                    if name == META_KEY and dtype.kind == "U" and shape == ():
-                        member.seek(0)
-                        text = np.lib.format.read_array(member, allow_pickle=False)
-                        metadata = metadata_from_json(str(text), label)
-                        continue
-                check_real_dtype(dtype, where if dtype.kind != "O" else label, ".npz")
-                nbytes = math.prod(shape) * dtype.itemsize
-                if offset + nbytes > info.file_size:
-                    raise InputError(
-                        f"{where}: its header describes {dtype.name} of shape {shape}, {nbytes} bytes "
-                        f"of data, but the member holds only {info.file_size - offset} bytes after it"
-                    )
-                reader = _member_blocks(source, info, offset, dtype, shape, fortran_order)
-                tensors[name] = LazyTensor(name, shape, dtype.name, nbytes, reader)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as error:
-        raise InputError(f"{label}: not a valid .npz file ({error_reason(error)})") from None
+    with source.open() as stream, open_npz(stream, label) as archive:
+        for member in npz_members(archive, label):
+            if member.name == META_KEY and member.dtype.kind == "U" and member.shape == ():
+                check_in_memory(member.nbytes, f"{label}:{member.name}", unpacked=True)
+                metadata = metadata_from_json(str(read_npz_member(archive, member, label)[()]), label)
+                continue
+            where = f"{label}:{member.name}"
+            check_real_dtype(member.dtype, where if member.dtype.kind != "O" else label, ".npz")
+            reader = _member_blocks(source, member)
+            tensors[member.name] = LazyTensor(
+                member.name, member.shape, member.dtype.name, member.nbytes, reader
+            )
     if not tensors:
         raise InputError(f"{label}: the archive holds no tensors")
     return LazyFile(label, "npz", source.size, tensors, named=True, metadata=metadata)
 
 
-def _member_blocks(
-    source: _Source,
-    info: zipfile.ZipInfo,
-    offset: int,
-    dtype: np.dtype[Any],
-    shape: tuple[int, ...],
-    fortran_order: bool,
-) -> BlockReader:
+def _member_blocks(source: _Source, member: NpzMember) -> BlockReader:
     """Stream one archive member: C-order data in blocks; column-major data whole (NumPy needs it all)."""
-    count = math.prod(shape)
-    where = f"{source.label}:{info.filename.removesuffix('.npy')}"
+    count = math.prod(member.shape)
+    where = f"{source.label}:{member.name}"
 
     def read(elements: int) -> Iterator[np.ndarray]:
-        try:
-            with source.open() as stream, zipfile.ZipFile(stream) as archive, archive.open(info) as member:
-                if fortran_order and len(shape) > 1:
-                    member.seek(0)
-                    whole = np.lib.format.read_array(member, allow_pickle=False)
-                    yield from _array_blocks(whole)(elements)
-                    return
-                member.seek(offset)
-                for start in range(0, count, elements):
-                    length = min(elements, count - start)
-                    raw = member.read(length * dtype.itemsize)
-                    if len(raw) != length * dtype.itemsize:
-                        raise InputError(f"{where}: the member ends before its data does")
-                    yield _fresh(np.frombuffer(raw, dtype=dtype), False)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:
-            raise InputError(f"{source.label}: not a valid .npz file ({error_reason(error)})") from None
+        with source.open() as stream, open_npz(stream, source.label) as archive:
+            if member.fortran_order and len(member.shape) > 1:
+                check_in_memory(member.nbytes, where, unpacked=True)
+                yield from _array_blocks(read_npz_member(archive, member, source.label))(elements)
+                return
+            try:
+                with archive.open(member.info) as data:
+                    data.seek(member.offset)
+                    for start in range(0, count, elements):
+                        block = np.empty(min(elements, count - start), member.dtype)
+                        yield _fresh(read_into(data, block, where), False)
+            except ZIP_ERRORS as error:
+                raise InputError(f"{source.label}: not a valid .npz file ({error_reason(error)})") from None
 
     return read
 

@@ -23,13 +23,18 @@ from attncli.errors import InputError, UsageError
 from attncli.io.formats import (
     DTYPE_KIND_WORDS,
     NPY_MAGIC,
+    check_real_dtype,
     check_spans,
     error_reason,
     npy_header,
+    npz_members,
+    open_npz,
+    read_into,
+    read_npz_member,
     safetensors_entry,
     safetensors_header,
 )
-from attncli.io.source import file_kind, read_path, stdin_bytes
+from attncli.io.source import check_in_memory, file_kind, read_path, stdin_bytes
 
 STDIN = "-"
 STDIN_LABEL = "<stdin>"
@@ -141,10 +146,15 @@ def read_tensors(path: str, stdin: BinaryIO | None = None) -> TensorFile:
         pipe = file_kind(path) == "pipe"
     except OSError as error:
         raise file_error(path, error) from None
-    if not pipe:  # a pipe cannot be mapped, and is read once
-        mapped = _map_npy(path) if fmt == "npy" else _map_safetensors(path) if fmt == "safetensors" else None
-        if mapped is not None:
-            return mapped
+    if not pipe:  # a pipe cannot seek, and is read once, whole
+        try:
+            if fmt == "npz":
+                return _read_npz_file(path)
+            direct = _FILE_READERS[fmt](path) if fmt in _FILE_READERS else None
+        except OSError as error:
+            raise file_error(path, error) from None
+        if direct is not None:
+            return direct
     return _PARSERS[fmt](_read_file(path), path)
 
 
@@ -354,73 +364,85 @@ def _read_file(path: str) -> bytes:
     return data
 
 
-def _map_npy(path: str) -> TensorFile | None:
-    """A .npy file mapped copy-on-write after `formats.npy_header` has read its header: no read of
-    its data until used, no copy into torch.
+def _read_npy_file(path: str) -> TensorFile | None:
+    """A .npy file read straight into its array after `formats.npy_header` has read its header.
 
-    None when it cannot be mapped (empty arrays, odd files): the caller then reads it whole, which
-    also gives the precise error message for a bad file.
+    None when it is not a plain numeric .npy (empty arrays, odd files): the caller then reads it
+    whole with np.load, which also gives the precise error message for a bad file.
     """
-    try:
-        with open(path, "rb") as file:
-            if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
-                return None
-            file.seek(0)
+    with open(path, "rb") as file:
+        if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            return None
+        file.seek(0)
+        try:
             shape, fortran_order, dtype, offset = npy_header(file, path, ".npy")
-            size = os.fstat(file.fileno()).st_size
-        if dtype.kind not in "biuf" or not dtype.isnative or not all(shape):
+        except InputError:
             return None
-        if offset + math.prod(shape) * dtype.itemsize > size:
+        size = os.fstat(file.fileno()).st_size
+        if dtype.kind not in "biuf" or not all(shape):
             return None
-        array = np.memmap(
-            path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran_order else "C"
-        )
-    except (InputError, OSError, ValueError):  # the whole-file reader says what is wrong
-        return None
-    return TensorFile(path, {"tensor": array}, named=False)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offset + nbytes > size:
+            return None
+        check_in_memory(nbytes, path)
+        array = np.empty(shape, dtype, order="F" if fortran_order else "C")
+        read_into(file, array, path)
+    return TensorFile(path, {"tensor": _checked_dtype(array, path)}, named=False)
 
 
-def _map_safetensors(path: str) -> TensorFile | None:
-    """A .safetensors file's tensors mapped copy-on-write, after `formats.safetensors_header` has
-    checked its header (as strictly as the safetensors library).
+def _read_safetensors_file(path: str) -> TensorFile | None:
+    """A .safetensors file's tensors, each read straight into its array, after
+    `formats.safetensors_header` has checked its header (as strictly as the safetensors library).
 
-    None when that is not possible (bfloat16, which NumPy cannot map, empty tensors, a bad file):
-    the caller then reads the file whole, which also gives the precise error message.
+    None when that is not possible (empty tensors, a bad file): the caller then reads the file
+    whole with the safetensors library, which also gives the precise error message.
     """
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
 
-            def read(offset: int, length: int) -> bytes:
-                file.seek(offset)
-                return file.read(length)
+        def read(offset: int, length: int) -> bytes:
+            file.seek(offset)
+            return file.read(length)
 
+        def invalid(reason: str) -> InputError:
+            return InputError(reason)
+
+        try:
             header, raw_metadata, data_start = safetensors_header(read, size, path)
-    except (InputError, OSError):
-        return None
-
-    def invalid(reason: str) -> InputError:
-        return InputError(reason)
-
-    tensors: dict[str, np.ndarray] = {}
-    spans: list[tuple[int, int, str]] = []
-    try:
-        for name, info in header.items():
-            dtype, shape, begin, end = safetensors_entry(name, info, invalid)
-            if dtype not in SAFETENSORS_DTYPES or begin == end:
-                return None  # bfloat16 and empty tensors: read whole
-            storage = np.dtype(SAFETENSORS_DTYPES[dtype])
-            if end - begin != math.prod(shape) * storage.itemsize:
-                return None
-            spans.append((begin, end, name))
-            tensors[name] = np.memmap(path, dtype=storage, mode="c", offset=data_start + begin, shape=shape)
-        check_spans(sorted(spans), size - data_start, invalid)
-    except (InputError, OSError, ValueError):
-        return None
-    if not tensors:
-        return None
+            entries = []
+            for name, info in header.items():
+                dtype, shape, begin, end = safetensors_entry(name, info, invalid)
+                if (dtype != "BF16" and dtype not in SAFETENSORS_DTYPES) or begin == end:
+                    return None  # unsupported dtypes and empty tensors: read whole, for the message
+                storage = np.dtype("<u2" if dtype == "BF16" else SAFETENSORS_DTYPES[dtype])
+                if end - begin != math.prod(shape) * storage.itemsize:
+                    return None
+                entries.append((begin, end, name, shape, storage, dtype == "BF16"))
+            check_spans([entry[:3] for entry in sorted(entries)], size - data_start, invalid)
+        except InputError:
+            return None
+        if not entries:
+            return None
+        check_in_memory(size - data_start, path)
+        tensors: dict[str, np.ndarray] = {}
+        for begin, _, name, shape, storage, bfloat16 in sorted(entries):
+            file.seek(data_start + begin)
+            array = read_into(file, np.empty(shape, storage), path)
+            tensors[name] = _widened(array) if bfloat16 else _checked_dtype(array, f"{path}:{name}")
     metadata = {str(k): decoded_metadata_value(str(v)) for k, v in raw_metadata.items()}
-    return TensorFile(path, tensors, named=True, metadata=metadata)
+    return TensorFile(path, {name: tensors[name] for name in header}, named=True, metadata=metadata)
+
+
+def _widened(bfloat16_bits: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: widening it is exact."""
+    return (bfloat16_bits.astype("<u4") << 16).view("<f4")
+
+
+def _read_npz_file(path: str) -> TensorFile:
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise InputError(f"{path}: the file is empty")
+        return _npz_tensors(file, path)
 
 
 def _parse_npy(data: bytes, label: str) -> TensorFile:
@@ -450,20 +472,24 @@ def _numpy_error(error: BaseException, label: str, suffix: str) -> InputError:
 
 
 def _parse_npz(data: bytes, label: str) -> TensorFile:
+    return _npz_tensors(io.BytesIO(data), label)
+
+
+def _npz_tensors(file: BinaryIO, label: str) -> TensorFile:
+    """Every array of an archive, after every member's declared size has been checked against the
+    input limit and the memory available: a few MB of zip can declare, and inflate to, gigabytes."""
     tensors: dict[str, np.ndarray] = {}
     metadata: dict[str, Any] = {}
-    try:
-        with np.errstate(all="ignore"), np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            for name in archive.files:
-                array = archive[name]
-                if name == META_KEY and array.dtype.kind == "U" and array.ndim == 0:
-                    metadata = metadata_from_json(str(array), label)
-                    continue
-                tensors[name] = _checked_dtype(array, f"{label}:{name}")
-    except InputError:
-        raise
-    except Exception as error:  # untrusted bytes: zip and np.load can fail in many ways
-        raise _numpy_error(error, label, ".npz") from None
+    with open_npz(file, label) as archive:
+        members = npz_members(archive, label)
+        check_in_memory(sum(member.nbytes for member in members), label, unpacked=True)
+        for member in members:
+            where = f"{label}:{member.name}"
+            if member.name == META_KEY and member.dtype.kind == "U" and member.shape == ():
+                metadata = metadata_from_json(str(read_npz_member(archive, member, label)[()]), label)
+                continue
+            check_real_dtype(member.dtype, where if member.dtype.kind != "O" else label, ".npz")
+            tensors[member.name] = _checked_dtype(read_npz_member(archive, member, label), where)
     if not tensors:
         raise InputError(f"{label}: the archive holds no tensors")
     return TensorFile(label, tensors, named=True, metadata=metadata)
@@ -492,9 +518,7 @@ def _safetensors_array(info: Mapping[str, Any], label: str) -> np.ndarray:
         raise InputError(f"{label}: dtype {dtype} is not supported (use F64, F32, F16, BF16 or integers)")
     try:
         if dtype == "BF16":
-            # bfloat16 is the top half of a float32: widening it is exact.
-            widened = np.frombuffer(buffer, dtype="<u2").astype("<u4") << 16
-            return widened.view("<f4").reshape(shape)
+            return _widened(np.frombuffer(buffer, dtype="<u2")).reshape(shape)
         return np.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
     except (ValueError, OverflowError, MemoryError):
         raise InputError(
@@ -678,6 +702,7 @@ def _first_index(flags: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(flags)), flags.shape))
 
 
+_FILE_READERS = {"npy": _read_npy_file, "safetensors": _read_safetensors_file}
 _PARSERS = {
     "npy": _parse_npy,
     "npz": _parse_npz,

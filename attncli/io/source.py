@@ -1,10 +1,11 @@
 """Where input bytes come from, read once and within a bound: regular files, pipes and stdin.
 
 Every reader of attncli takes its bytes through here, so one limit holds for all of them: at most
-`max_input_bytes()` bytes are read into memory from one source (stdin, a pipe, a JSON or .npz file,
-a file of labels or texts), in chunks, so that Ctrl-C stops a read at once. Files that are neither
-regular files nor pipes (/dev/zero, a terminal, a socket) are refused before anything is read, and
-a pipe given as a path is read exactly once (a second open would wait for a writer forever).
+`max_input_bytes()` bytes are read into memory from one source (stdin, a pipe, a tensor file, the
+members of an .npz archive, a file of labels or texts), in chunks, so that Ctrl-C stops a read at
+once. Files that are neither regular files nor pipes (/dev/zero, a terminal, a socket) are refused
+before anything is read, and a pipe given as a path is read exactly once (a second open would wait
+for a writer forever).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import stat
 from typing import BinaryIO
 
-from attncli.errors import InputError, UsageError
+from attncli.errors import ComputeError, InputError, UsageError
 
 #: What one source may bring into memory unless ATTNCLI_MAX_INPUT_SIZE says otherwise.
 DEFAULT_MAX_INPUT_BYTES = 16 << 30
@@ -54,6 +55,50 @@ def file_kind(path: str, label: str | None = None) -> str:
     )
 
 
+def available_memory() -> int:
+    """The bytes attncli may still allocate: MemAvailable from /proc/meminfo (4 GiB where it cannot
+    be read), less where an address-space limit (`ulimit -v`) leaves less room than that."""
+    available = 4 << 30
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(available, _address_space_left())
+
+
+def _address_space_left() -> int:
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return 1 << 62
+        with open("/proc/self/statm") as statm:
+            used = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError):
+        return 1 << 62
+    return max(limit - used, 0)
+
+
+def check_in_memory(nbytes: int, label: str, *, unpacked: bool = False) -> None:
+    """Refuse, before a byte of it is read, data larger than the input limit (an InputError) or than
+    the memory available (a ComputeError: status 3, as a failed allocation). `unpacked`: the bytes
+    an .npz archive declares its members inflate to, which a few MB of zip can make gigabytes."""
+    verb = "unpacks to " if unpacked else ""
+    limit = max_input_bytes()
+    if nbytes > limit:
+        raise InputError(f"{label}: {verb}{_size(nbytes)}, over {_the_limit(limit)}")
+    available = available_memory()
+    if nbytes > available:
+        raise ComputeError(
+            f"{label}: {verb}{_size(nbytes)}, more than the {_size(available)} of memory available"
+        )
+
+
 def read_bounded(stream: BinaryIO, label: str, limit: int | None = None) -> bytes:
     """Every byte of `stream`, at most `limit` (default `max_input_bytes()`) of them."""
     limit = max_input_bytes() if limit is None else limit
@@ -65,10 +110,7 @@ def read_bounded(stream: BinaryIO, label: str, limit: int | None = None) -> byte
             return buffer.getvalue()
         total += len(chunk)
         if total > limit:
-            raise InputError(
-                f"{label}: more than {_size(limit)}, the most attncli reads from one input; "
-                f"set {LIMIT_VARIABLE} (e.g. {LIMIT_VARIABLE}=64GiB) to read more"
-            )
+            raise InputError(f"{label}: more than {_the_limit(limit)}")
         buffer.write(chunk)
 
 
@@ -79,12 +121,7 @@ def read_path(path: str, label: str | None = None) -> bytes:
     limit = max_input_bytes()
     with open(path, "rb") as file:
         if kind == "file":
-            size = os.fstat(file.fileno()).st_size
-            if size > limit:
-                raise InputError(
-                    f"{label}: {_size(size)}, over {_size(limit)}, the most attncli reads from one "
-                    f"input; set {LIMIT_VARIABLE} (e.g. {LIMIT_VARIABLE}=64GiB) to read more"
-                )
+            check_in_memory(os.fstat(file.fileno()).st_size, label)
         return read_bounded(file, label, limit)
 
 
@@ -92,6 +129,14 @@ def stdin_bytes(stdin: BinaryIO | None, label: str) -> bytes:
     if stdin is None:
         raise UsageError("'-' means stdin, but there is no stdin to read")
     return read_bounded(stdin, label)
+
+
+def _the_limit(limit: int) -> str:
+    """'LIMIT, the most ...; how to read more', the end of every message about the limit."""
+    return (
+        f"{_size(limit)}, the most attncli reads from one input; give --max-input-size "
+        f"(or set {LIMIT_VARIABLE}), e.g. --max-input-size 64GiB, to read more"
+    )
 
 
 def _size(nbytes: int) -> str:
