@@ -304,6 +304,51 @@ def test_errors_name_the_folder_or_option(tmp_path, models):
     assert not Path(out).exists()
 
 
+def _minilm_copy(folder: Path, leave_out: tuple[str, ...] = (), **config: object) -> Path:
+    """all-MiniLM-L6-v2's folder linked file by file into `folder`, less `leave_out`, with `config`
+    changed in its config.json."""
+    source = _minilm()
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.is_file() and path.name not in leave_out and path.name != "config.json":
+            (folder / path.name).symlink_to(path)
+    (folder / "config.json").write_text(json.dumps(json.loads((source / "config.json").read_text()) | config))
+    return folder
+
+
+def test_a_folder_without_its_vocabulary_is_refused_not_read_as_unknown_words(tmp_path):
+    """Without vocab.txt and tokenizer.json, transformers built a BertTokenizer of 5 special tokens,
+    and every word of every text became [UNK]: a capture of nothing, exit 0."""
+    folder = _minilm_copy(tmp_path / "minilm", leave_out=("vocab.txt", "tokenizer.json"))
+    out = tmp_path / "run.safetensors"
+    assert_error(
+        invoke("capture", str(folder), "the cat", "-o", str(out)),
+        str(folder),
+        "its tokenizer cannot be loaded",
+        "tokenizer.json",
+        "vocab.txt",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"num_hidden_layers": 100_000}, ["num_hidden_layers 100000", "more than 8 times its weight files"]),
+        ({"vocab_size": 10**30}, ["vocab_size about 10^30, which no model has"]),
+        ({"hidden_size": -4}, ["hidden_size -4, which no model has"]),
+    ],
+)
+def test_a_config_far_larger_than_its_weights_is_refused_before_building(tmp_path, config, words):
+    """A config.json of 100,000 layers was built layer by layer, for minutes, gigabytes at a time."""
+    import time
+
+    folder = _minilm_copy(tmp_path / "minilm", **config)
+    started = time.perf_counter()
+    assert_error(invoke("model", str(folder), "the cat"), str(folder), "config.json", *words)
+    assert time.perf_counter() - started < 20
+
+
 def test_a_texts_file_is_one_text_per_line(tmp_path, models):
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat\n\na dog ran\n")

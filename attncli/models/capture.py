@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attncli import __version__
-from attncli.errors import AttnError, InputError, UsageError
+from attncli.errors import AttnError, ComputeError, InputError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +44,13 @@ REFERENCE = "eager, output_attentions"
 #: Keyword arguments of an attention call that change its maths in a way attncli does not compute.
 _UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
 _FILES = "config.json, weights, tokenizer"
+#: Configs of more layers are counted from models of 1 and 2 layers (the deepest real ones have ~126).
+_COUNTED_LAYERS = 128
+#: How many times the bytes of its weight files a model may take in float32: 8 for 4-bit weights.
+_WEIGHT_SLACK = 8
+#: The config.json numbers that make a model large.
+_SIZE_NAMES = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
 
 _calls: contextvars.ContextVar[list[_Call] | None] = contextvars.ContextVar("attncli_capture", default=None)
 
@@ -275,9 +282,13 @@ def _load(folder: Path) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as error:  # transformers raises many types for a folder it cannot use
         raise InputError(f"{folder}: its tokenizer cannot be loaded: {_reason(error)}") from None
+    _check_vocabulary_files(tokenizer, folder)
+    config = _load_config(folder)
+    _check_size(config, folder)
     try:
         model, info = AutoModel.from_pretrained(
             folder,
+            config=config,
             local_files_only=True,
             attn_implementation=IMPLEMENTATION,
             dtype=torch.float32,
@@ -293,6 +304,124 @@ def _load(folder: Path) -> tuple[Any, Any]:
         )
     model.eval()
     return tokenizer, model
+
+
+def _check_vocabulary_files(tokenizer: Any, folder: Path) -> None:
+    """Refuse a tokenizer built from none of the folder's vocabulary files.
+
+    Without them (vocab.txt, tokenizer.json, ...) transformers still builds the tokenizer class that
+    config.json's model_type names, from its default special tokens alone: all-MiniLM-L6-v2's
+    BertTokenizer then holds 5 tokens, and every word of every text becomes [UNK]. Its vocabulary
+    files are those its class names, where transformers found each, and tokenizer.json, which
+    transformers reads for every class (a GPT2Tokenizer builds from a lone tokenizer.json).
+    """
+    expected = {"tokenizer_file": "tokenizer.json", **tokenizer.vocab_files_names}
+    given = (tokenizer.init_kwargs.get(key) for key in expected)  # where transformers found each, if anywhere
+    candidates = [*expected.values(), *(name for name in given if isinstance(name, str))]
+    if not any((folder / name).is_file() for name in candidates):
+        raise InputError(
+            f"{folder}: its tokenizer cannot be loaded: none of its vocabulary files "
+            f"({', '.join(sorted(set(expected.values())))}) is in the folder; without them "
+            f"{type(tokenizer).__name__} knows only {len(tokenizer)} tokens, its special ones"
+        )
+
+
+def _load_config(folder: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as error:
+        raise InputError(f"{folder}: the model cannot be loaded: {_reason(error)}") from None
+
+
+def _check_size(config: Any, folder: Path) -> None:
+    """Refuse, before a byte of it is allocated, a model that its weight files cannot fill or that
+    does not fit in memory: a config.json asking for 100000 layers would otherwise be built for
+    minutes, gigabytes at a time, only to be refused for the weights it lacks."""
+    from attncli.io.source import available_memory
+
+    for name in _SIZE_NAMES:
+        value = getattr(config, name, None)
+        if type(value) is int and not 0 < value < 1 << 40:
+            raise InputError(f"{folder}: config.json gives {name} {_number_text(value)}, which no model has")
+    needed = _float32_bytes(config, folder)
+    files = [path for path in folder.iterdir() if path.suffix in _WEIGHT_SUFFIXES and path.is_file()]
+    stored = sum(path.stat().st_size for path in files)
+    if files and needed > _WEIGHT_SLACK * stored:
+        raise InputError(
+            f"{folder}: config.json describes a model of {_size_text(needed)} in float32 "
+            f"({_describe_size(config)}), more than {_WEIGHT_SLACK} times its weight files "
+            f"({_size_text(stored)}); the folder is inconsistent: check config.json"
+        )
+    available = available_memory()
+    if needed > available:
+        raise ComputeError(
+            f"{folder}: the model needs {_size_text(needed)} of memory in float32 "
+            f"({_describe_size(config)}); {_size_text(available)} is available"
+        )
+
+
+def _float32_bytes(config: Any, folder: Path) -> int:
+    """The bytes of the model's parameters and buffers in float32, counted on a model built on the
+    meta device (nothing allocated). A config of more than _COUNTED_LAYERS layers is counted from
+    models of 1 and 2 layers instead: even on the meta device each layer takes about a millisecond."""
+    layers = getattr(config, "num_hidden_layers", None)
+    if type(layers) is not int or layers <= _COUNTED_LAYERS:
+        return _meta_bytes(config, folder)
+    one, two = (_meta_bytes(_with_layers(config, count), folder) for count in (1, 2))
+    return one + (two - one) * (layers - 1)
+
+
+def _with_layers(config: Any, count: int) -> Any:
+    import copy
+
+    shallow = copy.deepcopy(config)
+    shallow.num_hidden_layers = count
+    if isinstance(getattr(shallow, "layer_types", None), list):  # one entry per layer, checked by some
+        shallow.layer_types = shallow.layer_types[:count]
+    return shallow
+
+
+def _meta_bytes(config: Any, folder: Path) -> int:
+    import itertools
+
+    import torch
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    except Exception as error:
+        raise InputError(f"{folder}: the model cannot be loaded: {_reason(error)}") from None
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def _size_text(nbytes: int) -> str:
+    """`attncli.selection.size_text`, and a power of ten past a pebibyte: a fuzzed config.json can
+    describe more bytes than a float holds, or than Python turns into digits."""
+    from attncli.selection import size_text
+
+    if nbytes < 1 << 50:
+        return size_text(nbytes)
+    return f"about 10^{math.floor(math.log10(nbytes))} bytes"
+
+
+def _describe_size(config: Any) -> str:
+    """The config.json numbers that make a model large, as `name value` pairs."""
+    names = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
+    return ", ".join(
+        f"{name} {_number_text(getattr(config, name))}" for name in names if hasattr(config, name)
+    )
+
+
+def _number_text(value: Any) -> str:
+    """An int of more than 15 digits as its power of ten (Python refuses to write ints of more than
+    4300 digits), anything else as Python writes it."""
+    if type(value) is not int or abs(value) < 10**15:
+        return str(value)
+    return f"about {'-' if value < 0 else ''}10^{math.floor(math.log10(abs(value)))}"
 
 
 def _chosen_layers(layers: Sequence[int | slice] | None, count: int, option: str) -> list[int]:
