@@ -215,7 +215,7 @@ def test_empty_paths_and_labels_are_refused_not_ignored(args, words):
 def test_the_same_file_for_output_and_weights_is_refused(tmp_path):
     target = tmp_path / "x.safetensors"
     result = invoke("compute", SEED, "-o", str(target), "--weights-to", str(target))
-    assert_error(result, "--weights-to", "the same file as --output")
+    assert_error(result, "--weights-to", "--output writes the same file")
     assert not target.exists()
 
 

@@ -7,12 +7,13 @@ modules. torch and NumPy are imported inside the commands that need them, so `at
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
 import typer
@@ -23,6 +24,8 @@ from attncli.errors import AttnError, ExitCode, UsageError, escaped
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from attncli.io.outputs import Outputs
 
 
 class AttnGroup(TyperGroup):
@@ -46,52 +49,60 @@ class AttnGroup(TyperGroup):
         except AttnError as error:
             fail(str(error), error.exit_code)
         _guard_standard_streams()
-        try:
-            status = super().main(argv, prog_name or "attn", complete_var, standalone_mode=False, **extra)
-            sys.stdout.flush()  # a full disk (/dev/full) shows here, inside the mapping below
-        except AttnError as error:
-            if show_traceback:
-                traceback.print_exc()  # then the one line and the documented status, as without it
-            fail(str(error), error.exit_code)
-        except typer.TyperException as error:  # Click's usage errors: bad options, missing values
-            if show_traceback:
-                traceback.print_exc()  # then the one line and the documented status, as without it
-            message = error.format_message().replace("Value error, ", "").rstrip(".")
-            context = getattr(error, "ctx", None)
-            if context is not None:
-                message += f" (see '{context.command_path} --help')"
-            fail(message, getattr(error, "exit_code", ExitCode.USAGE))
-        except (KeyboardInterrupt, typer.Abort):
-            sys.exit(ExitCode.INTERRUPTED)
-        except SystemExit as exit:
-            # Rich ends with status 1 when the reader of stdout went away (it points stdout at the
-            # null device first); for attn a closed pipe is success, as for `head -1`.
-            if exit.code == 1 and _stdout_is_null():
+        from attncli.io.outputs import all_or_nothing
+
+        # Every file the command writes waits, complete, until it has succeeded (attncli.io.outputs).
+        with all_or_nothing() as written, _terminating_signals():
+            try:
+                status = super().main(argv, prog_name or "attn", complete_var, standalone_mode=False, **extra)
+                sys.stdout.flush()  # a full disk (/dev/full) shows here, inside the mapping below
+                if status in (None, ExitCode.OK, ExitCode.DIFFERENT):  # a result, not a failure
+                    written.commit()
+            except AttnError as error:
+                if show_traceback:
+                    traceback.print_exc()  # then the one line and the documented status, as without it
+                fail(str(error), error.exit_code)
+            except typer.TyperException as error:  # Click's usage errors: bad options, missing values
+                if show_traceback:
+                    traceback.print_exc()  # then the one line and the documented status, as without it
+                message = error.format_message().replace("Value error, ", "").rstrip(".")
+                context = getattr(error, "ctx", None)
+                if context is not None:
+                    message += f" (see '{context.command_path} --help')"
+                fail(message, getattr(error, "exit_code", ExitCode.USAGE))
+            except (KeyboardInterrupt, typer.Abort):
+                sys.exit(ExitCode.INTERRUPTED)
+            except Terminated as signal_:  # SIGTERM, SIGHUP: nothing written stays, as for Ctrl-C
+                sys.exit(128 + signal_.number)
+            except SystemExit as exit:
+                # Rich ends with status 1 when the reader of stdout went away (it points stdout at the
+                # null device first); for attn a closed pipe is success, as for `head -1`.
+                if exit.code == 1 and _stdout_is_null():
+                    _commit(written, show_traceback)
+                    sys.exit(ExitCode.OK)
+                raise
+            except BrokenPipeError:  # a stdout attn did not wrap (see _WholeWrites)
+                silence_stdout()
+                _commit(written, show_traceback)
                 sys.exit(ExitCode.OK)
-            raise
-        except (BrokenPipeError, ReaderGone):
-            silence_stdout()
-            sys.exit(ExitCode.OK)
-        except OSError as error:  # writing stdout failed: a full disk, a closed stream
-            if show_traceback:
-                traceback.print_exc()
-            where = error.filename or "stdout"
-            silence_stdout()
-            fail(f"{where}: cannot be written: {error.strerror or error}", ExitCode.RUNTIME)
-        except MemoryError as error:  # NumPy's, Python's or the JSON writer's (torch's below)
-            if show_traceback:
-                traceback.print_exc()
-            fail(f"out of memory{f': {error}' if str(error) else ''}; {_LESS_MEMORY}", ExitCode.RUNTIME)
-        except Exception as error:
-            if show_traceback:
-                traceback.print_exc()  # then the one line and the documented status, as without it
-            if _is_allocation_failure(error):
-                fail(f"out of memory: {error_line(error)}; {_LESS_MEMORY}", ExitCode.RUNTIME)
-            fail(
-                f"internal error: {type(error).__name__}: {error} (run again with --traceback and report it)",
-                ExitCode.INTERNAL,
-            )
-        sys.exit(status if isinstance(status, int) else ExitCode.OK)
+            except OSError as error:  # writing stdout failed: a full disk, a closed stream
+                if show_traceback:
+                    traceback.print_exc()
+                where = error.filename or "stdout"
+                silence_stdout()
+                fail(f"{where}: cannot be written: {error.strerror or error}", ExitCode.RUNTIME)
+            except MemoryError as error:  # NumPy's, Python's or the JSON writer's (torch's below)
+                if show_traceback:
+                    traceback.print_exc()
+                fail(f"out of memory{f': {error}' if str(error) else ''}; {_LESS_MEMORY}", ExitCode.RUNTIME)
+            except Exception as error:
+                if show_traceback:
+                    traceback.print_exc()  # then the one line and the documented status, as without it
+                if _is_allocation_failure(error):
+                    fail(f"out of memory: {error_line(error)}; {_LESS_MEMORY}", ExitCode.RUNTIME)
+                report = "run again with --traceback and report it"
+                fail(f"internal error: {type(error).__name__}: {error} ({report})", ExitCode.INTERNAL)
+            sys.exit(status if isinstance(status, int) else ExitCode.OK)
 
 
 app = typer.Typer(
@@ -187,6 +198,47 @@ def warn(message: str) -> None:
     sys.stderr.write(f"attn: warning: {message}\n")
 
 
+def _commit(written: Outputs, show_traceback: bool) -> None:
+    try:
+        written.commit()
+    except AttnError as error:
+        if show_traceback:
+            traceback.print_exc()
+        fail(str(error), error.exit_code)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is, so that everything unwinds as for Ctrl-C:
+    no temporary file stays and no output is put in place. Not an Exception, so that no
+    `except Exception` on the way takes it for an error."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+@contextlib.contextmanager
+def _terminating_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Terminated` while the command runs (then the old handlers again)."""
+    import signal
+
+    def terminate(number: int, _: object) -> None:
+        raise Terminated(number)
+
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {}
+    try:
+        for number in wanted:
+            previous[number] = signal.signal(number, terminate)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def fail(message: str, status: int) -> NoReturn:
     sys.stderr.write(f"attn: error: {escaped(message)}\n")  # one line, whatever a name holds
     sys.stderr.flush()
@@ -267,14 +319,12 @@ def _guard_standard_streams() -> None:
     )
 
 
-class ReaderGone(BaseException):
-    """The reader of stdout went away (`attn ... | head -1`): success, quietly. Not an OSError, so
-    that no `except OSError` on the way (Click's among them, which would exit 1) takes it for a
-    failure to write."""
-
-
 class _WholeWrites(io.RawIOBase):
-    """A file descriptor written in full, write after write, until a write fails with OSError."""
+    """A file descriptor written in full, write after write, until a write fails with OSError.
+
+    When the reader of a pipe goes away (`attn ... | head -1`), what is left to print goes to the
+    null device and the command goes on to its end: its files (-o, --export-svg) are still written
+    and the status is 0, as for a reader that read everything."""
 
     def __init__(self, descriptor: int) -> None:
         self.descriptor = descriptor
@@ -294,7 +344,7 @@ class _WholeWrites(io.RawIOBase):
             while view:
                 view = view[os.write(self.descriptor, view) :]
         except BrokenPipeError:
-            raise ReaderGone from None
+            silence_stdout()
         return len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
 
     def close(self) -> None:  # the descriptor is the process's stdout: leave it open

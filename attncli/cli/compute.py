@@ -250,8 +250,10 @@ def compute(
         weights_target = writers.check_output_path(
             weights_to, force=force, option="--weights-to", suffixes=(".npy", ".safetensors")
         )
-    if target is not None and weights_target is not None and target.resolve() == weights_target.resolve():
-        raise UsageError(f"--weights-to {weights_to}: the same file as --output; give two paths")
+    read = [loaders.split_spec(spec)[0] for spec in specs] + [mask or "", labels_file or ""]
+    from attncli.io.outputs import note_inputs
+
+    note_inputs([path for path in read if path and path != loaders.STDIN])  # no output may be one
     limit = None if memory_limit is None else _memory_limit(memory_limit)
     from attncli.compute import prepare, resolve_device
 

@@ -3,9 +3,12 @@
 A result is a few named NumPy arrays (`weights`, `output`) and a metadata mapping, written whole
 (`write_result`) or, for a computation in blocks, with the weights written row block by row block
 as they are computed (`ResultFile`, `WeightsFile`). Each file is written to a temporary name in the
-target folder and renamed over the target only once complete, so an interrupted write leaves the
-old file as it was (and a memory-mapped reader of it unharmed). Nothing here prints or exits;
-problems are `UsageError`s and `OutputError`s naming the path.
+target folder and put in place of the target only once complete (`_publish`), so an interrupted
+write leaves the old file as it was (and a reader of it unharmed).
+
+Within `outputs.all_or_nothing()` (a command of the CLI) the finished files wait beside their
+targets and take their places together, or none does (io/outputs.py). Nothing here prints or
+exits; problems are `UsageError`s and `OutputError`s naming the path.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from attncli.errors import OutputError, UsageError
+from attncli.io.outputs import claim, publish
 
 OUTPUT_FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".json": "json"}
 META_KEY = "meta"
@@ -35,7 +39,9 @@ def check_output_path(
     option: str = "--output",
     suffixes: Collection[str] = tuple(OUTPUT_FORMATS),
 ) -> Path:
-    """Refuse, before any work is done, an output path that could not or should not be written."""
+    """Refuse, before any work is done, an output path that could not or should not be written:
+    also one that another output of the command names (through any link), or that is one of its
+    inputs (`note_input`)."""
     if not os.fspath(path):
         example = f"result{next(iter(suffixes), '')}"
         raise UsageError(f"{option}: the path is empty; give a file name, e.g. {option} {example}")
@@ -61,6 +67,7 @@ def check_output_path(
             raise UsageError(f"{option} {target}: is a directory")
         if target.exists() and not force:
             raise UsageError(f"{option} {target}: the file exists; add --force to replace it")
+        claim(target, option, replace=target.exists())
     except OSError as error:  # a folder name too long, a loop of links, ...
         raise UsageError(f"{option} {target}: cannot be written: {error.strerror or error}") from None
     return target
@@ -199,7 +206,7 @@ def _write_atomically(target: Path, write: Callable[[BinaryIO], object], option:
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, mode_for_replacing(target))
-        os.replace(temporary, target)
+        publish(temporary, target, option)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise OutputError(f"{option} {target}: could not be written: {error.strerror or error}") from None
@@ -241,6 +248,7 @@ class _WeightsWriter:
         self.data_start = len(header)
         self.data_bytes = math.prod(shape) * dtype.itemsize
         self.file: BinaryIO | None = None
+        self.published = False
         try:
             descriptor, self.temporary = tempfile.mkstemp(
                 dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
@@ -277,15 +285,18 @@ class _WeightsWriter:
             os.fsync(self.file.fileno())
             self.file.close()
             os.chmod(self.temporary, mode_for_replacing(self.target))
-            os.replace(self.temporary, self.target)
+            publish(self.temporary, self.target, self.option)
         except OSError as error:
             self.discard()
             raise self.error(error) from None
+        self.published = True
 
     def discard(self) -> None:
+        """Remove the temporary file, unless it is published (staged files are the `Outputs`')."""
         if self.file is not None and not self.file.closed:
             self.file.close()
-        Path(self.temporary).unlink(missing_ok=True)
+        if not self.published:
+            Path(self.temporary).unlink(missing_ok=True)
 
     def error(self, error: OSError) -> OutputError:
         return OutputError(f"{self.option} {self.target}: could not be written: {error.strerror or error}")
@@ -442,7 +453,7 @@ class ResultFile:
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(temporary, mode_for_replacing(self.target))
-            os.replace(temporary, self.target)
+            publish(temporary, self.target, "--output")
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise

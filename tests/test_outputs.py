@@ -1,0 +1,230 @@
+"""What a command writes lands whole and together, or not at all (attncli.io.outputs).
+
+The promise of docs/exit-codes.md: a status of 2 or more leaves every output as it was (new files
+absent, old ones unchanged), no temporary file stays, whatever ends the run (an error, Ctrl-C,
+SIGTERM, SIGHUP), and a file another program creates meanwhile is never clobbered. Expected
+contents are the files as they were before the run, or as np.load/safetensors read them back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_error
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+from attncli.cli import app
+from attncli.io import outputs, writers
+
+runner = CliRunner()
+ATTN = (sys.executable, "-m", "attncli")
+SEED = str(Path(__file__).resolve().parent.parent / "sample_inputs" / "seed.npz")
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "100", "NO_COLOR": "1"})
+
+
+def failed(result, *words: str, status: int) -> None:
+    """The status and one error line holding `words` (the view may have been printed before)."""
+    assert result.exit_code == status, result.output
+    lines = str(result.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("attn: error: "), lines
+    assert all(word in lines[0] for word in words), (words, lines)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.rglob("*.partial"))
+
+
+def _failing_mkstemp(monkeypatch, name: str) -> None:
+    """The temporary file of the output called `name` cannot be made: ENOSPC, as on a full disk."""
+    real = writers.tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("prefix") == f".{name}.":
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writers.tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_failed_export_leaves_the_result_file_as_it_was(tmp_path, monkeypatch, force):
+    """-o ok.safetensors --export-svg p.svg on a full disk: status 3, and ok.safetensors had been written
+    (with --force, an old one replaced)."""
+    target = tmp_path / "ok.safetensors"
+    if force:
+        target.write_bytes(b"the old result")
+    _failing_mkstemp(monkeypatch, "p.svg")
+    args = ["compute", SEED, "-o", str(target), "--export-svg", str(tmp_path / "p.svg")]
+    failed(invoke(*args, *(["--force"] if force else [])), "--export-svg", "No space left", status=3)
+    assert target.read_bytes() == b"the old result" if force else not target.exists()
+    assert not (tmp_path / "p.svg").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_every_output_lands_when_the_command_succeeds(tmp_path):
+    paths = {name: tmp_path / name for name in ("r.safetensors", "w.npy", "p.svg", "p.html")}
+    result = invoke(
+        "compute",
+        SEED,
+        "-o",
+        str(paths["r.safetensors"]),
+        "--weights-to",
+        str(paths["w.npy"]),
+        "--export-svg",
+        str(paths["p.svg"]),
+        "--export-html",
+        str(paths["p.html"]),
+        "--stream",
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(paths["w.npy"]), load_file(paths["r.safetensors"])["weights"])
+    assert paths["p.svg"].read_text().startswith("<svg")
+    assert "<html" in paths["p.html"].read_text().lower()
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_terminating_signal_while_writing_leaves_nothing(tmp_path, monkeypatch, number, stream):
+    """SIGTERM or SIGHUP during -o left .out.safetensors.*.partial (up to 518 MB) behind."""
+    target = tmp_path / "out.npz"
+    owner = writers._WeightsWriter if stream else writers
+    name = "write_rows" if stream else "_write_npz"
+    real = getattr(owner, name)
+
+    def signalled(*args, **kwargs):  # the temporary file exists by now
+        assert leftovers(tmp_path), "the signal is meant to come while a temporary file exists"
+        os.kill(os.getpid(), number)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signalled)
+    result = invoke("compute", SEED, "-o", str(target), *(["--stream"] if stream else []))
+    assert result.exit_code == 128 + number, result.output
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+    assert signal.getsignal(number) is signal.SIG_DFL  # the command's handlers are gone after it
+
+
+def test_a_file_created_meanwhile_is_not_clobbered(tmp_path, monkeypatch):
+    target = tmp_path / "r.safetensors"
+    real = writers.safetensors_header
+
+    def someone_else_writes(*args, **kwargs):
+        target.write_bytes(b"another program's file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writers, "safetensors_header", someone_else_writes)
+    result = invoke("compute", SEED, "-o", str(target), "--export-svg", str(tmp_path / "p.svg"))
+    failed(result, str(target), "created by another program while attn ran", status=3)
+    assert target.read_bytes() == b"another program's file"
+    assert not (tmp_path / "p.svg").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_output_that_is_an_input_is_refused_even_through_a_link(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "qkv.safetensors"
+    save_file(
+        {name: rng.standard_normal((3, 4)).astype(np.float32) for name in ("query", "key", "value")}, source
+    )
+    before = source.read_bytes()
+    (tmp_path / "link.safetensors").symlink_to(source)
+    for output in (source, tmp_path / "link.safetensors"):
+        for option in ("-o", "--weights-to"):
+            result = invoke("compute", str(source), option, str(output), "--force")
+            assert_error(result, str(output), f"is the input {source}")
+    assert source.read_bytes() == before
+
+
+def test_two_options_naming_one_file_through_a_link_are_refused(tmp_path):
+    (tmp_path / "alias.html").symlink_to(tmp_path / "p.svg")
+    result = invoke(
+        "compute",
+        SEED,
+        "--export-svg",
+        str(tmp_path / "p.svg"),
+        "--export-html",
+        str(tmp_path / "alias.html"),
+    )
+    assert_error(result, "--export-html", "--export-svg writes the same file")
+
+
+def test_outside_a_command_files_are_written_at_once(tmp_path):
+    """The library (attncli.io.writers without the CLI) writes each file when asked, as before."""
+    writers.write_text(tmp_path / "a.svg", "<svg/>", option="--export-svg")
+    assert (tmp_path / "a.svg").read_text() == "<svg/>"
+    with outputs.all_or_nothing() as written:
+        writers.write_text(tmp_path / "b.svg", "<svg/>", option="--export-svg")
+        assert not (tmp_path / "b.svg").exists()
+        written.commit()
+    assert (tmp_path / "b.svg").read_text() == "<svg/>"
+    with outputs.all_or_nothing():
+        writers.write_text(tmp_path / "c.svg", "<svg/>", option="--export-svg")
+    assert not (tmp_path / "c.svg").exists()  # never committed: removed
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_outputs_land_when_the_reader_of_stdout_goes_away(tmp_path):
+    """`attn compute ... -o r.safetensors --export-svg p.svg | head -1`: status 0 and both files."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [
+                *ATTN,
+                "compute",
+                SEED,
+                "-o",
+                str(tmp_path / "r.safetensors"),
+                "--export-svg",
+                str(tmp_path / "p.svg"),
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert set(load_file(tmp_path / "r.safetensors")) >= {"weights", "output"}
+    assert (tmp_path / "p.svg").read_text().startswith("<svg")
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_ends_143_and_leaves_nothing(tmp_path):
+    """A real SIGTERM to a real process in the middle of a long run in blocks."""
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "x.npy", rng.standard_normal((2, 4096, 64)).astype(np.float32))
+    target = tmp_path / "out.safetensors"
+    process = subprocess.Popen(
+        [*ATTN, "compute", str(tmp_path / "x.npy"), "-o", str(target), "--stream", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = time.monotonic()
+    while not leftovers(tmp_path) and process.poll() is None and time.monotonic() - started < 60:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run ended before the signal came")
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
