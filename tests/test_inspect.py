@@ -394,3 +394,18 @@ def test_unreadable_paths(tmp_path: Path) -> None:
     objects = tmp_path / "objects.npy"
     np.save(objects, np.array([1, None], dtype=object), allow_pickle=True)
     assert_error(invoke("inspect", str(objects)), str(objects), "Python objects")
+
+
+def test_std_of_values_near_the_largest_float64_is_finite(tmp_path: Path) -> None:
+    """Deviations of values near 1.8e308 overflow float64: std was NaN. The reference scales the
+    values by an exact power of two first, as np.std of x / 2**1000 times 2**1000."""
+    from attncli.io import lazy
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([[1.7e308, -1.7e308], rng.uniform(-1, 1, size=3 * lazy.BLOCK_ELEMENTS) * 1e308])
+    np.save(tmp_path / "huge.npy", values)
+    stats = lazy.tensor_stats(lazy.open_tensors(str(tmp_path / "huge.npy")).tensors["tensor"])
+    scaled = values / 2.0**1000
+    assert stats.mean == pytest.approx(scaled.mean() * 2.0**1000, rel=1e-9)
+    assert stats.std == pytest.approx(scaled.std() * 2.0**1000, rel=1e-12)
+    assert (stats.min, stats.max) == (-1.7e308, 1.7e308)

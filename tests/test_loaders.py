@@ -922,3 +922,15 @@ def test_safetensors_files_are_read_after_the_shared_header_reader(tmp_path):
     for name, array in load_file(tmp_path / "x.safetensors").items():
         np.testing.assert_array_equal(read.tensors[name], array)
     assert read.metadata == {"note": "kept"}
+
+
+def test_a_name_with_slashes_picks_the_member_of_an_existing_archive(tmp_path: Path) -> None:
+    """np.savez keeps the key 'a/b/query' as member a/b/query.npy; `nested.npz:a/b/query` was read
+    as a path and refused as 'no such file'."""
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.savez(tmp_path / "nested.npz", **{"a/b/query": array, "other": array * 2})
+    spec = f"{tmp_path / 'nested.npz'}:a/b/query"
+    assert split_spec(spec) == (str(tmp_path / "nested.npz"), "a/b/query")
+    np.testing.assert_array_equal(load_tensor(spec), array)
+    missing = f"{tmp_path / 'none.npz'}:a/b/query"  # no such archive: the spec stays one path
+    assert split_spec(missing) == (missing, None)

@@ -177,11 +177,14 @@ def tensor_stats(tensor: LazyTensor) -> Stats:
     """Min, max, mean and std of the finite values, and NaN/Inf counts, one block at a time.
 
     Means and variances of blocks are merged with Chan's formula in float64, so the result matches
-    np.mean/np.std of the whole array to rounding, in memory for one block.
+    np.mean/np.std of the whole array to rounding, in memory for one block. They are kept in units
+    of a power of two near the largest magnitude seen (an exact scaling), so that values near
+    float64's largest (1.8e308), whose deviations and squares overflow, still give a finite std
+    (np.std gives inf or NaN there).
     """
     low: Any = None
     high: Any = None
-    count, mean, squares = 0, 0.0, 0.0
+    count, mean, squares, unit = 0, 0.0, 0.0, 1.0
     nan = inf = 0
     for block in tensor.blocks():
         values = block.view(np.uint8) if block.dtype.kind == "b" else block
@@ -198,18 +201,29 @@ def tensor_stats(tensor: LazyTensor) -> Stats:
         low = block_low if low is None else min(low, block_low)
         high = block_high if high is None else max(high, block_high)
         widened = values.astype(np.float64)
-        block_mean = float(widened.mean())
-        block_squares = float(np.square(widened - block_mean).sum())
-        total = count + widened.size
+        block_unit = _unit(max(abs(float(block_low)), abs(float(block_high))))
+        if block_unit > unit:  # the running figures into the larger unit (exact: powers of two)
+            mean, squares = mean * (unit / block_unit), squares * (unit / block_unit) ** 2
+            unit = block_unit
+        scaled = widened / unit
+        block_mean = float(scaled.mean())
+        block_squares = float(np.square(scaled - block_mean).sum())
+        total = count + scaled.size
         delta = block_mean - mean
-        mean += delta * widened.size / total
-        squares += block_squares + delta * delta * count * widened.size / total
+        mean += delta * scaled.size / total
+        squares += block_squares + delta * delta * count * scaled.size / total
         count = total
     if count == 0:
         return Stats(None, None, None, None, nan, inf)
     if tensor.dtype == "bool":
         low, high = bool(low), bool(high)
-    return Stats(low, high, mean, math.sqrt(squares / count), nan, inf)
+    return Stats(low, high, mean * unit, math.sqrt(squares / count) * unit, nan, inf)
+
+
+def _unit(magnitude: float) -> float:
+    """A power of two at most `magnitude` and more than half of it (2^1023 being the largest there is);
+    1 for magnitudes up to 2, so that small values stay as they are."""
+    return 1.0 if magnitude <= 2.0 else math.ldexp(1.0, math.frexp(magnitude)[1] - 1)
 
 
 # --- where bytes come from -----------------------------------------------------------------------------

@@ -106,8 +106,10 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     if spec == STDIN or os.path.exists(spec):
         return spec, None
     path, sep, name = spec.rpartition(":")
-    if sep and path and name and "/" not in name and "\\" not in name:
-        return path, name
+    if not (sep and path and name):
+        return spec, None
+    if path == STDIN or os.path.isfile(path) or ("/" not in name and "\\" not in name):
+        return path, name  # a NAME may hold '/' (np.savez keeps 'a/b/query') when PATH is a file
     return spec, None
 
 
