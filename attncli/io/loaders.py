@@ -529,6 +529,9 @@ def _safetensors_array(info: Mapping[str, Any], label: str) -> np.ndarray:
 
 
 def _parse_json(data: bytes, label: str) -> TensorFile:
+    fast = _parse_numeric_json(data, label)
+    if fast is not None:
+        return fast
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -556,6 +559,23 @@ def _parse_json(data: bytes, label: str) -> TensorFile:
             raise InputError(f"{label}: the JSON object holds no tensors")
         return TensorFile(label, tensors, named=True, metadata=metadata)
     return TensorFile(label, {"tensor": _json_array(document, label, may_hold_booleans)}, named=False)
+
+
+def _parse_numeric_json(data: bytes, label: str) -> TensorFile | None:
+    """A large document of numeric arrays read by `json_numbers` in a fraction of the general
+    path's memory; None for anything else, which the general path reads and words the errors of."""
+    from attncli.io import json_numbers
+
+    parsed = json_numbers.parse(data)
+    if parsed is None:
+        return None
+    if isinstance(parsed, np.ndarray):
+        return TensorFile(label, {"tensor": parsed}, named=False)
+    tensors, others = parsed
+    metadata = others.pop(META_KEY, None)
+    if others or (metadata is not None and not isinstance(metadata, dict)) or not tensors:
+        return None  # a value that is no tensor: the general path says which
+    return TensorFile(label, tensors, named=True, metadata=metadata or {})
 
 
 def _decode_json(text: str) -> Any:

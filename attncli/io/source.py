@@ -21,6 +21,8 @@ from attncli.errors import ComputeError, InputError, UsageError
 DEFAULT_MAX_INPUT_BYTES = 16 << 30
 LIMIT_VARIABLE = "ATTNCLI_MAX_INPUT_SIZE"
 _CHUNK = 1 << 20
+#: Regular files up to this size are read in one call (a second or less: Ctrl-C waits that long).
+_WHOLE_READ = 1 << 30
 _KINDS = {
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
@@ -121,7 +123,13 @@ def read_path(path: str, label: str | None = None) -> bytes:
     limit = max_input_bytes()
     with open(path, "rb") as file:
         if kind == "file":
-            check_in_memory(os.fstat(file.fileno()).st_size, label)
+            size = os.fstat(file.fileno()).st_size
+            check_in_memory(size, label)
+            if size <= _WHOLE_READ:  # one read, one buffer: no chunks to join (a copy of it all)
+                data = file.read(size + 1)
+                if len(data) <= size:
+                    return data
+                file.seek(0)  # it grew meanwhile: read it again, in chunks, within the bound
         return read_bounded(file, label, limit)
 
 

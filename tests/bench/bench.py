@@ -656,7 +656,74 @@ def print_table(rows: Sequence[Row]) -> None:
         print(line(row))
 
 
-SECTIONS = ("start-up", "small job", "show", "memory", "time", "long")
+# --- 7. JSON input ---------------------------------------------------------------------------------------
+
+
+def bench_json(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
+    """Reading a 50 MB JSON file of query/key/value (json.dumps of float32 values): the memory it takes
+    beyond the modules' import, against the text's size (target: under 4x), and the time against
+    orjson.loads with np.array, the plain way, in fresh processes of the same kind."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shape = (1, 4, 3072, 64)
+    path = workdir / "qkv.json"
+    tensors = {
+        name: rng.standard_normal(shape).astype(np.float32).tolist() for name in ("query", "key", "value")
+    }
+    path.write_text(json.dumps(tensors))
+    del tensors
+    size = path.stat().st_size
+    imports = "import numpy, orjson, attncli.io.loaders"
+    text = f"open({str(path)!r}, 'rb').read()"
+    readers = {
+        "attncli": f"{imports}; attncli.io.loaders.read_tensors({str(path)!r})",
+        "orjson": f"{imports}; [numpy.array(v) for v in orjson.loads({text}).values()]",
+        "imports": imports,
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    peaks: dict[str, list[int]] = {name: [] for name in readers}
+    for _ in range(repeats):
+        for name, code in readers.items():
+            took, peak = run_process_peak([sys.executable, "-c", code], env, workdir)
+            seconds[name].append(took)
+            peaks[name].append(peak)
+    base = statistics.median(peaks["imports"])
+    used = {name: statistics.median(peaks[name]) - base for name in ("attncli", "orjson")}
+    RUNS["json"] = repeats
+    time_ratio = statistics.median(
+        (a - i) / (o - i)
+        for a, o, i in zip(seconds["attncli"], seconds["orjson"], seconds["imports"], strict=True)
+    )
+    case = f"json {size / 1e6:.0f} MB {_shape(shape)} x3"
+    return [
+        Row(
+            f"{case} memory",
+            _mib(used["attncli"]),
+            f"text {_mib(size)}",
+            used["attncli"] / size,
+            "<= 4",
+            "pass" if used["attncli"] <= 4 * size else "FAIL",
+        ),
+        Row(
+            f"{case} memory, orjson+np.array",
+            _mib(used["orjson"]),
+            f"text {_mib(size)}",
+            used["orjson"] / size,
+            "-",
+            "info",
+        ),
+        _ratio_row(
+            f"{case} time (less imports)",
+            _ms(statistics.median(seconds["attncli"])),
+            _ms(statistics.median(seconds["orjson"])),
+            time_ratio,
+            1.5,
+        ),
+    ]
+
+
+SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json")
 #: The sections this run measures (--only); all by default.
 CHOSEN: set[str] = set(SECTIONS)
 
@@ -713,6 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows += guarded("time cpu", lambda: bench_weights_time("cpu", time_n, 1, budget_s))
     with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
         rows += guarded("long", lambda: bench_long(env, Path(workdir), long_n))
+    with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+        rows += guarded("json", lambda: bench_json(env, Path(workdir), memory_n))
 
     import torch
 

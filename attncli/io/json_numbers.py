@@ -1,0 +1,240 @@
+"""Large JSON arrays of numbers parsed by NumPy, in about twice their text's size.
+
+A JSON parser builds a Python float (24 bytes) and a list slot (8 bytes) for each number before
+NumPy sees it: a 500 MB JSON file of tensors took 8 GB. `parse` reads a document of that shape, a
+nested array of numbers or an object of them (plus small values such as "meta"), into arrays a few
+MB of text at a time: its brackets give the shape, and orjson parses the innermost rows in pieces.
+Memory is the text, the arrays, and one piece's Python objects.
+
+It accepts only what it can prove is valid JSON of the same meaning, and gives the same arrays as
+the general path (`np.array` of the parsed lists: int64 when no number has a fraction or exponent,
+float64 otherwise). Anything else (booleans, NaN, strings, ragged or malformed text, integers too
+long for 64 bits) makes it return None, and the caller's general parser reads the document and
+words the error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+#: Below this size the general parser is as good, and its memory does not matter.
+MIN_BYTES = 1 << 20
+#: Bytes that a numeric array's text may hold.
+_ALLOWED = b"0123456789+-.eE[], \t\n\r"
+_WHITESPACE = b" \t\n\r"
+_ALL_BUT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]")))
+#: Between two innermost rows: their ']', the closing and opening of the lists around, one comma.
+_BETWEEN_ROWS = re.compile(rb"\][\s\]]*,[\s\[]*\[")
+#: Rows of about this much text are parsed at a time.
+_CHUNK_BYTES = 4 << 20
+_MAX_AXES = 64
+#: An integer of 19 digits or more: the general path keeps those exact and refuses one past 64
+#: bits, where orjson would round it to a float (or give uint64). Among integers alone, a run of 19
+#: digits says as much, and is quicker to find.
+_LONG_RUN = re.compile(rb"[0-9]{19}")
+_LONG_INTEGER = re.compile(rb"(?<![.0-9eE+-])-?[0-9]{19,}")
+
+
+def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] | np.ndarray | None:
+    """An array (a top-level JSON array), or (arrays, other values) of a top-level object; None
+    when the general parser must read `data`."""
+    if len(data) < MIN_BYTES:
+        return None
+    text = data.removeprefix(b"\xef\xbb\xbf")
+    start = len(text) - len(text.lstrip())
+    end = len(text.rstrip())
+    if start >= end:
+        return None
+    if text[start : start + 1] == b"[":
+        return numeric_array(text[start:end])
+    if text[start : start + 1] == b"{" and text[end - 1 : end] == b"}":
+        return _object(text, start, end)
+    return None
+
+
+def numeric_array(span: bytes) -> np.ndarray | None:
+    """The nested array of numbers that `span` (from its '[' to its ']') holds, or None.
+
+    The brackets alone give the shape of the lists of lists; the innermost rows are then parsed
+    by orjson a few MB at a time, the text between each two rows rewritten to '],[' (which its
+    regular expression allows only with exactly one comma), so that each piece is a plain JSON
+    array of rows, checked strictly by orjson and then by its shape.
+    """
+    import orjson
+
+    if span.translate(None, _ALLOWED):
+        return None  # letters (true, NaN, strings) or other characters: not ours
+    sizes = _list_sizes(span)
+    if sizes is None:
+        return None
+    starts, ends = _rows(span)
+    if starts.size != math.prod(sizes) or ends.size != starts.size:
+        return None
+    if span[: starts[0]].translate(None, b"[" + _WHITESPACE) or span[ends[-1] + 1 :].translate(
+        None, b"]" + _WHITESPACE
+    ):
+        return None  # a comma or a number outside the rows
+    integers = not any(mark in span for mark in (b".", b"e", b"E"))
+    dtype = np.int64 if integers else np.float64
+    output: np.ndarray | None = None
+    rows_per_chunk = max(1, int(starts.size * _CHUNK_BYTES // max(len(span), 1)))
+    for first in range(0, starts.size, rows_per_chunk):
+        last = min(first + rows_per_chunk, starts.size) - 1
+        text = span[starts[first] : ends[last] + 1]
+        if integers and _LONG_RUN.search(text):
+            return None
+        try:
+            rows = np.array(orjson.loads(b"[" + _BETWEEN_ROWS.sub(b"],[", text) + b"]"))
+        except (orjson.JSONDecodeError, ValueError):
+            return None  # malformed, or ragged rows
+        # A number without '.' may be an integer past 64 bits, which orjson rounds to a float: the
+        # general path keeps it exact and refuses it. JSON floats of Python and NumPy all hold a '.'.
+        if not integers and text.count(b".") != rows.size and _LONG_INTEGER.search(text):
+            return None
+        expected = (np.int64,) if integers else (np.int64, np.float64)
+        if rows.dtype not in expected or rows.ndim != 2 or rows.shape[0] != last - first + 1:
+            return None  # booleans, strings, nested lists, or a gap between rows that is not one comma
+        if output is None:
+            output = np.empty((starts.size, rows.shape[1]), dtype)
+        if rows.shape[1] != output.shape[1] or rows.shape[1] == 0:
+            return None
+        output[first : last + 1] = rows
+    assert output is not None
+    return output.reshape(*sizes, output.shape[1])
+
+
+def _list_sizes(span: bytes) -> tuple[int, ...] | None:
+    """The sizes of a regular nested array's lists of lists (all axes but the last), from its
+    brackets alone; None when they are not those of a regular array."""
+    skeleton = span.translate(None, _ALL_BUT_BRACKETS)
+    if not skeleton.startswith(b"[") or len(skeleton) % 2:
+        return None
+    marks = np.frombuffer(skeleton, dtype=np.uint8)
+    depth = np.cumsum(np.where(marks == ord("["), 1, -1).astype(np.int8), dtype=np.int16)
+    if depth.min() < 0 or depth[-1] != 0 or np.count_nonzero(depth == 0) != 1:
+        return None
+    axes = int(depth.max())
+    if axes > _MAX_AXES:
+        return None
+    lists = np.bincount(depth[marks == ord("[")], minlength=axes + 1)[1:]  # lists at each depth
+    sizes = tuple(int(lists[k + 1] // lists[k]) for k in range(axes - 1))
+    if skeleton != _skeleton(sizes):
+        return None
+    return sizes
+
+
+def _rows(span: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Where each innermost row's '[' and ']' are: the '[' that no '[' follows (past whitespace),
+    and the first ']' after it."""
+    marks = np.frombuffer(span, dtype=np.uint8)
+    opening = np.flatnonzero(marks == ord("["))
+    following = marks[opening + 1]  # the span ends with ']', so every '[' has a next byte
+    spaced = np.isin(following, np.frombuffer(_WHITESPACE, dtype=np.uint8))
+    for index in np.flatnonzero(spaced):  # '[ [' or '[ 1': look past the whitespace, for those alone
+        rest = span[int(opening[index]) + 1 :].lstrip(_WHITESPACE)
+        following[index] = rest[0] if rest else 0
+    starts = opening[following != ord("[")]
+    closing = np.flatnonzero(marks == ord("]"))
+    ends = closing[np.minimum(np.searchsorted(closing, starts), closing.size - 1)]
+    return starts, ends
+
+
+def _skeleton(sizes: tuple[int, ...]) -> bytes:
+    """The brackets of a regular array whose lists of lists have `sizes`: (2,) -> b'[[][]]'."""
+    inner = b"[]"
+    for size in reversed(sizes):
+        inner = b"[" + inner * size + b"]"
+    return inner
+
+
+_KEY = re.compile(rb'\s*("(?:[^"\\]|\\.)*")\s*:\s*', re.DOTALL)
+_GAP = re.compile(rb"\s*(,|\})", re.DOTALL)
+
+
+def _object(text: bytes, start: int, end: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """{"name": array, ...}: each array by `numeric_array`, anything else by Python's json."""
+    arrays: dict[str, np.ndarray] = {}
+    others: dict[str, Any] = {}
+    position = start + 1
+    if not text[position:end].strip(b" \t\n\r").startswith(b'"'):
+        return None
+    while True:
+        key = _KEY.match(text, position)
+        if key is None:
+            return None
+        try:
+            name = json.loads(key.group(1))
+        except ValueError:
+            return None
+        value_start = key.end()
+        if text[value_start : value_start + 1] == b"[":
+            value_end = _array_end(text, value_start, end)
+        else:
+            value_end = _value_end(text, value_start, end)
+        if value_end is None:
+            return None
+        value = text[value_start:value_end]
+        arrays.pop(name, None)
+        others.pop(name, None)  # a repeated name: the last one counts, as for json.loads
+        if value.startswith(b"["):
+            array = numeric_array(value)
+            if array is None:
+                return None
+            arrays[name] = array
+        else:
+            try:
+                others[name] = json.loads(value)
+            except (ValueError, RecursionError):
+                return None
+        gap = _GAP.match(text, value_end)
+        if gap is None:
+            return None
+        if gap.group(1) == b"}":
+            return (arrays, others) if gap.end() == end else None
+        position = gap.end()
+
+
+def _array_end(text: bytes, start: int, end: int) -> int | None:
+    """Just past the ']' that ends the array of numbers at `start`: the last ']' before the next
+    '"' (the next name: an array of numbers holds no string), found by bytes.find at C speed. An
+    array that is not one of numbers gives a span that `numeric_array` refuses."""
+    quote = text.find(b'"', start, end)
+    closing = text.rfind(b"]", start, end if quote < 0 else quote)
+    return None if closing < 0 else closing + 1
+
+
+def _value_end(text: bytes, start: int, end: int) -> int | None:
+    """Where the JSON value at `start` ends: its matching brace for an object (strings taken into
+    account), the next ',' or '}' otherwise."""
+    opener = text[start : start + 1]
+    if opener not in (b"[", b"{"):
+        match = re.compile(rb'"(?:[^"\\]|\\.)*"|[^,}]*', re.DOTALL).match(text, start)
+        return None if match is None else match.end()
+    depth = 0
+    inside_string = False
+    escaped_at = -1
+    for mark in re.compile(rb'[\[\]{}"\\]').finditer(text, start, end):
+        where = mark.start()
+        if where == escaped_at:
+            continue
+        char = mark.group()
+        if inside_string:
+            if char == b"\\":
+                escaped_at = where + 1
+            elif char == b'"':
+                inside_string = False
+            continue
+        if char == b'"':
+            inside_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return where + 1
+    return None

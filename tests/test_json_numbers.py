@@ -1,0 +1,214 @@
+"""Large JSON arrays read by attncli.io.json_numbers: the same arrays as the general path, or none.
+
+The reference is Python's json module and np.array of what it parsed, the general path's meaning
+of a document; json_numbers must give exactly those arrays (values, dtype, shape) or decline
+(None), never accept a document json.loads refuses. Its size threshold is set to 0 here, so that
+small documents take it too.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from attncli.cli import app
+from attncli.io import json_numbers, loaders
+
+VALID = [
+    "[1,2,3]",
+    "[[1,2],[3,4]]",
+    "[[1.5, 2e3],\n [ 3 , -4 ]]",
+    "[1e05]",
+    "[[[1],[2]],[[3],[4]]]",
+    "[0,-0]",
+    "[ [ 1 ], [ 2 ] ]",
+    "[0.1e-05, 1E+2]",
+    "[-0.0, 0.5e-3, 10, 100]",
+    "[1,2,3.0]",
+    "[[1,2],[3,4.5]]",
+    "[[[1,2],[3,4]],[[5,6],[7,8]]]",
+    "[[1,2],\n[3,4]\n]",
+    "[[1,2] , [3,4]]",
+    "[[1,2],[3,4e0]]",
+]
+#: Valid JSON that json_numbers leaves to the general path (which keeps or refuses it as it does).
+DECLINED = [
+    "[]",
+    "[ ]",
+    "[[],[]]",
+    "[1e400]",
+    "[99999999999999999999]",
+    "[1.0, 99999999999999999999]",
+    "[18446744073709551615]",
+    "[9223372036854775807]",  # 19 digits: the general path's exact integers
+    "[[1, true]]",
+    "[[1, null]]",
+    "[NaN]",
+    '[["a"]]',
+]
+INVALID = [
+    "[[1,2],[3]]",
+    "[[1,2],[3,4,5],[6]]",
+    "[1,,2]",
+    "[1 2]",
+    "[[1,2],3,[4,5]]",
+    "[.5]",
+    "[1.]",
+    "[01]",
+    "[-01]",
+    "[+1]",
+    "[[[1],[2]][[3],[4]]]",
+    "[[1],[]]",
+    "[[1,2],,[3,4]]",
+    "[,[1],[2]]",
+    "[[1],[2],]",
+    "[1,2]x",
+    "[1,2]]",
+    "[[1,2]",
+    "[[1,2] [3,4]]",
+    "[[1,2],[3,4]],",
+    "[-]",
+    "[1e]",
+    "[1-2]",
+    "[1,]",
+    "[1e+]",
+    "[1e5e5]",
+    "[1.2.3]",
+    "[e5]",
+    "[[[1,2],[3,4]],,[[5,6],[7,8]]]",
+    "[[[1,2],[3,4]] [[5,6],[7,8]]]",
+    "[[[1,2],[3,4]],[[5,6]],[[7,8]]]",
+    "[[[1,2],[3,4]],[[5,6],[7,8]],]",
+    '{"a": [1] "b": [2]}',
+    '{"a": [1],}',
+    '{"a": [1], "b": [[1,2],[3]]}',
+]
+
+
+@pytest.fixture(autouse=True)
+def _every_size(monkeypatch):
+    monkeypatch.setattr(json_numbers, "MIN_BYTES", 0)
+
+
+def _reference(text: str) -> np.ndarray | dict[str, np.ndarray]:
+    document = json.loads(text)
+    if isinstance(document, dict):
+        return {name: np.array(value) for name, value in document.items()}
+    return np.array(document)
+
+
+@pytest.mark.parametrize("text", VALID)
+def test_valid_arrays_read_exactly_as_the_general_path(text):
+    got = json_numbers.parse(text.encode())
+    expected = _reference(text)
+    assert isinstance(got, np.ndarray)
+    assert (got.dtype, got.shape) == (expected.dtype, expected.shape)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("text", DECLINED)
+def test_what_it_cannot_prove_it_leaves_to_the_general_path(text):
+    json.loads(text)  # valid JSON
+    assert json_numbers.parse(text.encode()) is None
+
+
+@pytest.mark.parametrize("text", INVALID)
+def test_malformed_or_ragged_text_is_never_accepted(text):
+    try:
+        _reference(text)
+    except ValueError:  # json.JSONDecodeError, or np.array of ragged lists
+        pass
+    else:
+        pytest.fail(f"{text!r} is valid for the reference")
+    assert json_numbers.parse(text.encode()) is None
+
+
+def test_an_object_of_arrays_and_metadata():
+    text = '{"query": [[1.5, 2]], "meta": {"note": "][ \\" {"}, "key": [[3, 4]], "query": [[5, 6]]}'
+    tensors, others = json_numbers.parse(text.encode())
+    expected = json.loads(text)
+    assert list(tensors) == ["key", "query"]  # a repeated name: the last one, as json.loads
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(array, np.array(expected[name]))
+    assert others == {"meta": expected["meta"]}
+
+
+def test_random_floats_round_trip_bit_for_bit():
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.standard_normal(5000), rng.standard_normal(5000) * 1e-6, [5e-324, 1.7e308]])
+    array = values.reshape(2, 5001)
+    text = json.dumps(array.tolist())
+    got = json_numbers.parse(text.encode())
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, array)  # Python's repr round-trips; so must the parse
+
+
+def test_rows_split_into_many_pieces_give_the_same_array(monkeypatch):
+    monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", 64)
+    array = np.arange(2 * 3 * 50 * 7).reshape(2, 3, 50, 7) / 8
+    np.testing.assert_array_equal(json_numbers.parse(json.dumps(array.tolist()).encode()), array)
+
+
+def test_the_cli_reads_a_large_json_file_as_the_same_tensors_as_npy(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real threshold: a file over it
+    rng = np.random.default_rng(2)
+    tensors = {
+        name: rng.standard_normal((2, 256, 64)).astype(np.float32) for name in ("query", "key", "value")
+    }
+    path = tmp_path / "qkv.json"
+    path.write_text(json.dumps({name: array.tolist() for name, array in tensors.items()}))
+    assert path.stat().st_size > json_numbers.MIN_BYTES
+    read = loaders.read_tensors(str(path))
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(read.tensors[name], array.astype(np.float64))
+    result = CliRunner().invoke(app, ["compute", str(path), "-q", "-o", str(tmp_path / "r.npz")])
+    assert result.exit_code == 0, result.output
+
+
+def test_errors_for_large_malformed_json_are_the_general_paths(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("[" + ",".join(["[1.5, 2.5]"] * 200_000) + ",[1]]")
+    assert path.stat().st_size > json_numbers.MIN_BYTES
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2
+    assert "ragged" in result.stderr
+
+
+_TOKENS = [
+    "[",
+    "]",
+    ",",
+    " ",
+    "\n",
+    "0",
+    "1",
+    "7",
+    "-",
+    "+",
+    ".",
+    "e",
+    "E",
+    "5",
+    "00",
+    "[1,2]",
+    "[[1.5],[2]]",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=40).map("".join))
+def test_fuzzed_text_is_read_as_json_reads_it_or_declined(text):
+    """Texts from JSON's number and array alphabet: whatever json_numbers accepts, json.loads and
+    np.array read as the same array."""
+    got = json_numbers.parse(text.encode())
+    if got is None:
+        return
+    expected = _reference(text)  # raises if json_numbers accepted what JSON refuses
+    assert isinstance(got, np.ndarray)
+    assert (got.dtype, got.shape) == (expected.dtype, expected.shape)
+    np.testing.assert_array_equal(got, expected)
