@@ -399,7 +399,7 @@ def test_a_failure_before_writing_creates_nothing(
     def refuse(*args: object) -> str:
         raise ValueError("cannot serialise")
 
-    monkeypatch.setattr(writers, "json_text" if suffix == ".json" else "safetensors_header", refuse)
+    monkeypatch.setattr(writers, "_json_array" if suffix == ".json" else "safetensors_header", refuse)
     with pytest.raises(ValueError, match="cannot serialise"):
         write_result(tmp_path / f"r{suffix}", result_tensors(np.float32), META)
     assert list(tmp_path.iterdir()) == []
@@ -441,3 +441,31 @@ def test_an_overwritten_file_keeps_its_mode(tmp_path: Path, umask: int, mode: in
 def test_json_text_writes_booleans_as_json_booleans():
     document = json.loads(json_text({"allowed": np.array([[True, False], [False, True]])}, {}))
     assert document["allowed"] == [[True, False], [False, True]]
+
+
+def test_json_is_written_a_piece_at_a_time_with_the_whole_texts_bytes(monkeypatch) -> None:
+    """No piece of text is made for more than _JSON_PIECE_BYTES of numbers, and the pieces make
+    the text np.array reads back as the arrays, NaN and infinities included."""
+    import io
+
+    monkeypatch.setattr(writers, "_JSON_PIECE_BYTES", 4096)
+    pieces: list[int] = []
+    real = writers._json_array
+
+    def measured(array: np.ndarray) -> str:
+        pieces.append(array.nbytes)
+        return real(array)
+
+    monkeypatch.setattr(writers, "_json_array", measured)
+    rng = np.random.default_rng(4)
+    tensors = {
+        "weights": rng.random((2, 3, 64, 64)).astype(np.float32),
+        "stats": np.array([[np.nan, np.inf]] * 3),
+    }
+    buffer = io.BytesIO()
+    writers.write_json(buffer, tensors, {"note": "x"})
+    assert max(pieces) <= 4096
+    document = json.loads(buffer.getvalue())
+    np.testing.assert_array_equal(np.array(document["weights"], dtype=np.float32), tensors["weights"])
+    np.testing.assert_array_equal(np.array(document["stats"]), tensors["stats"])
+    assert document["meta"] == {"note": "x"}

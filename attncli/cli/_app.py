@@ -88,6 +88,8 @@ class AttnGroup(TyperGroup):
             except OSError as error:  # writing stdout failed: a full disk, a closed stream
                 if show_traceback:
                     traceback.print_exc()
+                if error.errno == errno.ENOMEM:  # e.g. mapping torch's libraries under `ulimit -v`
+                    fail(f"out of memory: {error.strerror}; {_LESS_MEMORY}", ExitCode.RUNTIME)
                 where = error.filename or "stdout"
                 silence_stdout()
                 fail(f"{where}: cannot be written: {error.strerror or error}", ExitCode.RUNTIME)

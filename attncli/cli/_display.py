@@ -421,8 +421,10 @@ def _save_and_print(
     if target is not None:
         writers.write_result(target, arrays, meta)
     if display.output_format is OutputFormat.json and not display.quiet:
-        sys.stdout.write(writers.json_text(arrays, meta) + "\n")
         sys.stdout.flush()
+        writers.write_json(sys.stdout.buffer, arrays, meta)  # a piece at a time, never the whole text
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.buffer.flush()
 
 
 def _export(screen: _Screen, display: Display) -> None:

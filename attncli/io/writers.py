@@ -13,6 +13,7 @@ exits; problems are `UsageError`s and `OutputError`s naming the path.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -106,7 +107,7 @@ def write_result(
     elif fmt == "npz":
         _write_atomically(target, lambda file: _write_npz(file, tensors, metadata), "--output")
     elif fmt == "json":
-        _write_atomically(target, lambda file: file.write(json_text(tensors, metadata).encode()), "--output")
+        _write_atomically(target, lambda file: write_json(file, tensors, metadata), "--output")
     else:
         raise UsageError(f"--output {target}: not a format attncli writes ({', '.join(OUTPUT_FORMATS)})")
 
@@ -118,9 +119,37 @@ def write_text(path: str | os.PathLike[str], text: str, *, option: str) -> None:
 
 def json_text(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> str:
     """`{"weights": [...], "output": [...], "meta": {...}}` with each number as its shortest exact text."""
-    parts = [f"{json.dumps(name)}: {_json_array(array)}" for name, array in tensors.items()]
-    parts.append(f"{json.dumps(META_KEY)}: {json.dumps(dict(metadata))}")
-    return "{" + ", ".join(parts) + "}"
+    buffer = io.BytesIO()
+    write_json(buffer, tensors, metadata)
+    return buffer.getvalue().decode()
+
+
+def write_json(file: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+    """`json_text` written to `file` a piece at a time: the text of at most a few MB of numbers is
+    ever in memory (the whole text of a 6000-position result is 1.3 GB, which orjson, asked for it
+    at once under a memory limit, crashed on)."""
+    file.write(b"{")
+    for name, array in tensors.items():
+        file.write(json.dumps(name).encode() + b": ")
+        _write_json_array(file, np.asarray(array))
+        file.write(b", ")
+    file.write(json.dumps(META_KEY).encode() + b": " + json.dumps(dict(metadata)).encode() + b"}")
+
+
+#: Arrays of up to this many bytes are turned into text in one piece.
+_JSON_PIECE_BYTES = 4 << 20
+
+
+def _write_json_array(file: BinaryIO, array: np.ndarray) -> None:
+    if array.ndim <= 1 or array.nbytes <= _JSON_PIECE_BYTES:
+        file.write(_json_array(array).encode())
+        return
+    file.write(b"[")
+    for index, part in enumerate(array):  # the same text as the whole array's, a row at a time
+        if index:
+            file.write(b",")
+        _write_json_array(file, part)
+    file.write(b"]")
 
 
 def _json_array(array: np.ndarray) -> str:
