@@ -354,9 +354,22 @@ class _WholeWrites(io.RawIOBase):
 
 
 class _ClosedStdout(io.TextIOBase):
-    """What stdout is when attn was started without one: every write fails as a closed file's would."""
+    """What stdout is when attn was started without one: every write fails as a closed file's would,
+    of text or (through `buffer`) of bytes."""
 
     def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    @property
+    def buffer(self) -> BinaryIO:
+        return _ClosedBytes()  # type: ignore[return-value]
+
+
+class _ClosedBytes(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
         raise OSError(errno.EBADF, "stdout is closed")
 
 
