@@ -42,7 +42,8 @@ docs: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-# The loaders under atheris (coverage-guided), for FUZZ_SECONDS; crashes land in build/fuzz/.
+# The loaders, then model folders for capture, under atheris (coverage-guided), for FUZZ_SECONDS
+# each; crashes land in build/fuzz/ and build/fuzz-capture/.
 FUZZ_SECONDS ?= 180
 
 fuzz: $(VENV)/.installed
@@ -50,6 +51,9 @@ fuzz: $(VENV)/.installed
 	mkdir -p build/fuzz/corpus
 	$(BIN)/python tests/fuzz/fuzz_loaders.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=20 \
 		-artifact_prefix=build/fuzz/ build/fuzz/corpus
+	mkdir -p build/fuzz-capture/corpus
+	$(BIN)/python tests/fuzz/fuzz_capture.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=8192 -timeout=60 \
+		-artifact_prefix=build/fuzz-capture/ build/fuzz-capture/corpus
 
 docs-check: $(VENV)/.installed
 	$(BIN)/python docs/generate.py --check

@@ -349,6 +349,21 @@ def test_a_config_far_larger_than_its_weights_is_refused_before_building(tmp_pat
     assert time.perf_counter() - started < 20
 
 
+def test_fuzz_target_for_model_folders_passes_its_seeds():
+    """tests/fuzz/fuzz_capture.py: each way of breaking a folder gives a capture or one error line."""
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_capture", Path(__file__).parent / "fuzz" / "fuzz_capture.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    fuzz_capture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz_capture)
+    seeds = list(fuzz_capture.seeds())
+    assert len(seeds) >= 8
+    for seed in seeds:
+        fuzz_capture.one_input(seed)
+
+
 def test_a_texts_file_is_one_text_per_line(tmp_path, models):
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat\n\na dog ran\n")

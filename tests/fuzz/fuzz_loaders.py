@@ -3,8 +3,10 @@
 The first byte of each input picks what the rest becomes: raw bytes, or bytes behind the prefix of one
 format `sniff_format` recognises (.npy, .npz, .safetensors, JSON), or a well-formed container (a .npy
 header, a zip archive) around fuzzed contents, so that every parser is reached. Every input must give
-tensors or an `attncli.errors.AttnError`, read from stdin and, for .npy and .safetensors (which have
-memory-mapping readers of their own), from a file; any other exception is a crash.
+tensors or an `attncli.errors.AttnError`, read from stdin and, for .npy, .npz and .safetensors (which
+have readers of their own for files), from a file; any other exception is a crash. JSON also goes to
+`json_numbers.parse` (the reader of large JSON arrays) at any size: whatever it accepts must be what
+json.loads and np.array make of it.
 
     .venv/bin/python tests/fuzz/fuzz_loaders.py -max_total_time=180 build/fuzz-corpus
 
@@ -35,10 +37,10 @@ if __name__ == "__main__":  # imported by the tests, it needs no atheris and ins
 if atheris is not None:
     with atheris.instrument_imports(include=["attncli", "zipfile", "numpy.lib"]):
         from attncli.errors import AttnError
-        from attncli.io import loaders
+        from attncli.io import json_numbers, loaders
 else:
     from attncli.errors import AttnError
-    from attncli.io import loaders
+    from attncli.io import json_numbers, loaders
 
 #: Crashes still open, each pinned by a strict xfail test in tests/test_bad_input.py: (exception type
 #: name, text in its message). With ATTN_FUZZ_SKIP_KNOWN=1 the target lets them pass, to look for
@@ -162,16 +164,38 @@ def _check(read: Callable[[], loaders.TensorFile], load: Callable[[], object]) -
 
 def one_input(data: bytes) -> None:
     """Feed one input to the loaders as stdin, and as a file where the format has a file reader of
-    its own (.npy and .safetensors are memory-mapped); raise what is not an AttnError."""
+    its own (.npy, .npz, .safetensors); JSON to json_numbers as well. Raise what is not an AttnError."""
     payload = build(data)
     _check(
         lambda: loaders.read_tensors("-", io.BytesIO(payload)),
         lambda: loaders.load_attention_inputs(["-"], io.BytesIO(payload)),
     )
     fmt = loaders.sniff_format(payload)
-    if fmt in ("npy", "safetensors"):
+    if fmt in ("npy", "npz", "safetensors"):
         path = _as_file(payload, "." + fmt)
         _check(lambda: loaders.read_tensors(path), lambda: loaders.load_attention_inputs([path]))
+    if fmt == "json":
+        _check_json_numbers(payload)
+
+
+def _check_json_numbers(payload: bytes) -> None:
+    """json_numbers accepts only what json.loads reads, as the same arrays (dtype and shape too)."""
+    import numpy as np
+
+    previous, json_numbers.MIN_BYTES = json_numbers.MIN_BYTES, 0
+    try:
+        parsed = json_numbers.parse(payload)
+    finally:
+        json_numbers.MIN_BYTES = previous
+    if parsed is None:
+        return
+    document = json.loads(payload)  # raises (a crash) if json_numbers accepted what JSON refuses
+    arrays = {"tensor": parsed} if isinstance(parsed, np.ndarray) else parsed[0]
+    expected = {"tensor": document} if isinstance(parsed, np.ndarray) else document
+    for name, array in arrays.items():
+        reference = np.array(expected[name])
+        assert (array.dtype, array.shape) == (reference.dtype, reference.shape), (array, reference)
+        assert np.array_equal(array, reference), (array, reference)
 
 
 def seeds() -> Iterator[bytes]:
@@ -195,6 +219,7 @@ def seeds() -> Iterator[bytes]:
     yield bytes([3, 5]) + b'"a": 1}'
     yield bytes([4]) + b"[1, 2], [3, 4]]"
     yield bytes([4]) + b"1, 2, NaN]"
+    yield bytes([4]) + b"[1.5, -2e3], [0, 4]]"
     yield bytes([5]) + b'"q": [[1.5]], "k": [[2]], "v": [[true]]}'
     yield bytes([6, 0, 2, 3, 0, 4, 0]) + array.astype("<f8").tobytes()
     yield bytes([6, 9, 1, 2, 0]) + b"ab" * 6
