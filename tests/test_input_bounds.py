@@ -410,3 +410,17 @@ def test_a_file_cut_short_after_its_header_is_an_error_not_a_fault(tmp_path, suf
     os.truncate(path, path.stat().st_size // 2)
     with pytest.raises(InputError, match=str(path)):
         sum(block.size for block in tensor.blocks())
+
+
+def test_a_npy_header_too_large_for_numpy_is_told_so_not_called_an_object_array(tmp_path):
+    """A 5 MB .npy header was 'holds Python objects (an object array)': NumPy's refusal of large
+    headers speaks of allow_pickle."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }" + " " * (5 << 20) + "\n"
+    data = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header.encode() + bytes(48)
+    path = tmp_path / "x.npy"
+    path.write_bytes(data)
+    words = ["not a valid .npy file", f"its header is {len(header):,} bytes", "10,000"]
+    for command in ("compute", "inspect"):
+        line = assert_error(invoke(command, str(path)), str(path), *words)
+        assert "Python objects" not in line
+    assert_error(invoke("compute", "-", input=data), "<stdin>", *words)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -39,6 +40,20 @@ def error_reason(error: BaseException) -> str:
     return text[:200] if text else type(error).__name__
 
 
+def header_reason(error: BaseException) -> str:
+    """NumPy's reason for refusing a .npy header, in a line: its refusal of a huge header speaks of
+    allow_pickle, which has nothing to do with it here."""
+    text = str(error)
+    found = re.search(r"Header info length \((\d+)\) is large", text)
+    if found:
+        size = int(found.group(1))
+        return f"its header is {size:,} bytes, more than the {_MAX_NPY_HEADER:,} NumPy reads safely"
+    return error_reason(error)
+
+
+_MAX_NPY_HEADER = 10_000  # numpy.lib.format's default max_header_size
+
+
 def npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
     """(shape, fortran_order, dtype, data offset) from the .npy header at the file's position."""
     try:
@@ -52,7 +67,7 @@ def npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...
         end = file.tell()
     # untrusted bytes: NumPy's header parser (a Python literal parser) fails in many ways
     except (ValueError, OSError, EOFError, SyntaxError, TokenError, OverflowError, MemoryError) as error:
-        raise InputError(f"{label}: not a valid {suffix} file ({error_reason(error)})") from None
+        raise InputError(f"{label}: not a valid {suffix} file ({header_reason(error)})") from None
     if any(n < 0 for n in sizes):  # NumPy's parser takes (-1, 4); no array has that shape
         raise InputError(
             f"{label}: not a valid {suffix} file (its header gives shape {sizes}, with a negative size)"

@@ -26,6 +26,7 @@ from attncli.io.formats import (
     check_real_dtype,
     check_spans,
     error_reason,
+    header_reason,
     npy_header,
     npz_members,
     open_npz,
@@ -376,10 +377,7 @@ def _read_npy_file(path: str) -> TensorFile | None:
         if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
             return None
         file.seek(0)
-        try:
-            shape, fortran_order, dtype, offset = npy_header(file, path, ".npy")
-        except InputError:
-            return None
+        shape, fortran_order, dtype, offset = npy_header(file, path, ".npy")
         size = os.fstat(file.fileno()).st_size
         if dtype.kind not in "biuf" or not all(shape):
             return None
@@ -465,6 +463,8 @@ def _numpy_error(error: BaseException, label: str, suffix: str) -> InputError:
     """What np.load's failure means: an object array it would have had to unpickle, or a bad file."""
     if isinstance(error, MemoryError | OverflowError):
         return InputError(f"{label}: its header claims a shape too large for memory or for the file")
+    if isinstance(error, ValueError) and "max_header_size" in str(error):
+        return InputError(f"{label}: not a valid {suffix} file ({header_reason(error)})")
     if isinstance(error, ValueError) and "allow_pickle" in str(error):
         return InputError(
             f"{label}: holds Python objects (an object array); attncli never unpickles files, "
