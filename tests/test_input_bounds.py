@@ -176,7 +176,7 @@ def test_a_closed_stdout_pipe_is_success_for_every_command(tmp_path):
         ["demo"],
         ["inspect", seed],
         ["diff", seed, str(samples / "seed.safetensors")],
-        ["compute", seed],
+        ["compute", seed, "-o", str(tmp_path / "r.safetensors"), "--export-svg", str(tmp_path / "p.svg")],
     ]
     for args in lines:
         read_end, write_end = os.pipe()
@@ -192,6 +192,9 @@ def test_a_closed_stdout_pipe_is_success_for_every_command(tmp_path):
         finally:
             os.close(write_end)
         assert (done.returncode, done.stderr) == (0, ""), args
+    # The files still land: the rest of the output went to the null device, the run went on.
+    assert (tmp_path / "r.safetensors").stat().st_size > 0
+    assert (tmp_path / "p.svg").read_text().startswith("<svg")
 
 
 SEED = str(Path(__file__).resolve().parent.parent / "sample_inputs" / "seed.npz")
