@@ -78,7 +78,7 @@ class LazyTensor:
 
     def blocks(self, elements: int = BLOCK_ELEMENTS) -> Iterator[np.ndarray]:
         """The values in C order, `elements` at a time (the last block shorter), as fresh 1-D native
-        arrays: nothing keeps the file mapped between blocks. BF16 comes widened (exactly) to float32."""
+        arrays, each its own memory. BF16 comes widened (exactly) to float32."""
         return self.read_blocks(max(1, elements))
 
 
@@ -457,7 +457,7 @@ def _member_blocks(source: _Source, member: NpzMember) -> BlockReader:
 
 
 def _array_blocks(array: np.ndarray) -> BlockReader:
-    """Blocks of an array in memory, or mapped with any strides, in C order."""
+    """Blocks of an array in memory, with any strides, in C order."""
 
     def read(elements: int) -> Iterator[np.ndarray]:
         for start in range(0, array.size, elements):
@@ -481,7 +481,7 @@ def _flat_slice(array: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def _fresh(values: np.ndarray, bfloat16: bool) -> np.ndarray:
-    """A native-endian copy (so no block keeps a file mapped); BF16 bits widened exactly to float32."""
+    """A native-endian copy (no block shares memory with the next); BF16 bits widened exactly to float32."""
     if bfloat16:
         # bfloat16 is the top half of a float32.
         return (values.astype(np.uint32) << 16).view(np.float32)
