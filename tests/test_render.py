@@ -261,3 +261,27 @@ def test_a_full_table_draws_the_segments_of_richs_table(color_system):
         drawn = [(text, style or Style(), control) for text, style, control in console.render(cells)]
         table = [(text, style or Style(), control) for text, style, control in console.render(cells.table())]
         assert drawn == table
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_heads_tables_match_golden_and_wrap_their_heads(width):
+    """attn heads' view of 3 layers x 16 heads: at 80 columns the heads go on in a second table,
+    at 160 they fit one; no number is cut."""
+    from attncli.present.heads import heads_view
+
+    values = np.linspace(0, 1, 48).reshape(3, 16)
+    scores = {"previous": values, "distance": values * 7.5}
+    scores["distance"][1, 3] = np.nan  # a head without the figure
+    view = heads_view(
+        "layer",
+        ["0", "1", "2"],
+        scores,
+        title="head scores of c.safetensors",
+        top=2,
+        width=width,
+        colour=False,
+    )
+    text = render(view, width=width)
+    check_golden(f"heads_scores_{width}.txt", text)
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "…" not in text

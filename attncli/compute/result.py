@@ -73,6 +73,8 @@ class AttentionResult:
     picture_mean: _FloatArray | None = None
     picture_blocks: tuple[int, int] = (0, 0)  # (0, 0) when no picture was asked for
     table: KeptTable | None = None
+    #: `analysis.heads.pattern_rows` of every row, each (..., Lq), when asked for (`run(patterns=...)`)
+    patterns: Mapping[str, torch.Tensor] | None = None
 
     def fully_masked_rows(self) -> list[tuple[int, ...]]:
         """Indices (batch..., row) of the query rows that could attend to no key: their weights are 0."""

@@ -32,6 +32,7 @@ from attncli.compute.sinks import (
     EntropySink,
     FileSink,
     OutputSink,
+    PatternSink,
     PictureSink,
     RowsFile,
     Sink,
@@ -102,6 +103,8 @@ def run(
     top_k: int | None = None,
     picture: tuple[int, int] | None = None,
     table: tuple[list[int], list[int]] | None = None,
+    patterns: bool = False,
+    token_ids: tuple[torch.Tensor, torch.Tensor] | None = None,
     weights_to: str | os.PathLike[str] | None = None,
     result_file: RowsFile | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -112,7 +115,9 @@ def run(
     `top_k`, `analysis.rows.top_k` of every row (both with the mask and causal triangle as
     `blocked`); `picture`, (rows, cols) of a pooled picture of each matrix, by max and by mean;
     `table`, the rows and columns of each matrix whose weights to keep, with the figures a table's
-    title gives (`KeptTable`); `weights_to`, a .npy or .safetensors path the weights are written to
+    title gives (`KeptTable`); `patterns`, `analysis.heads.pattern_rows` of every row (with
+    `token_ids`, (query ids, key ids) broadcasting to the weights' leading axes, the token ones too);
+    `weights_to`, a .npy or .safetensors path the weights are written to
     block by block, atomically; `result_file`, a `writers.ResultFile` the weights are written to as
     well, which the caller commits or discards. `progress(done, total)` is called with query rows
     after each block; an exception it raises stops the work and leaves no `weights_to` file behind.
@@ -134,12 +139,13 @@ def run(
     top = None if top_k is None else TopKSink(weights_shape, top_k)
     pictures = None if picture is None else PictureSink(weights_shape, picture, device)
     tables = None if table is None else TableSink(weights_shape, *table, dtype, device)
+    pattern_rows = PatternSink(weights_shape, token_ids) if patterns else None
     writer = None
     if weights_to is not None:
         writer = WeightsFile(weights_to, weights_shape, file_dtype(dtype), p.describe())
     files = [file for file in (writer, result_file) if file is not None]
     # The statistics, last, take the scores over (their product is made in the scores' memory).
-    sinks: list[Sink | None] = [outputs, weights, top, pictures, tables, entropies]
+    sinks: list[Sink | None] = [outputs, weights, top, pictures, tables, entropies, pattern_rows]
     sinks += [FileSink(files, weights_shape[-1]) if files else None, row_stats]
     consumers = [sink for sink in sinks if sink is not None]
     # The entropy from the scores saves a logarithm per weight; half-precision weights are rounded
@@ -178,6 +184,7 @@ def run(
         picture_mean=picture_mean,
         picture_blocks=(0, 0) if pictures is None else pictures.blocks,
         table=None if tables is None else tables.kept(),
+        patterns=None if pattern_rows is None else pattern_rows.result(),
     )
 
 

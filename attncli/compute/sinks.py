@@ -1,9 +1,9 @@
 """Consumers of computed blocks: each takes every block of a run (`add`) and gives one result.
 
 A run feeds each block to the sinks its request needs, in order: the output rows and fully masked
-rows, the full weights, the per-row statistics, top-k, a pooled picture, the cells a table shows,
-and files the weights are written to block by block. A view or statistic is written once, here,
-whatever the number of blocks. No printing.
+rows, the full weights, the per-row statistics, the rows' head-score figures, top-k, a pooled
+picture, the cells a table shows, and files the weights are written to block by block. A view or
+statistic is written once, here, whatever the number of blocks. No printing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from attncli.analysis import rows as analysis
+from attncli.analysis.heads import PATTERN_NAMES, pattern_rows
 from attncli.analysis.rows import RowStats
 from attncli.compute.blocks import Block
 from attncli.compute.result import KeptTable, as_array
@@ -128,6 +129,41 @@ class StatsSink:
     def result(self) -> RowStats | None:
         tensors = [field.tensor for field in self.fields if field.tensor is not None]
         return RowStats(*tensors) if len(tensors) == len(self.fields) else None
+
+
+class PatternSink:
+    """`analysis.heads.pattern_rows` of every row: self, previous and, with token ids, duplicate and
+    induction, each (..., Lq), NaN where a row has no such figure."""
+
+    def __init__(
+        self,
+        weights_shape: tuple[int, ...],
+        token_ids: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        self.queries, self.keys = weights_shape[-2:]
+        self.token_ids = token_ids
+        names = PATTERN_NAMES if token_ids is not None else PATTERN_NAMES[:2]
+        self.fields = {name: _Rows(self.queries, axis=-1) for name in names}
+
+    def add(self, block: Block) -> None:
+        weights = full_width(block, self.keys)
+        blocked = block.blocked
+        if blocked is not None and 1 < blocked.shape[-1] < self.keys:  # a causal block's keys
+            blocked = torch.nn.functional.pad(blocked, (0, self.keys - blocked.shape[-1]), value=True)
+        query_ids, key_ids = self.token_ids if self.token_ids is not None else (None, None)
+        rows = pattern_rows(
+            weights,
+            blocked,
+            row_offset=block.start,
+            queries=self.queries,
+            query_ids=query_ids,
+            key_ids=key_ids,
+        )
+        for name, field in self.fields.items():
+            field.put(rows[name], block.start, block.stop)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {name: field.tensor for name, field in self.fields.items() if field.tensor is not None}
 
 
 class TopKSink:

@@ -723,7 +723,39 @@ def bench_json(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
     ]
 
 
-SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json")
+# --- 8. head scores of a whole model ---------------------------------------------------------------------
+
+HEADS_TARGET = 1.5  # attn heads over 6 layers x 12 heads of 12 tokens, against importing torch
+
+
+def bench_heads(env: dict[str, str], workdir: Path, repeats: int, warmup: int) -> list[Row]:
+    """`attn heads` on a capture laid out as MiniLM's (6 layers, 2 texts x 12 heads x 12 tokens x 32
+    features, random values: the work is the same) against `python -c "import torch"`."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for layer in range(6):
+        for role in ("query", "key", "value"):
+            tensors[f"layers.{layer}.{role}"] = rng.standard_normal((2, 12, 12, 32)).astype(np.float32)
+        tensors[f"layers.{layer}.mask"] = np.ones((2, 1, 12, 12), dtype=bool)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "the", "cat"]
+    meta = {"tokens": [words, words[::-1]], "lengths": [12, 12], "num_layers": 6}
+    path = workdir / "capture.safetensors"
+    save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in meta.items()})
+    attn = attn_command()
+    variants = {
+        "heads": lambda: run_process([*attn, "heads", str(path)], env, expect_output=True),
+        "torch": lambda: run_process([sys.executable, "-c", "import torch"], env),
+    }
+    samples = interleaved("heads", variants, repeats, warmup)
+    return timed_rows(
+        samples, [("heads: attn heads, 6 layers x 12 heads x 12 tokens", "heads", "torch")], HEADS_TARGET
+    )
+
+
+SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json", "heads")
 #: The sections this run measures (--only); all by default.
 CHOSEN: set[str] = set(SECTIONS)
 
@@ -782,6 +814,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += guarded("long", lambda: bench_long(env, Path(workdir), long_n))
     with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
         rows += guarded("json", lambda: bench_json(env, Path(workdir), memory_n))
+    with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+        rows += guarded("heads", lambda: bench_heads(env, Path(workdir), job_n, 1))
 
     import torch
 

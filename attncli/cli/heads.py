@@ -1,0 +1,192 @@
+"""`attn heads`: what every head does, one score per head, for a capture's layers or any input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from attncli.cli import _app
+from attncli.cli._app import app
+from attncli.cli._app import console as make_console
+from attncli.cli._display import ATTENTION, NoColorOption, OutputFormat, PrecisionOption
+from attncli.cli.compute import DType, PathsArgument, _check_scale
+from attncli.errors import UsageError
+
+
+@app.command("heads")
+def heads_command(
+    paths: PathsArgument = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LAYERS",
+            help="Of a file from 'attn capture': the layers to score, as N, 1,3, 0:4 or all (default).",
+            rich_help_panel=ATTENTION,
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            min=0, metavar="N", help="Of a capture: score text N alone (default: the mean over the texts)."
+        ),
+    ] = None,
+    score: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAMES",
+            help="The scores to show, e.g. previous,induction (default: every one that applies): "
+            "entropy, sink, distance, self, previous, duplicate, induction.",
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=0, metavar="N", help="Heads listed under each table.")] = 3,
+    scale: Annotated[
+        float | None,
+        typer.Option(callback=_check_scale, help="Multiply scores by this.", rich_help_panel=ATTENTION),
+    ] = None,
+    causal: Annotated[
+        bool, typer.Option("--causal", help="Query i attends to keys j <= i.", rich_help_panel=ATTENTION)
+    ] = False,
+    mask: Annotated[
+        str | None,
+        typer.Option(metavar="PATH", help="A mask, as for attn compute.", rich_help_panel=ATTENTION),
+    ] = None,
+    heads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Split the feature axis into this many heads.", rich_help_panel=ATTENTION),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TOKENS",
+            help="The token of each position, comma-separated (a capture carries its own): the "
+            "duplicate and induction scores need them.",
+        ),
+    ] = None,
+    dtype: Annotated[
+        DType, typer.Option(help="As for attn compute.", rich_help_panel=ATTENTION)
+    ] = DType.auto,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)
+    ] = "cpu",
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help='table, or json: {"layers", "heads", "scores": {NAME: [[...]]}}.'),
+    ] = OutputFormat.table,
+    precision: PrecisionOption = 2,
+    no_color: NoColorOption = False,
+) -> None:
+    """Score every head: a table of layers x heads (batch x heads for inputs that are not captures).
+
+    For each query row i, aligned with key a(i) = i + Lk - Lq: entropy (nats), sink (weight on key
+    0), distance (mean |j - a(i)|), self (weight on a(i)), previous (on a(i) - 1), duplicate (on
+    earlier keys of the same token) and induction (on keys that follow an earlier copy of the
+    token). A head's score is the mean over its query rows that are real tokens (not padding) and
+    not fully masked. Each layer is computed once.
+    """
+    from attncli import selection
+    from attncli.analysis.heads import SCORE_NAMES
+    from attncli.compute import prepare, resolve_device
+    from attncli.compute.heads import score_capture, score_matrices
+    from attncli.io import loaders
+    from attncli.present.heads import heads_json, heads_view
+
+    specs = list(paths or [])
+    stdin = _app.stdin()
+    if not specs:
+        if stdin is None:
+            raise UsageError("no input: give a file from 'attn capture', or QUERY KEY VALUE, or pipe one in")
+        specs = ["-"]
+    wanted = None
+    if score is not None:
+        wanted = [name.strip() for name in score.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in SCORE_NAMES]
+        if unknown or not wanted:
+            raise UsageError(f"--score {score}: not a score; choose from {', '.join(SCORE_NAMES)}")
+    chosen_layers = selection.parse_indices(layer, "--layer") if layer not in (None, "all") else None
+    resolve_device(device)
+    given = selection.given_labels(labels)
+    tokens: list[list[str]] | None = None if given is None else [given]
+    source = loaders.read_tensors(loaders.split_spec(specs[0])[0], stdin) if len(specs) == 1 else None
+    present = [] if source is None else loaders.captured_layers(source.tensors)
+    if present:
+        assert source is not None
+        numbers = (
+            selection.resolve_indices(chosen_layers, len(present), "--layer", "layers")
+            if chosen_layers
+            else range(len(present))
+        )
+        layers = []
+        for index in numbers:
+            inputs = loaders.layer_inputs(source, present[index])
+            problem = prepare(
+                inputs.query,
+                inputs.key,
+                inputs.value,
+                scale=inputs.scale if scale is None else scale,
+                mask=inputs.mask if mask is None else loaders.load_mask(mask, stdin),
+                causal=causal,
+                dtype=dtype.value,
+                device=device,
+                names=inputs.sources,
+            )
+            layers.append((present[index], problem))
+            tokens = tokens or inputs.tokens
+        lengths = source.metadata.get("lengths")
+        texts = layers[0][1].weights_shape[0] if layers and len(layers[0][1].weights_shape) == 4 else 1
+        if batch is not None and batch >= texts:
+            raise UsageError(f"--batch {batch}: out of range, there are {texts} texts (0 to {texts - 1})")
+        well_formed = isinstance(lengths, list) and all(isinstance(n, int) for n in lengths)
+        result = score_capture(layers, tokens, lengths if well_formed else None, batch)
+        title = f"head scores of {source.label}: {len(layers)} layers x {result.heads} heads"
+        title += (
+            f", text {batch}" if batch is not None else (f", mean over {texts} texts" if texts > 1 else "")
+        )
+    else:
+        if layer is not None:
+            raise UsageError("--layer picks layers of a file from 'attn capture'; this input has none")
+        if batch is not None:
+            raise UsageError("--batch picks a text of a capture; other inputs show every batch entry")
+        inputs = loaders.load_attention_inputs(specs, stdin)
+        problem = prepare(
+            inputs.query,
+            inputs.key,
+            inputs.value,
+            scale=inputs.scale if scale is None else scale,
+            mask=loaders.load_mask(mask, stdin) if mask else inputs.mask,
+            causal=causal,
+            heads=heads,
+            dtype=dtype.value,
+            device=device,
+            names=inputs.sources,
+        )
+        if tokens is not None:
+            selection.check_label_count(tokens[0], problem.weights_shape[-2], "--labels", "query")
+        result = score_matrices(problem, tokens or inputs.tokens)
+        title = f"head scores: {len(result.rows)} batch entries x {result.heads} heads"
+    scores = {name: result.scores[name] for name in wanted or result.scores if name in result.scores}
+    missing = [name for name in wanted or () if name not in scores]
+    if missing:
+        raise UsageError(f"--score {','.join(missing)}: needs tokens; give --labels")
+    if output_format is OutputFormat.json:
+        meta = {"batch": result.batch, "notes": result.notes}
+        sys.stdout.write(
+            json.dumps(heads_json(result.row_axis, result.rows, result.heads, scores, meta)) + "\n"
+        )
+        return
+    console = make_console(no_color)
+    colour = not no_color and console.color_system is not None
+    view = heads_view(
+        result.row_axis,
+        result.rows,
+        scores,
+        title=title,
+        notes=result.notes,
+        top=top,
+        precision=precision,
+        colour=colour,
+        width=console.width,
+    )
+    console.print(view)
