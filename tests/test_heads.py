@@ -272,3 +272,66 @@ def test_attn_heads_errors_name_the_option(tmp_path):
     np.save(seed, RNG.standard_normal((2, 5, 8)))
     assert_error(runner.invoke(app, ["heads", seed, "--layer", "0"]), "--layer picks layers")
     assert_error(runner.invoke(app, ["heads", seed, "--score", "induction"]), "needs tokens; give --labels")
+
+
+# --- attn compute --layer with several layers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("choice", ["1,2", "all", "1:3"])
+def test_several_layers_are_stacked_on_a_layer_axis_and_each_equals_the_reference(tmp_path, choice):
+    import json
+
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    tensors, _, _ = _capture_file(path, layers=(0, 1, 2))
+    result = CliRunner().invoke(app, ["compute", str(path), "--layer", choice, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    layers = {"1,2": [1, 2], "all": [0, 1, 2], "1:3": [1, 2]}[choice]
+    assert document["meta"]["layers"] == layers
+    assert document["meta"]["weights_axes"] == ["layer", "batch", "head", "query", "key"]
+    weights = np.array(document["weights"])
+    assert weights.shape[0] == len(layers)
+    for index, layer in enumerate(layers):
+        q, k, v, mask = (tensors[f"layers.{layer}.{role}"] for role in ("query", "key", "value", "mask"))
+        expected, _ = reference_attention(q, k, v, mask=mask, scale=0.35)
+        np.testing.assert_allclose(weights[index], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_layers_are_titled_with_their_layer_numbers(tmp_path):
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    _capture_file(path, layers=(0, 1, 2))
+    result = CliRunner().invoke(
+        app, ["compute", str(path), "--layer", "2,0", "--batch", "0", "--head", "1"], env={"COLUMNS": "100"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "(layer 0, batch 0, head 1)" in result.stdout
+    assert "(layer 2, batch 0, head 1)" in result.stdout
+
+
+def test_layers_that_cannot_be_stacked_are_refused_with_the_way_out(tmp_path):
+    from helpers import assert_error
+    from safetensors.numpy import save_file
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    tensors, _, _ = _capture_file(path, layers=(0, 1))
+    tensors["layers.1.query"] = tensors["layers.1.query"][..., :4, :]
+    tensors["layers.1.mask"] = tensors["layers.1.mask"][..., :4, :]
+    save_file(tensors, str(tmp_path / "odd.safetensors"))
+    runner = CliRunner()
+    assert_error(
+        runner.invoke(app, ["compute", str(tmp_path / "odd.safetensors"), "--layer", "all"]),
+        "layer 1's query has shape",
+        "--layer N",
+    )
+    assert_error(runner.invoke(app, ["compute", str(path), "--layer", "0,5"]), "--layer 5: out of range")

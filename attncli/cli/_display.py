@@ -182,6 +182,7 @@ class Display:
     force: bool = False
     stats: bool = False
     top_k: int | None = None
+    layers: list[int] | None = None  # layers of a capture stacked on the first axis (--layer 1,3)
 
 
 def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Display:
@@ -331,6 +332,9 @@ def finish(
     if result.weights is None:  # computed in blocks: say how
         meta |= {"computed_by": result.method, "block_rows": result.block_rows}
     meta |= extra_meta or {}
+    if display.layers is not None:  # the first leading axis is the capture's layers
+        meta["weights_axes"] = ["layer", *meta["weights_axes"][1:]]
+        meta["layers"] = display.layers
     if comparisons:
         meta["check"] = [comparison.as_dict() for comparison in comparisons]
     axes = meta["weights_axes"][:-2]
@@ -409,6 +413,7 @@ def _view_options(
         batch=chosen["batch"],
         head=chosen["head"],
         axes=axes,
+        axis_values={} if display.layers is None else {"layer": display.layers},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from enum import Enum
 from typing import Annotated
 
@@ -95,12 +96,11 @@ def compute(
         typer.Option(min=1, help="Split the feature axis into this many heads.", rich_help_panel=ATTENTION),
     ] = None,
     layer: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            min=0,
-            metavar="N",
-            help="Of a file from 'attn capture': layer N, with the model's mask, scale and tokens "
-            "(--mask, --scale and --labels replace them).",
+            metavar="LAYERS",
+            help="Of a file from 'attn capture': layer N (or 1,3, 0:4, all: stacked on a first axis, "
+            "'layer'), with the model's mask, scale and tokens (--mask, --scale and --labels replace them).",
             rich_help_panel=ATTENTION,
         ),
     ] = None,
@@ -258,7 +258,9 @@ def compute(
     from attncli.compute import prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
-    inputs = loaders.load_attention_inputs(specs, stdin, layer=layer)
+    inputs = loaders.load_attention_inputs(specs, stdin, layer=_layer_choice(layer))
+    if inputs.layers is not None:
+        display = replace(display, layers=inputs.layers)
     if inputs.tokens is not None and not given_labels and query_labels is None and key_labels is None:
         display = with_token_labels(display, inputs.tokens)
     query_positions = inputs.query.shape[-2] if inputs.query.ndim > 1 else 1
@@ -320,6 +322,16 @@ def compute(
     )
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
+
+
+def _layer_choice(text: str | None) -> int | str | list[int | slice] | None:
+    """--layer: one layer (N), several (1,3 or 0:4: a list to resolve against the file), or all."""
+    if text is None or text.strip() == "all":
+        return None if text is None else "all"
+    from attncli.selection import parse_indices
+
+    items = parse_indices(text, "--layer")
+    return items[0] if len(items) == 1 and isinstance(items[0], int) else items
 
 
 def _memory_limit(text: str) -> int:

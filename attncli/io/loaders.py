@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
-from attncli.errors import InputError, UsageError
+from attncli.errors import InputError, ShapeError, UsageError
 from attncli.io.formats import (
     DTYPE_KIND_WORDS,
     NPY_MAGIC,
@@ -100,6 +100,8 @@ class AttentionInputs:
     mask_source: str | None = None
     scale: float | None = None
     tokens: list[list[str]] | None = None
+    #: Layers stacked on a first axis (`stacked_layer_inputs`): the layer each index is; else None.
+    layers: list[int] | None = None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -193,13 +195,16 @@ def pick_named(tensors: Mapping[str, T], label: str, name: str | None) -> T:
 
 
 def load_attention_inputs(
-    specs: Sequence[str], stdin: BinaryIO | None = None, layer: int | None = None
+    specs: Sequence[str],
+    stdin: BinaryIO | None = None,
+    layer: int | Sequence[int | slice] | str | None = None,
 ) -> AttentionInputs:
     """Resolve the paths of `attn compute` into query, key and value.
 
     Three specs are query, key and value. One spec is either a file that names its tensors
     query/key/value (or q/k/v), or a single tensor used as query, key and value (self-attention).
-    With `layer`, one spec is a file of `attn capture` and that layer is used (see `layer_inputs`).
+    With `layer`, one spec is a file of `attn capture` and that layer is used (see `layer_inputs`);
+    several layers (a list, or "all") are stacked on a new first axis (see `stacked_layer_inputs`).
     """
     if len(specs) not in (1, 3):
         raise UsageError(f"expected 1 or 3 paths, got {len(specs)}")
@@ -209,7 +214,17 @@ def load_attention_inputs(
         path, name = split_spec(specs[0])
         if len(specs) != 1 or name is not None:
             raise UsageError("--layer picks a layer of one file from 'attn capture'; give that file alone")
-        return layer_inputs(read_tensors(path, stdin), layer)
+        source = read_tensors(path, stdin)
+        if isinstance(layer, int):
+            return layer_inputs(source, layer)
+        present = captured_layers(source.tensors)
+        if isinstance(layer, str):  # "all"
+            chosen = present
+        else:
+            from attncli.selection import resolve_indices
+
+            chosen = resolve_indices(layer, max(present, default=-1) + 1, "--layer", "layers")
+        return stacked_layer_inputs(source, chosen)
     if len(specs) == 3:
         tensors, sources = {}, {}
         for role, spec in zip(ROLE_NAMES, specs, strict=True):
@@ -228,6 +243,56 @@ def captured_layers(tensors: Mapping[str, Any]) -> list[int]:
     """The layers of an `attn capture` file (tensors named layers.N.query ...), in order."""
     found = (_LAYER_TENSOR.fullmatch(name) for name in tensors)
     return sorted({int(match.group(1)) for match in found if match})
+
+
+def stacked_layer_inputs(source: TensorFile, layers: Sequence[int]) -> AttentionInputs:
+    """Layers `layers` of an `attn capture` file, each as `layer_inputs` gives it, stacked on a new
+    first axis (layer, ...): query, key, value and mask. Their shapes and scales must agree (a
+    model's layers do); `layers` records which layer each index of the axis is."""
+    if not layers:
+        raise InputError(f"{source.label} holds no captured layers (tensors named layers.N.query ...)")
+    parts = [layer_inputs(source, layer) for layer in layers]
+    first = parts[0]
+    for layer, part in zip(layers[1:], parts[1:], strict=True):
+        for role in ("query", "key", "value"):
+            this, that = getattr(part, role), getattr(first, role)
+            if this.shape != that.shape:
+                raise ShapeError(
+                    f"{source.label}: layer {layer}'s {role} has shape {this.shape} but layer "
+                    f"{layers[0]}'s {that.shape}; show these layers one at a time (--layer N)"
+                )
+        if part.scale != first.scale:
+            raise InputError(
+                f"{source.label}: layer {layer} scales its scores by {part.scale} but layer "
+                f"{layers[0]} by {first.scale}; show these layers one at a time (--layer N)"
+            )
+        if (part.mask is None) != (first.mask is None):
+            raise InputError(
+                f"{source.label}: layer {layer} has a mask but layer {layers[0]} has none, or the "
+                "reverse; show these layers one at a time (--layer N)"
+            )
+    masks = [part.mask for part in parts]
+    mask = None
+    if first.mask is not None:
+        shape = np.broadcast_shapes(*(m.shape for m in masks if m is not None))
+        mask = np.stack([np.broadcast_to(m, shape) for m in masks if m is not None])
+    consecutive = list(layers) == list(range(layers[0], layers[0] + len(layers)))
+    span = (
+        f"layers.{layers[0]}-{layers[-1]}"
+        if consecutive and len(layers) > 1
+        else f"layers.{','.join(map(str, layers))}"
+    )
+    return AttentionInputs(
+        np.stack([part.query for part in parts]),
+        np.stack([part.key for part in parts]),
+        np.stack([part.value for part in parts]),
+        {role: f"{source.label}:{span}.{role}" for role in ROLE_NAMES},
+        mask=mask,
+        mask_source=None if mask is None else f"{source.label}:{span}.mask",
+        scale=first.scale,
+        tokens=first.tokens,
+        layers=list(layers),
+    )
 
 
 def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:

@@ -6,7 +6,7 @@ Plain values only (no Rich, no torch): the CLI turns options into a `ViewOptions
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 VIEWS = ("table", "heatmap")
@@ -32,3 +32,5 @@ class ViewOptions:
     head: Sequence[int] | None = None  # None: every head
     max_matrices: int = DEFAULT_MAX_MATRICES  # when no selection was made
     axes: Sequence[str] = field(default_factory=tuple)  # names of the weights' leading axes
+    #: what each index of an axis stands for, where it is not the index itself: {"layer": [1, 3]}
+    axis_values: Mapping[str, Sequence[int]] = field(default_factory=dict)

@@ -500,7 +500,7 @@ def _matrices(
     for number, index in enumerate(indices[:limit]):
         if number:
             parts.append(Text())  # a blank line between matrices
-        parts.append(show(index, _title(name, index, axes)))
+        parts.append(show(index, _title(name, index, axes, options.axis_values)))
     if len(indices) > limit:
         options_named = [
             option for axis, option in (("batch", "--batch I"), ("head", "--head H")) if axis in axes
@@ -516,9 +516,15 @@ def _matrices(
     return parts
 
 
-def _title(name: str, index: tuple[int, ...], axes: Sequence[str]) -> str:
+def _title(
+    name: str, index: tuple[int, ...], axes: Sequence[str], values: Mapping[str, Sequence[int]] | None = None
+) -> str:
+    """`weights[0, 2] (layer 3, head 2)`: the index, and each axis by name with what it stands for."""
     where = f"[{', '.join(map(str, index))}]" if index else ""
-    named = ", ".join(f"{axis} {i}" for axis, i in zip(axes, index, strict=False)) if axes else ""
+    values = values or {}
+    named = ", ".join(
+        f"{axis} {values[axis][i] if axis in values else i}" for axis, i in zip(axes, index, strict=False)
+    )
     return f"{name}{where}" + (f" ({named})" if named else "")
 
 
