@@ -385,3 +385,40 @@ def test_without_the_models_extra_the_command_says_how_to_get_it(tmp_path, model
         "attn capture needs the models extra: pip install 'attncli[models]'",
     )
     assert_error(invoke("model", str(models["llama"]), "the cat"), "attn model needs the models extra")
+
+
+def test_head_scores_and_rollout_of_a_real_model_agree_with_its_own_probabilities(tmp_path, captured):
+    """`attn heads` and `attn rollout` on each model's capture file, against float64 loops over the
+    attention probabilities the model itself returned (output_attentions), padding left out."""
+    from test_heads import reference_means, reference_rows
+
+    from attncli.analysis.heads import token_ids
+    from attncli.io import writers
+
+    name, result = captured
+    path = tmp_path / "capture.safetensors"
+    writers.write_result(path, result.arrays(), result.metadata())
+    heads = invoke("heads", str(path), "--format", "json")
+    assert heads.exit_code == 0, heads.output
+    scores = json.loads(heads.stdout)["scores"]
+    ids = token_ids(result.tokens)
+    real = np.arange(ids.shape[1])[None, :] < np.asarray(result.lengths)[:, None]  # (B, L)
+    for row, layer in enumerate(sorted(result.layers)):
+        weights = result.probabilities[layer].double().numpy()  # (B, H, L, L), the model's own
+        blocked = ~np.broadcast_to(result.layers[layer].mask.numpy(), weights.shape)
+        counted = np.broadcast_to(real[:, None, :], weights.shape[:-1]) & ~blocked.all(axis=-1)
+        means = reference_means(reference_rows(weights, blocked, ids), counted)
+        for score, values in means.items():
+            expected = [
+                np.mean(column[np.isfinite(column)]) if np.isfinite(column).any() else np.nan
+                for column in values.T
+            ]
+            got = [np.nan if x is None else x for x in scores[score][row]]
+            np.testing.assert_allclose(
+                got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name} {score} layer {layer}"
+            )
+    rollout = invoke("rollout", str(path), "--format", "json")
+    assert rollout.exit_code == 0, rollout.output
+    matrix = np.array(json.loads(rollout.stdout)["rollout"])
+    assert matrix.shape == (result.lengths[0], result.lengths[0])
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, rtol=1e-9)

@@ -335,3 +335,61 @@ def test_layers_that_cannot_be_stacked_are_refused_with_the_way_out(tmp_path):
         "--layer N",
     )
     assert_error(runner.invoke(app, ["compute", str(path), "--layer", "0,5"]), "--layer 5: out of range")
+
+
+# --- attn rollout ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [0, 1])
+def test_attn_rollout_equals_the_product_of_mixed_layers_over_real_tokens(tmp_path, batch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    tensors, tokens, _ = _capture_file(path, lengths=(6, 4), layers=(0, 1, 2))
+    result = CliRunner().invoke(app, ["rollout", str(path), "--batch", str(batch), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    length = (6, 4)[batch]
+    expected = np.eye(length)
+    for layer in (0, 1, 2):  # written from the definition, layer by layer, first to last
+        q, k, v, mask = (tensors[f"layers.{layer}.{role}"] for role in ("query", "key", "value", "mask"))
+        weights, _ = reference_attention(q, k, v, mask=mask, scale=0.35)
+        mean = weights[batch, :, :length, :length].mean(axis=0)
+        mixed = (mean + np.eye(length)) / 2
+        mixed = mixed / mixed.sum(axis=1, keepdims=True)
+        expected = mixed @ expected
+    got = np.array(document["rollout"])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
+    assert document["meta"]["tokens"] == tokens[batch][:length]
+    assert document["meta"]["layers"] == [0, 1, 2]
+
+
+def test_attn_rollout_writes_its_file_and_refuses_what_it_cannot_roll_out(tmp_path):
+    from helpers import assert_error
+    from safetensors.numpy import load_file, save_file
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    tensors, _, _ = _capture_file(path, layers=(0, 1))
+    runner = CliRunner()
+    out = tmp_path / "r.safetensors"
+    result = runner.invoke(app, ["rollout", str(path), "-o", str(out), "--layer", "1"])
+    assert result.exit_code == 0, result.output
+    assert load_file(out)["rollout"].shape == (6, 6)
+    tensors["layers.0.query"] = tensors["layers.0.query"][..., :4, :]
+    tensors["layers.0.mask"] = tensors["layers.0.mask"][..., :4, :]
+    save_file(tensors, str(tmp_path / "cross.safetensors"))
+    assert_error(
+        runner.invoke(app, ["rollout", str(tmp_path / "cross.safetensors")]),
+        "layer 0 has 4 queries and 6 keys",
+    )
+    np.save(tmp_path / "x.npy", np.ones((3, 4)))
+    assert_error(runner.invoke(app, ["rollout", str(tmp_path / "x.npy")]), "holds no captured layers")
+    assert_error(runner.invoke(app, ["rollout", str(path), "--batch", "5"]), "--batch 5: out of range")

@@ -1,4 +1,5 @@
-"""`attn heads`: what every head does, one score per head, for a capture's layers or any input."""
+"""`attn heads`: what every head does, one score per head, for a capture's layers or any input;
+`attn rollout`: how attention flows from the input tokens through every layer of a capture."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import typer
 from attncli.cli import _app
 from attncli.cli._app import app
 from attncli.cli._app import console as make_console
-from attncli.cli._display import ATTENTION, NoColorOption, OutputFormat, PrecisionOption
+from attncli.cli._display import (
+    ATTENTION,
+    ForceOption,
+    NoColorOption,
+    OutputFormat,
+    PrecisionOption,
+    View,
+    ViewOption,
+)
 from attncli.cli.compute import DType, PathsArgument, _check_scale
 from attncli.errors import UsageError
 
@@ -190,3 +199,108 @@ def heads_command(
         width=console.width,
     )
     console.print(view)
+
+
+@app.command("rollout")
+def rollout_command(
+    path: Annotated[str, typer.Argument(metavar="FILE", help="A file from 'attn capture' ('-': stdin).")],
+    batch: Annotated[int, typer.Option(min=0, metavar="N", help="The text whose rollout to show.")] = 0,
+    layer: Annotated[
+        str | None,
+        typer.Option(metavar="LAYERS", help="The layers to roll out, in order: N, 0:4 or all (default)."),
+    ] = None,
+    view: ViewOption = View.table,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help='table: what --view shows; json: {"rollout", "meta"}.')
+    ] = OutputFormat.table,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Save the rollout and its metadata (.safetensors, .npz, .json).",
+        ),
+    ] = None,
+    force: ForceOption = False,
+    precision: PrecisionOption = 4,
+    no_color: NoColorOption = False,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)
+    ] = "cpu",
+) -> None:
+    """Attention rollout across layers (Abnar & Zuidema 2020) of one text of a capture.
+
+    Per layer, the mean over heads of the weights plus the identity, halved, rows renormalised; the
+    product from the first layer to the last (R = A_L ... A_2 A_1), over the text's real tokens
+    (no padding). Row i says how much each input token flows into position i at the last layer;
+    each row sums to 1.
+    """
+    from attncli import selection
+    from attncli.compute import prepare, resolve_device
+    from attncli.compute.heads import capture_rollout
+    from attncli.io import loaders, writers
+    from attncli.present.heads import rollout_view
+    from attncli.present.options import ViewOptions
+
+    target = writers.check_output_path(output, force=force) if output is not None else None
+    resolve_device(device)
+    source = loaders.read_tensors(path, _app.stdin() if path == "-" else None)
+    present = loaders.captured_layers(source.tensors)
+    if not present:
+        raise UsageError(f"{source.label} holds no captured layers; rollout needs a file from 'attn capture'")
+    if layer in (None, "all"):
+        chosen = present
+    else:
+        items = selection.parse_indices(layer, "--layer")
+        chosen = selection.resolve_indices(items, max(present) + 1, "--layer", "layers")
+    layers = []
+    for number in chosen:
+        inputs = loaders.layer_inputs(source, number)
+        problem = prepare(
+            inputs.query,
+            inputs.key,
+            inputs.value,
+            scale=inputs.scale,
+            mask=inputs.mask,
+            device=device,
+            names=inputs.sources,
+        )
+        layers.append((number, problem))
+    shape = layers[0][1].weights_shape
+    texts = shape[0] if len(shape) == 4 else 1
+    if batch >= texts:
+        raise UsageError(f"--batch {batch}: out of range, there are {texts} texts (0 to {texts - 1})")
+    lengths = source.metadata.get("lengths")
+    length = lengths[batch] if isinstance(lengths, list) and len(lengths) == texts else None
+    length = length if isinstance(length, int) and 0 < length <= shape[-1] else None
+    matrix = capture_rollout(layers, batch, length)
+    tokens = source.metadata.get("tokens")
+    labels = None
+    if isinstance(tokens, list) and len(tokens) == texts and isinstance(tokens[batch], list):
+        labels = [str(token) for token in tokens[batch][: matrix.shape[0]]]
+    meta = {
+        "method": "attention rollout (Abnar & Zuidema 2020): mean over heads, + identity, halved, "
+        "rows renormalised, layers multiplied first to last",
+        "source": source.label,
+        "layers": list(chosen),
+        "batch": batch,
+        "tokens": labels,
+    }
+    if target is not None:
+        writers.write_result(target, {"rollout": matrix}, meta)
+    if output_format is OutputFormat.json:
+        sys.stdout.write(writers.json_text({"rollout": matrix}, meta) + "\n")
+        return
+    console = make_console(no_color)
+    colour = not no_color and console.color_system is not None
+    options = ViewOptions(
+        view=view.value,
+        precision=precision,
+        width=console.width,
+        max_rows=max(10, console.height - 6) if console.is_terminal else 32,
+        colour=colour,
+    )
+    span = f"layers {chosen[0]} to {chosen[-1]}" if len(chosen) > 1 else f"layer {chosen[0]}"
+    title = f"rollout of {source.label}, text {batch}, {span}  {matrix.shape[0]}×{matrix.shape[1]}"
+    console.print(rollout_view(matrix, title=title, options=options, labels=labels))

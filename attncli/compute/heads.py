@@ -109,3 +109,28 @@ def score_matrices(problem: Prepared, tokens: list[list[str]] | None) -> HeadSco
     scores = {name: values.reshape(entries, heads) for name, values in means.items()}
     notes = [] if tokens is not None else [f"{' and '.join(TOKEN_SCORES)} need tokens: give --labels"]
     return HeadScores("batch", names, heads, scores, None, notes)
+
+
+def capture_rollout(layers: Sequence[tuple[int, Prepared]], batch: int, length: int | None) -> np.ndarray:
+    """Attention rollout of text `batch` of a capture over `layers` (in order), over its first
+    `length` positions (its real tokens; None: all): `analysis.heads.rollout` of each layer's
+    weights (batch, heads, L, L), computed once as one block. (L, L) float64."""
+    from attncli.analysis.heads import rollout
+    from attncli.compute.run import attend
+    from attncli.errors import ShapeError
+
+    per_layer = []
+    for layer, problem in layers:
+        *lead, lq, lk = problem.weights_shape
+        if lq != lk:
+            raise ShapeError(
+                f"layer {layer} has {lq} queries and {lk} keys; rollout multiplies layers' weights, "
+                "which needs as many queries as keys"
+            )
+        kept = attend(problem).weights
+        assert kept is not None, "attend keeps the weights"
+        weights = as_array(kept)
+        per_text = weights.reshape(-1, *weights.shape[-3:]) if len(lead) >= 2 else weights[None]
+        shown = per_text[batch][..., :length, :length] if length is not None else per_text[batch]
+        per_layer.append(shown if shown.ndim == 3 else shown[None])  # (heads, L, L)
+    return rollout(per_layer)

@@ -1,5 +1,6 @@
 """`attn heads`: a table of rows (layers, or batch entries) x heads for each head score, and the top
-heads of each. Returns Rich renderables; no torch, no printing.
+heads of each; `attn rollout`: the rollout matrix, drawn as weights are. Returns Rich renderables;
+no torch, no printing.
 
 Each score's cells are coloured on that score's own range over the table (its smallest value at the
 scale's bottom, its largest at the top), as the legend under it says: scores have different units
@@ -9,6 +10,7 @@ scale's bottom, its largest at the top), as the legend under it says: scores hav
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attncli.analysis import SCORE_WORDS
+from attncli.present.options import ViewOptions
 from attncli.present.style import SEQUENTIAL, cell_style, levels
 
 
@@ -138,3 +141,27 @@ def heads_json(
         },
         "meta": meta,
     }
+
+
+def rollout_view(
+    matrix: np.ndarray, *, title: str, options: ViewOptions, labels: Sequence[str] | None = None
+) -> Group:
+    """A rollout (L, L), rows summing to 1, as the weights are drawn: a table or a heatmap, with
+    the tokens naming both axes, the weights' legend under a table."""
+    from attncli.present.heatmap import heatmap
+    from attncli.present.tables import weight_table, weights_legend
+
+    if options.view == "heatmap":
+        picture = heatmap(
+            matrix,
+            title=title,
+            width=options.width,
+            max_lines=matrix.shape[0] if options.full else options.max_rows,
+            pool=options.pool,
+            colour=options.colour,
+            query_labels=labels,
+            key_labels=labels,
+        )
+        return Group(picture)
+    shown = replace(options, query_labels=labels, key_labels=labels)
+    return Group(weight_table(matrix, options=shown, title=title), weights_legend())
