@@ -393,3 +393,30 @@ def test_attn_rollout_writes_its_file_and_refuses_what_it_cannot_roll_out(tmp_pa
     np.save(tmp_path / "x.npy", np.ones((3, 4)))
     assert_error(runner.invoke(app, ["rollout", str(tmp_path / "x.npy")]), "holds no captured layers")
     assert_error(runner.invoke(app, ["rollout", str(path), "--batch", "5"]), "--batch 5: out of range")
+
+
+def test_the_grid_of_every_layer_and_head_is_the_same_whole_or_in_blocks(tmp_path):
+    """--view grid --layer all: one thumbnail per layer and head, from the pictures the run pooled,
+    so a run in blocks (--stream) draws the same grid; --export-svg saves it."""
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    _capture_file(path, layers=(0, 1, 2))
+    runner = CliRunner()
+    base = ["compute", str(path), "--layer", "all", "--batch", "1", "--view", "grid"]
+    env = {"COLUMNS": "100", "NO_COLOR": "1"}
+    whole = runner.invoke(app, base, env=env)
+    streamed = runner.invoke(app, [*base, "--stream"], env=env)
+    assert whole.exit_code == 0, whole.output
+    assert streamed.exit_code == 0, streamed.output
+    grid = whole.stdout[whole.stdout.index("batch 1") :]
+    assert grid == streamed.stdout[streamed.stdout.index("batch 1") :]
+    for layer in (0, 1, 2):
+        assert f"L{layer} h0" in grid
+    assert grid.count(" h2 ") == 3  # three heads per layer
+    svg = tmp_path / "grid.svg"
+    exported = runner.invoke(app, [*base, "-q", "--export-svg", str(svg)], env=env)
+    assert exported.exit_code == 0, exported.output
+    assert svg.read_text().startswith("<svg")

@@ -285,3 +285,43 @@ def test_heads_tables_match_golden_and_wrap_their_heads(width):
     check_golden(f"heads_scores_{width}.txt", text)
     assert all(len(line) <= width for line in text.splitlines())
     assert "…" not in text
+
+
+def _grid_case():
+    """Weights (2 layers, 3 heads, 5 x 5) with one pattern per head: the diagonal, the first key,
+    the previous position."""
+    weights = np.zeros((2, 3, 5, 5))
+    eye = np.eye(5)
+    weights[:, 0] = eye
+    weights[:, 1, :, 0] = 1.0
+    weights[:, 2] = np.roll(eye, -1, axis=1)[:, :]
+    weights[:, 2, 0] = eye[0]
+    return weights
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_grid_matches_golden_and_fits_the_width(width):
+    from attncli.present.grid import grid_view
+    from attncli.present.options import ViewOptions
+
+    weights = _grid_case()
+    entropy = np.zeros(weights.shape[:-1])
+    options = ViewOptions(
+        view="grid", width=width, colour=False, axes=("layer", "head"), axis_values={"layer": [3, 5]}
+    )
+    text = render(grid_view(weights, (1, 1), (5, 5), entropy, options), width=width)
+    check_golden(f"grid_{width}.txt", text)
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "L3" in text
+    assert "L5" in text  # the layers' own numbers
+
+
+def test_a_pooled_grid_says_how_it_was_pooled():
+    from attncli.present.grid import grid_view, thumbnail_size
+    from attncli.present.options import ViewOptions
+
+    assert thumbnail_size((64, 40)) == (16, 16)
+    pictures = np.random.default_rng(0).random((1, 2, 16, 16))
+    options = ViewOptions(view="grid", colour=False, axes=("batch", "head"), pool="mean")
+    text = render(grid_view(pictures, (4, 3), (64, 40), None, options), width=160)
+    assert "the mean of 4×3 weights of each 64×40 matrix" in text

@@ -40,6 +40,7 @@ class OutputFormat(str, Enum):
 class View(str, Enum):
     table = "table"
     heatmap = "heatmap"
+    grid = "grid"
 
 
 class Pool(str, Enum):
@@ -94,7 +95,8 @@ CheckOption = Annotated[
 ViewOption = Annotated[
     View,
     typer.Option(
-        help="table: numbers on coloured cells; heatmap: one coloured block per weight.",
+        help="table: numbers on coloured cells; heatmap: one coloured block per weight; grid: every "
+        "matrix as a small heatmap, side by side (with --layer all: every layer and head).",
         rich_help_panel=DISPLAY,
     ),
 ]

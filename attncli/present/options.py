@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-VIEWS = ("table", "heatmap")
+VIEWS = ("table", "heatmap", "grid")
 POOLS = ("max", "mean")
 DEFAULT_MAX_MATRICES = 8
 

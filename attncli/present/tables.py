@@ -73,8 +73,15 @@ def result_view(
     rows, cols = weights_shape[-2:]
     dtype = str(meta.get("dtype", ""))
     heatmap = options.view == "heatmap"
-    if heatmap and pictures is None:
-        raise ValueError("the heatmap view draws the pooled pictures: pass pictures")
+    if options.view in ("heatmap", "grid") and pictures is None:
+        raise ValueError("the heatmap and grid views draw the pooled pictures: pass pictures")
+    if options.view == "grid":  # the weights alone, every chosen matrix at once
+        from attncli.present.grid import grid_view
+
+        assert pictures is not None
+        return Group(
+            header(meta), Text(), grid_view(pictures, picture_blocks, (rows, cols), entropy, options)
+        )
 
     def show_weights(index: tuple[int, ...], name: str) -> RenderableType:
         live = bool(table.live[index])
@@ -264,6 +271,10 @@ def kept_views(
     """What a computation keeps of each (Lq, Lk) matrix for `result_view` with `options`: the
     (rows, cols) of its pooled picture for a heatmap (None for a table), and the rows and columns a
     table shows (none for a heatmap, whose title still takes the table's figures)."""
+    if options.view == "grid":
+        from attncli.present.grid import thumbnail_size
+
+        return thumbnail_size(shape), ([], [])
     if options.view != "heatmap":
         return None, table_window(shape, options)
     from attncli.present.heatmap import picture_size
