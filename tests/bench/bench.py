@@ -745,14 +745,18 @@ def bench_heads(env: dict[str, str], workdir: Path, repeats: int, warmup: int) -
     path = workdir / "capture.safetensors"
     save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in meta.items()})
     attn = attn_command()
+    grid = [*attn, "compute", str(path), "--layer", "all", "--batch", "0", "--view", "grid"]
     variants = {
         "heads": lambda: run_process([*attn, "heads", str(path)], env, expect_output=True),
+        "grid": lambda: run_process(grid, env, expect_output=True),
         "torch": lambda: run_process([sys.executable, "-c", "import torch"], env),
     }
     samples = interleaved("heads", variants, repeats, warmup)
-    return timed_rows(
-        samples, [("heads: attn heads, 6 layers x 12 heads x 12 tokens", "heads", "torch")], HEADS_TARGET
-    )
+    pairs = [
+        ("heads: attn heads, 6 layers x 12 heads x 12 tokens", "heads", "torch"),
+        ("heads: compute --layer all --view grid (72 thumbnails)", "grid", "torch"),
+    ]
+    return timed_rows(samples, pairs, HEADS_TARGET)
 
 
 SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json", "heads")
