@@ -178,20 +178,20 @@ def test_a_closed_stdout_pipe_is_success_for_every_command(tmp_path):
         ["diff", seed, str(samples / "seed.safetensors")],
         ["compute", seed, "-o", str(tmp_path / "r.safetensors"), "--export-svg", str(tmp_path / "p.svg")],
     ]
+    running = []  # all at once: the start-ups side by side
     for args in lines:
         read_end, write_end = os.pipe()
         os.close(read_end)  # every write to stdout now fails: EPIPE
         try:
-            done = subprocess.run(
-                [sys.executable, "-m", "attncli", *args],
-                stdout=write_end,
-                stderr=subprocess.PIPE,
-                text=True,
-                timeout=60,
+            process = subprocess.Popen(
+                [sys.executable, "-m", "attncli", *args], stdout=write_end, stderr=subprocess.PIPE, text=True
             )
         finally:
             os.close(write_end)
-        assert (done.returncode, done.stderr) == (0, ""), args
+        running.append((process, args))
+    for process, args in running:
+        _, stderr = process.communicate(timeout=60)
+        assert (process.returncode, stderr) == (0, ""), args
     # The files still land: the rest of the output went to the null device, the run went on.
     assert (tmp_path / "r.safetensors").stat().st_size > 0
     assert (tmp_path / "p.svg").read_text().startswith("<svg")
@@ -280,24 +280,27 @@ def test_stdout_full_or_closed_is_status_3_with_one_line():
         ([*base, "compute", SEED, "--format", "json"], "closed", 3, "stdout is closed"),
         ([*base, "compute", SEED, "-q"], "closed", 0, ""),
     ]
+    running = []  # all at once: five interpreter start-ups side by side, not one after another
     for command, stdout, status, words in cases:
         if stdout == "full":
             with open("/dev/full", "w") as full:
-                done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+                process = subprocess.Popen(command, stdout=full, stderr=subprocess.PIPE, text=True)
         else:
-            done = subprocess.run(
+            process = subprocess.Popen(
                 command,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
-                timeout=60,
                 preexec_fn=lambda: os.close(1),
             )
-        assert done.returncode == status, (command, stdout, done.stderr)
+        running.append((process, command, stdout, status, words))
+    for process, command, stdout, status, words in running:
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == status, (command, stdout, stderr)
         if status:
-            assert done.stderr == f"attn: error: stdout: cannot be written: {words}\n", done.stderr
+            assert stderr == f"attn: error: stdout: cannot be written: {words}\n", stderr
         else:
-            assert done.stderr == ""
+            assert stderr == ""
 
 
 # --- --max-input-size -----------------------------------------------------------------------------

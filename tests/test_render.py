@@ -325,3 +325,34 @@ def test_a_pooled_grid_says_how_it_was_pooled():
     options = ViewOptions(view="grid", colour=False, axes=("batch", "head"), pool="mean")
     text = render(grid_view(pictures, (4, 3), (64, 40), None, options), width=160)
     assert "the mean of 4×3 weights of each 64×40 matrix" in text
+
+
+def test_colour_scales_place_weights_as_documented():
+    from attncli.present.style import rescaled
+
+    weights = np.array([[0.28, 0.14, 0.0], [1e-5, 0.01, 1.0], [np.nan, np.nan, np.nan]])
+    np.testing.assert_array_equal(rescaled(weights, "fixed"), weights)
+    np.testing.assert_allclose(rescaled(weights, "max", 0.5)[0], [0.56, 0.28, 0.0])
+    np.testing.assert_allclose(rescaled(weights, "row")[:2], [[1.0, 0.5, 0.0], [1e-5, 0.01, 1.0]])
+    # log10 from 1e-4 (0) to 1 (1): 0.01 is halfway; below 1e-4, and 0, at the bottom
+    np.testing.assert_allclose(rescaled(weights, "log")[1], [0.0, 0.5, 1.0])
+    assert rescaled(weights, "log")[0, 2] == 0.0
+    for scale in ("fixed", "max", "row", "log"):
+        assert np.isnan(rescaled(weights, scale)[2]).all()  # nothing to draw stays so
+
+
+@pytest.mark.parametrize(("scale", "words"), [("max", "each matrix to its largest"), ("log", "1e-4")])
+def test_a_diffuse_head_fills_the_scale_and_the_legend_says_which(scale, words):
+    """A row of weights no higher than 0.28 is a flat field on the fixed scale; on `max` its
+    largest weight takes the top colour."""
+    from attncli.present.style import LEVELS, SEQUENTIAL, cell_style
+    from attncli.present.tables import weight_table, weights_legend
+
+    weights = np.array([[0.28, 0.24, 0.24, 0.24], [0.25, 0.25, 0.25, 0.25]])
+    options = ViewOptions(color_scale=scale, precision=2)
+    text = render(Group(weight_table(weights, options=options), weights_legend(False, scale)), colour=True)
+    assert words in text
+    if scale == "max":
+        top = cell_style(SEQUENTIAL, LEVELS - 1, True)
+        assert top.bgcolor is not None
+        assert f"{top.bgcolor.triplet.red};{top.bgcolor.triplet.green};{top.bgcolor.triplet.blue}" in text

@@ -48,6 +48,13 @@ class Pool(str, Enum):
     mean = "mean"
 
 
+class ColorScale(str, Enum):
+    fixed = "fixed"
+    max = "max"
+    row = "row"
+    log = "log"
+
+
 ATTENTION, ANALYSIS, DISPLAY, SAVE = "Attention", "Analysis", "Display", "Save"
 PrecisionOption = Annotated[
     int,
@@ -132,6 +139,17 @@ PoolOption = Annotated[
     ),
 ]
 
+ColorScaleOption = Annotated[
+    ColorScale,
+    typer.Option(
+        "--color-scale",
+        help="How weights map to colours: fixed (0 to 1, the same colour is the same weight "
+        "everywhere), max (0 to each matrix's largest), row (each row to its largest), log (log10, "
+        "1e-4 to 1).",
+        rich_help_panel=DISPLAY,
+    ),
+]
+
 OutputFormatOption = Annotated[
     OutputFormat,
     typer.Option(
@@ -185,6 +203,7 @@ class Display:
     stats: bool = False
     top_k: int | None = None
     layers: list[int] | None = None  # layers of a capture stacked on the first axis (--layer 1,3)
+    color_scale: ColorScale = ColorScale.fixed
 
 
 def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Display:
@@ -409,6 +428,7 @@ def _view_options(
         max_cols=display.max_cols,
         full=display.full,
         pool=display.pool.value,
+        color_scale=display.color_scale.value,
         colour=screen.colour,
         query_labels=display.query_labels,
         key_labels=display.key_labels,

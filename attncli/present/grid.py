@@ -19,7 +19,7 @@ from rich.text import Text
 
 from attncli.present.heatmap import _CODES, HALF_BLOCK, RAMP, _codes, _colour_table
 from attncli.present.options import ViewOptions
-from attncli.present.style import LEVELS, MASKED
+from attncli.present.style import LEVELS, MASKED, SCALE_WORDS, rescaled
 from attncli.selection import matrix_indices
 
 #: The largest thumbnail, in matrix cells: 16 x 16 (8 lines in colour).
@@ -114,7 +114,7 @@ def _thumbnail(picture: np.ndarray, label: str, options: ViewOptions) -> list[Te
     """The label, then the picture: in colour two rows of cells per line ('▀', the upper cell's
     colour on the lower's), else one row per line of density characters."""
     masked = np.isnan(picture)  # a cell whose every weight was masked: grey, as in the heatmap
-    codes = _codes(np.where(masked, 0.0, picture), masked, options.colour)
+    codes = _codes(rescaled(np.where(masked, 0.0, picture), options.color_scale), masked, options.colour)
     lines: list[Text] = []
     if options.colour:
         colours = _colour_table()
@@ -156,5 +156,10 @@ def _legend(blocks: tuple[int, int], shape: tuple[int, int], options: ViewOption
         if blocks != (1, 1)
         else "one cell per weight"
     )
-    scale = "colour: 0 to 1, one scale for all" if options.colour else f"'{RAMP[0]}'=0 {RAMP[1:]} ninths to 1"
+    scale = (
+        f"colour: {SCALE_WORDS[options.color_scale]}"
+        if options.colour
+        else f"'{RAMP[0]}'=0 {RAMP[1:]} ninths to 1"
+        + ("" if options.color_scale == "fixed" else f" ({SCALE_WORDS[options.color_scale]})")
+    )
     return Text(f"{scale} · {pooled} · each labelled with its head and mean entropy (nats)", style="dim")

@@ -21,7 +21,7 @@ from rich.style import Style
 from rich.text import Span, Text
 
 from attncli.present.options import POOLS
-from attncli.present.style import LEVELS, SEQUENTIAL, cut_label, lerp
+from attncli.present.style import LEVELS, SCALE_WORDS, SEQUENTIAL, cut_label, lerp, rescaled
 from attncli.present.style import MASKED as MASKED_CHAR  # the tables' mark for a masked weight
 
 RAMP = " .:-=+*#%@"  # weight 0 is ' '; any weight above 0 is at least '.', by ninths up to '@' at 1
@@ -54,8 +54,10 @@ def heatmap(
     colour: bool = True,
     query_labels: Sequence[str] | None = None,
     key_labels: Sequence[str] | None = None,
+    scale: str = "fixed",
 ) -> Group:
-    """One (Lq, Lk) weight matrix (rows = queries, columns = keys) as a compact heatmap.
+    """One (Lq, Lk) weight matrix (rows = queries, columns = keys) as a compact heatmap, its
+    colours on `scale` (`style.COLOR_SCALES`).
 
     The title (bold), a ruler of key indices, at most `max_lines` lines of picture with query
     indices in a left gutter, then a one-line legend; never wider than `width` columns.
@@ -89,8 +91,11 @@ def heatmap(
     heading = Constrain(Text(title, style="bold"), max(width, 1))
     if queries == 0 or keys == 0:
         return Group(heading, Text(f"no weights to draw ({queries}×{keys})", style="dim"))
+    largest = float(np.where(open_keys, matrix, -np.inf).max()) if open_keys is not None else None
     if query_labels is not None or key_labels is not None:
-        labelled = _labelled(matrix, open_keys, width, max_lines, colour, pool, query_labels, key_labels)
+        labelled = _labelled(
+            matrix, open_keys, width, max_lines, colour, pool, query_labels, key_labels, scale, largest
+        )
         if labelled is not None:
             return Group(heading, *labelled)
 
@@ -102,11 +107,11 @@ def heatmap(
     block_rows = math.ceil(queries / (max_lines * rows_per_line))
 
     pooled, masked = _pool(matrix, open_keys, block_rows, block_cols, pool)  # (R, C) each
-    codes = _codes(pooled, masked, colour)
+    codes = _codes(rescaled(pooled, scale, largest), masked, colour)
     draw = _colour_lines if colour else _plain_lines
     lines = draw(codes, gutter, block_rows)
     ruler = _ruler(codes.shape[1], block_cols, gutter, width)
-    legend = _legend(codes, colour, pool, block_rows, block_cols)
+    legend = _legend(codes, colour, pool, block_rows, block_cols, scale)
     parts: list[RenderableType] = [heading, ruler, *lines, Constrain(legend, width)]
     return Group(*parts)
 
@@ -143,9 +148,11 @@ def pooled_heatmap(
     colour: bool = True,
     query_labels: Sequence[str] | None = None,
     key_labels: Sequence[str] | None = None,
+    scale: str = "fixed",
+    largest: float | None = None,
 ) -> Group:
     """A heatmap of a matrix pooled by the computation (as `picture_size` says), drawn as `heatmap`
-    draws a matrix.
+    draws a matrix (`largest`: the matrix's largest weight, which the `max` scale reaches).
 
     `pooled` (R, C) holds the max or mean of each `blocks` = (rows, columns) block of the (Lq, Lk)
     matrix `shape`, NaN where a whole block was masked; indices on the axes are the matrix's own.
@@ -160,18 +167,17 @@ def pooled_heatmap(
     block_rows, block_cols = blocks
     values = np.asarray(pooled, dtype=np.float32)
     masked = np.isnan(values)
-    codes = _codes(np.where(masked, 0.0, values), masked, colour)
+    codes = _codes(rescaled(np.where(masked, 0.0, values), scale, largest), masked, colour)
     if blocks == (1, 1) and (query_labels is not None or key_labels is not None):
         gutter = _labelled_gutter(queries, keys, width, len(codes), query_labels)
         if gutter:
-            return Group(
-                heading, *_labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels)
-            )
+            labelled = _labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels, scale)
+            return Group(heading, *labelled)
     gutter = len(str(max(queries - 1, 0))) + 1
     draw = _colour_lines if colour else _plain_lines
     lines = draw(codes, gutter, block_rows)
     ruler = _ruler(codes.shape[1], block_cols, gutter, max(width, gutter + 1))
-    legend = _legend(codes, colour, pool, block_rows, block_cols)
+    legend = _legend(codes, colour, pool, block_rows, block_cols, scale)
     return Group(heading, ruler, *lines, Constrain(legend, width))
 
 
@@ -199,6 +205,8 @@ def _labelled(
     pool: str,
     query_labels: Sequence[str] | None,
     key_labels: Sequence[str] | None,
+    scale: str = "fixed",
+    largest: float | None = None,
 ) -> list[RenderableType] | None:
     """Ruler, one line per query named by its label and index, legend, then the keys' names; None
     when the matrix does not fit that way (it is then pooled as usual)."""
@@ -207,8 +215,8 @@ def _labelled(
     if not gutter:
         return None
     pooled, masked = _pool(matrix, open_keys, 1, 1, pool)
-    codes = _codes(pooled, masked, colour)  # (Lq, Lk): one cell per weight
-    return _labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels)
+    codes = _codes(rescaled(pooled, scale, largest), masked, colour)  # (Lq, Lk): one cell per weight
+    return _labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels, scale)
 
 
 def _labelled_lines(
@@ -219,6 +227,7 @@ def _labelled_lines(
     pool: str,
     query_labels: Sequence[str] | None,
     key_labels: Sequence[str] | None,
+    scale: str = "fixed",
 ) -> list[RenderableType]:
     queries, keys = codes.shape
     rows = _row_names(queries, query_labels)
@@ -237,7 +246,7 @@ def _labelled_lines(
         else:  # characters, a space between keys
             line.append(" ".join(characters[code] * (LABELLED_CELL - 1) for code in row))
         parts.append(line)
-    parts.append(Constrain(_legend(codes, colour, pool, 1, 1), width))
+    parts.append(Constrain(_legend(codes, colour, pool, 1, 1, scale), width))
     if key_labels:
         names = Text("keys: ", style="dim")
         names.append(" · ".join(f"{j} {cut_label(label)}" for j, label in enumerate(key_labels)), style="dim")
@@ -364,7 +373,14 @@ def _ruler(cols: int, block_cols: int, gutter: int, width: int) -> Text:
     return Text(corner.ljust(gutter) + "".join(ruler).rstrip(), style="dim", no_wrap=True, overflow="crop")
 
 
-def _legend(codes: npt.NDArray[np.int16], colour: bool, pool: str, block_rows: int, block_cols: int) -> Text:
+def _legend(
+    codes: npt.NDArray[np.int16],
+    colour: bool,
+    pool: str,
+    block_rows: int,
+    block_cols: int,
+    scale: str = "fixed",
+) -> Text:
     legend = Text()
     if colour:
         legend.append("0 ", style="dim")
@@ -376,7 +392,7 @@ def _legend(codes: npt.NDArray[np.int16], colour: bool, pool: str, block_rows: i
     else:
         legend.append(f"' '=0 {RAMP[1:]} ninths to 1", style="dim")
         masked, nan = f"{MASKED_CHAR}: masked", f"{NAN_CHAR}: NaN"
-    notes = []
+    notes = [] if scale == "fixed" else [f"colour scale: {SCALE_WORDS[scale]}"]
     if (codes == _CODE_MASKED).any():
         notes.append(masked)
     if (codes == _CODE_NAN).any():

@@ -25,6 +25,7 @@ class ViewOptions:
     max_cols: int | None = None  # None: as many as fit in `width`
     full: bool = False  # every row and column, whatever the size
     pool: str = "max"  # heatmaps larger than the terminal: max or mean of each block
+    color_scale: str = "fixed"  # how weights map to colours: fixed, max, row or log (style.COLOR_SCALES)
     colour: bool = True  # False: no colours to rely on (heatmaps use characters)
     query_labels: Sequence[str] | None = None
     key_labels: Sequence[str] | None = None

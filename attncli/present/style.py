@@ -22,6 +22,39 @@ MASKED = "·"
 LABEL_WIDTH = 12  # longer labels are cut, with an ellipsis, to keep columns narrow
 
 
+#: How weights map to the colour scale: `fixed` 0..1 (the same colour is the same weight everywhere),
+#: `max` 0..each matrix's largest weight, `row` 0..each row's largest, `log` log10 from 1e-4 to 1.
+COLOR_SCALES = ("fixed", "max", "row", "log")
+LOG_FLOOR = 1e-4
+SCALE_WORDS = {
+    "fixed": "0 to 1, one scale for all",
+    "max": "0 to each matrix's largest weight",
+    "row": "0 to each row's largest weight",
+    "log": "log10 of the weight, 1e-4 to 1",
+}
+
+
+def rescaled(values: np.ndarray, scale: str, largest: float | None = None) -> np.ndarray:
+    """Weights (rows, cols) as positions 0..1 on the colour scale `scale` (COLOR_SCALES); NaN stays
+    NaN. `largest` is the matrix's largest weight for `max` (default: the largest of `values`)."""
+    if scale not in COLOR_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(COLOR_SCALES)}, not {scale!r}")
+    v = np.asarray(values, dtype=np.float64)
+    if scale == "fixed" or v.size == 0:
+        return v
+    known = np.where(np.isnan(v), -np.inf, v)  # NaN (no weight to draw) never counts as the largest
+    if scale == "log":
+        with np.errstate(divide="ignore"):
+            position = (np.log10(np.maximum(v, LOG_FLOOR)) + 4) / 4
+        return np.where(np.isnan(v), np.nan, np.where(v > 0, np.clip(position, 0.0, 1.0), 0.0))
+    if scale == "max":
+        top = float(known.max()) if largest is None else largest
+        return v / top if np.isfinite(top) and top > 0 else v
+    tops = known.max(axis=-1, keepdims=True)  # each row's largest
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.isfinite(tops) & (tops > 0), v / tops, v)
+
+
 def cut_label(label: str) -> str:
     """A label short enough for a column header, and on one line."""
     label = " ".join(label.split()) or "␣"

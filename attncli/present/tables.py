@@ -36,6 +36,7 @@ from attncli.present.style import (
     cut_label,
     lerp,
     levels,
+    rescaled,
     rgb_color,
 )
 from attncli.selection import matrix_indices
@@ -101,6 +102,8 @@ def result_view(
                 colour=options.colour,
                 query_labels=options.query_labels,
                 key_labels=options.key_labels,
+                scale=options.color_scale,
+                largest=float(table.maximum[index]),
             )
         else:
             picture = kept_weight_table(
@@ -110,6 +113,7 @@ def result_view(
                 options=options,
                 title=title,
                 blocked=None if table.blocked is None else table.blocked[index],
+                matrix_max=float(table.maximum[index]),
             )
         extras = _analysis_parts(name, index, analysis, options)
         return Group(picture, *extras) if extras else picture
@@ -130,7 +134,7 @@ def result_view(
     every_matrix = np.broadcast_to(table.live[..., None, None], weights_shape)  # a view, for the shape
     parts += _matrices("weights", every_matrix, weight_axes, options, show_weights)
     if not heatmap:
-        parts.append(weights_legend(table.any_blocked))
+        parts.append(weights_legend(table.any_blocked, options.color_scale))
     parts.append(Text())
     parts += _output_section(output, meta, options, weight_axes)
     return Group(*parts)
@@ -253,7 +257,8 @@ def weight_table(
     options = options or ViewOptions()
     row_max = matrix.max(axis=1) if matrix.size else np.zeros(matrix.shape[0])
     shut = None if blocked is None else np.broadcast_to(blocked, matrix.shape)
-    return _weights_table(matrix, lambda row: float(row_max[row]), options, title, shut)
+    top = float(np.where(shut, -np.inf, matrix).max()) if shut is not None and matrix.size else None
+    return _weights_table(matrix, lambda row: float(row_max[row]), options, title, shut, matrix_max=top)
 
 
 def table_window(shape: tuple[int, int], options: ViewOptions) -> tuple[list[int], list[int]]:
@@ -298,17 +303,20 @@ def kept_weight_table(
     options: ViewOptions,
     title: str = "",
     blocked: np.ndarray | None = None,
+    matrix_max: float | None = None,
 ) -> Group:
     """`weight_table` of a matrix of `shape` of which only `cells`, its weights at `table_window`'s
-    rows and columns, were kept (with `row_max`, those rows' largest weights, and `blocked`, bool
-    like `cells`): the same table, drawn from them."""
+    rows and columns, were kept (with `row_max`, those rows' largest weights, `blocked`, bool like
+    `cells`, and `matrix_max`, the largest weight of all): the same table, drawn from them."""
     rows, cols = table_window(shape, options)
     position = {i: n for n, i in enumerate(rows)}
 
     def largest(row: int) -> float:
         return float(row_max[position[row]])
 
-    return _weights_table(cells, largest, options, title, blocked, window=(shape, rows, cols))
+    return _weights_table(
+        cells, largest, options, title, blocked, window=(shape, rows, cols), matrix_max=matrix_max
+    )
 
 
 def _weights_table(
@@ -318,12 +326,21 @@ def _weights_table(
     title: str,
     blocked: np.ndarray | None,
     window: tuple[tuple[int, int], list[int], list[int]] | None = None,
+    matrix_max: float | None = None,
 ) -> Group:
-    """A weight table: the fixed 0..1 scale, each row's largest weight (`row_max(row)`) in bold."""
+    """A weight table on `options.color_scale` (`matrix_max`: the matrix's largest weight, for
+    `max`), each row's largest weight (`row_max(row)`) in bold."""
 
     def shade(values: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         largest = np.array([row_max(i) for i in rows], dtype=np.float64).reshape(-1, 1)
-        return levels(values), (values == largest) & (values > 0)
+        scale = options.color_scale
+        if scale == "row":  # each row to its own largest, over every key (not only those shown)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                position = np.where(largest > 0, values / largest, values)
+        else:
+            top = matrix_max if matrix_max is not None else float(np.nanmax(largest, initial=0.0))
+            position = rescaled(values, scale, top)
+        return levels(position), (values == largest) & (values > 0)
 
     return _matrix_table(
         matrix,
@@ -457,14 +474,24 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def weights_legend(masked: bool = False) -> Text:
-    text = Text("colour: 0 ", style="dim")
+def weights_legend(masked: bool = False, scale: str = "fixed") -> Text:
+    low, high, words = _SCALE_ENDS[scale]
+    text = Text(f"colour: {low} ", style="dim")
     for step in range(16):
         text.append("█", style=Style(color=rgb_color(lerp(SEQUENTIAL, step / 15))))
-    text.append(" 1, one scale for all tables · bold: row maximum", style="dim")
+    text.append(f" {high}, {words} · bold: row maximum", style="dim")
     if masked:
         text.append(f" · {MASKED}: masked", style="dim")
     return text
+
+
+#: The ends of the weights' colour bar and what it spans, for each colour scale.
+_SCALE_ENDS = {
+    "fixed": ("0", "1", "one scale for all tables"),
+    "max": ("0", "max", "each matrix to its largest weight"),
+    "row": ("0", "max", "each row to its largest weight"),
+    "log": ("1e-4", "1", "log10 of the weight"),
+}
 
 
 def output_legend(limit: float, precision: int) -> Text:
