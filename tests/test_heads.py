@@ -420,3 +420,28 @@ def test_the_grid_of_every_layer_and_head_is_the_same_whole_or_in_blocks(tmp_pat
     exported = runner.invoke(app, [*base, "-q", "--export-svg", str(svg)], env=env)
     assert exported.exit_code == 0, exported.output
     assert svg.read_text().startswith("<svg")
+
+
+def test_the_means_of_a_capture_leave_its_padding_rows_out(tmp_path):
+    """With two texts and --batch 1, the [PAD] rows pushed the mean distance of MiniLM to 3.47:
+    the means of --stats (and the titles' mean entropy) are over the real tokens' rows."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    tensors, _tokens, real = _capture_file(path, lengths=(6, 4), layers=(0,))
+    result = CliRunner().invoke(app, ["compute", str(path), "--layer", "0", "--stats", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    means = json.loads(result.stdout)["meta"]["stats_means"]
+    q, k, v, mask = (tensors[f"layers.0.{role}"] for role in ("query", "key", "value", "mask"))
+    weights, _ = reference_attention(q, k, v, mask=mask, scale=0.35)
+    blocked = ~np.broadcast_to(mask, weights.shape)
+    counted = np.broadcast_to(real[:, None, :], weights.shape[:-1])
+    expected = reference_means(reference_rows(weights, blocked, None), counted)
+    for name in ("entropy", "sink", "distance"):
+        np.testing.assert_allclose(np.array(means[name]), expected[name], rtol=1e-5, err_msg=name)
+    with_padding = reference_means(reference_rows(weights, blocked, None), np.ones_like(counted))
+    assert not np.allclose(with_padding["distance"][1], expected["distance"][1])  # the padding mattered

@@ -240,10 +240,20 @@ def _distance(
     return distance
 
 
-def matrix_means(stats: RowStats) -> dict[str, torch.Tensor]:
+def matrix_means(
+    stats: RowStats, counted: torch.Tensor | np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
     """Per matrix, shape (...): the mean over its query rows of each statistic in MEAN_NAMES,
-    leaving out the rows where it is NaN (NaN when every row is)."""
-    return {name: torch.nanmean(getattr(stats, name), dim=-1) for name in MEAN_NAMES}
+    leaving out the rows where it is NaN (NaN when every row is) and, with `counted` (bool,
+    broadcasting to the rows), the rows it marks False: a capture's padding tokens."""
+    means = {}
+    for name in MEAN_NAMES:
+        values = getattr(stats, name)
+        if counted is not None:
+            keep = torch.as_tensor(np.asarray(counted), device=values.device).expand(values.shape)
+            values = values.where(keep, math.nan)
+        means[name] = torch.nanmean(values, dim=-1)
+    return means
 
 
 def top_k(

@@ -204,6 +204,9 @@ class Display:
     top_k: int | None = None
     layers: list[int] | None = None  # layers of a capture stacked on the first axis (--layer 1,3)
     color_scale: ColorScale = ColorScale.fixed
+    #: Of a capture: bool, broadcasting to the weights less their key axis, False for padding rows,
+    #: which the means leave out (`loaders.AttentionInputs.real_rows`)
+    real_rows: np.ndarray | None = None
 
 
 def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Display:
@@ -362,7 +365,7 @@ def finish(
     chosen = _chosen_matrices(display, axes, tuple(result.weights_shape))
     _warn_masked_rows(result.fully_masked_rows())
     arrays = result_arrays(result)
-    arrays |= _analysis_arrays(result.stats if display.stats else None, result.top_k, meta)
+    arrays |= _analysis_arrays(result.stats if display.stats else None, result.top_k, meta, display.real_rows)
     if result_file is not None:
         result_file.commit(arrays, meta)  # before printing, as _save_and_print does
         target = None
@@ -378,6 +381,10 @@ def finish(
     pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
     row_entropy = result.entropy if result.stats is None else result.stats.entropy
     entropy = None if row_entropy is None else row_entropy.detach().cpu().double().numpy()
+    if entropy is not None and display.real_rows is not None:  # titles' means leave padding out
+        import numpy as np
+
+        entropy = np.where(np.broadcast_to(display.real_rows, entropy.shape), entropy, np.nan)
     view = tables.result_view(
         arrays["output"],
         meta,
@@ -535,16 +542,21 @@ def _chosen_matrices(
 
 
 def _analysis_arrays(
-    stats: RowStats | None, top: tuple[torch.Tensor, torch.Tensor] | None, meta: dict[str, Any]
+    stats: RowStats | None,
+    top: tuple[torch.Tensor, torch.Tensor] | None,
+    meta: dict[str, Any],
+    counted: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The --stats and --top-k tensors, to save and show beside the weights; their means go in meta."""
+    """The --stats and --top-k tensors, to save and show beside the weights; their means (over
+    the `counted` rows: a capture's padding left out) go in meta."""
     from attncli.analysis.rows import matrix_means, stats_arrays
 
     arrays: dict[str, np.ndarray] = {}
     if stats is not None:
         arrays |= stats_arrays(stats)
         meta["stats_means"] = {
-            name: mean.detach().cpu().double().numpy().tolist() for name, mean in matrix_means(stats).items()
+            name: mean.detach().cpu().double().numpy().tolist()
+            for name, mean in matrix_means(stats, counted).items()
         }
     if top is not None:
         arrays["top_k_weights"] = top[0].detach().cpu().float().numpy()

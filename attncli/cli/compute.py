@@ -265,6 +265,8 @@ def compute(
     inputs = loaders.load_attention_inputs(specs, stdin, layer=_layer_choice(layer))
     if inputs.layers is not None:
         display = replace(display, layers=inputs.layers)
+    if inputs.real_rows is not None:
+        display = replace(display, real_rows=inputs.real_rows)
     if inputs.tokens is not None and not given_labels and query_labels is None and key_labels is None:
         display = with_token_labels(display, inputs.tokens)
     query_positions = inputs.query.shape[-2] if inputs.query.ndim > 1 else 1

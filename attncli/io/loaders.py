@@ -102,6 +102,9 @@ class AttentionInputs:
     tokens: list[list[str]] | None = None
     #: Layers stacked on a first axis (`stacked_layer_inputs`): the layer each index is; else None.
     layers: list[int] | None = None
+    #: Of a capture: bool, broadcasting to the weights less their key axis, True for the query rows
+    #: of real tokens, False for padding (from its `lengths`); None when every row is a token's.
+    real_rows: np.ndarray | None = None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -292,6 +295,7 @@ def stacked_layer_inputs(source: TensorFile, layers: Sequence[int]) -> Attention
         scale=first.scale,
         tokens=first.tokens,
         layers=list(layers),
+        real_rows=None if first.real_rows is None else first.real_rows[None],
     )
 
 
@@ -331,6 +335,17 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
         and all(isinstance(row, list) and len(row) == positions for row in tokens)
         and all(isinstance(token, str) for row in tokens for token in row)
     )
+    lengths = source.metadata.get("lengths")
+    real_rows = None
+    query = tensors["query"]
+    if (
+        query.ndim == 4
+        and isinstance(lengths, list)
+        and len(lengths) == query.shape[0]
+        and all(type(n) is int and 0 <= n <= positions for n in lengths)
+        and any(n < positions for n in lengths)
+    ):
+        real_rows = np.arange(positions)[None, None, :] < np.asarray(lengths)[:, None, None]  # (B, 1, L)
     return AttentionInputs(
         tensors["query"],
         tensors["key"],
@@ -340,6 +355,7 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
         mask_source=mask_source,
         scale=scale,
         tokens=tokens if well_formed and tokens else None,
+        real_rows=real_rows,
     )
 
 
