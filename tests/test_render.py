@@ -356,3 +356,31 @@ def test_a_diffuse_head_fills_the_scale_and_the_legend_says_which(scale, words):
         top = cell_style(SEQUENTIAL, LEVELS - 1, True)
         assert top.bgcolor is not None
         assert f"{top.bgcolor.triplet.red};{top.bgcolor.triplet.green};{top.bgcolor.triplet.blue}" in text
+
+
+def test_show_picks_the_sections_and_the_views_have_their_own():
+    """--show weights,output,stats: any of them; by default the table view shows the weights and
+    the output, the heatmap and grid views the weights (with --stats, the statistics too)."""
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    seed = str(Path(__file__).resolve().parent.parent / "sample_inputs" / "seed.npz")
+    runner = CliRunner()
+
+    def shown(*args: str) -> set[str]:
+        result = runner.invoke(app, ["compute", seed, *args], env={"COLUMNS": "100", "NO_COLOR": "1"})
+        assert result.exit_code == 0, result.output
+        found = {"weights": "weights  3×3", "output": "output  3×4", "stats": "statistics per query row"}
+        return {name for name, mark in found.items() if mark in result.stdout}
+
+    assert shown() == {"weights", "output"}
+    assert shown("--stats") == {"weights", "output", "stats"}
+    assert shown("--view", "heatmap") == {"weights"}
+    assert shown("--view", "heatmap", "--stats") == {"weights", "stats"}
+    assert shown("--show", "output") == {"output"}
+    assert shown("--show", "stats") == {"stats"}  # computes them, as --stats
+    assert shown("--view", "heatmap", "--show", "weights,output") == {"weights", "output"}
+    refused = runner.invoke(app, ["compute", seed, "--show", "bogus"])
+    assert refused.exit_code == 2
+    assert "--show bogus: choose from weights, output, stats" in refused.stderr

@@ -204,9 +204,44 @@ class Display:
     top_k: int | None = None
     layers: list[int] | None = None  # layers of a capture stacked on the first axis (--layer 1,3)
     color_scale: ColorScale = ColorScale.fixed
+    #: --show: the sections to show; None: the view's own (table: weights and output; heatmap and
+    #: grid: the weights; each with the statistics when --stats computed them)
+    show: tuple[str, ...] | None = None
     #: Of a capture: bool, broadcasting to the weights less their key axis, False for padding rows,
     #: which the means leave out (`loaders.AttentionInputs.real_rows`)
     real_rows: np.ndarray | None = None
+
+
+def shown_sections(display: Display) -> tuple[str, ...]:
+    """What the view shows: --show, or the view's own sections (see Display.show)."""
+    if display.show is not None:
+        return display.show
+    own = ("weights", "output") if display.view is View.table else ("weights",)
+    return (*own, "stats")
+
+
+def parse_show(text: str | None) -> tuple[str, ...] | None:
+    """--show weights,output,stats (any of them, in any order)."""
+    if text is None:
+        return None
+    from attncli.present.options import SECTIONS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise UsageError(f"--show {text}: choose from {', '.join(SECTIONS)} (e.g. --show weights,stats)")
+    return names
+
+
+ShowOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="SECTIONS",
+        help="What to show: weights, output, stats, comma-separated (stats computes them as --stats "
+        "does). Default: weights and output for the table view, the weights for heatmap and grid.",
+        rich_help_panel=DISPLAY,
+    ),
+]
 
 
 def with_token_labels(display: Display, tokens: Sequence[Sequence[str]]) -> Display:
@@ -436,6 +471,7 @@ def _view_options(
         full=display.full,
         pool=display.pool.value,
         color_scale=display.color_scale.value,
+        sections=shown_sections(display),
         colour=screen.colour,
         query_labels=display.query_labels,
         key_labels=display.key_labels,

@@ -34,6 +34,7 @@ from attncli.cli._display import (
     PoolOption,
     PrecisionOption,
     QuietOption,
+    ShowOption,
     StatsOption,
     TopKOption,
     View,
@@ -41,6 +42,7 @@ from attncli.cli._display import (
     check_exports,
     check_matrix_choice,
     compute_and_finish,
+    parse_show,
     with_token_labels,
 )
 from attncli.errors import ExitCode, UsageError
@@ -160,6 +162,7 @@ def compute(
     full: FullOption = False,
     pool: PoolOption = Pool.max,
     color_scale: ColorScaleOption = ColorScale.fixed,
+    show: ShowOption = None,
     precision: PrecisionOption = 4,
     output_format: OutputFormatOption = OutputFormat.table,
     quiet: QuietOption = False,
@@ -228,6 +231,7 @@ def compute(
         view=view,
         pool=pool,
         color_scale=color_scale,
+        show=parse_show(show),
         query_labels=selection.parse_labels(query_labels) if query_labels is not None else both,
         key_labels=selection.parse_labels(key_labels) if key_labels is not None else both,
         batch=batch,
@@ -238,7 +242,7 @@ def compute(
         export_svg=export_svg,
         export_html=export_html,
         force=force,
-        stats=stats,
+        stats=stats or "stats" in (parse_show(show) or ()),
         top_k=top_k,
     )
     for spec, option in ((batch, "--batch"), (head, "--head")):
@@ -310,11 +314,11 @@ def compute(
         check=check,
         full_table=full_table,
         output_only=not (shown or export_svg or export_html)
-        and not stats
+        and not display.stats
         and not top_k
         and weights_target is None
         and target is None,
-        stats=stats,
+        stats=display.stats,
     )
     comparisons = compute_and_finish(
         problem,

@@ -30,6 +30,7 @@ from attncli.cli._display import (
     PoolOption,
     PrecisionOption,
     QuietOption,
+    ShowOption,
     StatsOption,
     TopKOption,
     View,
@@ -37,6 +38,7 @@ from attncli.cli._display import (
     attend_for_view,
     check_exports,
     finish,
+    parse_show,
     with_token_labels,
 )
 from attncli.cli.capture import ModelDirArgument, MoreTextsOption, TextArgument, TextsFileOption, gather_texts
@@ -72,6 +74,7 @@ def model_command(
     full: FullOption = False,
     pool: PoolOption = Pool.max,
     color_scale: ColorScaleOption = ColorScale.fixed,
+    show: ShowOption = None,
     precision: PrecisionOption = 4,
     output_format: OutputFormatOption = OutputFormat.table,
     quiet: QuietOption = False,
@@ -124,6 +127,7 @@ def model_command(
         view=view,
         pool=pool,
         color_scale=color_scale,
+        show=parse_show(show),
         query_labels=given,
         key_labels=given,
         batch=batch,
@@ -134,7 +138,7 @@ def model_command(
         export_svg=export_svg,
         export_html=export_html,
         force=force,
-        stats=stats,
+        stats=stats or "stats" in (parse_show(show) or ()),
         top_k=top_k,
     )
     for spec, option in ((batch, "--batch"), (head, "--head")):

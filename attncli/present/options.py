@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 VIEWS = ("table", "heatmap", "grid")
+#: The sections a view may show (`--show`).
+SECTIONS = ("weights", "output", "stats")
 POOLS = ("max", "mean")
 DEFAULT_MAX_MATRICES = 8
 
@@ -26,6 +28,8 @@ class ViewOptions:
     full: bool = False  # every row and column, whatever the size
     pool: str = "max"  # heatmaps larger than the terminal: max or mean of each block
     color_scale: str = "fixed"  # how weights map to colours: fixed, max, row or log (style.COLOR_SCALES)
+    #: what is shown (SECTIONS): the weights, the output, the statistics (when they were computed)
+    sections: Sequence[str] = SECTIONS
     colour: bool = True  # False: no colours to rely on (heatmaps use characters)
     query_labels: Sequence[str] | None = None
     key_labels: Sequence[str] | None = None

@@ -115,7 +115,7 @@ def result_view(
                 blocked=None if table.blocked is None else table.blocked[index],
                 matrix_max=float(table.maximum[index]),
             )
-        extras = _analysis_parts(name, index, analysis, options)
+        extras = _analysis_parts(name, index, analysis, options) if "stats" in options.sections else []
         return Group(picture, *extras) if extras else picture
 
     parts: list[RenderableType] = [header(meta)]
@@ -132,11 +132,20 @@ def result_view(
         )
     parts.append(Text())
     every_matrix = np.broadcast_to(table.live[..., None, None], weights_shape)  # a view, for the shape
-    parts += _matrices("weights", every_matrix, weight_axes, options, show_weights)
-    if not heatmap:
-        parts.append(weights_legend(table.any_blocked, options.color_scale))
-    parts.append(Text())
-    parts += _output_section(output, meta, options, weight_axes)
+    if "weights" in options.sections:
+        parts += _matrices("weights", every_matrix, weight_axes, options, show_weights)
+        if not heatmap:
+            parts.append(weights_legend(table.any_blocked, options.color_scale))
+        parts.append(Text())
+    elif "stats" in options.sections and analysis:  # the statistics alone, matrix by matrix
+
+        def show_stats(index: tuple[int, ...], name: str) -> RenderableType:
+            return Group(*_analysis_parts(name, index, analysis, options))
+
+        parts += _matrices("weights", every_matrix, weight_axes, options, show_stats)
+        parts.append(Text())
+    if "output" in options.sections:
+        parts += _output_section(output, meta, options, weight_axes)
     return Group(*parts)
 
 
