@@ -422,3 +422,19 @@ def test_head_scores_and_rollout_of_a_real_model_agree_with_its_own_probabilitie
     matrix = np.array(json.loads(rollout.stdout)["rollout"])
     assert matrix.shape == (result.lengths[0], result.lengths[0])
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0, rtol=1e-9)
+
+
+def test_attn_model_shows_several_layers_stacked_and_checks_each_against_the_model(models):
+    texts = [option for text in TEXTS for option in ("--text", text)]
+    result = invoke("model", str(models["llama"]), *texts, "--layer", "all", "--format", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["meta"]["layers"] == [0, 1, 2]
+    assert document["meta"]["weights_axes"][0] == "layer"
+    assert document["meta"]["agreement"]["passed"]
+    reference = capture.capture(models["llama"], TEXTS, reference=True)
+    weights = np.array(document["weights"])
+    for layer in (0, 1, 2):
+        own = reference.probabilities[layer].numpy()
+        rows = ~np.isnan(own).any(axis=-1) & (np.nansum(own, axis=-1) > 0)
+        np.testing.assert_allclose(weights[layer][rows], own[rows], atol=1e-5)

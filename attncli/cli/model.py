@@ -3,7 +3,8 @@ with a line saying whether attncli's weights agree with the model's own probabil
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import replace
+from typing import Annotated, Any
 
 import typer
 
@@ -51,7 +52,13 @@ def model_command(
     text: TextArgument = None,
     more_texts: MoreTextsOption = None,
     texts_file: TextsFileOption = None,
-    layer: Annotated[int, typer.Option(min=0, metavar="N", help="The layer to show (0 is the first).")] = 0,
+    layer: Annotated[
+        str,
+        typer.Option(
+            metavar="LAYERS",
+            help="The layer to show (0 is the first); 1,3, 0:4 or all stack several on a first axis.",
+        ),
+    ] = "0",
     stats: StatsOption = False,
     top_k: TopKOption = None,
     check: CheckOption = False,
@@ -150,9 +157,16 @@ def model_command(
     check_exports(display)
     target = writers.check_output_path(output, force=force) if output is not None else None
     capture.require_transformers("attn model")
-    captured = capture.capture(model_dir, texts, [layer], reference=True, option="--layer")
+    items = None if layer.strip() == "all" else selection.parse_indices(layer, "--layer")
+    captured = capture.capture(model_dir, texts, items, reference=True, option="--layer")
     source = loaders.TensorFile(model_dir, captured.arrays(), named=True, metadata=captured.metadata())
-    inputs = loaders.layer_inputs(source, layer)
+    layers = sorted(captured.layers)
+    one = items is not None and len(items) == 1 and isinstance(items[0], int)
+    inputs = loaders.layer_inputs(source, layers[0]) if one else loaders.stacked_layer_inputs(source, layers)
+    if inputs.layers is not None:
+        display = replace(display, layers=inputs.layers)
+    if inputs.real_rows is not None:
+        display = replace(display, real_rows=inputs.real_rows)
     if inputs.tokens is not None and given is None:
         display = with_token_labels(display, inputs.tokens)
     selection.check_label_count(
@@ -167,13 +181,18 @@ def model_command(
     )
     result = attend_for_view(problem, display)
     assert result.weights is not None
-    agreement = capture.agreement(result.weights, captured.probabilities[layer], result.masked_rows)
+    import torch
+
+    # the model's own probabilities, stacked as the layers are: one verdict for all of them
+    own = [captured.probabilities[number] for number in layers]
+    agreement = capture.agreement(result.weights, own[0] if one else torch.stack(own), result.masked_rows)
     comparisons = []
     if check:
         from attncli.compute.check import check as check_against_references
 
         comparisons = check_against_references(problem, result)
-    extra = {"model": model_dir, "layer": layer, "texts": captured.texts, "tokens": captured.tokens}
+    extra: dict[str, Any] = {"model": model_dir, "texts": captured.texts, "tokens": captured.tokens}
+    extra |= {"layer": layers[0]} if one else {"layers": layers}
     finish(
         result,
         inputs.sources,
