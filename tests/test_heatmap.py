@@ -423,8 +423,17 @@ def test_a_small_matrix_with_labels_names_each_row_and_key() -> None:
     assert lines[2].endswith("[CLS] 0 @@    ··")  # one row per line: weight 1, weight 0, masked
     assert lines[3].rstrip().endswith("cat 1 ++ ++")  # 0.5: the ramp's fifth ninth
     assert lines[4].startswith("a-very-long… 2 ")  # cut as the tables cut labels
-    assert "one cell per weight" in lines[5]
-    assert lines[6] == "keys: 0 [CLS] · 1 cat · 2 a-very-long…"
+    # the keys' labels downwards under their columns (6 characters at most), then the legend
+    assert [line[15:].rstrip() for line in lines[5:11]] == [
+        "[  c  a",
+        "C  a  -",
+        "L  t  v",
+        "S     e",
+        "]     r",
+        "      …",
+    ]
+    assert "one cell per weight" in lines[11]
+    assert lines[12] == "keys: 0 [CLS] · 1 cat · 2 a-very-long…"
 
 
 def test_with_colour_each_labelled_cell_is_a_block_of_its_weights_colour() -> None:

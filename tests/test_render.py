@@ -384,3 +384,24 @@ def test_show_picks_the_sections_and_the_views_have_their_own():
     refused = runner.invoke(app, ["compute", seed, "--show", "bogus"])
     assert refused.exit_code == 2
     assert "--show bogus: choose from weights, output, stats" in refused.stderr
+
+
+def test_heatmap_keys_are_labelled_downwards_under_their_columns():
+    from attncli.present.heatmap import heatmap
+
+    weights = np.eye(3)
+    view = heatmap(
+        weights,
+        title="w",
+        width=80,
+        max_lines=20,
+        colour=False,
+        query_labels=["a", "bb", "cc"],
+        key_labels=["the", "quickest", "x"],
+    )
+    lines = render(view).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("t  q  x"))
+    column = lines[start].index("t")
+    assert [line[column] for line in lines[start : start + 3]] == ["t", "h", "e"]
+    quick = [line[column + 3] for line in lines[start : start + 6]]
+    assert "".join(quick) == "quick…"  # cut at 6 characters

@@ -31,6 +31,7 @@ NAN_RGB = (220, 20, 60)  # red, not on the scale either
 HALF_BLOCK = "▀"
 FULL_BLOCK = "█"
 LABELLED_CELL = 3  # columns per key in the labelled layout (without colour: two characters, a space)
+VERTICAL_LABEL = 6  # characters of a key's label written downwards under its column
 RULER_EVERY = 10  # drawn columns between key indices on the ruler
 GUTTER_EVERY = 5  # text lines between query indices in the gutter
 
@@ -246,12 +247,27 @@ def _labelled_lines(
         else:  # characters, a space between keys
             line.append(" ".join(characters[code] * (LABELLED_CELL - 1) for code in row))
         parts.append(line)
+    if key_labels:
+        parts += _vertical_labels(key_labels[:keys], gutter)
     parts.append(Constrain(_legend(codes, colour, pool, 1, 1, scale), width))
     if key_labels:
         names = Text("keys: ", style="dim")
         names.append(" · ".join(f"{j} {cut_label(label)}" for j, label in enumerate(key_labels)), style="dim")
         parts.append(Constrain(names, width))
     return parts
+
+
+def _vertical_labels(labels: Sequence[str], gutter: int) -> list[Text]:
+    """The keys' labels written downwards under their columns, one character per line, at most
+    VERTICAL_LABEL characters (a longer one cut with '…'): tokens that do not fit across a column
+    still name it where it is."""
+    names = [" ".join(label.split()) or "␣" for label in labels]
+    names = [name if len(name) <= VERTICAL_LABEL else name[: VERTICAL_LABEL - 1] + "…" for name in names]
+    lines = []
+    for depth in range(max((len(name) for name in names), default=0)):
+        cells = "".join((name[depth] if depth < len(name) else " ").ljust(LABELLED_CELL) for name in names)
+        lines.append(Text(" " * gutter + cells.rstrip(), style="dim", no_wrap=True, overflow="crop"))
+    return lines
 
 
 def _pool(
