@@ -445,3 +445,22 @@ def test_the_means_of_a_capture_leave_its_padding_rows_out(tmp_path):
         np.testing.assert_allclose(np.array(means[name]), expected[name], rtol=1e-5, err_msg=name)
     with_padding = reference_means(reference_rows(weights, blocked, None), np.ones_like(counted))
     assert not np.allclose(with_padding["distance"][1], expected["distance"][1])  # the padding mattered
+
+
+def test_the_statistics_table_dims_padding_rows_and_means_the_tokens(tmp_path):
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    tensors, _, real = _capture_file(path, lengths=(6, 4), layers=(0,))
+    args = ["compute", str(path), "--layer", "0", "--batch", "1", "--head", "0", "--show", "stats"]
+    result = CliRunner().invoke(app, [*args, "--precision", "4"], env={"COLUMNS": "120", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    mean_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("mean of tokens"))
+    q, k, v, mask = (tensors[f"layers.0.{role}"] for role in ("query", "key", "value", "mask"))
+    weights, _ = reference_attention(q, k, v, mask=mask, scale=0.35)
+    blocked = ~np.broadcast_to(mask, weights.shape)
+    counted = np.broadcast_to(real[:, None, :], weights.shape[:-1])
+    distance = reference_means(reference_rows(weights, blocked, None), counted)["distance"][1, 0]
+    assert mean_line.split()[-1] == f"{distance:.4f}"

@@ -429,6 +429,7 @@ def finish(
         analysis=arrays,
         pictures=pictures,
         picture_blocks=result.picture_blocks,
+        counted_rows=display.real_rows,
     )
     screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
     if comparisons:

@@ -55,9 +55,12 @@ def result_view(
     analysis: Mapping[str, np.ndarray] | None = None,
     pictures: np.ndarray | None = None,
     picture_blocks: tuple[int, int] = (1, 1),
+    counted_rows: np.ndarray | None = None,
 ) -> Group:
     """The view of a result, however it was computed: the header, each weight matrix with its
-    statistics, then each output matrix.
+    statistics, then each output matrix. `counted_rows` (bool, broadcasting to (..., Lq)): the
+    query rows of real tokens, False for a capture's padding, which the statistics tables dim and
+    leave out of their means.
 
     What is drawn was kept by the computation's consumers: `table` (`compute.KeptTable`), the cells
     a table shows and every matrix's figures for its title; `entropy` (..., Lq), each row's, whose
@@ -115,7 +118,11 @@ def result_view(
                 blocked=None if table.blocked is None else table.blocked[index],
                 matrix_max=float(table.maximum[index]),
             )
-        extras = _analysis_parts(name, index, analysis, options) if "stats" in options.sections else []
+        extras = (
+            _analysis_parts(name, index, analysis, options, _rows_of(counted_rows, index, rows))
+            if "stats" in options.sections
+            else []
+        )
         return Group(picture, *extras) if extras else picture
 
     parts: list[RenderableType] = [header(meta)]
@@ -140,7 +147,9 @@ def result_view(
     elif "stats" in options.sections and analysis:  # the statistics alone, matrix by matrix
 
         def show_stats(index: tuple[int, ...], name: str) -> RenderableType:
-            return Group(*_analysis_parts(name, index, analysis, options))
+            return Group(
+                *_analysis_parts(name, index, analysis, options, _rows_of(counted_rows, index, rows))
+            )
 
         parts += _matrices("weights", every_matrix, weight_axes, options, show_stats)
         parts.append(Text())
@@ -149,14 +158,31 @@ def result_view(
     return Group(*parts)
 
 
+def _rows_of(counted: np.ndarray | None, index: tuple[int, ...], rows: int) -> np.ndarray | None:
+    """The counted rows (Lq,) of matrix `index`, from a mask broadcasting to (..., Lq)."""
+    if counted is None:
+        return None
+    lead = counted.shape[:-1]
+    picked = (
+        tuple(i if size > 1 else 0 for i, size in zip(index[-len(lead) :], lead, strict=False))
+        if lead
+        else ()
+    )
+    return np.broadcast_to(counted[picked] if lead else counted, (rows,))
+
+
 def _analysis_parts(
-    name: str, index: tuple[int, ...], analysis: Mapping[str, np.ndarray], options: ViewOptions
+    name: str,
+    index: tuple[int, ...],
+    analysis: Mapping[str, np.ndarray],
+    options: ViewOptions,
+    counted: np.ndarray | None = None,
 ) -> list[RenderableType]:
     """The --stats and --top-k tables of one matrix, when they were asked for."""
     parts: list[RenderableType] = []
     if "entropy" in analysis:
         parts += [Text(), Text(f"{name}: statistics per query row", style="bold")]
-        parts.append(stats_table({stat: analysis[stat][index] for stat in STAT_NAMES}, options))
+        parts.append(stats_table({stat: analysis[stat][index] for stat in STAT_NAMES}, options, counted))
     if "top_k_keys" in analysis:
         parts += [Text(), Text(f"{name}: most attended keys per query row", style="bold")]
         parts.append(top_k_table(analysis["top_k_weights"][index], analysis["top_k_keys"][index], options))
@@ -380,9 +406,13 @@ def output_table(
     )
 
 
-def stats_table(stats: Mapping[str, np.ndarray], options: ViewOptions) -> Table:
+def stats_table(
+    stats: Mapping[str, np.ndarray], options: ViewOptions, counted: np.ndarray | None = None
+) -> Table:
     """Per query row of one matrix: entropy (nats and normalised), largest weight and its key,
-    weight on key 0 (sink), mean attention distance; a last row with their means over live rows."""
+    weight on key 0 (sink), mean attention distance; a last row with their means over live rows.
+    Rows that `counted` (bool, per row) marks False (a capture's padding) are dimmed and left out
+    of the means."""
     rows = len(stats["entropy"])
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left")
     for heading in ("query", "entropy", "normalised", "max", "argmax", "sink", "distance"):
@@ -402,15 +432,17 @@ def stats_table(stats: Mapping[str, np.ndarray], options: ViewOptions) -> Table:
             ),
             key,
             *(_number(stats[name][i], options.precision) for name in ("sink", "distance")),
+            style="dim" if counted is not None and not counted[i] else None,
         )
+    kept = np.ones(rows, dtype=bool) if counted is None else np.asarray(counted, dtype=bool)
     means = {
-        name: _nanmean(stats[name])
+        name: _nanmean(np.asarray(stats[name])[kept])
         for name in ("entropy", "entropy_normalised", "max_weight", "sink", "distance")
     }
     shown = {name: _number(mean, options.precision) for name, mean in means.items()}
     table.add_section()
     table.add_row(
-        "mean",
+        "mean" if kept.all() else "mean of tokens",
         shown["entropy"],
         shown["entropy_normalised"],
         shown["max_weight"],
