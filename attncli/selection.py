@@ -39,6 +39,15 @@ def parse_indices(text: str, option: str) -> list[int | slice]:
     return items
 
 
+def parse_layers(text: str | None, option: str = "--layer") -> int | str | list[int | slice] | None:
+    """--layer: one layer (N: an int), several (1,3 or 0:4: items to resolve against a file's
+    layers, `loaders.chosen_layers`), "all", or None when not given."""
+    if text is None or text.strip() == "all":
+        return None if text is None else "all"
+    items = parse_indices(text, option)
+    return items[0] if len(items) == 1 and isinstance(items[0], int) else items
+
+
 def resolve_indices(items: Sequence[int | slice], size: int, option: str, what: str) -> list[int]:
     """The indices that `items` (from `parse_indices`) name on an axis of `size` `what` (e.g. 'heads')."""
     resolved: set[int] = set()

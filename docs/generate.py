@@ -262,14 +262,9 @@ HEADS_EXAMPLES: list[tuple[str, str | None]] = [
 
 def heads_page() -> str:
     name, command, _ = HEADS_PICTURES[0]
-    picture = [
-        f"Every head at once: `{command}` (the picture is its `--export-svg`, 160 columns).",
-        "",
-        f"![the 72 heads of all-MiniLM-L6-v2, layer by layer](images/{name})",
-        "",
-    ]
-    lines = page([HEADS_INTRO], HEADS_EXAMPLES[:1]) + picture + example_lines(HEADS_EXAMPLES[1:])
-    return "\n".join(lines) + "\n"
+    words = f"Every head at once: `{command}` (the picture is its `--export-svg`, 160 columns)."
+    alt = "the 72 heads of all-MiniLM-L6-v2, layer by layer"
+    return page_with_picture(HEADS_INTRO, HEADS_EXAMPLES, 1, words, alt, name)
 
 
 def page(title_lines: list[str], examples: list[tuple[str, str | None]]) -> list[str]:
@@ -293,13 +288,18 @@ def analysis_page() -> str:
 
 def models_page() -> str:
     name, command = MODEL_PICTURES[0]
-    picture = [
-        f"In colour, with the agreement line: `{command}` (the picture is its `--export-svg`).",
-        "",
-        f"![layer 0, head 3 of all-MiniLM-L6-v2: tokens, statistics, agreement](images/{name})",
-        "",
-    ]
-    lines = page([MODELS_INTRO], MODELS_EXAMPLES[:3]) + picture + example_lines(MODELS_EXAMPLES[3:])
+    words = f"In colour, with the agreement line: `{command}` (the picture is its `--export-svg`)."
+    alt = "layer 0, head 3 of all-MiniLM-L6-v2: tokens, statistics, agreement"
+    return page_with_picture(MODELS_INTRO, MODELS_EXAMPLES, 3, words, alt, name)
+
+
+def page_with_picture(
+    intro: str, examples: list[tuple[str, str | None]], before: int, words: str, alt: str, name: str
+) -> str:
+    """A page: its intro, the first `before` examples, a picture from docs/images/ with its words,
+    then the other examples."""
+    picture = [words, "", f"![{alt}](images/{name})", ""]
+    lines = page([intro], examples[:before]) + picture + example_lines(examples[before:])
     return "\n".join(lines) + "\n"
 
 
@@ -346,6 +346,7 @@ MODEL_PICTURES = [
 ]
 
 
+#: (file, command line, terminal columns): the grid of every head needs a wide terminal.
 HEADS_PICTURES = [("heads-minilm-grid.svg", f"attn compute {FOX} --layer all --view grid", 160)]
 
 
@@ -354,9 +355,8 @@ def pictures() -> None:
     env = {**os.environ, "COLUMNS": str(WIDTH), "COLORTERM": "truecolor", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    wide = [(name, command) for name, command, _ in HEADS_PICTURES]
-    for name, command in PICTURES + MODEL_PICTURES + wide:
-        columns = next((width for n, _, width in HEADS_PICTURES if n == name), WIDTH)
+    every = [(name, command, WIDTH) for name, command in PICTURES + MODEL_PICTURES] + HEADS_PICTURES
+    for name, command, columns in every:
         env["COLUMNS"] = str(columns)
         target = (DOCS / "images" / name).relative_to(REPO)
         subprocess.run(

@@ -464,3 +464,26 @@ def test_the_statistics_table_dims_padding_rows_and_means_the_tokens(tmp_path):
     counted = np.broadcast_to(real[:, None, :], weights.shape[:-1])
     distance = reference_means(reference_rows(weights, blocked, None), counted)["distance"][1, 0]
     assert mean_line.split()[-1] == f"{distance:.4f}"
+
+
+def test_layer_choices_name_layer_numbers_in_every_command(tmp_path):
+    """A capture may hold some layers only: --layer 2 is layer 2 in compute, heads and rollout
+    alike (heads took it as the second captured layer, and refused it as out of range)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    _capture_file(path, layers=(0, 2))
+    runner = CliRunner()
+    heads = runner.invoke(app, ["heads", str(path), "--layer", "2", "--format", "json"])
+    assert heads.exit_code == 0, heads.output
+    assert json.loads(heads.stdout)["layers"] == [2]
+    rollout = runner.invoke(app, ["rollout", str(path), "--layer", "2", "--format", "json"])
+    assert rollout.exit_code == 0, rollout.output
+    assert json.loads(rollout.stdout)["meta"]["layers"] == [2]
+    missing = runner.invoke(app, ["heads", str(path), "--layer", "1"])
+    assert missing.exit_code == 2
+    assert "has no layer 1" in missing.stderr

@@ -241,6 +241,18 @@ def _terminating_signals() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def specs_or_stdin(paths: Sequence[str] | None, no_input: str) -> tuple[list[str], BinaryIO | None]:
+    """The paths a command was given, or '-' when it was given none and stdin is a pipe or a file;
+    a UsageError saying `no_input` when there is neither. Returns them with stdin."""
+    specs = list(paths or [])
+    given = stdin()
+    if not specs:
+        if given is None:
+            raise UsageError(no_input)
+        specs = ["-"]
+    return specs, given
+
+
 def fail(message: str, status: int) -> NoReturn:
     sys.stderr.write(f"attn: error: {escaped(message)}\n")  # one line, whatever a name holds
     sys.stderr.flush()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -56,6 +57,73 @@ class ColorScale(str, Enum):
 
 
 ATTENTION, ANALYSIS, DISPLAY, SAVE = "Attention", "Analysis", "Display", "Save"
+
+
+# --- the options of the commands that compute attention (compute, heads, rollout, model) ----------
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float64 = "float64"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def check_scale(value: float | None) -> float | None:
+    if value is not None and (not math.isfinite(value) or value == 0):
+        raise typer.BadParameter(f"must be a finite, non-zero number, not {value}")
+    return value
+
+
+PathsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[QUERY KEY VALUE | FILE]",
+        help="Three tensor files, or one holding query/key/value (or one tensor for self-attention). "
+        "PATH:NAME picks a tensor from a file; '-' or no path reads stdin.",
+        show_default=False,
+    ),
+]
+
+
+ScaleOption = Annotated[
+    float | None,
+    typer.Option(
+        callback=check_scale,
+        help="Multiply scores by this. Default: 1/sqrt(key features per head).",
+        rich_help_panel=ATTENTION,
+    ),
+]
+CausalOption = Annotated[
+    bool, typer.Option("--causal", help="Query i attends to keys j <= i.", rich_help_panel=ATTENTION)
+]
+MaskOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="PATH",
+        help="Boolean (True = may attend) or float (added to scores) tensor; broadcasts to the weights.",
+        rich_help_panel=ATTENTION,
+    ),
+]
+HeadsOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Split the feature axis into this many heads.", rich_help_panel=ATTENTION),
+]
+DTypeOption = Annotated[
+    DType, typer.Option(help="auto: float64 if an input is float64, else float32.", rich_help_panel=ATTENTION)
+]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)]
+OutputOption = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="PATH",
+        help="Save the results and their metadata: .safetensors, .npz or .json.",
+        rich_help_panel=SAVE,
+    ),
+]
 PrecisionOption = Annotated[
     int,
     typer.Option(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
-from enum import Enum
 from typing import Annotated
 
 import typer
@@ -15,25 +13,34 @@ from attncli.cli._display import (
     ATTENTION,
     DISPLAY,
     SAVE,
+    CausalOption,
     CheckOption,
     ColorScale,
     ColorScaleOption,
+    DeviceOption,
     Display,
+    DType,
+    DTypeOption,
     ExportHtmlOption,
     ExportSvgOption,
     ForceOption,
     FullOption,
     HeadOption,
+    HeadsOption,
     LabelsFileOption,
+    MaskOption,
     MaxColsOption,
     MaxRowsOption,
     NoColorOption,
     OutputFormat,
     OutputFormatOption,
+    OutputOption,
+    PathsArgument,
     Pool,
     PoolOption,
     PrecisionOption,
     QuietOption,
+    ScaleOption,
     ShowOption,
     StatsOption,
     TopKOption,
@@ -48,57 +55,13 @@ from attncli.cli._display import (
 from attncli.errors import ExitCode, UsageError
 
 
-class DType(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    float64 = "float64"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-def _check_scale(value: float | None) -> float | None:
-    if value is not None and (not math.isfinite(value) or value == 0):
-        raise typer.BadParameter(f"must be a finite, non-zero number, not {value}")
-    return value
-
-
-PathsArgument = Annotated[
-    list[str] | None,
-    typer.Argument(
-        metavar="[QUERY KEY VALUE | FILE]",
-        help="Three tensor files, or one holding query/key/value (or one tensor for self-attention). "
-        "PATH:NAME picks a tensor from a file; '-' or no path reads stdin.",
-        show_default=False,
-    ),
-]
-
-
 @app.command()
 def compute(
     paths: PathsArgument = None,
-    scale: Annotated[
-        float | None,
-        typer.Option(
-            callback=_check_scale,
-            help="Multiply scores by this. Default: 1/sqrt(key features per head).",
-            rich_help_panel=ATTENTION,
-        ),
-    ] = None,
-    causal: Annotated[
-        bool, typer.Option("--causal", help="Query i attends to keys j <= i.", rich_help_panel=ATTENTION)
-    ] = False,
-    mask: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PATH",
-            help="Boolean (True = may attend) or float (added to scores) tensor; broadcasts to the weights.",
-            rich_help_panel=ATTENTION,
-        ),
-    ] = None,
-    heads: Annotated[
-        int | None,
-        typer.Option(min=1, help="Split the feature axis into this many heads.", rich_help_panel=ATTENTION),
-    ] = None,
+    scale: ScaleOption = None,
+    causal: CausalOption = False,
+    mask: MaskOption = None,
+    heads: HeadsOption = None,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -108,13 +71,8 @@ def compute(
             rich_help_panel=ATTENTION,
         ),
     ] = None,
-    dtype: Annotated[
-        DType,
-        typer.Option(help="auto: float64 if an input is float64, else float32.", rich_help_panel=ATTENTION),
-    ] = DType.auto,
-    device: Annotated[
-        str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)
-    ] = "cpu",
+    dtype: DTypeOption = DType.auto,
+    device: DeviceOption = "cpu",
     stats: StatsOption = False,
     top_k: TopKOption = None,
     check: CheckOption = False,
@@ -167,16 +125,7 @@ def compute(
     output_format: OutputFormatOption = OutputFormat.table,
     quiet: QuietOption = False,
     no_color: NoColorOption = False,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="PATH",
-            help="Save weights, output and metadata: .safetensors, .npz or .json.",
-            rich_help_panel=SAVE,
-        ),
-    ] = None,
+    output: OutputOption = None,
     weights_to: Annotated[
         str | None,
         typer.Option(
@@ -200,15 +149,11 @@ def compute(
       attn compute x.safetensors:hidden --heads 8 -o result.safetensors --export-svg weights.svg
       attn compute run.safetensors --layer 3 --head 0:4
     """
-    specs = list(paths or [])
-    stdin = _app.stdin()
-    if not specs:
-        if stdin is None:
-            raise UsageError(
-                "no input: give QUERY KEY VALUE paths or one file, or pipe one in "
-                "(e.g. 'attn compute q.npy k.npy v.npy' or 'cat qkv.json | attn compute')"
-            )
-        specs = ["-"]
+    specs, stdin = _app.specs_or_stdin(
+        paths,
+        "no input: give QUERY KEY VALUE paths or one file, or pipe one in "
+        "(e.g. 'attn compute q.npy k.npy v.npy' or 'cat qkv.json | attn compute')",
+    )
     if len(specs) not in (1, 3):
         raise UsageError(
             f"got {len(specs)} paths; give one (a file holding query, key and value, or one tensor "
@@ -266,7 +211,7 @@ def compute(
     from attncli.compute import prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
-    inputs = loaders.load_attention_inputs(specs, stdin, layer=_layer_choice(layer))
+    inputs = loaders.load_attention_inputs(specs, stdin, layer=selection.parse_layers(layer))
     if inputs.layers is not None:
         display = replace(display, layers=inputs.layers)
     if inputs.real_rows is not None:
@@ -332,16 +277,6 @@ def compute(
     )
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
-
-
-def _layer_choice(text: str | None) -> int | str | list[int | slice] | None:
-    """--layer: one layer (N), several (1,3 or 0:4: a list to resolve against the file), or all."""
-    if text is None or text.strip() == "all":
-        return None if text is None else "all"
-    from attncli.selection import parse_indices
-
-    items = parse_indices(text, "--layer")
-    return items[0] if len(items) == 1 and isinstance(items[0], int) else items
 
 
 def _memory_limit(text: str) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,15 +15,29 @@ from attncli.cli._app import app
 from attncli.cli._app import console as make_console
 from attncli.cli._display import (
     ATTENTION,
+    CausalOption,
+    DeviceOption,
+    DType,
+    DTypeOption,
     ForceOption,
+    HeadsOption,
+    MaskOption,
     NoColorOption,
     OutputFormat,
+    OutputOption,
+    PathsArgument,
     PrecisionOption,
+    ScaleOption,
     View,
     ViewOption,
 )
-from attncli.cli.compute import DType, PathsArgument, _check_scale
 from attncli.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from attncli.compute import Prepared
+    from attncli.io.loaders import TensorFile
 
 
 @app.command("heads")
@@ -51,21 +66,10 @@ def heads_command(
         ),
     ] = None,
     top: Annotated[int, typer.Option(min=0, metavar="N", help="Heads listed under each table.")] = 3,
-    scale: Annotated[
-        float | None,
-        typer.Option(callback=_check_scale, help="Multiply scores by this.", rich_help_panel=ATTENTION),
-    ] = None,
-    causal: Annotated[
-        bool, typer.Option("--causal", help="Query i attends to keys j <= i.", rich_help_panel=ATTENTION)
-    ] = False,
-    mask: Annotated[
-        str | None,
-        typer.Option(metavar="PATH", help="A mask, as for attn compute.", rich_help_panel=ATTENTION),
-    ] = None,
-    heads: Annotated[
-        int | None,
-        typer.Option(min=1, help="Split the feature axis into this many heads.", rich_help_panel=ATTENTION),
-    ] = None,
+    scale: ScaleOption = None,
+    causal: CausalOption = False,
+    mask: MaskOption = None,
+    heads: HeadsOption = None,
     labels: Annotated[
         str | None,
         typer.Option(
@@ -74,12 +78,8 @@ def heads_command(
             "duplicate and induction scores need them.",
         ),
     ] = None,
-    dtype: Annotated[
-        DType, typer.Option(help="As for attn compute.", rich_help_panel=ATTENTION)
-    ] = DType.auto,
-    device: Annotated[
-        str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)
-    ] = "cpu",
+    dtype: DTypeOption = DType.auto,
+    device: DeviceOption = "cpu",
     output_format: Annotated[
         OutputFormat,
         typer.Option("--format", help='table, or json: {"layers", "heads", "scores": {NAME: [[...]]}}.'),
@@ -102,51 +102,28 @@ def heads_command(
     from attncli.io import loaders
     from attncli.present.heads import heads_json, heads_view
 
-    specs = list(paths or [])
-    stdin = _app.stdin()
-    if not specs:
-        if stdin is None:
-            raise UsageError("no input: give a file from 'attn capture', or QUERY KEY VALUE, or pipe one in")
-        specs = ["-"]
+    specs, stdin = _app.specs_or_stdin(
+        paths, "no input: give a file from 'attn capture', or QUERY KEY VALUE, or pipe one in"
+    )
     wanted = None
     if score is not None:
         wanted = [name.strip() for name in score.split(",") if name.strip()]
         unknown = [name for name in wanted if name not in SCORE_NAMES]
         if unknown or not wanted:
             raise UsageError(f"--score {score}: not a score; choose from {', '.join(SCORE_NAMES)}")
-    chosen_layers = selection.parse_indices(layer, "--layer") if layer not in (None, "all") else None
     resolve_device(device)
     given = selection.given_labels(labels)
     tokens: list[list[str]] | None = None if given is None else [given]
     source = loaders.read_tensors(loaders.split_spec(specs[0])[0], stdin) if len(specs) == 1 else None
-    present = [] if source is None else loaders.captured_layers(source.tensors)
-    if present:
-        assert source is not None
-        numbers = (
-            selection.resolve_indices(chosen_layers, len(present), "--layer", "layers")
-            if chosen_layers
-            else range(len(present))
+    if source is not None and loaders.captured_layers(source.tensors):
+        numbers = loaders.chosen_layers(source, selection.parse_layers(layer))
+        override = None if mask is None else loaders.load_mask(mask, stdin)
+        layers, captured_tokens = _capture_problems(
+            source, numbers, scale=scale, mask=override, causal=causal, dtype=dtype.value, device=device
         )
-        layers = []
-        for index in numbers:
-            inputs = loaders.layer_inputs(source, present[index])
-            problem = prepare(
-                inputs.query,
-                inputs.key,
-                inputs.value,
-                scale=inputs.scale if scale is None else scale,
-                mask=inputs.mask if mask is None else loaders.load_mask(mask, stdin),
-                causal=causal,
-                dtype=dtype.value,
-                device=device,
-                names=inputs.sources,
-            )
-            layers.append((present[index], problem))
-            tokens = tokens or inputs.tokens
+        tokens = tokens or captured_tokens
+        texts = _texts(layers, batch)
         lengths = source.metadata.get("lengths")
-        texts = layers[0][1].weights_shape[0] if layers and len(layers[0][1].weights_shape) == 4 else 1
-        if batch is not None and batch >= texts:
-            raise UsageError(f"--batch {batch}: out of range, there are {texts} texts (0 to {texts - 1})")
         well_formed = isinstance(lengths, list) and all(isinstance(n, int) for n in lengths)
         result = score_capture(layers, tokens, lengths if well_formed else None, batch)
         title = f"head scores of {source.label}: {len(layers)} layers x {result.heads} heads"
@@ -213,21 +190,11 @@ def rollout_command(
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help='table: what --view shows; json: {"rollout", "meta"}.')
     ] = OutputFormat.table,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="PATH",
-            help="Save the rollout and its metadata (.safetensors, .npz, .json).",
-        ),
-    ] = None,
+    output: OutputOption = None,
     force: ForceOption = False,
     precision: PrecisionOption = 4,
     no_color: NoColorOption = False,
-    device: Annotated[
-        str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=ATTENTION)
-    ] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Attention rollout across layers (Abnar & Zuidema 2020) of one text of a capture.
 
@@ -237,7 +204,7 @@ def rollout_command(
     each row sums to 1.
     """
     from attncli import selection
-    from attncli.compute import prepare, resolve_device
+    from attncli.compute import resolve_device
     from attncli.compute.heads import capture_rollout
     from attncli.io import loaders, writers
     from attncli.present.heads import rollout_view
@@ -246,31 +213,12 @@ def rollout_command(
     target = writers.check_output_path(output, force=force) if output is not None else None
     resolve_device(device)
     source = loaders.read_tensors(path, _app.stdin() if path == "-" else None)
-    present = loaders.captured_layers(source.tensors)
-    if not present:
+    if not loaders.captured_layers(source.tensors):
         raise UsageError(f"{source.label} holds no captured layers; rollout needs a file from 'attn capture'")
-    if layer in (None, "all"):
-        chosen = present
-    else:
-        items = selection.parse_indices(layer, "--layer")
-        chosen = selection.resolve_indices(items, max(present) + 1, "--layer", "layers")
-    layers = []
-    for number in chosen:
-        inputs = loaders.layer_inputs(source, number)
-        problem = prepare(
-            inputs.query,
-            inputs.key,
-            inputs.value,
-            scale=inputs.scale,
-            mask=inputs.mask,
-            device=device,
-            names=inputs.sources,
-        )
-        layers.append((number, problem))
+    chosen = loaders.chosen_layers(source, selection.parse_layers(layer))
+    layers, _ = _capture_problems(source, chosen, device=device)
+    texts = _texts(layers, batch)
     shape = layers[0][1].weights_shape
-    texts = shape[0] if len(shape) == 4 else 1
-    if batch >= texts:
-        raise UsageError(f"--batch {batch}: out of range, there are {texts} texts (0 to {texts - 1})")
     lengths = source.metadata.get("lengths")
     length = lengths[batch] if isinstance(lengths, list) and len(lengths) == texts else None
     length = length if isinstance(length, int) and 0 < length <= shape[-1] else None
@@ -304,3 +252,47 @@ def rollout_command(
     span = f"layers {chosen[0]} to {chosen[-1]}" if len(chosen) > 1 else f"layer {chosen[0]}"
     title = f"rollout of {source.label}, text {batch}, {span}  {matrix.shape[0]}×{matrix.shape[1]}"
     console.print(rollout_view(matrix, title=title, options=options, labels=labels))
+
+
+def _capture_problems(
+    source: TensorFile,
+    numbers: Sequence[int],
+    *,
+    scale: float | None = None,
+    mask: np.ndarray | None = None,
+    causal: bool = False,
+    dtype: str = "auto",
+    device: str = "cpu",
+) -> tuple[list[tuple[int, Prepared]], list[list[str]] | None]:
+    """Each chosen layer of a capture as a problem to compute, with the layer's own scale and mask
+    unless `scale` or `mask` replace them; and the capture's tokens."""
+    from attncli.compute import prepare
+    from attncli.io import loaders
+
+    layers = []
+    tokens = None
+    for number in numbers:
+        inputs = loaders.layer_inputs(source, number)
+        tokens = tokens or inputs.tokens
+        problem = prepare(
+            inputs.query,
+            inputs.key,
+            inputs.value,
+            scale=inputs.scale if scale is None else scale,
+            mask=inputs.mask if mask is None else mask,
+            causal=causal,
+            dtype=dtype,
+            device=device,
+            names=inputs.sources,
+        )
+        layers.append((number, problem))
+    return layers, tokens
+
+
+def _texts(layers: Sequence[tuple[int, Prepared]], batch: int | None) -> int:
+    """How many texts the capture holds (its batch), with --batch checked against it."""
+    shape = layers[0][1].weights_shape
+    texts = shape[0] if len(shape) == 4 else 1
+    if batch is not None and batch >= texts:
+        raise UsageError(f"--batch {batch}: out of range, there are {texts} texts (0 to {texts - 1})")
+    return texts

@@ -51,12 +51,9 @@ def inspect_command(
 
     Exit status: 0 success, 2 bad usage or a file that cannot be read.
     """
-    specs = list(paths or [])
-    stdin = _app.stdin()
-    if not specs:
-        if stdin is None:
-            raise UsageError("no input: give tensor files, or pipe one in (e.g. 'cat x.npy | attn inspect')")
-        specs = ["-"]
+    specs, stdin = _app.specs_or_stdin(
+        paths, "no input: give tensor files, or pipe one in (e.g. 'cat x.npy | attn inspect')"
+    )
     from attncli.io.lazy import inspect_spec
     from attncli.io.loaders import split_spec
     from attncli.present.inspect import report_view, reports_json

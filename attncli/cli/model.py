@@ -11,7 +11,6 @@ import typer
 from attncli.cli._app import app
 from attncli.cli._display import (
     DISPLAY,
-    SAVE,
     CheckOption,
     ColorScale,
     ColorScaleOption,
@@ -27,6 +26,7 @@ from attncli.cli._display import (
     NoColorOption,
     OutputFormat,
     OutputFormatOption,
+    OutputOption,
     Pool,
     PoolOption,
     PrecisionOption,
@@ -86,16 +86,7 @@ def model_command(
     output_format: OutputFormatOption = OutputFormat.table,
     quiet: QuietOption = False,
     no_color: NoColorOption = False,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="PATH",
-            help="Save weights, output and metadata: .safetensors, .npz or .json.",
-            rich_help_panel=SAVE,
-        ),
-    ] = None,
+    output: OutputOption = None,
     export_svg: ExportSvgOption = None,
     export_html: ExportHtmlOption = None,
     force: ForceOption = False,

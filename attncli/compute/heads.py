@@ -102,8 +102,9 @@ def score_matrices(problem: Prepared, tokens: list[list[str]] | None) -> HeadSco
     means = score_problem(problem, tokens)
     *lead, _, _ = problem.weights_shape
     axes = problem.describe()["weights_axes"][:-2]
-    heads = lead[-1] if axes and axes[-1] == "head" else 1
-    batch_shape = lead[:-1] if heads > 1 or (axes and axes[-1] == "head") else lead
+    has_heads = bool(axes) and axes[-1] == "head"
+    heads = lead[-1] if has_heads else 1
+    batch_shape = lead[:-1] if has_heads else lead
     entries = math.prod(batch_shape)
     names = [",".join(map(str, index)) for index in np.ndindex(*batch_shape)] or ["0"]
     scores = {name: values.reshape(entries, heads) for name, values in means.items()}

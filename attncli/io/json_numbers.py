@@ -154,6 +154,8 @@ def _skeleton(sizes: tuple[int, ...]) -> bytes:
 
 _KEY = re.compile(rb'\s*("(?:[^"\\]|\\.)*")\s*:\s*', re.DOTALL)
 _GAP = re.compile(rb"\s*(,|\})", re.DOTALL)
+_SCALAR = re.compile(rb'"(?:[^"\\]|\\.)*"|[^,}]*', re.DOTALL)  # a string, or a value up to , or }
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')  # what bracket matching inside an object looks at
 
 
 def _object(text: bytes, start: int, end: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -213,12 +215,12 @@ def _value_end(text: bytes, start: int, end: int) -> int | None:
     account), the next ',' or '}' otherwise."""
     opener = text[start : start + 1]
     if opener not in (b"[", b"{"):
-        match = re.compile(rb'"(?:[^"\\]|\\.)*"|[^,}]*', re.DOTALL).match(text, start)
+        match = _SCALAR.match(text, start)
         return None if match is None else match.end()
     depth = 0
     inside_string = False
     escaped_at = -1
-    for mark in re.compile(rb'[\[\]{}"\\]').finditer(text, start, end):
+    for mark in _STRUCTURE.finditer(text, start, end):
         where = mark.start()
         if where == escaped_at:
             continue

@@ -220,14 +220,7 @@ def load_attention_inputs(
         source = read_tensors(path, stdin)
         if isinstance(layer, int):
             return layer_inputs(source, layer)
-        present = captured_layers(source.tensors)
-        if isinstance(layer, str):  # "all"
-            chosen = present
-        else:
-            from attncli.selection import resolve_indices
-
-            chosen = resolve_indices(layer, max(present, default=-1) + 1, "--layer", "layers")
-        return stacked_layer_inputs(source, chosen)
+        return stacked_layer_inputs(source, chosen_layers(source, layer))
     if len(specs) == 3:
         tensors, sources = {}, {}
         for role, spec in zip(ROLE_NAMES, specs, strict=True):
@@ -246,6 +239,19 @@ def captured_layers(tensors: Mapping[str, Any]) -> list[int]:
     """The layers of an `attn capture` file (tensors named layers.N.query ...), in order."""
     found = (_LAYER_TENSOR.fullmatch(name) for name in tensors)
     return sorted({int(match.group(1)) for match in found if match})
+
+
+def chosen_layers(source: TensorFile, choice: int | str | Sequence[int | slice] | None) -> list[int]:
+    """The layer numbers of an `attn capture` file that a --layer choice names (as
+    `selection.parse_layers` gives it): None or "all", every captured layer; else the numbers the
+    items name, slices cut at the last layer (`layer_inputs` refuses one the file lacks)."""
+    present = captured_layers(source.tensors)
+    if choice is None or isinstance(choice, str):
+        return present
+    from attncli.selection import resolve_indices
+
+    items = [choice] if isinstance(choice, int) else choice
+    return resolve_indices(items, max(present, default=-1) + 1, "--layer", "layers")
 
 
 def stacked_layer_inputs(source: TensorFile, layers: Sequence[int]) -> AttentionInputs:

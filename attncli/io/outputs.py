@@ -135,19 +135,17 @@ def _place(temporary: str, target: Path, option: str, replace: bool) -> None:
         if replace:
             os.replace(temporary, target)
             return
+        made_meanwhile = OutputError(
+            f"{option} {target}: the file was created by another program while attn ran; it is "
+            "left as it is (add --force to replace it)"
+        )
         try:
             os.link(temporary, target)
         except FileExistsError:
-            raise OutputError(
-                f"{option} {target}: the file was created by another program while attn ran; it is "
-                "left as it is (add --force to replace it)"
-            ) from None
+            raise made_meanwhile from None
         except OSError:  # a file system without hard links: a rename, after a last look
             if target.exists():
-                raise OutputError(
-                    f"{option} {target}: the file was created by another program while attn ran; it "
-                    "is left as it is (add --force to replace it)"
-                ) from None
+                raise made_meanwhile from None
             os.replace(temporary, target)
             return
         os.unlink(temporary)

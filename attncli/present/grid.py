@@ -14,12 +14,11 @@ from itertools import groupby
 
 import numpy as np
 from rich.console import Group, RenderableType
-from rich.style import Style
 from rich.text import Text
 
-from attncli.present.heatmap import _CODES, HALF_BLOCK, RAMP, _codes, _colour_table
+from attncli.present.heatmap import RAMP, cell_codes, colour_lines, plain_lines
 from attncli.present.options import ViewOptions
-from attncli.present.style import LEVELS, MASKED, SCALE_WORDS, rescaled
+from attncli.present.style import SCALE_WORDS, rescaled
 from attncli.selection import matrix_indices
 
 #: The largest thumbnail, in matrix cells: 16 x 16 (8 lines in colour).
@@ -114,21 +113,8 @@ def _thumbnail(picture: np.ndarray, label: str, options: ViewOptions) -> list[Te
     """The label, then the picture: in colour two rows of cells per line ('▀', the upper cell's
     colour on the lower's), else one row per line of density characters."""
     masked = np.isnan(picture)  # a cell whose every weight was masked: grey, as in the heatmap
-    codes = _codes(rescaled(np.where(masked, 0.0, picture), options.color_scale), masked, options.colour)
-    lines: list[Text] = []
-    if options.colour:
-        colours = _colour_table()
-        for top in range(0, codes.shape[0], 2):
-            line = Text(no_wrap=True, overflow="crop")
-            for column in range(codes.shape[1]):
-                upper = colours[int(codes[top, column])]
-                lower = colours[int(codes[top + 1, column])] if top + 1 < codes.shape[0] else None
-                line.append(HALF_BLOCK, Style(color=upper, bgcolor=lower))
-            lines.append(line)
-    else:
-        characters = [*RAMP, *(" " * (LEVELS - len(RAMP))), MASKED, "!", " "]
-        assert len(characters) == _CODES  # a character for each code: levels, masked, NaN, none
-        lines = [Text("".join(characters[int(code)] for code in row), no_wrap=True) for row in codes]
+    codes = cell_codes(rescaled(np.where(masked, 0.0, picture), options.color_scale), masked, options.colour)
+    lines = colour_lines(codes, 0, 1) if options.colour else plain_lines(codes, 0, 1)
     return [Text(label, style="bold", no_wrap=True, overflow="crop"), *lines]
 
 

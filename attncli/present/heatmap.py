@@ -40,6 +40,8 @@ _CODE_MASKED = LEVELS
 _CODE_NAN = LEVELS + 1
 _CODE_NONE = LEVELS + 2  # no lower row under the last line of an odd number of rows
 _CODES = LEVELS + 3
+#: The character of each cell code without colour: ramp positions, then masked, NaN and none.
+CELL_CHARACTERS = [*RAMP, *(" " * (LEVELS - len(RAMP))), MASKED_CHAR, NAN_CHAR, " "]
 
 _FloatArray = npt.NDArray[np.floating]
 
@@ -108,8 +110,8 @@ def heatmap(
     block_rows = math.ceil(queries / (max_lines * rows_per_line))
 
     pooled, masked = _pool(matrix, open_keys, block_rows, block_cols, pool)  # (R, C) each
-    codes = _codes(rescaled(pooled, scale, largest), masked, colour)
-    draw = _colour_lines if colour else _plain_lines
+    codes = cell_codes(rescaled(pooled, scale, largest), masked, colour)
+    draw = colour_lines if colour else plain_lines
     lines = draw(codes, gutter, block_rows)
     ruler = _ruler(codes.shape[1], block_cols, gutter, width)
     legend = _legend(codes, colour, pool, block_rows, block_cols, scale)
@@ -168,14 +170,14 @@ def pooled_heatmap(
     block_rows, block_cols = blocks
     values = np.asarray(pooled, dtype=np.float32)
     masked = np.isnan(values)
-    codes = _codes(rescaled(np.where(masked, 0.0, values), scale, largest), masked, colour)
+    codes = cell_codes(rescaled(np.where(masked, 0.0, values), scale, largest), masked, colour)
     if blocks == (1, 1) and (query_labels is not None or key_labels is not None):
         gutter = _labelled_gutter(queries, keys, width, len(codes), query_labels)
         if gutter:
             labelled = _labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels, scale)
             return Group(heading, *labelled)
     gutter = len(str(max(queries - 1, 0))) + 1
-    draw = _colour_lines if colour else _plain_lines
+    draw = colour_lines if colour else plain_lines
     lines = draw(codes, gutter, block_rows)
     ruler = _ruler(codes.shape[1], block_cols, gutter, max(width, gutter + 1))
     legend = _legend(codes, colour, pool, block_rows, block_cols, scale)
@@ -216,7 +218,7 @@ def _labelled(
     if not gutter:
         return None
     pooled, masked = _pool(matrix, open_keys, 1, 1, pool)
-    codes = _codes(rescaled(pooled, scale, largest), masked, colour)  # (Lq, Lk): one cell per weight
+    codes = cell_codes(rescaled(pooled, scale, largest), masked, colour)  # (Lq, Lk): one cell per weight
     return _labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels, scale)
 
 
@@ -236,8 +238,8 @@ def _labelled_lines(
     parts: list[RenderableType] = [
         Text("q\\k".ljust(gutter) + ruler, style="dim", no_wrap=True, overflow="crop")
     ]
-    colours = _colour_table()
-    characters = [*RAMP, *(" " * (LEVELS - len(RAMP))), MASKED_CHAR, NAN_CHAR, " "]
+    colours = colour_table()
+    characters = CELL_CHARACTERS
     for row, label in zip(codes.tolist(), rows, strict=True):
         line = Text(no_wrap=True, overflow="crop")
         line.append(label.rjust(gutter - 1) + " ", style="dim")
@@ -307,7 +309,7 @@ def _pool(
     return means, masked
 
 
-def _codes(pooled: _FloatArray, masked: npt.NDArray[np.bool_], colour: bool) -> npt.NDArray[np.int16]:
+def cell_codes(pooled: _FloatArray, masked: npt.NDArray[np.bool_], colour: bool) -> npt.NDArray[np.int16]:
     """Each cell's code: a colour level (the tables' quantisation) or a ramp position, or masked/NaN."""
     with np.errstate(invalid="ignore"):
         if colour:
@@ -320,11 +322,13 @@ def _codes(pooled: _FloatArray, masked: npt.NDArray[np.bool_], colour: bool) -> 
 
 
 def _gutter_label(line: int, first_query: int, gutter: int) -> str:
+    if gutter == 0:  # no gutter (the grid's thumbnails)
+        return ""
     label = str(first_query) if line % GUTTER_EVERY == 0 else ""
     return label.rjust(gutter - 1) + " "
 
 
-def _colour_lines(codes: npt.NDArray[np.int16], gutter: int, block_rows: int) -> list[Text]:
+def colour_lines(codes: npt.NDArray[np.int16], gutter: int, block_rows: int) -> list[Text]:
     """Two rows of cells per line: '▀' in the upper cell's colour on the lower cell's colour."""
     rows, cols = codes.shape
     if rows % 2:
@@ -333,7 +337,7 @@ def _colour_lines(codes: npt.NDArray[np.int16], gutter: int, block_rows: int) ->
     # Runs of equal styles become one span each: fewer segments for Rich to render.
     starts_mask = np.ones(pairs.shape, dtype=bool)
     starts_mask[:, 1:] = pairs[:, 1:] != pairs[:, :-1]
-    colours = _colour_table()
+    colours = colour_table()
     styles: dict[int, Style] = {}  # new Styles for each heatmap: Rich caches escape codes per Style
     cells = HALF_BLOCK * cols
     lines = []
@@ -353,7 +357,7 @@ def _colour_lines(codes: npt.NDArray[np.int16], gutter: int, block_rows: int) ->
     return lines
 
 
-def _colour_table() -> list[Color | None]:
+def colour_table() -> list[Color | None]:
     """The colour of each cell code: the weight tables' levels, then masked, NaN, and none."""
     table: list[Color | None] = [
         Color.from_rgb(*lerp(SEQUENTIAL, level / (LEVELS - 1))) for level in range(LEVELS)
@@ -361,9 +365,9 @@ def _colour_table() -> list[Color | None]:
     return [*table, Color.from_rgb(*MASKED_RGB), Color.from_rgb(*NAN_RGB), None]
 
 
-def _plain_lines(codes: npt.NDArray[np.int16], gutter: int, block_rows: int) -> list[Text]:
+def plain_lines(codes: npt.NDArray[np.int16], gutter: int, block_rows: int) -> list[Text]:
     """One row of cells per line, one ramp character per cell; no styles that carry meaning."""
-    characters = np.array([*RAMP, *(" " * (LEVELS - len(RAMP))), MASKED_CHAR, NAN_CHAR, " "])
+    characters = np.array(CELL_CHARACTERS)
     drawn = characters[codes]  # (R, C)
     return [
         Text(

@@ -77,6 +77,8 @@ def result_view(
     rows, cols = weights_shape[-2:]
     dtype = str(meta.get("dtype", ""))
     heatmap = options.view == "heatmap"
+    # the counted rows of each matrix: (..., Lq), a view however few axes the mask has
+    counted = None if counted_rows is None else np.broadcast_to(counted_rows, weights_shape[:-1])
     if options.view in ("heatmap", "grid") and pictures is None:
         raise ValueError("the heatmap and grid views draw the pooled pictures: pass pictures")
     if options.view == "grid":  # the weights alone, every chosen matrix at once
@@ -119,7 +121,7 @@ def result_view(
                 matrix_max=float(table.maximum[index]),
             )
         extras = (
-            _analysis_parts(name, index, analysis, options, _rows_of(counted_rows, index, rows))
+            _analysis_parts(name, index, analysis, options, None if counted is None else counted[index])
             if "stats" in options.sections
             else []
         )
@@ -148,7 +150,7 @@ def result_view(
 
         def show_stats(index: tuple[int, ...], name: str) -> RenderableType:
             return Group(
-                *_analysis_parts(name, index, analysis, options, _rows_of(counted_rows, index, rows))
+                *_analysis_parts(name, index, analysis, options, None if counted is None else counted[index])
             )
 
         parts += _matrices("weights", every_matrix, weight_axes, options, show_stats)
@@ -156,19 +158,6 @@ def result_view(
     if "output" in options.sections:
         parts += _output_section(output, meta, options, weight_axes)
     return Group(*parts)
-
-
-def _rows_of(counted: np.ndarray | None, index: tuple[int, ...], rows: int) -> np.ndarray | None:
-    """The counted rows (Lq,) of matrix `index`, from a mask broadcasting to (..., Lq)."""
-    if counted is None:
-        return None
-    lead = counted.shape[:-1]
-    picked = (
-        tuple(i if size > 1 else 0 for i, size in zip(index[-len(lead) :], lead, strict=False))
-        if lead
-        else ()
-    )
-    return np.broadcast_to(counted[picked] if lead else counted, (rows,))
 
 
 def _analysis_parts(

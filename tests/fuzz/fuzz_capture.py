@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,15 +149,9 @@ def seeds() -> Iterator[bytes]:
 
 
 def main() -> None:
-    if atheris is None:
-        print("fuzz_capture: atheris is not installed; skipping (pip install atheris)", file=sys.stderr)
-        sys.exit(0)
-    corpus = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
-    if corpus and os.path.isdir(corpus[0]) and not os.listdir(corpus[0]):
-        for index, seed in enumerate(seeds()):
-            Path(corpus[0], f"seed-{index:02d}").write_bytes(seed)
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
+    from fuzzing import fuzz_main  # beside this script, which is run from its folder
+
+    fuzz_main("fuzz_capture", atheris, seeds, one_input)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,10 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 atheris = None
 if __name__ == "__main__":  # imported by the tests, it needs no atheris and instruments nothing
@@ -227,15 +225,9 @@ def seeds() -> Iterator[bytes]:
 
 
 def main() -> None:
-    if atheris is None:
-        print("fuzz_loaders: atheris is not installed; skipping (pip install atheris)", file=sys.stderr)
-        sys.exit(0)
-    corpus = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
-    if corpus and os.path.isdir(corpus[0]) and not os.listdir(corpus[0]):
-        for index, seed in enumerate(seeds()):
-            Path(corpus[0], f"seed-{index:02d}").write_bytes(seed)
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
+    from fuzzing import fuzz_main  # beside this script, which is run from its folder
+
+    fuzz_main("fuzz_loaders", atheris, seeds, one_input)
 
 
 if __name__ == "__main__":
