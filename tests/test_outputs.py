@@ -206,7 +206,7 @@ def test_sigterm_from_outside_ends_143_and_leaves_nothing(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="address-space limits as Linux has them")
 def test_json_output_under_an_address_space_limit_is_written_whole(tmp_path):
     """Under `ulimit -v 1100000` orjson crashed (139) writing the JSON of 6000 positions and left a
-    .partial. Now JSON of 1500 positions is written whole and right under that limit (that the text
+    .partial. Now JSON of 600 positions is written whole and right under that limit (that the text
     is made a piece at a time is test_writers' test_json_is_written_a_piece_at_a_time_...; the run
     of 6000 positions takes 400 MB, too long for the suite), and weights that do not fit the address
     space left are refused before computing (test_the_address_space_left_bounds_the_memory_available)."""
@@ -218,7 +218,7 @@ def test_json_output_under_an_address_space_limit_is_written_whole(tmp_path):
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (1_100_000 * 1024, resource.RLIM_INFINITY))
 
-    x = np.random.default_rng(3).standard_normal((1500, 16)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((600, 16)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     target = tmp_path / "r.json"
     done = subprocess.run(
