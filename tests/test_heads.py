@@ -393,6 +393,37 @@ def test_attn_rollout_writes_its_file_and_refuses_what_it_cannot_roll_out(tmp_pa
     np.save(tmp_path / "x.npy", np.ones((3, 4)))
     assert_error(runner.invoke(app, ["rollout", str(tmp_path / "x.npy")]), "holds no captured layers")
     assert_error(runner.invoke(app, ["rollout", str(path), "--batch", "5"]), "--batch 5: out of range")
+    assert_error(runner.invoke(app, ["rollout", str(path), "--view", "grid"]), "a rollout is one matrix")
+
+
+def test_heads_and_rollout_export_what_they_show_on_the_colour_scale_asked(tmp_path):
+    """--export-svg/--export-html as in compute (refused before work when the file exists), and
+    --color-scale on the rollout, said in its legend."""
+    from helpers import assert_error
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    _capture_file(path, layers=(0, 1))
+    runner = CliRunner()
+    env = {"COLUMNS": "100", "NO_COLOR": "1"}
+    svg, html = tmp_path / "heads.svg", tmp_path / "rollout.html"
+    heads = runner.invoke(app, ["heads", str(path), "--export-svg", str(svg)], env=env)
+    assert heads.exit_code == 0, heads.output
+    assert svg.read_text().startswith("<svg")
+    assert "induction" in svg.read_text()
+    rollout = runner.invoke(
+        app,
+        ["rollout", str(path), "--view", "heatmap", "--color-scale", "log", "--export-html", str(html)],
+        env=env,
+    )
+    assert rollout.exit_code == 0, rollout.output
+    assert "log10 of the weight" in rollout.stdout
+    assert "rollout of" in html.read_text()
+    assert_error(runner.invoke(app, ["heads", str(path), "--export-svg", str(svg)]), "--export-svg")
+    table = runner.invoke(app, ["rollout", str(path), "--color-scale", "row"], env=env)
+    assert "each row to its largest weight" in table.stdout
 
 
 def test_the_grid_of_every_layer_and_head_is_the_same_whole_or_in_blocks(tmp_path):
@@ -487,3 +518,51 @@ def test_layer_choices_name_layer_numbers_in_every_command(tmp_path):
     missing = runner.invoke(app, ["heads", str(path), "--layer", "1"])
     assert missing.exit_code == 2
     assert "has no layer 1" in missing.stderr
+
+
+def test_views_dim_or_leave_out_the_padding_rows_of_a_capture(tmp_path):
+    """The rows of [PAD] queries: dim and uncoloured in the weight and output tables, not drawn in
+    the heatmap and grid once they alone are left; each view's legend says so."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from attncli.cli import app
+
+    path = tmp_path / "capture.safetensors"
+    _capture_file(path, lengths=(6, 4), layers=(0,))
+    runner = CliRunner()
+    base = ["compute", str(path), "--layer", "0", "--batch", "1", "--head", "0"]
+    coloured = runner.invoke(app, base, env={"COLUMNS": "120", "FORCE_COLOR": "1", "NO_COLOR": ""})
+    assert coloured.exit_code == 0, coloured.output
+    escape = re.compile(r"\x1b\[[0-9;]*m")
+    rows = [
+        line
+        for line in coloured.stdout.splitlines()
+        if re.match(r"\s*(\[PAD\]|[abc]) ", escape.sub("", line))
+    ]
+    padding = [line for line in rows if escape.sub("", line).lstrip().startswith("[PAD]")]
+    tokens = [line for line in rows if line not in padding]
+    assert len(padding) == 4  # two rows of each: weights, then output
+    assert len(tokens) == 8
+    colour = re.compile(r"\x1b\[[0-9;]*(3[0-9]|4[0-9]|38;|48;)[0-9;]*m")
+    assert all(colour.search(line) for line in tokens)
+    assert not any(colour.search(line) for line in padding)
+    assert all("\x1b[2m" in line for line in padding)
+    plain = runner.invoke(app, base, env={"COLUMNS": "120", "NO_COLOR": "1"})
+    words = " ".join(plain.stdout.split())  # legends may wrap
+    assert "dim rows: padding tokens, left out of the statistics" in words.split("output[")[0]
+    assert "dim rows: padding tokens" in words.split("output[")[-1]
+
+    heatmap = runner.invoke(app, [*base, "--view", "heatmap"], env={"COLUMNS": "120", "NO_COLOR": "1"})
+    assert heatmap.exit_code == 0, heatmap.output
+    drawn = [line for line in heatmap.stdout.splitlines() if re.match(r"^\s*[abc] \d ", line)]
+    assert [line.split()[1] for line in drawn] == ["0", "1", "2", "3"]
+    assert "rows 4–5: padding, not drawn" in heatmap.stdout
+    assert "[PAD] 4" not in heatmap.stdout
+
+    grid = runner.invoke(app, [*base[:-2], "--view", "grid"], env={"COLUMNS": "120", "NO_COLOR": "1"})
+    assert grid.exit_code == 0, grid.output
+    thumbnails = grid.stdout[grid.stdout.index("h0 ") : grid.stdout.index("' '=0")].splitlines()[1:]
+    assert len(thumbnails) == 4  # one line per query row without colour: the 4 real tokens
+    assert "rows of padding tokens not drawn" in " ".join(grid.stdout.split())

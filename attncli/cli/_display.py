@@ -414,7 +414,7 @@ def _kept_views(
 ) -> tuple[tuple[int, int] | None, tuple[list[int], list[int]] | None]:
     """`present.tables.kept_views` for this terminal, whole run or blocks; (None, None) when
     nothing is shown."""
-    screen = _screen(display)
+    screen = screen_for(display)
     if screen is None:
         return None, None
     from attncli.present.tables import kept_views
@@ -473,7 +473,7 @@ def finish(
         result_file.commit(arrays, meta)  # before printing, as _save_and_print does
         target = None
     _save_and_print(arrays, meta, target, display)
-    screen = _screen(display, console)
+    screen = screen_for(display, console)
     if screen is None:
         return
 
@@ -502,11 +502,11 @@ def finish(
     screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
     if comparisons:
         screen.console.print(tables.check_table(comparisons))
-    _export(screen, display)
+    export_view(screen, display)
 
 
 @dataclass(frozen=True)
-class _Screen:
+class Screen:
     """Where a view is rendered: the terminal, or a silent recording for --export-svg/--export-html."""
 
     console: Console
@@ -514,7 +514,7 @@ class _Screen:
     lines: int  # rows of a table, lines of a heatmap
 
 
-def _screen(display: Display, console: Console | None = None) -> _Screen | None:
+def screen_for(display: Display, console: Console | None = None) -> Screen | None:
     """The console to render to; None when nothing is shown or exported (-q, --format json)."""
     exporting = bool(display.export_svg or display.export_html)
     shown_here = not display.quiet and display.output_format is OutputFormat.table
@@ -523,11 +523,11 @@ def _screen(display: Display, console: Console | None = None) -> _Screen | None:
     console = console or make_console(display.no_color, record=exporting, silent=not shown_here)
     colour = not display.no_color and (console.color_system is not None or exporting)
     lines = display.max_rows or (max(10, console.height - 8) if console.is_terminal else 32)
-    return _Screen(console, colour, lines)
+    return Screen(console, colour, lines)
 
 
 def _view_options(
-    display: Display, screen: _Screen, view: str, chosen: dict[str, list[int] | None], axes: Sequence[str]
+    display: Display, screen: Screen, view: str, chosen: dict[str, list[int] | None], axes: Sequence[str]
 ) -> ViewOptions:
     from attncli.present.options import ViewOptions
 
@@ -566,7 +566,7 @@ def _save_and_print(
         sys.stdout.buffer.flush()
 
 
-def _export(screen: _Screen, display: Display) -> None:
+def export_view(screen: Screen, display: Display) -> None:
     """--export-svg and --export-html: what the console recorded."""
     from attncli.io import writers
     from attncli.present.export import export_html, export_svg

@@ -12,13 +12,17 @@ import typer
 
 from attncli.cli import _app
 from attncli.cli._app import app
-from attncli.cli._app import console as make_console
 from attncli.cli._display import (
     ATTENTION,
     CausalOption,
+    ColorScale,
+    ColorScaleOption,
     DeviceOption,
+    Display,
     DType,
     DTypeOption,
+    ExportHtmlOption,
+    ExportSvgOption,
     ForceOption,
     HeadsOption,
     MaskOption,
@@ -30,6 +34,9 @@ from attncli.cli._display import (
     ScaleOption,
     View,
     ViewOption,
+    check_exports,
+    export_view,
+    screen_for,
 )
 from attncli.errors import UsageError
 
@@ -86,6 +93,9 @@ def heads_command(
     ] = OutputFormat.table,
     precision: PrecisionOption = 2,
     no_color: NoColorOption = False,
+    export_svg: ExportSvgOption = None,
+    export_html: ExportHtmlOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Score every head: a table of layers x heads (batch x heads for inputs that are not captures).
 
@@ -102,6 +112,14 @@ def heads_command(
     from attncli.io import loaders
     from attncli.present.heads import heads_json, heads_view
 
+    display = Display(
+        output_format=output_format,
+        no_color=no_color,
+        export_svg=export_svg,
+        export_html=export_html,
+        force=force,
+    )
+    check_exports(display)
     specs, stdin = _app.specs_or_stdin(
         paths, "no input: give a file from 'attn capture', or QUERY KEY VALUE, or pipe one in"
     )
@@ -162,8 +180,8 @@ def heads_command(
             json.dumps(heads_json(result.row_axis, result.rows, result.heads, scores, meta)) + "\n"
         )
         return
-    console = make_console(no_color)
-    colour = not no_color and console.color_system is not None
+    screen = screen_for(display)
+    assert screen is not None, "a table is shown"
     view = heads_view(
         result.row_axis,
         result.rows,
@@ -172,10 +190,11 @@ def heads_command(
         notes=result.notes,
         top=top,
         precision=precision,
-        colour=colour,
-        width=console.width,
+        colour=screen.colour,
+        width=screen.console.width,
     )
-    console.print(view)
+    screen.console.print(view)
+    export_view(screen, display)
 
 
 @app.command("rollout")
@@ -194,6 +213,9 @@ def rollout_command(
     force: ForceOption = False,
     precision: PrecisionOption = 4,
     no_color: NoColorOption = False,
+    color_scale: ColorScaleOption = ColorScale.fixed,
+    export_svg: ExportSvgOption = None,
+    export_html: ExportHtmlOption = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Attention rollout across layers (Abnar & Zuidema 2020) of one text of a capture.
@@ -210,6 +232,18 @@ def rollout_command(
     from attncli.present.heads import rollout_view
     from attncli.present.options import ViewOptions
 
+    if view is View.grid:
+        raise UsageError("--view grid: a rollout is one matrix; choose table or heatmap")
+    display = Display(
+        output_format=output_format,
+        no_color=no_color,
+        view=view,
+        precision=precision,
+        export_svg=export_svg,
+        export_html=export_html,
+        force=force,
+    )
+    check_exports(display)
     target = writers.check_output_path(output, force=force) if output is not None else None
     resolve_device(device)
     source = loaders.read_tensors(path, _app.stdin() if path == "-" else None)
@@ -240,18 +274,20 @@ def rollout_command(
     if output_format is OutputFormat.json:
         sys.stdout.write(writers.json_text({"rollout": matrix}, meta) + "\n")
         return
-    console = make_console(no_color)
-    colour = not no_color and console.color_system is not None
+    screen = screen_for(display)
+    assert screen is not None, "a view is shown"
     options = ViewOptions(
         view=view.value,
         precision=precision,
-        width=console.width,
-        max_rows=max(10, console.height - 6) if console.is_terminal else 32,
-        colour=colour,
+        width=screen.console.width,
+        max_rows=screen.lines,
+        colour=screen.colour,
+        color_scale=color_scale.value,
     )
     span = f"layers {chosen[0]} to {chosen[-1]}" if len(chosen) > 1 else f"layer {chosen[0]}"
     title = f"rollout of {source.label}, text {batch}, {span}  {matrix.shape[0]}×{matrix.shape[1]}"
-    console.print(rollout_view(matrix, title=title, options=options, labels=labels))
+    screen.console.print(rollout_view(matrix, title=title, options=options, labels=labels))
+    export_view(screen, display)
 
 
 def _capture_problems(

@@ -16,7 +16,7 @@ import numpy as np
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from attncli.present.heatmap import RAMP, cell_codes, colour_lines, plain_lines
+from attncli.present.heatmap import RAMP, cell_codes, colour_lines, drawn_rows, plain_lines
 from attncli.present.options import ViewOptions
 from attncli.present.style import SCALE_WORDS, rescaled
 from attncli.selection import matrix_indices
@@ -39,11 +39,13 @@ def grid_view(
     shape: tuple[int, int],
     entropy: np.ndarray | None,
     options: ViewOptions,
+    padding_rows: np.ndarray | None = None,
 ) -> Group:
     """Thumbnails of `pictures` (..., R, C), each cell pooling `blocks` weights of an (Lq, Lk)
     matrix (`shape`): a row per value of the axes before the head axis, named in a left gutter
     (`L2` for layer 2, `b1` for batch entry 1), each thumbnail labelled with its head and the mean
-    of `entropy` (..., Lq) when given."""
+    of `entropy` (..., Lq) when given. `padding_rows` (bool, broadcasting to (..., Lq)): rows of
+    padding tokens, not drawn once they alone are left."""
     leading = pictures.shape[:-2]
     axes = list(options.axes)[: len(leading)]
     indices = list(matrix_indices(leading, axes, options.batch, options.head))
@@ -63,17 +65,19 @@ def grid_view(
         _name(tuple(key[axis] for axis in varying), varying_axes, options.axis_values) for key, _ in groups
     ]
     gutter = max((len(text) for text in names), default=0) + 1 if any(names) else 0
+    padding = None if padding_rows is None else np.broadcast_to(padding_rows, (*leading, shape[0]))
+    cut = False
     for name, (_, group) in zip(names, groups, strict=True):
-        thumbnails = [
-            _thumbnail(
-                pictures[index],
-                _label(index[row_axes:], axes[row_axes:], options.axis_values, entropy, index),
-                options,
-            )
-            for index in group
-        ]
+        thumbnails = []
+        for index in group:
+            picture = pictures[index]
+            if padding is not None:
+                drawn, left_out = drawn_rows(padding[index], blocks[0], len(picture))
+                picture, cut = picture[:drawn], cut or bool(left_out)
+            label = _label(index[row_axes:], axes[row_axes:], options.axis_values, entropy, index)
+            thumbnails.append(_thumbnail(picture, label, options))
         parts.extend(_wrapped(name, gutter, thumbnails, options.width))
-    parts.append(_legend(blocks, shape, options))
+    parts.append(_legend(blocks, shape, options, cut))
     return Group(*parts)
 
 
@@ -134,7 +138,7 @@ def _label(
     return f"{named} {finite.mean():.2f}".strip() if finite.size else named
 
 
-def _legend(blocks: tuple[int, int], shape: tuple[int, int], options: ViewOptions) -> Text:
+def _legend(blocks: tuple[int, int], shape: tuple[int, int], options: ViewOptions, cut: bool = False) -> Text:
     block_rows, block_cols = blocks
     pooled = (
         f"each cell the {options.pool} of {block_rows}×{block_cols} weights of each "
@@ -148,4 +152,7 @@ def _legend(blocks: tuple[int, int], shape: tuple[int, int], options: ViewOption
         else f"'{RAMP[0]}'=0 {RAMP[1:]} ninths to 1"
         + ("" if options.color_scale == "fixed" else f" ({SCALE_WORDS[options.color_scale]})")
     )
-    return Text(f"{scale} · {pooled} · each labelled with its head and mean entropy (nats)", style="dim")
+    padding = " · rows of padding tokens not drawn" if cut else ""
+    return Text(
+        f"{scale} · {pooled} · each labelled with its head and mean entropy (nats){padding}", style="dim"
+    )

@@ -161,7 +161,8 @@ def rollout_view(
             colour=options.colour,
             query_labels=labels,
             key_labels=labels,
+            scale=options.color_scale,
         )
         return Group(picture)
     shown = replace(options, query_labels=labels, key_labels=labels)
-    return Group(weight_table(matrix, options=shown, title=title), weights_legend())
+    return Group(weight_table(matrix, options=shown, title=title), weights_legend(scale=options.color_scale))

@@ -21,7 +21,7 @@ from rich.style import Style
 from rich.text import Span, Text
 
 from attncli.present.options import POOLS
-from attncli.present.style import LEVELS, SCALE_WORDS, SEQUENTIAL, cut_label, lerp, rescaled
+from attncli.present.style import LEVELS, SCALE_ENDS, SCALE_WORDS, SEQUENTIAL, cut_label, lerp, rescaled
 from attncli.present.style import MASKED as MASKED_CHAR  # the tables' mark for a masked weight
 
 RAMP = " .:-=+*#%@"  # weight 0 is ' '; any weight above 0 is at least '.', by ninths up to '@' at 1
@@ -153,6 +153,7 @@ def pooled_heatmap(
     key_labels: Sequence[str] | None = None,
     scale: str = "fixed",
     largest: float | None = None,
+    padding_rows: np.ndarray | None = None,
 ) -> Group:
     """A heatmap of a matrix pooled by the computation (as `picture_size` says), drawn as `heatmap`
     draws a matrix (`largest`: the matrix's largest weight, which the `max` scale reaches).
@@ -160,6 +161,8 @@ def pooled_heatmap(
     `pooled` (R, C) holds the max or mean of each `blocks` = (rows, columns) block of the (Lq, Lk)
     matrix `shape`, NaN where a whole block was masked; indices on the axes are the matrix's own.
     With one weight per cell and labels, the labelled layout is drawn where it fits.
+    `padding_rows` (bool, Lq): the rows of padding tokens; the drawing stops where they alone are
+    left, and the legend says which rows it left out.
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be 'max' or 'mean', not {pool!r}")
@@ -169,19 +172,40 @@ def pooled_heatmap(
         return Group(heading, Text(f"no weights to draw ({queries}×{keys})", style="dim"))
     block_rows, block_cols = blocks
     values = np.asarray(pooled, dtype=np.float32)
+    drawn, left_out = drawn_rows(padding_rows, block_rows, len(values))
+    values = values[:drawn]
     masked = np.isnan(values)
     codes = cell_codes(rescaled(np.where(masked, 0.0, values), scale, largest), masked, colour)
     if blocks == (1, 1) and (query_labels is not None or key_labels is not None):
-        gutter = _labelled_gutter(queries, keys, width, len(codes), query_labels)
+        gutter = _labelled_gutter(drawn, keys, width, len(codes), query_labels)
         if gutter:
-            labelled = _labelled_lines(codes, gutter, width, colour, pool, query_labels, key_labels, scale)
+            labelled = _labelled_lines(
+                codes, gutter, width, colour, pool, query_labels, key_labels, scale, left_out
+            )
             return Group(heading, *labelled)
     gutter = len(str(max(queries - 1, 0))) + 1
     draw = colour_lines if colour else plain_lines
     lines = draw(codes, gutter, block_rows)
     ruler = _ruler(codes.shape[1], block_cols, gutter, max(width, gutter + 1))
-    legend = _legend(codes, colour, pool, block_rows, block_cols, scale)
+    legend = _legend(codes, colour, pool, block_rows, block_cols, scale, left_out)
     return Group(heading, ruler, *lines, Constrain(legend, width))
+
+
+def drawn_rows(padding_rows: np.ndarray | None, block_rows: int, pooled_rows: int) -> tuple[int, str]:
+    """How many of `pooled_rows` rows of cells (each of `block_rows` matrix rows) to draw when the
+    matrix rows `padding_rows` marks (bool) are padding: those up to the last real token's. With
+    the note that says which rows were left out ("" when none were)."""
+    if padding_rows is None:
+        return pooled_rows, ""
+    real = np.flatnonzero(~np.asarray(padding_rows, dtype=bool))
+    end = int(real[-1]) + 1 if real.size else 0
+    drawn = min(pooled_rows, max(-(-end // block_rows), 1))
+    first = drawn * block_rows
+    queries = len(padding_rows)
+    if first >= queries:
+        return drawn, ""
+    rows = f"row {first}" if first == queries - 1 else f"rows {first}–{queries - 1}"
+    return drawn, f"{rows}: padding, not drawn"
 
 
 def _row_names(queries: int, query_labels: Sequence[str] | None) -> list[str]:
@@ -231,6 +255,7 @@ def _labelled_lines(
     query_labels: Sequence[str] | None,
     key_labels: Sequence[str] | None,
     scale: str = "fixed",
+    left_out: str = "",
 ) -> list[RenderableType]:
     queries, keys = codes.shape
     rows = _row_names(queries, query_labels)
@@ -251,7 +276,7 @@ def _labelled_lines(
         parts.append(line)
     if key_labels:
         parts += _vertical_labels(key_labels[:keys], gutter)
-    parts.append(Constrain(_legend(codes, colour, pool, 1, 1, scale), width))
+    parts.append(Constrain(_legend(codes, colour, pool, 1, 1, scale, left_out), width))
     if key_labels:
         names = Text("keys: ", style="dim")
         names.append(" · ".join(f"{j} {cut_label(label)}" for j, label in enumerate(key_labels)), style="dim")
@@ -400,14 +425,16 @@ def _legend(
     block_rows: int,
     block_cols: int,
     scale: str = "fixed",
+    left_out: str = "",
 ) -> Text:
     legend = Text()
     if colour:
-        legend.append("0 ", style="dim")
+        low, high, _ = SCALE_ENDS[scale]
+        legend.append(f"{low} ", style="dim")
         for step in range(10):
             rgb = lerp(SEQUENTIAL, step / 9)
             legend.append("█", style=Style(color=Color.from_rgb(*rgb)))
-        legend.append(" 1", style="dim")
+        legend.append(f" {high}", style="dim")
         masked, nan = "grey: masked", "red: NaN"
     else:
         legend.append(f"' '=0 {RAMP[1:]} ninths to 1", style="dim")
@@ -421,5 +448,7 @@ def _legend(
         notes.append("one cell per weight")
     else:
         notes.append(f"each cell: {pool} of {block_rows}×{block_cols} weights")
+    if left_out:
+        notes.append(left_out)
     legend.append("".join(f" · {note}" for note in notes), style="dim")
     return legend

@@ -33,6 +33,14 @@ SCALE_WORDS = {
     "log": "log10 of the weight, 1e-4 to 1",
 }
 
+#: The ends of the weights' colour bar and what it spans, for each colour scale.
+SCALE_ENDS = {
+    "fixed": ("0", "1", "one scale for all tables"),
+    "max": ("0", "max", "each matrix to its largest weight"),
+    "row": ("0", "max", "each row to its largest weight"),
+    "log": ("1e-4", "1", "log10 of the weight"),
+}
+
 
 def rescaled(values: np.ndarray, scale: str, largest: float | None = None) -> np.ndarray:
     """Weights (rows, cols) as positions 0..1 on the colour scale `scale` (COLOR_SCALES); NaN stays

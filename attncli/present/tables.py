@@ -31,6 +31,7 @@ from attncli.present.style import (
     ELLIPSIS,
     LEVELS,
     MASKED,
+    SCALE_ENDS,
     SEQUENTIAL,
     cell_style,
     cut_label,
@@ -79,15 +80,22 @@ def result_view(
     heatmap = options.view == "heatmap"
     # the counted rows of each matrix: (..., Lq), a view however few axes the mask has
     counted = None if counted_rows is None else np.broadcast_to(counted_rows, weights_shape[:-1])
+    padded = counted is not None and not bool(counted.all())
     if options.view in ("heatmap", "grid") and pictures is None:
         raise ValueError("the heatmap and grid views draw the pooled pictures: pass pictures")
     if options.view == "grid":  # the weights alone, every chosen matrix at once
         from attncli.present.grid import grid_view
 
         assert pictures is not None
+        padding = None if counted is None or not padded else ~counted
         return Group(
-            header(meta), Text(), grid_view(pictures, picture_blocks, (rows, cols), entropy, options)
+            header(meta),
+            Text(),
+            grid_view(pictures, picture_blocks, (rows, cols), entropy, options, padding),
         )
+
+    def padding_of(index: tuple[int, ...]) -> np.ndarray | None:
+        return None if counted is None or not padded else ~counted[index]
 
     def show_weights(index: tuple[int, ...], name: str) -> RenderableType:
         live = bool(table.live[index])
@@ -109,6 +117,7 @@ def result_view(
                 key_labels=options.key_labels,
                 scale=options.color_scale,
                 largest=float(table.maximum[index]),
+                padding_rows=padding_of(index),
             )
         else:
             picture = kept_weight_table(
@@ -119,6 +128,7 @@ def result_view(
                 title=title,
                 blocked=None if table.blocked is None else table.blocked[index],
                 matrix_max=float(table.maximum[index]),
+                padding_rows=padding_of(index),
             )
         extras = (
             _analysis_parts(name, index, analysis, options, None if counted is None else counted[index])
@@ -144,7 +154,7 @@ def result_view(
     if "weights" in options.sections:
         parts += _matrices("weights", every_matrix, weight_axes, options, show_weights)
         if not heatmap:
-            parts.append(weights_legend(table.any_blocked, options.color_scale))
+            parts.append(weights_legend(table.any_blocked, options.color_scale, padded))
         parts.append(Text())
     elif "stats" in options.sections and analysis:  # the statistics alone, matrix by matrix
 
@@ -156,7 +166,7 @@ def result_view(
         parts += _matrices("weights", every_matrix, weight_axes, options, show_stats)
         parts.append(Text())
     if "output" in options.sections:
-        parts += _output_section(output, meta, options, weight_axes)
+        parts += _output_section(output, meta, options, weight_axes, None if not padded else counted)
     return Group(*parts)
 
 
@@ -179,21 +189,35 @@ def _analysis_parts(
 
 
 def _output_section(
-    output: np.ndarray, meta: Mapping[str, Any], options: ViewOptions, weight_axes: Sequence[str]
+    output: np.ndarray,
+    meta: Mapping[str, Any],
+    options: ViewOptions,
+    weight_axes: Sequence[str],
+    counted: np.ndarray | None = None,
 ) -> list[RenderableType]:
-    """Each output matrix as a table on the diverging scale, and its legend."""
+    """Each output matrix as a table on the diverging scale, and its legend. `counted` (bool, the
+    weights' leading axes and Lq): the rows of real tokens; the others are dimmed."""
     dtype = str(meta.get("dtype", output.dtype))
     limit = float(np.abs(output).max()) if output.size else 0.0
-    output_axes = [a for a in weight_axes if a != "head"] if meta.get("heads") else list(weight_axes)
+    merged = bool(meta.get("heads")) and "head" in weight_axes  # --heads: one output for all heads
+    output_axes = [a for a in weight_axes if a != "head"] if merged else list(weight_axes)
     output_axes = output_axes[: max(output.ndim - 2, 0)]
+    if counted is not None and merged:  # padding is the same for every head: take head 0's rows
+        counted = np.take(counted, 0, axis=list(weight_axes).index("head"))
 
     def show_output(index: tuple[int, ...], name: str) -> RenderableType:
         matrix = output[index]
-        return output_table(matrix, limit, options=options, title=output_summary(name, matrix, dtype))
+        return output_table(
+            matrix,
+            limit,
+            options=options,
+            title=output_summary(name, matrix, dtype),
+            padding_rows=None if counted is None else ~counted[index],
+        )
 
     return [
         *_matrices("output", output, output_axes, options, show_output),
-        output_legend(limit, options.precision),
+        output_legend(limit, options.precision, counted is not None),
     ]
 
 
@@ -328,10 +352,12 @@ def kept_weight_table(
     title: str = "",
     blocked: np.ndarray | None = None,
     matrix_max: float | None = None,
+    padding_rows: np.ndarray | None = None,
 ) -> Group:
     """`weight_table` of a matrix of `shape` of which only `cells`, its weights at `table_window`'s
     rows and columns, were kept (with `row_max`, those rows' largest weights, `blocked`, bool like
-    `cells`, and `matrix_max`, the largest weight of all): the same table, drawn from them."""
+    `cells`, and `matrix_max`, the largest weight of all): the same table, drawn from them.
+    `padding_rows` (bool, one per matrix row): rows of padding tokens, drawn dim and uncoloured."""
     rows, cols = table_window(shape, options)
     position = {i: n for n, i in enumerate(rows)}
 
@@ -339,7 +365,14 @@ def kept_weight_table(
         return float(row_max[position[row]])
 
     return _weights_table(
-        cells, largest, options, title, blocked, window=(shape, rows, cols), matrix_max=matrix_max
+        cells,
+        largest,
+        options,
+        title,
+        blocked,
+        window=(shape, rows, cols),
+        matrix_max=matrix_max,
+        padding_rows=padding_rows,
     )
 
 
@@ -351,6 +384,7 @@ def _weights_table(
     blocked: np.ndarray | None,
     window: tuple[tuple[int, int], list[int], list[int]] | None = None,
     matrix_max: float | None = None,
+    padding_rows: np.ndarray | None = None,
 ) -> Group:
     """A weight table on `options.color_scale` (`matrix_max`: the matrix's largest weight, for
     `max`), each row's largest weight (`row_max(row)`) in bold."""
@@ -377,13 +411,20 @@ def _weights_table(
         col_labels=options.key_labels,
         blocked=blocked,
         window=window,
+        padding_rows=padding_rows,
     )
 
 
 def output_table(
-    matrix: np.ndarray, limit: float, *, options: ViewOptions | None = None, title: str = ""
+    matrix: np.ndarray,
+    limit: float,
+    *,
+    options: ViewOptions | None = None,
+    title: str = "",
+    padding_rows: np.ndarray | None = None,
 ) -> Group:
-    """One (Lq, Dv) output matrix; colour from -limit (blue) through 0 (grey) to +limit (red)."""
+    """One (Lq, Dv) output matrix; colour from -limit (blue) through 0 (grey) to +limit (red);
+    `padding_rows` (bool, per row) dim and uncoloured."""
     options = options or ViewOptions()
 
     def shade(values: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -391,7 +432,14 @@ def output_table(
         return shades, np.zeros(values.shape, dtype=bool)
 
     return _matrix_table(
-        matrix, DIVERGING, shade, options, title, corner="q\\f", row_labels=options.query_labels
+        matrix,
+        DIVERGING,
+        shade,
+        options,
+        title,
+        corner="q\\f",
+        row_labels=options.query_labels,
+        padding_rows=padding_rows,
     )
 
 
@@ -504,31 +552,30 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def weights_legend(masked: bool = False, scale: str = "fixed") -> Text:
-    low, high, words = _SCALE_ENDS[scale]
+def weights_legend(masked: bool = False, scale: str = "fixed", padding: bool = False) -> Text:
+    low, high, words = SCALE_ENDS[scale]
     text = Text(f"colour: {low} ", style="dim")
     for step in range(16):
         text.append("█", style=Style(color=rgb_color(lerp(SEQUENTIAL, step / 15))))
     text.append(f" {high}, {words} · bold: row maximum", style="dim")
     if masked:
         text.append(f" · {MASKED}: masked", style="dim")
+    if padding:
+        text.append(f" · {PADDING_NOTE}", style="dim")
     return text
 
 
-#: The ends of the weights' colour bar and what it spans, for each colour scale.
-_SCALE_ENDS = {
-    "fixed": ("0", "1", "one scale for all tables"),
-    "max": ("0", "max", "each matrix to its largest weight"),
-    "row": ("0", "max", "each row to its largest weight"),
-    "log": ("1e-4", "1", "log10 of the weight"),
-}
+#: Said under tables whose dim rows are a capture's padding tokens.
+PADDING_NOTE = "dim rows: padding tokens, left out of the statistics"
 
 
-def output_legend(limit: float, precision: int) -> Text:
+def output_legend(limit: float, precision: int, padding: bool = False) -> Text:
     text = Text(f"colour: -{limit:.{precision}g} ", style="dim")
     for step in range(16):
         text.append("█", style=Style(color=rgb_color(lerp(DIVERGING, step / 15))))
     text.append(f" +{limit:.{precision}g}, grey at 0", style="dim")
+    if padding:
+        text.append(" · dim rows: padding tokens", style="dim")
     return text
 
 
@@ -612,10 +659,12 @@ def _matrix_table(
     col_labels: Sequence[str] | None = None,
     blocked: np.ndarray | None = None,
     window: tuple[tuple[int, int], list[int], list[int]] | None = None,
+    padding_rows: np.ndarray | None = None,
 ) -> Group:
     """A matrix as a table, cropped to what fits (all of it with --full, as wide as its columns).
     With `window` = (shape, rows, cols), `matrix` (and `blocked`) hold only those rows and columns
-    of a matrix of that shape: the ones shown."""
+    of a matrix of that shape: the ones shown. `padding_rows` (bool, one per row of the matrix):
+    rows of padding tokens, their numbers dim and uncoloured."""
     precision = options.precision
     if window is None:
         shape = matrix.shape
@@ -657,6 +706,7 @@ def _matrix_table(
         None if shown_blocked is None else shown_blocked.tolist(),
         (lengths.max(axis=0) if len(shown_row_list) else np.zeros(len(shown_col_list), int)).tolist(),
         anchors,
+        None if padding_rows is None else np.asarray(padding_rows, dtype=bool)[shown_row_list].tolist(),
     )
     return Group(Text(title, style="bold"), cells if options.full else cells.table())
 
@@ -678,8 +728,8 @@ class _MatrixCells:
 
     `headers` and `labels` name the columns and rows shown (an ellipsis among them, maybe);
     `col_positions` and `row_positions` place them in the lists of rows `texts`, `looks` (2 x colour
-    level + bold) and `blocked`, or are None for the ellipsis. `widest`: each shown column's widest
-    cell, in characters."""
+    level + bold), `blocked` and `quiet` (rows of padding, drawn dim without colour), or are None for
+    the ellipsis. `widest`: each shown column's widest cell, in characters."""
 
     def __init__(
         self,
@@ -693,14 +743,22 @@ class _MatrixCells:
         blocked: list[list[bool]] | None,
         widest: list[int],
         anchors: tuple[tuple[int, int, int], ...],
+        quiet: list[bool] | None = None,
     ) -> None:
         self.corner, self.headers, self.labels = corner, headers, labels
         self.row_positions, self.col_positions = row_positions, col_positions
         self.texts, self.looks, self.blocked, self.widest = texts, looks, blocked, widest
         self.anchors = anchors
+        self.quiet = quiet or [False] * len(texts)
 
     def _style(self, look: int) -> Style:
+        if look < 0:  # a row of padding
+            return Style(dim=True)
         return cell_style(self.anchors, look // 2, bold=bool(look % 2))
+
+    def _looks(self, r: int) -> list[int]:
+        """Row `r`'s looks; -1 for every cell of a row of padding."""
+        return [-1] * len(self.looks[r]) if self.quiet[r] else self.looks[r]
 
     def table(self) -> Table:
         table = Table(
@@ -714,13 +772,14 @@ class _MatrixCells:
                 table.add_row(ELLIPSIS, *(ELLIPSIS for _ in self.col_positions))
                 continue
             cells: list[RenderableType] = [label]
+            looks = self._looks(r)
             for c in self.col_positions:
                 if c is None:
                     cells.append(ELLIPSIS)
                 elif self.blocked is not None and self.blocked[r][c]:
                     cells.append(Text(MASKED, style="dim"))
                 else:
-                    cells.append(Text(self.texts[r][c], style=self._style(self.looks[r][c])))
+                    cells.append(Text(self.texts[r][c], style=self._style(looks[c])))
             table.add_row(*cells)
         return table
 
@@ -810,7 +869,7 @@ class _MatrixCells:
                     yield from mark(False, n)
                 yield new_line
                 continue
-            texts, looks = self.texts[r], self.looks[r]
+            texts, looks = self.texts[r], self._looks(r)
             blocked = None if self.blocked is None else self.blocked[r]
             for n, c, width, padding in columns:
                 yield between
