@@ -551,8 +551,9 @@ def test_views_dim_or_leave_out_the_padding_rows_of_a_capture(tmp_path):
     assert all("\x1b[2m" in line for line in padding)
     plain = runner.invoke(app, base, env={"COLUMNS": "120", "NO_COLOR": "1"})
     words = " ".join(plain.stdout.split())  # legends may wrap
-    assert "dim rows: padding tokens, left out of the statistics" in words.split("output[")[0]
-    assert "dim rows: padding tokens" in words.split("output[")[-1]
+    assert "[PAD] rows: padding tokens, left out of the statistics" in words.split("output[")[0]
+    assert "*: row maximum" in words.split("output[")[0]  # no colour, no bold: a mark
+    assert "dim rows: padding tokens" in " ".join(coloured.stdout.split()).split("output[")[-1]
 
     heatmap = runner.invoke(app, [*base, "--view", "heatmap"], env={"COLUMNS": "120", "NO_COLOR": "1"})
     assert heatmap.exit_code == 0, heatmap.output

@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
 import typer
@@ -162,21 +163,38 @@ def _root(
 MIN_COLUMNS = 40
 
 
-def console(no_color: bool, record: bool = False, silent: bool = False) -> Console:
+class ColorMode(str, Enum):
+    """--color: auto colours a terminal (unless NO_COLOR is set; FORCE_COLOR colours a pipe too),
+    always colours any output (`attn ... | less -R`), never colours nor styles anything."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+def console(color: ColorMode, record: bool = False, silent: bool = False) -> Console:
+    """The console a command prints to; `silent`: one that only records, for an export."""
     import io
 
     from rich.console import Console
 
+    never = color is ColorMode.never
     if silent:  # render only for an export: same width and colours as the terminal would get
         return Console(
             file=io.StringIO(),
             record=record,
             highlight=False,
-            no_color=no_color or None,
+            no_color=never or None,
             width=max(Console().width, MIN_COLUMNS),
             force_terminal=True,
         )
-    shown = Console(highlight=False, no_color=True if no_color else None, record=record)
+    forced = {ColorMode.always: True, ColorMode.never: False}.get(color)  # None: Rich's own choice
+    shown = Console(
+        highlight=False,
+        no_color={ColorMode.always: False, ColorMode.never: True}.get(color),
+        force_terminal=forced,
+        record=record,
+    )
     if shown.width < MIN_COLUMNS:  # COLUMNS=0 or a sliver of a pane: draw at the minimum, not nothing
         shown.width = MIN_COLUMNS
     return shown

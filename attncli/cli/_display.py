@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from attncli import __version__
+from attncli.cli._app import ColorMode, warn
 from attncli.cli._app import console as make_console
-from attncli.cli._app import warn
 from attncli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -134,14 +134,23 @@ PrecisionOption = Annotated[
         rich_help_panel=DISPLAY,
     ),
 ]
-NoColorOption = Annotated[
-    bool,
+ColorOption = Annotated[
+    ColorMode,
     typer.Option(
-        "--no-color",
-        help="No colours (also when NO_COLOR is set or output is not a terminal).",
+        "--color",
+        metavar="WHEN",
+        help="auto: colours on a terminal, unless NO_COLOR is set (FORCE_COLOR: on a pipe too); "
+        "always: also through pipes and into files (attn ... | less -R); never: plain text.",
         rich_help_panel=DISPLAY,
     ),
 ]
+NoColorOption = Annotated[bool, typer.Option("--no-color", help="The same as --color never.", hidden=True)]
+
+
+def color_mode(color: ColorMode, no_color: bool) -> ColorMode:
+    """--color, or never with --no-color (the older spelling)."""
+    return ColorMode.never if no_color else color
+
 
 # Options that `attn compute` and `attn model` share, defined once.
 StatsOption = Annotated[
@@ -255,7 +264,7 @@ class Display:
     output_format: OutputFormat = OutputFormat.table
     quiet: bool = False
     precision: int = 4
-    no_color: bool = False
+    color: ColorMode = ColorMode.auto
     view: View = View.table
     pool: Pool = Pool.max
     query_labels: list[str] | None = None
@@ -278,6 +287,10 @@ class Display:
     #: Of a capture: bool, broadcasting to the weights less their key axis, False for padding rows,
     #: which the means leave out (`loaders.AttentionInputs.real_rows`)
     real_rows: np.ndarray | None = None
+
+    @property
+    def no_color(self) -> bool:
+        return self.color is ColorMode.never
 
 
 def shown_sections(display: Display) -> tuple[str, ...]:
@@ -520,7 +533,7 @@ def screen_for(display: Display, console: Console | None = None) -> Screen | Non
     shown_here = not display.quiet and display.output_format is OutputFormat.table
     if not (shown_here or exporting):
         return None
-    console = console or make_console(display.no_color, record=exporting, silent=not shown_here)
+    console = console or make_console(display.color, record=exporting, silent=not shown_here)
     colour = not display.no_color and (console.color_system is not None or exporting)
     lines = display.max_rows or (max(10, console.height - 8) if console.is_terminal else 32)
     return Screen(console, colour, lines)

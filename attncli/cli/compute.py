@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import app
+from attncli.cli._app import ColorMode, app
 from attncli.cli._display import (
     ATTENTION,
     DISPLAY,
     SAVE,
     CausalOption,
     CheckOption,
+    ColorOption,
     ColorScale,
     ColorScaleOption,
     DeviceOption,
@@ -48,6 +49,7 @@ from attncli.cli._display import (
     ViewOption,
     check_exports,
     check_matrix_choice,
+    color_mode,
     compute_and_finish,
     parse_show,
     with_token_labels,
@@ -124,6 +126,7 @@ def compute(
     precision: PrecisionOption = 4,
     output_format: OutputFormatOption = OutputFormat.table,
     quiet: QuietOption = False,
+    color: ColorOption = ColorMode.auto,
     no_color: NoColorOption = False,
     output: OutputOption = None,
     weights_to: Annotated[
@@ -172,7 +175,7 @@ def compute(
         output_format=output_format,
         quiet=quiet,
         precision=precision,
-        no_color=no_color,
+        color=color_mode(color, no_color),
         view=view,
         pool=pool,
         color_scale=color_scale,

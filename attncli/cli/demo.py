@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from attncli.cli._app import app
+from attncli.cli._app import ColorMode, app
 from attncli.cli._app import console as make_console
-from attncli.cli._display import Display, NoColorOption, PrecisionOption, attend_for_view, finish
+from attncli.cli._display import (
+    ColorOption,
+    Display,
+    NoColorOption,
+    PrecisionOption,
+    attend_for_view,
+    color_mode,
+    finish,
+)
 
 
 @app.command()
-def demo(precision: PrecisionOption = 4, no_color: NoColorOption = False) -> None:
+def demo(
+    precision: PrecisionOption = 4, color: ColorOption = ColorMode.auto, no_color: NoColorOption = False
+) -> None:
     """Show the textbook self_attention, run it on its 3-position sample, and attncli's result beside it."""
     from rich.syntax import Syntax
 
     from attncli import demo as seed
     from attncli.compute import prepare
 
-    console = make_console(no_color)
+    console = make_console(color_mode(color, no_color))
     query, key, value = seed.sample_tensors()
     console.print(
         "[bold]The tutorial's self-attention[/] (the function attncli grew from), "
@@ -24,7 +34,7 @@ def demo(precision: PrecisionOption = 4, no_color: NoColorOption = False) -> Non
     for source in (seed.tutorial_source(), seed.sample_source()):
         console.print(Syntax(source, "python", theme="ansi_dark", background_color="default", word_wrap=True))
     tutorial_output, tutorial_weights = seed.self_attention(query, key, value)  # type: ignore[no-untyped-call]
-    display = Display(precision=precision, no_color=no_color)
+    display = Display(precision=precision, color=color_mode(color, no_color))
     result = attend_for_view(prepare(query, key, value), display)
     assert result.weights is not None
     weights_gap = (result.weights - tutorial_weights).abs().max().item()

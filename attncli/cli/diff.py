@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import app
+from attncli.cli._app import ColorMode, app
 from attncli.cli._app import console as make_console
-from attncli.cli._display import NoColorOption, OutputFormat
+from attncli.cli._display import ColorOption, NoColorOption, OutputFormat, color_mode
 from attncli.errors import ExitCode, UsageError
 
 
@@ -48,6 +48,7 @@ def diff_command(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print nothing (but errors): the exit status tells.")
     ] = False,
+    color: ColorOption = ColorMode.auto,
     no_color: NoColorOption = False,
 ) -> None:
     """Compare the tensors of two files, within tolerance, like cmp for tensors.
@@ -84,6 +85,6 @@ def diff_command(
     elif output_format is OutputFormat.json:
         sys.stdout.write(comparison_json(comparison) + "\n")
     else:
-        make_console(no_color).print(comparison_view(comparison))
+        make_console(color_mode(color, no_color)).print(comparison_view(comparison))
     if not comparison.close:
         raise typer.Exit(ExitCode.DIFFERENT)

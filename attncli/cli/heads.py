@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import app
+from attncli.cli._app import ColorMode, app
 from attncli.cli._display import (
     ATTENTION,
     CausalOption,
+    ColorOption,
     ColorScale,
     ColorScaleOption,
     DeviceOption,
@@ -35,6 +36,7 @@ from attncli.cli._display import (
     View,
     ViewOption,
     check_exports,
+    color_mode,
     export_view,
     screen_for,
 )
@@ -92,6 +94,7 @@ def heads_command(
         typer.Option("--format", help='table, or json: {"layers", "heads", "scores": {NAME: [[...]]}}.'),
     ] = OutputFormat.table,
     precision: PrecisionOption = 2,
+    color: ColorOption = ColorMode.auto,
     no_color: NoColorOption = False,
     export_svg: ExportSvgOption = None,
     export_html: ExportHtmlOption = None,
@@ -114,7 +117,7 @@ def heads_command(
 
     display = Display(
         output_format=output_format,
-        no_color=no_color,
+        color=color_mode(color, no_color),
         export_svg=export_svg,
         export_html=export_html,
         force=force,
@@ -212,6 +215,7 @@ def rollout_command(
     output: OutputOption = None,
     force: ForceOption = False,
     precision: PrecisionOption = 4,
+    color: ColorOption = ColorMode.auto,
     no_color: NoColorOption = False,
     color_scale: ColorScaleOption = ColorScale.fixed,
     export_svg: ExportSvgOption = None,
@@ -236,7 +240,7 @@ def rollout_command(
         raise UsageError("--view grid: a rollout is one matrix; choose table or heatmap")
     display = Display(
         output_format=output_format,
-        no_color=no_color,
+        color=color_mode(color, no_color),
         view=view,
         precision=precision,
         export_svg=export_svg,

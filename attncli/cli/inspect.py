@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import app
+from attncli.cli._app import ColorMode, app
 from attncli.cli._app import console as make_console
-from attncli.cli._display import NoColorOption, OutputFormat
+from attncli.cli._display import ColorOption, NoColorOption, OutputFormat, color_mode
 from attncli.errors import UsageError
 
 
@@ -32,6 +32,7 @@ def inspect_command(
         bool,
         typer.Option("--no-stats", help="Only what the headers say: names, shapes, dtypes, sizes, metadata."),
     ] = False,
+    color: ColorOption = ColorMode.auto,
     no_color: NoColorOption = False,
 ) -> None:
     """Show what tensor files hold: names, shapes, dtypes, sizes, statistics, metadata.
@@ -64,6 +65,6 @@ def inspect_command(
         reports = [inspect_spec(spec, stdin, stats=not no_stats) for spec in specs]
         sys.stdout.write(reports_json(reports) + "\n")
         return
-    console = make_console(no_color)
+    console = make_console(color_mode(color, no_color))
     for spec in specs:  # each file is shown as soon as it is read
         console.print(report_view(inspect_spec(spec, stdin, stats=not no_stats)))

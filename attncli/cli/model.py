@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from attncli.cli._app import app
+from attncli.cli._app import ColorMode, app
 from attncli.cli._display import (
     DISPLAY,
     CheckOption,
+    ColorOption,
     ColorScale,
     ColorScaleOption,
     Display,
@@ -38,6 +39,7 @@ from attncli.cli._display import (
     ViewOption,
     attend_for_view,
     check_exports,
+    color_mode,
     finish,
     parse_show,
     with_token_labels,
@@ -85,6 +87,7 @@ def model_command(
     precision: PrecisionOption = 4,
     output_format: OutputFormatOption = OutputFormat.table,
     quiet: QuietOption = False,
+    color: ColorOption = ColorMode.auto,
     no_color: NoColorOption = False,
     output: OutputOption = None,
     export_svg: ExportSvgOption = None,
@@ -121,7 +124,7 @@ def model_command(
         output_format=output_format,
         quiet=quiet,
         precision=precision,
-        no_color=no_color,
+        color=color_mode(color, no_color),
         view=view,
         pool=pool,
         color_scale=color_scale,

@@ -20,6 +20,7 @@ from rich.constrain import Constrain
 from rich.style import Style
 from rich.text import Span, Text
 
+from attncli.present.items import ItemLines
 from attncli.present.options import POOLS
 from attncli.present.style import LEVELS, SCALE_ENDS, SCALE_WORDS, SEQUENTIAL, cut_label, lerp, rescaled
 from attncli.present.style import MASKED as MASKED_CHAR  # the tables' mark for a masked weight
@@ -91,7 +92,7 @@ def heatmap(
                 f"{matrix.shape}"
             ) from None
 
-    heading = Constrain(Text(title, style="bold"), max(width, 1))
+    heading = Constrain(ItemLines.split(title, style="bold"), max(width, 1))
     if queries == 0 or keys == 0:
         return Group(heading, Text(f"no weights to draw ({queries}×{keys})", style="dim"))
     largest = float(np.where(open_keys, matrix, -np.inf).max()) if open_keys is not None else None
@@ -167,7 +168,7 @@ def pooled_heatmap(
     if pool not in POOLS:
         raise ValueError(f"pool must be 'max' or 'mean', not {pool!r}")
     queries, keys = shape
-    heading = Constrain(Text(title, style="bold"), max(width, 1))
+    heading = Constrain(ItemLines.split(title, style="bold"), max(width, 1))
     if queries == 0 or keys == 0:
         return Group(heading, Text(f"no weights to draw ({queries}×{keys})", style="dim"))
     block_rows, block_cols = blocks

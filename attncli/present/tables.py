@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attncli.analysis import STAT_NAMES
+from attncli.present.items import ItemLines
 from attncli.present.options import ViewOptions
 from attncli.present.style import (
     DIVERGING,
@@ -154,7 +155,7 @@ def result_view(
     if "weights" in options.sections:
         parts += _matrices("weights", every_matrix, weight_axes, options, show_weights)
         if not heatmap:
-            parts.append(weights_legend(table.any_blocked, options.color_scale, padded))
+            parts.append(weights_legend(table.any_blocked, options.color_scale, padded, options.colour))
         parts.append(Text())
     elif "stats" in options.sections and analysis:  # the statistics alone, matrix by matrix
 
@@ -198,10 +199,16 @@ def _output_section(
     """Each output matrix as a table on the diverging scale, and its legend. `counted` (bool, the
     weights' leading axes and Lq): the rows of real tokens; the others are dimmed."""
     dtype = str(meta.get("dtype", output.dtype))
-    limit = float(np.abs(output).max()) if output.size else 0.0
     merged = bool(meta.get("heads")) and "head" in weight_axes  # --heads: one output for all heads
     output_axes = [a for a in weight_axes if a != "head"] if merged else list(weight_axes)
     output_axes = output_axes[: max(output.ndim - 2, 0)]
+    # one colour scale for the matrices shown (not for those --batch/--head left out)
+    shown = (
+        [output[index] for index in _shown_indices(output.shape, output_axes, options)]
+        if output.ndim >= 2
+        else [output]
+    )
+    limit = max((float(np.abs(matrix).max()) for matrix in shown if matrix.size), default=0.0)
     if counted is not None and merged:  # padding is the same for every head: take head 0's rows
         counted = np.take(counted, 0, axis=list(weight_axes).index("head"))
 
@@ -217,25 +224,25 @@ def _output_section(
 
     return [
         *_matrices("output", output, output_axes, options, show_output),
-        output_legend(limit, options.precision, counted is not None),
+        *([output_legend(limit, options.precision, counted is not None)] if options.colour else []),
     ]
 
 
-def header(meta: Mapping[str, Any]) -> Text:
+def header(meta: Mapping[str, Any]) -> Group:
     """Two or three lines saying what was computed, from what, and how; with `attn model`, a line
-    saying whether the weights agree with the model's own."""
+    saying whether the weights agree with the model's own. Lines break between their items (an
+    input and its shape, a setting), never inside one."""
     shapes = meta.get("input_shapes", {})
     sources = meta.get("sources", {})
-    text = Text()
-    text.append("attention", style="bold")
     formula = "softmax(query @ keyᵀ × scale" + (" + mask" if meta.get("mask") else "") + ")"
-    text.append(f"  weights = {formula}, output = weights @ value\n", style="dim")
+    text = Text("attention", style="bold")
+    text.append(f"  weights = {formula}", style="dim")
+    what = ItemLines([text, Text("output = weights @ value", style="dim")], separator=", ")
     inputs = []
     for role in ("query", "key", "value"):
         source = sources.get(role)
         where = f" {source}" if source else ""
         inputs.append(f"{role}{where} {_shape_text(shapes.get(role, ()))}")
-    text.append(" · ".join(inputs) + "\n")
     settings = [str(meta.get("dtype", "")), str(meta.get("device", "")), _scale_text(meta)]
     if meta.get("causal"):
         settings.append("causal")
@@ -246,18 +253,20 @@ def header(meta: Mapping[str, Any]) -> Text:
     group = meta.get("query_heads_per_key_head", 1)
     if group and group > 1:
         settings.append(f"grouped: {group} query heads per key/value head")
-    text.append(" · ".join(s for s in settings if s))
+    lines: list[RenderableType] = [what, ItemLines(inputs), ItemLines(settings)]
     agreement = meta.get("agreement")
     if isinstance(agreement, Mapping):  # attn model: against the model's own probabilities
         passed = agreement.get("passed")
         words = "agrees with" if passed else "DISAGREES with"
         limit = "" if passed else f" > {agreement.get('tolerance')}"
-        text.append(
-            f"\n{words} the model's attention probabilities: max abs diff "
-            f"{agreement.get('max_abs_diff', float('nan')):.2g}{limit} ({agreement.get('reference')})",
-            style="" if passed else "bold red",
+        lines.append(
+            Text(
+                f"{words} the model's attention probabilities: max abs diff "
+                f"{agreement.get('max_abs_diff', float('nan')):.2g}{limit} ({agreement.get('reference')})",
+                style="" if passed else "bold red",
+            )
         )
-    return text
+    return Group(*lines)
 
 
 def summary_line(
@@ -312,7 +321,7 @@ def weight_table(
 def table_window(shape: tuple[int, int], options: ViewOptions) -> tuple[list[int], list[int]]:
     """The rows and columns of a (Lq, Lk) weight matrix that `weight_table` shows with `options`:
     what a computation in blocks keeps of each matrix for its table."""
-    cell_width = _weight_cell_width(options.precision)
+    cell_width = _weight_cell_width(options)
     row_names, col_names = _axis_names(shape, options.query_labels, options.key_labels)
     row_indices, col_indices = _layout(shape, options, cell_width, "q\\k", row_names, col_names)
     return [i for i in row_indices if i is not None], [j for j in col_indices if j is not None]
@@ -412,6 +421,7 @@ def _weights_table(
         blocked=blocked,
         window=window,
         padding_rows=padding_rows,
+        mark_bold=not options.colour,
     )
 
 
@@ -552,24 +562,40 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def weights_legend(masked: bool = False, scale: str = "fixed", padding: bool = False) -> Text:
-    low, high, words = SCALE_ENDS[scale]
-    text = Text(f"colour: {low} ", style="dim")
-    for step in range(16):
-        text.append("█", style=Style(color=rgb_color(lerp(SEQUENTIAL, step / 15))))
-    text.append(f" {high}, {words} · bold: row maximum", style="dim")
+def weights_legend(
+    masked: bool = False, scale: str = "fixed", padding: bool = False, colour: bool = True
+) -> Text:
+    """What the weight tables' colours and marks mean. The colour bar is not dimmed: it shows the
+    cells' own colours. Without colour, the row maximum is marked `*` and the legend says so."""
+    notes = []
+    text = Text()
+    if colour:
+        low, high, words = SCALE_ENDS[scale]
+        text.append(f"colour: {low} ", style="dim")
+        for step in range(16):
+            text.append("█", style=Style(color=rgb_color(lerp(SEQUENTIAL, step / 15))))
+        text.append(f" {high}, {words}", style="dim")
+        notes.append("bold: row maximum")
+    else:
+        notes.append(f"{ROW_MAX_MARK}: row maximum")
     if masked:
-        text.append(f" · {MASKED}: masked", style="dim")
+        notes.append(f"{MASKED}: masked")
     if padding:
-        text.append(f" · {PADDING_NOTE}", style="dim")
+        notes.append(
+            "dim rows: padding tokens, left out of the statistics"
+            if colour
+            else "[PAD] rows: padding tokens, left out of the statistics"
+        )
+    text.append(" · ".join(notes) if not text else "".join(f" · {note}" for note in notes), style="dim")
     return text
 
 
-#: Said under tables whose dim rows are a capture's padding tokens.
-PADDING_NOTE = "dim rows: padding tokens, left out of the statistics"
+#: The mark after each row's largest weight where there are no colours (and so no bold).
+ROW_MAX_MARK = "*"
 
 
 def output_legend(limit: float, precision: int, padding: bool = False) -> Text:
+    """The output tables' colour bar (shown with colours only: without, it has nothing to explain)."""
     text = Text(f"colour: -{limit:.{precision}g} ", style="dim")
     for step in range(16):
         text.append("█", style=Style(color=rgb_color(lerp(DIVERGING, step / 15))))
@@ -607,10 +633,8 @@ def _matrices(
     """
     if tensor.ndim < 2:
         tensor = tensor.reshape(1, -1)
-    leading = tensor.shape[:-2]
-    chosen = options.batch is not None or options.head is not None
-    indices = list(matrix_indices(leading, axes, options.batch, options.head))
-    limit = len(indices) if chosen else options.max_matrices
+    indices = list(matrix_indices(tensor.shape[:-2], axes, options.batch, options.head))
+    limit = len(_shown_indices(tensor.shape, axes, options))
     parts: list[RenderableType] = []
     for number, index in enumerate(indices[:limit]):
         if number:
@@ -629,6 +653,14 @@ def _matrices(
             )
         )
     return parts
+
+
+def _shown_indices(shape: Sequence[int], axes: Sequence[str], options: ViewOptions) -> list[tuple[int, ...]]:
+    """The indices of the matrices of a tensor of `shape` (..., rows, cols) that `_matrices` shows:
+    the chosen ones (--batch, --head), else the first `options.max_matrices`."""
+    indices = list(matrix_indices(tuple(shape[:-2]), axes, options.batch, options.head))
+    chosen = options.batch is not None or options.head is not None
+    return indices if chosen else indices[: options.max_matrices]
 
 
 def _title(
@@ -660,20 +692,22 @@ def _matrix_table(
     blocked: np.ndarray | None = None,
     window: tuple[tuple[int, int], list[int], list[int]] | None = None,
     padding_rows: np.ndarray | None = None,
+    mark_bold: bool = False,
 ) -> Group:
     """A matrix as a table, cropped to what fits (all of it with --full, as wide as its columns).
     With `window` = (shape, rows, cols), `matrix` (and `blocked`) hold only those rows and columns
     of a matrix of that shape: the ones shown. `padding_rows` (bool, one per row of the matrix):
-    rows of padding tokens, their numbers dim and uncoloured."""
+    rows of padding tokens, their numbers dim and uncoloured. `mark_bold`: the cells `shade` makes
+    bold also get ROW_MAX_MARK after them (the others a space), for output without styles."""
     precision = options.precision
     if window is None:
         shape = matrix.shape
         # The widest text is that of the smallest or the largest value: no need to format them all.
         extremes = [float(matrix.min()), float(matrix.max())] if matrix.size else [0.0]
-        cell_width = max(len(f"{x:.{precision}f}") for x in extremes)
+        cell_width = max(len(f"{x:.{precision}f}") for x in extremes) + mark_bold
     else:
         shape = window[0]
-        cell_width = _weight_cell_width(precision)  # weights lie in [0, 1]
+        cell_width = _weight_cell_width(options)  # weights lie in [0, 1]
     rows, cols = shape
     row_names, col_names = _axis_names((rows, cols), row_labels, col_labels)
     row_indices, col_indices = _layout((rows, cols), options, cell_width, corner, row_names, col_names)
@@ -689,6 +723,8 @@ def _matrix_table(
     values = np.asarray(values, dtype=np.float64).reshape(len(shown_row_list), len(shown_col_list))
     shades, bold = shade(values, shown_row_list)
     texts = _formatted(values, precision)
+    if mark_bold:
+        texts = np.char.add(texts, np.where(bold, ROW_MAX_MARK, " "))
     shown_blocked = None if shown_blocked is None else np.asarray(shown_blocked, dtype=bool)
     lengths = np.char.str_len(texts)
     if shown_blocked is not None:
@@ -708,7 +744,7 @@ def _matrix_table(
         anchors,
         None if padding_rows is None else np.asarray(padding_rows, dtype=bool)[shown_row_list].tolist(),
     )
-    return Group(Text(title, style="bold"), cells if options.full else cells.table())
+    return Group(ItemLines.split(title, style="bold"), cells if options.full else cells.table())
 
 
 def _positions(indices: Sequence[int | None]) -> list[int | None]:
@@ -888,9 +924,11 @@ class _MatrixCells:
             yield new_line
 
 
-def _weight_cell_width(precision: int) -> int:
-    """Characters of a weight in a table: every number in [0, 1] takes as many."""
-    return max(len(f"{0.0:.{precision}f}"), len(f"{1.0:.{precision}f}"))
+def _weight_cell_width(options: ViewOptions) -> int:
+    """Characters of a weight in a table: every number in [0, 1] takes as many; one more without
+    colour, for the mark of the row maximum."""
+    precision = options.precision
+    return max(len(f"{0.0:.{precision}f}"), len(f"{1.0:.{precision}f}")) + (not options.colour)
 
 
 def _axis_names(
