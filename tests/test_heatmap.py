@@ -217,7 +217,7 @@ def test_masked_weights_are_left_out_of_pooling(pool):
 def test_a_key_padding_mask_broadcasts():
     weights = np.full((3, 4), 0.25)
     blocked = np.array([[False, False, True, True]])  # (1, Lk): the last two keys are padding
-    group = heatmap(weights, title="w", width=40, max_lines=10, blocked=blocked, colour=False)
+    group = heatmap(weights, title="w", width=40, max_lines=10, blocked=blocked, colour=False, wide_cells=False)
     assert plain_cells(group, 40, 2, 4) == ["--" + MASKED_CHAR * 2] * 3  # 0.25 is '-'
 
 
@@ -227,11 +227,11 @@ def test_a_key_padding_mask_broadcasts():
 def test_masked_cells_differ_from_zero_weights_in_both_modes():
     weights = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     blocked = np.array([[False, False, True], [False, False, True]])
-    plain = heatmap(weights, title="w", width=40, max_lines=5, blocked=blocked, colour=False)
+    plain = heatmap(weights, title="w", width=40, max_lines=5, blocked=blocked, colour=False, wide_cells=False)
     assert plain_cells(plain, 40, 2, 3) == ["@ " + MASKED_CHAR] * 2
     assert f"{MASKED_CHAR}: masked" in legend(plain)
 
-    group = heatmap(weights, title="w", width=40, max_lines=5, blocked=blocked)
+    group = heatmap(weights, title="w", width=40, max_lines=5, blocked=blocked, wide_cells=False)
     (line,) = colour_cells(group, 40)
     assert line == [(BRIGHTEST, BRIGHTEST), (DARKEST, DARKEST), (MASKED_RGB, MASKED_RGB)]
     on_scale = {scale_colour(level / (LEVELS - 1)) for level in range(LEVELS)}
@@ -262,7 +262,7 @@ def test_an_attention_sink_is_a_bright_first_column():
 
 def test_nan_weights_are_shown_not_hidden():
     weights = np.array([[0.5, np.nan], [0.5, 0.5]])
-    group = heatmap(weights, title="w", width=40, max_lines=5, colour=False)
+    group = heatmap(weights, title="w", width=40, max_lines=5, colour=False, wide_cells=False)
     assert plain_cells(group, 40, 2, 2) == ["+" + NAN_CHAR, "++"]  # 0.5: '+'
     assert f"{NAN_CHAR}: NaN" in legend(group)
 
@@ -301,7 +301,7 @@ def test_an_odd_number_of_rows_leaves_the_last_background_empty(rows):
     weights = np.linspace(0, 1, rows * 3).reshape(rows, 3)
     # 9 rows in 2 lines: 3-high blocks, 3 cell rows, the third alone on the second line
     max_lines = 2 if rows == 9 else 10
-    group = heatmap(weights, title="w", width=40, max_lines=max_lines)
+    group = heatmap(weights, title="w", width=40, max_lines=max_lines, wide_cells=False)
     drawn = colour_cells(group, 40)
     block_rows = 3 if rows == 9 else 1
     pooled = weights.reshape(-1, block_rows, 3).max(axis=1)
@@ -333,7 +333,7 @@ def test_empty_and_one_by_one_matrices(shape, colour):
     else:
         assert "one cell per weight" in legend(group)
         if not colour:
-            assert plain_cells(group, 40, 2, 1) == ["@"]
+            assert plain_cells(group, 40, 3, 2) == ["@@"]  # one cell of several characters
 
 
 def test_no_colour_output_has_no_ansi_escapes_and_no_colours():

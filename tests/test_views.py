@@ -138,3 +138,73 @@ def test_the_colour_bar_is_not_dimmed():
     bars = [span for span in legend.spans if legend.plain[span.start : span.end] == "█"]
     assert len(bars) == 16
     assert not any(Style.parse(str(span.style)).dim for span in bars)
+
+
+COMMANDS = ["compute", "demo", "diff", "heads", "rollout", "inspect", "model", "capture"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_flags_as_flags_and_arguments_as_typed(command):
+    """No `<bool>`, `<list[str]>` or `[[...]]...`: flags alone, values by their metavars."""
+    result = attn(command, "--help", columns=100)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for python_type in ("<bool>", "<list[str]>", "<str>", "<int>", "<float>", "[[QUERY"):
+        assert python_type not in text
+    flags = [line for line in text.splitlines() if "--help" in line]
+    assert flags
+    assert flags[0].split() == ["│", "--help", "-h", "Show", "this", "message", "and", "exit.", "│"]
+    usage = next(line for line in text.splitlines() if "Usage:" in line).split("Usage: ")[1].rstrip()
+    expected = {
+        "compute": "attn compute [OPTIONS] [QUERY KEY VALUE | FILE]",
+        "diff": "attn diff [OPTIONS] A B",
+        "rollout": "attn rollout [OPTIONS] FILE",
+        "demo": "attn demo [OPTIONS]",
+    }
+    if command in expected:
+        assert usage == expected[command]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_paragraphs_are_wrapped_once(command):
+    """Docstring lines are joined before Rich wraps them to the terminal: within a paragraph of
+    prose, every line but the last fills the width (no ragged lines left by the source's breaks)."""
+    columns = 80
+    text = attn(command, "--help", columns=columns).stdout
+    description = text.split("Usage:")[1].split("╭")[0]
+    for paragraph in description.split("\n \n")[1:]:
+        lines = [line.rstrip() for line in paragraph.strip("\n").splitlines()]
+        if any(line.startswith("   ") for line in lines):  # examples stay as written
+            continue
+        for line, following in zip(lines, lines[1:], strict=False):
+            first_word = following.split()[0]
+            assert len(line) + 1 + len(first_word) > columns - 2, (line, following)
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_a_small_heatmap_has_cells_of_several_characters(columns):
+    """A 6x6 matrix is six lines of six two-character cells (not 6 characters by 3 lines), each
+    row named by its index; the characters are the weights' ninths, from the float64 reference."""
+    result = attn("compute", *MULTIHEAD, "--batch", "1", "--head", "2", "--view", "heatmap", columns=columns)
+    assert result.exit_code == 0, result.output
+    check_golden(f"plain_heatmap_{columns}.txt", result.stdout)
+    weights, _ = multihead_reference()
+    causal = np.tril(np.ones((6, 6), dtype=bool))
+    keys = np.load(ROOT / "sample_inputs/padding_mask.npy")[1, 0, 0]
+    ramp = " .:-=+*#%@"
+    lines = result.stdout.split("q\\k")[1].splitlines()[1:7]
+    for i, line in enumerate(lines):
+        label, *cells = line.split(" ")[1:] if line.startswith(" ") else line.split(" ")
+        assert label == str(i)
+        expected = [
+            "··" if not (causal[i, j] and keys[j]) else ramp[int(np.ceil(weights[1, 2, i, j] * 9))] * 2
+            for j in range(6)
+        ]
+        assert " ".join(cells) == " ".join(expected)
+
+
+def test_the_heatmap_legend_says_what_its_colour_bar_is():
+    result = attn("compute", "sample_inputs/seed.npz", "--view", "heatmap", "--color", "always")
+    lines = ESCAPE.sub("", result.stdout).splitlines()
+    legend = next(line for line in lines if "██████████" in line)
+    assert legend.startswith("colour: 0 ██████████ 1")  # not a bare 0 in the row labels' column

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import io
 import os
 import sys
@@ -18,19 +19,23 @@ from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from attncli import __version__
 from attncli.errors import AttnError, ExitCode, UsageError, escaped
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from typer._click.core import Context, Parameter  # Typer's own Click, which its classes use
 
     from attncli.io.outputs import Outputs
 
 
 class AttnGroup(TyperGroup):
     """Maps every failure to one `attn: error: ...` line on stderr and a documented exit status."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain(super().get_params(ctx))
 
     def main(  # type: ignore[override]
         self,
@@ -106,6 +111,70 @@ class AttnGroup(TyperGroup):
                 report = "run again with --traceback and report it"
                 fail(f"internal error: {type(error).__name__}: {error} ({report})", ExitCode.INTERNAL)
             sys.exit(status if isinstance(status, int) else ExitCode.OK)
+
+
+class _PlainOption(TyperOption):
+    """An option as help shows it: a flag alone (`--causal`, not `--causal <bool>`), a value by
+    its metavar (`--scale NUMBER`, `--view table|heatmap|grid`), not a Python type in brackets."""
+
+    def display_type_rich(self, ctx: Context) -> str | None:
+        if self.metavar is not None:
+            return self.metavar
+        if self.is_flag:
+            return None
+        label = str(self.display_type(ctx)).strip("<>")
+        return _METAVARS.get(label, label)
+
+
+_METAVARS = {"int": "N", "int range": "N", "float": "NUMBER", "float range": "NUMBER", "str": "TEXT"}
+
+
+class _PlainArgument(TyperArgument):
+    """An argument as help shows it: by its metavar alone (`FILE`, `[QUERY KEY VALUE | FILE]`),
+    without Typer's `<list[str]>` and `[[...]]...`."""
+
+    def display_type_rich(self, ctx: Context) -> str | None:
+        return None
+
+    def get_usage_pieces(self, ctx: Context) -> list[str]:
+        name = self.display_name_raw
+        return [name if self.required or name.startswith("[") else f"[{name}]"]
+
+
+def _plain(params: list[Parameter]) -> list[Parameter]:
+    """`params` (Typer's, made from the annotations) drawn as above in help and usage lines."""
+    for param in params:
+        if type(param) is TyperOption:
+            param.__class__ = _PlainOption
+        elif type(param) is TyperArgument:
+            param.__class__ = _PlainArgument
+    return params
+
+
+def reflowed(help_text: str | None) -> str | None:
+    """A docstring as help: the lines of each paragraph joined (Rich wraps them to the terminal;
+    Typer's rich mode would keep each line break and wrap again, leaving ragged lines), except in
+    paragraphs of indented lines, such as examples, which stay as written."""
+    if not help_text:
+        return help_text
+    paragraphs = inspect.cleandoc(help_text).split("\n\n")
+    return "\n\n".join(
+        paragraph
+        if any(line[:1].isspace() for line in paragraph.splitlines())
+        else " ".join(line.strip() for line in paragraph.splitlines())
+        for paragraph in paragraphs
+    )
+
+
+class AttnCommand(TyperCommand):
+    """An attn command: its help reflowed, its parameters as a user types them (_PlainOption)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = reflowed(self.help)
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain(super().get_params(ctx))
 
 
 app = typer.Typer(

@@ -79,7 +79,7 @@ def check_scale(value: float | None) -> float | None:
 PathsArgument = Annotated[
     list[str] | None,
     typer.Argument(
-        metavar="[QUERY KEY VALUE | FILE]",
+        metavar="[QUERY KEY VALUE | FILE]",  # usage: attn compute [OPTIONS] [QUERY KEY VALUE | FILE]
         help="Three tensor files, or one holding query/key/value (or one tensor for self-attention). "
         "PATH:NAME picks a tensor from a file; '-' or no path reads stdin.",
         show_default=False,
@@ -512,7 +512,8 @@ def finish(
         picture_blocks=result.picture_blocks,
         counted_rows=display.real_rows,
     )
-    screen.console.print(view, crop=not display.full, overflow="ignore" if display.full else None)
+    wide = display.full or bool(display.max_cols)  # tables as wide as asked, not cut at the width
+    screen.console.print(view, crop=not wide, overflow="ignore" if wide else None)
     if comparisons:
         screen.console.print(tables.check_table(comparisons))
     export_view(screen, display)

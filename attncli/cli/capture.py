@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from attncli.cli._app import app
+from attncli.cli._app import AttnCommand, app
 from attncli.errors import UsageError
 
 ModelDirArgument = Annotated[
@@ -51,7 +51,7 @@ def gather_texts(text: str | None, more_texts: list[str] | None, texts_file: str
     return texts
 
 
-@app.command("capture")
+@app.command("capture", cls=AttnCommand)
 def capture_command(
     model_dir: ModelDirArgument,
     text: TextArgument = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import ColorMode, app
+from attncli.cli._app import AttnCommand, ColorMode, app
 from attncli.cli._display import (
     ATTENTION,
     DISPLAY,
@@ -57,7 +57,7 @@ from attncli.cli._display import (
 from attncli.errors import ExitCode, UsageError
 
 
-@app.command()
+@app.command(cls=AttnCommand)
 def compute(
     paths: PathsArgument = None,
     scale: ScaleOption = None,

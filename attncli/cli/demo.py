@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attncli.cli._app import ColorMode, app
+from attncli.cli._app import AttnCommand, ColorMode, app
 from attncli.cli._app import console as make_console
 from attncli.cli._display import (
     ColorOption,
@@ -15,7 +15,7 @@ from attncli.cli._display import (
 )
 
 
-@app.command()
+@app.command(cls=AttnCommand)
 def demo(
     precision: PrecisionOption = 4, color: ColorOption = ColorMode.auto, no_color: NoColorOption = False
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import ColorMode, app
+from attncli.cli._app import AttnCommand, ColorMode, app
 from attncli.cli._app import console as make_console
 from attncli.cli._display import ColorOption, NoColorOption, OutputFormat, color_mode
 from attncli.errors import ExitCode, UsageError
@@ -21,7 +21,7 @@ def _check_tolerance(value: float | None) -> float | None:
     return value
 
 
-@app.command("diff")
+@app.command("diff", cls=AttnCommand)
 def diff_command(
     a: Annotated[
         str, typer.Argument(metavar="A", help="A tensor or result file; PATH:NAME picks one, '-' is stdin.")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import ColorMode, app
+from attncli.cli._app import AttnCommand, ColorMode, app
 from attncli.cli._display import (
     ATTENTION,
     CausalOption,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from attncli.io.loaders import TensorFile
 
 
-@app.command("heads")
+@app.command("heads", cls=AttnCommand)
 def heads_command(
     paths: PathsArgument = None,
     layer: Annotated[
@@ -200,7 +200,7 @@ def heads_command(
     export_view(screen, display)
 
 
-@app.command("rollout")
+@app.command("rollout", cls=AttnCommand)
 def rollout_command(
     path: Annotated[str, typer.Argument(metavar="FILE", help="A file from 'attn capture' ('-': stdin).")],
     batch: Annotated[int, typer.Option(min=0, metavar="N", help="The text whose rollout to show.")] = 0,

@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from attncli.cli import _app
-from attncli.cli._app import ColorMode, app
+from attncli.cli._app import AttnCommand, ColorMode, app
 from attncli.cli._app import console as make_console
 from attncli.cli._display import ColorOption, NoColorOption, OutputFormat, color_mode
 from attncli.errors import UsageError
 
 
-@app.command("inspect")
+@app.command("inspect", cls=AttnCommand)
 def inspect_command(
     paths: Annotated[
         list[str] | None,

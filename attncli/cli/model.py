@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attncli.cli._app import ColorMode, app
+from attncli.cli._app import AttnCommand, ColorMode, app
 from attncli.cli._display import (
     DISPLAY,
     CheckOption,
@@ -48,7 +48,7 @@ from attncli.cli.capture import ModelDirArgument, MoreTextsOption, TextArgument,
 from attncli.errors import ExitCode, UsageError
 
 
-@app.command("model")
+@app.command("model", cls=AttnCommand)
 def model_command(
     model_dir: ModelDirArgument,
     text: TextArgument = None,

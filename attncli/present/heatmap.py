@@ -59,9 +59,11 @@ def heatmap(
     query_labels: Sequence[str] | None = None,
     key_labels: Sequence[str] | None = None,
     scale: str = "fixed",
+    wide_cells: bool = True,
 ) -> Group:
     """One (Lq, Lk) weight matrix (rows = queries, columns = keys) as a compact heatmap, its
-    colours on `scale` (`style.COLOR_SCALES`).
+    colours on `scale` (`style.COLOR_SCALES`); `wide_cells=False` draws a small matrix without
+    labels compactly too, one character per cell.
 
     The title (bold), a ruler of key indices, at most `max_lines` lines of picture with query
     indices in a left gutter, then a one-line legend; never wider than `width` columns.
@@ -69,9 +71,10 @@ def heatmap(
     masked weights are left out of pooling, and a block with every weight masked is drawn grey
     (or '·'). NaN weights that are not masked are drawn red (or '!').
 
-    With labels (tokens, say), a matrix small enough to draw one query per line and one key per
-    LABELLED_CELL columns is drawn that way, each row named in the gutter and the keys named under
-    the picture; a larger one is drawn as without labels.
+    A matrix small enough to draw one query per line and one key per LABELLED_CELL columns is
+    drawn that way (cells of several characters, not a speck), each row named in the gutter by its
+    label (tokens, say) and index, the keys named under the picture when they have labels; a larger
+    one is pooled, two rows a line in colour.
 
     Styles are made fresh on each call (Rich caches a Style's escape codes for the first colour
     system it meets): print each heatmap to one console.
@@ -96,7 +99,7 @@ def heatmap(
     if queries == 0 or keys == 0:
         return Group(heading, Text(f"no weights to draw ({queries}×{keys})", style="dim"))
     largest = float(np.where(open_keys, matrix, -np.inf).max()) if open_keys is not None else None
-    if query_labels is not None or key_labels is not None:
+    if wide_cells or query_labels is not None or key_labels is not None:
         labelled = _labelled(
             matrix, open_keys, width, max_lines, colour, pool, query_labels, key_labels, scale, largest
         )
@@ -133,9 +136,7 @@ def picture_size(
     and `max_lines` lines: one cell per weight where the labelled layout fits, else as many as fit
     (two matrix rows per line in colour). A computation pools its weights to this size."""
     queries, keys = shape
-    if (query_labels is not None or key_labels is not None) and _labelled_gutter(
-        queries, keys, width, max_lines, query_labels
-    ):
+    if _labelled_gutter(queries, keys, width, max_lines, query_labels):
         return max(queries, 1), max(keys, 1)
     gutter = len(str(max(queries - 1, 0))) + 1
     return max(max_lines, 1) * (2 if colour else 1), max(width - gutter, 1)
@@ -177,7 +178,7 @@ def pooled_heatmap(
     values = values[:drawn]
     masked = np.isnan(values)
     codes = cell_codes(rescaled(np.where(masked, 0.0, values), scale, largest), masked, colour)
-    if blocks == (1, 1) and (query_labels is not None or key_labels is not None):
+    if blocks == (1, 1):
         gutter = _labelled_gutter(drawn, keys, width, len(codes), query_labels)
         if gutter:
             labelled = _labelled_lines(
@@ -431,7 +432,7 @@ def _legend(
     legend = Text()
     if colour:
         low, high, _ = SCALE_ENDS[scale]
-        legend.append(f"{low} ", style="dim")
+        legend.append(f"colour: {low} ", style="dim")
         for step in range(10):
             rgb = lerp(SEQUENTIAL, step / 9)
             legend.append("█", style=Style(color=Color.from_rgb(*rgb)))

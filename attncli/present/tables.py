@@ -744,7 +744,11 @@ def _matrix_table(
         anchors,
         None if padding_rows is None else np.asarray(padding_rows, dtype=bool)[shown_row_list].tolist(),
     )
-    return Group(ItemLines.split(title, style="bold"), cells if options.full else cells.table())
+    # Rich's table shrinks to the width; drawn itself, the table is as wide as its columns (--full,
+    # or --max-cols beyond what fits)
+    return Group(
+        ItemLines.split(title, style="bold"), cells if options.full or options.max_cols else cells.table()
+    )
 
 
 def _positions(indices: Sequence[int | None]) -> list[int | None]:
@@ -948,14 +952,17 @@ def _layout(
     row_names: Sequence[str],
     col_names: Sequence[str],
 ) -> tuple[list[int | None], list[int | None]]:
-    """The rows and columns a table shows (None: the ellipsis between first and last)."""
+    """The rows and columns a table shows (None: the ellipsis between first and last): as many
+    columns as fit the width, or `options.max_cols` when given, however wide the table gets."""
     rows, cols = shape
     if options.full:
         return list(range(rows)), list(range(cols))
+    if options.max_cols:
+        return visible_indices(rows, options.max_rows), visible_indices(cols, options.max_cols)
     cell_width = max(cell_width, len(col_names[-1]) if col_names else 0, *(len(n) for n in col_names[:64]))
     label_width = max(len(corner), *(len(n) for n in row_names[:64]), len(row_names[-1]) if row_names else 0)
     fit = columns_that_fit(options.width, cell_width, label_width)
-    return visible_indices(rows, options.max_rows), visible_indices(cols, min(fit, options.max_cols or fit))
+    return visible_indices(rows, options.max_rows), visible_indices(cols, fit)
 
 
 def _formatted(matrix: np.ndarray, precision: int) -> np.ndarray:
