@@ -5,6 +5,7 @@ the --color switch. Numbers are checked against the float64 reference, layouts a
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -176,7 +177,7 @@ def test_help_paragraphs_are_wrapped_once(command):
         lines = [line.rstrip() for line in paragraph.strip("\n").splitlines()]
         if any(line.startswith("   ") for line in lines):  # examples stay as written
             continue
-        for line, following in zip(lines, lines[1:], strict=False):
+        for line, following in itertools.pairwise(lines):
             first_word = following.split()[0]
             assert len(line) + 1 + len(first_word) > columns - 2, (line, following)
 
