@@ -194,6 +194,31 @@ def test_unknown_suffix(tmp_path, name):
     )
 
 
+TEXT_NOT_WHAT = {".npy": "not NumPy's binary format", ".npz": "not a zip archive", ".safetensors": "8-byte"}
+
+
+@pytest.mark.parametrize("suffix", sorted(TEXT_NOT_WHAT))
+def test_a_text_file_named_as_a_binary_format(tmp_path, suffix):
+    """np.load reads bytes that are no .npy or zip as a pickle: a text file is said to be text
+    (not an object array, not a huge header length), wherever a tensor file is read."""
+    path = write(tmp_path / f"x{suffix}", "query 1 2 3\nkey 4 5 6\n")
+    words = [f"{path}: not a valid {suffix} file", "it is text", TEXT_NOT_WHAT[suffix], "'query 1 2 3'"]
+    refuse(tmp_path, path, words=words)
+    query = npy(tmp_path / "q.npy", QUERY)
+    refuse(tmp_path, query, query, path, words=words)
+    refuse(tmp_path, query, "--mask", path, words=[f"--mask {path}", *words[1:]], existing=True)
+    for command in (["inspect", path], ["diff", path, query]):
+        line = assert_error(invoke(*command), *words)
+        assert "Python objects" not in line
+
+
+@pytest.mark.parametrize("suffix", sorted(TEXT_NOT_WHAT))
+def test_a_git_lfs_pointer_in_place_of_the_file(tmp_path, suffix):
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0f" * 32 + "\nsize 4096\n"
+    path = write(tmp_path / f"weights{suffix}", pointer)
+    refuse(tmp_path, path, words=[path, "Git LFS pointer", "git lfs pull"])
+
+
 def test_npz_without_the_needed_names(tmp_path):
     path = tmp_path / "qk.npz"
     np.savez(path, q=QUERY, k=QUERY)
