@@ -451,6 +451,43 @@ def test_heads_that_do_not_divide_or_are_not_positive(tmp_path, heads, words):
     refuse(tmp_path, path, "--heads", heads, words=words)
 
 
+@pytest.mark.parametrize("heads", ["12", "5"])
+def test_heads_given_for_an_input_that_has_its_heads(tmp_path, heads):
+    """--heads 12 on (batch, heads, L, d): not 'do not divide the 64 features', but that it has heads."""
+    path = npy(tmp_path / "x.npy", RNG.standard_normal((1, 12, 4, 64)).astype(np.float32))
+    line = refuse(
+        tmp_path,
+        path,
+        "--heads",
+        heads,
+        words=[f"--heads {heads}", f"{path} (1, 12, 4, 64) already has 12 heads, on axis 1", "merged inputs"],
+    )
+    assert "do not divide" not in line
+
+
+@pytest.mark.parametrize(
+    ("shape", "option", "words"),
+    [
+        (
+            (12, 4, 64),
+            ["--head", "0"],
+            ["--head 0", "(12, 4, 4) have no head axis", "batch (12 entries)", "--batch"],
+        ),
+        (
+            (4, 64),
+            ["--head", "1"],
+            ["--head 1", "(4, 4) have no head axis", "one matrix", "--heads N", "4-D"],
+        ),
+        ((4, 64), ["--batch", "0"], ["--batch 0", "(4, 4) have no batch axis", "one matrix"]),
+        ((4, 64), ["--heads", "8", "--batch", "0"], ["--batch 0", "(8, 4, 4)", "heads (8)", "--head picks"]),
+    ],
+    ids=["3-D", "2-D", "2-D-batch", "heads-batch"],
+)
+def test_head_or_batch_for_weights_without_that_axis(tmp_path, shape, option, words):
+    path = npy(tmp_path / "x.npy", RNG.standard_normal(shape).astype(np.float32))
+    refuse(tmp_path, path, *option, words=words)
+
+
 def test_heads_that_divide_query_but_not_value(tmp_path):
     query = npy(tmp_path / "q.npy", np.ones((3, 8), np.float32))
     value = npy(tmp_path / "v.npy", np.ones((3, 6), np.float32))
@@ -925,7 +962,7 @@ def _check_cli(result, folder: Path, target: Path) -> dict | None:
         assert np.all((np.abs(sums - 1) < 1e-3) | (sums == 0)), sums
         assert sorted(snapshot(folder)) == [target.name]
         for line in result.stderr.splitlines():
-            assert line.startswith("attn: warning: "), result.stderr
+            assert line.startswith(("attn: warning: ", "attn: note: ")), result.stderr
         return payload
     internal = _INTERNAL.match(result.stderr)
     if internal and fuzz.is_known_text(*internal.groups()):
