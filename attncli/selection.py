@@ -59,6 +59,26 @@ def resolve_indices(items: Sequence[int | slice], size: int, option: str, what: 
     return sorted(resolved)
 
 
+def no_axis_message(axis: str, spec: str, weights_shape: tuple[int, ...], axes: Sequence[str]) -> str:
+    """Why --head or --batch (`axis`: 'head' or 'batch') picks nothing: the weights of
+    `weights_shape`, whose leading axes are named `axes`, have no such axis; and what they have."""
+    option = f"--{axis}"
+    text = f"{option} {spec}: the weights {weights_shape} have no {axis} axis"
+    if axis == "head":
+        where = "4-D inputs (batch, heads, positions, features) have heads; --heads N splits merged features"
+        if "batch" in axes:
+            entries = weights_shape[list(axes).index("batch")]
+            return (
+                f"{text}: a 3-D input is (batch, positions, features), so their first axis is "
+                f"batch ({entries} entries), which --batch picks; {where}"
+            )
+        return f"{text}: they are one matrix; {where}"
+    if "head" in axes:
+        heads = weights_shape[list(axes).index("head")]
+        return f"{text}: their first axis is heads ({heads}), which --head picks"
+    return f"{text}: they are one matrix"
+
+
 def _out_of_range(option: str, index: int, size: int, what: str) -> str:
     return f"{option} {index}: out of range, there are {size} {what} (0 to {size - 1})"
 

@@ -194,6 +194,31 @@ def test_unknown_suffix(tmp_path, name):
     )
 
 
+TEXT_NOT_WHAT = {".npy": "not NumPy's binary format", ".npz": "not a zip archive", ".safetensors": "8-byte"}
+
+
+@pytest.mark.parametrize("suffix", sorted(TEXT_NOT_WHAT))
+def test_a_text_file_named_as_a_binary_format(tmp_path, suffix):
+    """np.load reads bytes that are no .npy or zip as a pickle: a text file is said to be text
+    (not an object array, not a huge header length), wherever a tensor file is read."""
+    path = write(tmp_path / f"x{suffix}", "query 1 2 3\nkey 4 5 6\n")
+    words = [f"{path}: not a valid {suffix} file", "it is text", TEXT_NOT_WHAT[suffix], "'query 1 2 3'"]
+    refuse(tmp_path, path, words=words)
+    query = npy(tmp_path / "q.npy", QUERY)
+    refuse(tmp_path, query, query, path, words=words)
+    refuse(tmp_path, query, "--mask", path, words=[f"--mask {path}", *words[1:]], existing=True)
+    for command in (["inspect", path], ["diff", path, query]):
+        line = assert_error(invoke(*command), *words)
+        assert "Python objects" not in line
+
+
+@pytest.mark.parametrize("suffix", sorted(TEXT_NOT_WHAT))
+def test_a_git_lfs_pointer_in_place_of_the_file(tmp_path, suffix):
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0f" * 32 + "\nsize 4096\n"
+    path = write(tmp_path / f"weights{suffix}", pointer)
+    refuse(tmp_path, path, words=[path, "Git LFS pointer", "git lfs pull"])
+
+
 def test_npz_without_the_needed_names(tmp_path):
     path = tmp_path / "qk.npz"
     np.savez(path, q=QUERY, k=QUERY)
@@ -424,6 +449,43 @@ def test_shapes_that_do_not_fit_in_one_file(tmp_path):
 def test_heads_that_do_not_divide_or_are_not_positive(tmp_path, heads, words):
     path = npy(tmp_path / "x.npy", np.ones((3, 8), np.float32))
     refuse(tmp_path, path, "--heads", heads, words=words)
+
+
+@pytest.mark.parametrize("heads", ["12", "5"])
+def test_heads_given_for_an_input_that_has_its_heads(tmp_path, heads):
+    """--heads 12 on (batch, heads, L, d): not 'do not divide the 64 features', but that it has heads."""
+    path = npy(tmp_path / "x.npy", RNG.standard_normal((1, 12, 4, 64)).astype(np.float32))
+    line = refuse(
+        tmp_path,
+        path,
+        "--heads",
+        heads,
+        words=[f"--heads {heads}", f"{path} (1, 12, 4, 64) already has 12 heads, on axis 1", "merged inputs"],
+    )
+    assert "do not divide" not in line
+
+
+@pytest.mark.parametrize(
+    ("shape", "option", "words"),
+    [
+        (
+            (12, 4, 64),
+            ["--head", "0"],
+            ["--head 0", "(12, 4, 4) have no head axis", "batch (12 entries)", "--batch"],
+        ),
+        (
+            (4, 64),
+            ["--head", "1"],
+            ["--head 1", "(4, 4) have no head axis", "one matrix", "--heads N", "4-D"],
+        ),
+        ((4, 64), ["--batch", "0"], ["--batch 0", "(4, 4) have no batch axis", "one matrix"]),
+        ((4, 64), ["--heads", "8", "--batch", "0"], ["--batch 0", "(8, 4, 4)", "heads (8)", "--head picks"]),
+    ],
+    ids=["3-D", "2-D", "2-D-batch", "heads-batch"],
+)
+def test_head_or_batch_for_weights_without_that_axis(tmp_path, shape, option, words):
+    path = npy(tmp_path / "x.npy", RNG.standard_normal(shape).astype(np.float32))
+    refuse(tmp_path, path, *option, words=words)
 
 
 def test_heads_that_divide_query_but_not_value(tmp_path):
@@ -900,7 +962,7 @@ def _check_cli(result, folder: Path, target: Path) -> dict | None:
         assert np.all((np.abs(sums - 1) < 1e-3) | (sums == 0)), sums
         assert sorted(snapshot(folder)) == [target.name]
         for line in result.stderr.splitlines():
-            assert line.startswith("attn: warning: "), result.stderr
+            assert line.startswith(("attn: warning: ", "attn: note: ")), result.stderr
         return payload
     internal = _INTERNAL.match(result.stderr)
     if internal and fuzz.is_known_text(*internal.groups()):

@@ -231,6 +231,95 @@ def test_fully_masked_rows_are_zero_with_a_warning(tmp_path, qkv):
     assert np.all(np.array(payload["output"])[:, 2] == 0)
 
 
+HEADS_NOTE = "attn: note: "
+
+
+def _compute_json(*args: str) -> tuple[dict, str]:
+    result = invoke("compute", *args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), str(result.stderr)
+
+
+@pytest.mark.parametrize("shape", [(16, 768), (2, 16, 768), (16, 320)], ids=["2-D", "3-D", "320"])
+def test_merged_heads_without_heads_get_a_note_and_the_numbers_asked_for(tmp_path, shape):
+    """(L, 768) without --heads is one head scaled by 1/sqrt(768): said on stderr, once, with the
+    file and a --heads to try, and computed just as without the note (-q keeps it, as warnings)."""
+    x = RNG.standard_normal(shape).astype(np.float32)
+    path = str(tmp_path / "hidden.npy")
+    np.save(path, x)
+    features = shape[-1]
+    payload, stderr = _compute_json(path)
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith(HEADS_NOTE + f"{path} {tuple(shape)}: query has {features} features"), stderr
+    assert f"scale 1/sqrt({features})" in stderr
+    assert f"--heads {features // 64} for 64 features each" in stderr
+    assert payload["meta"]["heads"] is None
+    assert_matches_reference(payload, {"query": x, "key": x, "value": x}, atol=1e-5)
+    quiet = invoke("compute", path, "-q", "-o", str(tmp_path / "result.npz"))
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout == ""
+    assert quiet.stderr == stderr
+
+
+@pytest.mark.parametrize(
+    ("shape", "args"),
+    [
+        ((16, 64), []),
+        ((16, 256), []),
+        ((16, 200), []),
+        ((16, 768), ["--heads", "12"]),
+        ((16, 768), ["--heads", "1"]),
+        ((1, 2, 16, 768), []),
+    ],
+    ids=["64", "256", "200", "heads-12", "heads-1", "4-D"],
+)
+def test_no_note_when_the_heads_are_settled(tmp_path, shape, args):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    path = str(tmp_path / "x.npy")
+    np.save(path, x)
+    payload, stderr = _compute_json(path, *args)
+    assert stderr == ""
+    heads = int(args[1]) if args else None
+    assert_matches_reference(payload, {"query": x, "key": x, "value": x}, atol=1e-5, heads=heads)
+
+
+def test_the_note_leaves_out_the_scale_when_scale_is_given(tmp_path):
+    x = RNG.standard_normal((8, 512)).astype(np.float32)
+    path = str(tmp_path / "x.npy")
+    np.save(path, x)
+    payload, stderr = _compute_json(path, "--scale", "0.125")
+    assert stderr.startswith(HEADS_NOTE), stderr
+    assert "--heads 8 for 64" in stderr
+    assert "1/sqrt" not in stderr
+    assert_matches_reference(payload, {"query": x, "key": x, "value": x}, atol=1e-5, scale=0.125)
+
+
+def test_heads_splitting_an_input_that_has_heads_gets_a_note(tmp_path):
+    x = RNG.standard_normal((1, 3, 5, 16)).astype(np.float32)
+    path = str(tmp_path / "x.npy")
+    np.save(path, x)
+    payload, stderr = _compute_json(path, "--heads", "4")
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith(HEADS_NOTE + f"{path} (1, 3, 5, 16) already has 3 heads, on axis 1"), stderr
+    assert "--heads 4 split each into 4 of 4 features" in stderr
+    assert_matches_reference(payload, {"query": x, "key": x, "value": x}, atol=1e-5, heads=4)
+
+
+def test_a_refused_command_prints_its_error_and_no_note(tmp_path):
+    path = str(tmp_path / "x.npy")
+    np.save(path, RNG.standard_normal((4, 768)).astype(np.float32))
+    assert_error(invoke("compute", path, "--head", "0"), "--head 0", "--heads N")
+
+
+def test_heads_command_notes_merged_heads(tmp_path):
+    path = str(tmp_path / "x.npy")
+    np.save(path, RNG.standard_normal((8, 768)).astype(np.float32))
+    result = invoke("heads", path, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(HEADS_NOTE + f"{path} (8, 768): query has 768 features"), result.stderr
+    assert invoke("heads", path, "--heads", "12", "--format", "json").stderr == ""
+
+
 # --- outputs ---------------------------------------------------------------------------------
 
 

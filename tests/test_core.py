@@ -384,6 +384,33 @@ def test_heads_with_per_head_mask_matches_sdpa():
     np.testing.assert_allclose(_np(result.output), np.moveaxis(split, -3, -2).reshape(4, 8), **F64)
 
 
+@pytest.mark.parametrize(
+    ("query", "key", "heads", "noted"),
+    [
+        ((4, 768), (4, 768), None, True),
+        ((2, 4, 320), (2, 4, 320), None, True),
+        ((768,), (4, 768), None, True),  # a vector is one position
+        ((4, 256), (4, 256), None, False),  # 256 and less: one head is plausible
+        ((4, 800), (4, 800), None, False),  # not a multiple of 64
+        ((4, 768), (4, 768), 12, False),
+        ((1, 12, 4, 768), (1, 12, 4, 768), None, False),  # its heads are on axis 1
+        ((4, 768), (1, 12, 4, 768), None, False),  # the key's heads axis gives the weights one
+        ((1, 2, 4, 64), (1, 2, 4, 64), 4, True),  # heads split again
+        ((1, 2, 4, 64), (1, 2, 4, 64), 1, False),  # --heads 1 only adds an axis of one
+    ],
+)
+def test_heads_note_only_where_the_heads_may_be_guessed_wrong(query, key, heads, noted):
+    from attncli.compute import heads_note, prepare
+
+    zeros = np.zeros
+    problem = prepare(zeros(query, np.float32), zeros(key, np.float32), zeros(key, np.float32), heads=heads)
+    note = heads_note(problem, "q.npy")
+    assert (note is not None) == noted, note
+    if note is not None:
+        assert note.startswith(f"q.npy {tuple(query)}"), note
+        assert "--heads" in note
+
+
 # ---------------------------------------------------------------------------------------------------
 # 4. dtypes
 

@@ -596,6 +596,72 @@ def test_npy_that_is_not_numpy_data_is_called_invalid(tmp_path: Path, data: byte
     assert "Python objects" not in message
 
 
+_LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32 + b"\nsize 123456\n"
+TEXT_FILES = {
+    "plain": (b"1.0 2.0 3.0\n4.0 5.0 6.0\n", ["it is text", "it starts '1.0 2.0 3.0'"]),
+    "lfs": (_LFS, ["it is a Git LFS pointer", "git lfs pull"]),
+    "json": (b'\n  {"query": [[1, 2]]}\n', ["it is text, JSON perhaps", "'{\"query\": [[1, 2]]}'", ".json"]),
+    "long": (b"x" * 300, ["it starts '" + "x" * 40 + "...'"]),
+    "utf8-bom": ("\ufeffqueries, été\n".encode(), ["it is text", "it starts 'queries, été'"]),
+}
+NOT_WHAT = {".npy": "not NumPy's binary format", ".npz": "not a zip archive", ".safetensors": "8-byte header"}
+
+
+@pytest.mark.parametrize("kind", sorted(TEXT_FILES))
+@pytest.mark.parametrize("suffix", sorted(NOT_WHAT))
+@pytest.mark.parametrize("how", ["file", "bytes", "lazy"])
+def test_a_text_file_named_as_a_binary_format_says_it_is_text(
+    tmp_path: Path, suffix: str, kind: str, how: str
+) -> None:
+    """np.load takes bytes that are no .npy or zip for a pickle; a text file (a Git LFS pointer,
+    JSON, numbers written by np.savetxt) is said to be text, not an object array or a header length."""
+    from attncli.io import lazy
+
+    data, words = TEXT_FILES[kind]
+    path = write(tmp_path / f"x{suffix}", data)
+    if how == "file":
+        message = error_of(InputError, read_tensors, path)
+    elif how == "bytes":  # a pipe, or a file the direct reader leaves to the format's library
+        message = error_of(InputError, loaders.parse_tensors, data, path, suffix[1:])
+    else:  # inspect and diff
+        message = error_of(InputError, lazy.open_tensors, path)
+    assert_words(message, f"{path}: not a valid {suffix} file (", *words)
+    if kind != "lfs":
+        assert_words(message, NOT_WHAT[suffix])
+    for misleading in ("Python objects", "pickle", "header length,", "header too large"):
+        assert misleading not in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        npy_bytes(QUERY)[:60],
+        _SAFETENSORS[:60],
+        npz_bytes(query=QUERY)[:60],
+        b"\x00" * 7,
+        b"abc\x00def",
+        b"abc\x1b[31m",
+        b" \n\t\n",
+        b"\xff\xfe t e x t",
+    ],
+    ids=["npy", "safetensors", "npz", "nul", "inner-nul", "escape", "blank", "utf16"],
+)
+def test_binary_or_blank_bytes_are_not_taken_for_text(data: bytes) -> None:
+    from attncli.io.formats import text_reason, text_start
+
+    assert text_start(data) is None
+    assert text_reason(data, "a zip archive") is None
+
+
+def test_text_cut_inside_a_character_is_still_text() -> None:
+    from attncli.io.formats import text_start
+
+    head = "café café".encode()[:10]  # the second 'é' cut after its first byte
+    assert text_start(head) == "café caf"
+    assert text_start(head[:9] + b"\xc3 more") is None  # a broken character inside is not text
+
+
 def test_suffix_decides_the_format_of_a_file(tmp_path: Path) -> None:
     path = write(tmp_path / "really-npy.json", npy_bytes(QUERY))
     assert_words(error_of(InputError, read_tensors, path), path, "JSON")

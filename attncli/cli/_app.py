@@ -287,6 +287,13 @@ def warn(message: str) -> None:
     sys.stderr.write(f"attn: warning: {message}\n")
 
 
+def note(message: str | None) -> None:
+    """A hint about a choice that may be a mistake (the numbers are what was asked); on stderr
+    as warnings are, with -q too. None: nothing."""
+    if message:
+        sys.stderr.write(f"attn: note: {escaped(message)}\n")
+
+
 def _commit(written: Outputs, show_traceback: bool) -> None:
     try:
         written.commit()

@@ -646,14 +646,14 @@ def _chosen_matrices(
     display: Display, axes: Sequence[str], weights_shape: tuple[int, ...]
 ) -> dict[str, list[int] | None]:
     """--batch and --head checked against the weights' leading axes (before anything is written)."""
-    from attncli.selection import parse_indices, resolve_indices
+    from attncli.selection import no_axis_message, parse_indices, resolve_indices
 
     chosen: dict[str, list[int] | None] = {"batch": None, "head": None}
     for axis, spec in (("batch", display.batch), ("head", display.head)):
         if spec is None:
             continue
         if axis not in axes:
-            raise UsageError(f"--{axis} {spec}: the weights {weights_shape} have no {axis} axis")
+            raise UsageError(no_axis_message(axis, spec, weights_shape, axes))
         size = weights_shape[list(axes).index(axis)]
         what = "heads" if axis == "head" else "batch entries"
         chosen[axis] = resolve_indices(parse_indices(spec, f"--{axis}"), size, f"--{axis}", what)

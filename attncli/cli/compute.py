@@ -211,7 +211,7 @@ def compute(
 
     note_inputs([path for path in read if path and path != loaders.STDIN])  # no output may be one
     limit = None if memory_limit is None else _memory_limit(memory_limit)
-    from attncli.compute import prepare, resolve_device
+    from attncli.compute import heads_note, prepare, resolve_device
 
     resolve_device(device)  # a missing device is reported before any file is read
     inputs = loaders.load_attention_inputs(specs, stdin, layer=selection.parse_layers(layer))
@@ -248,6 +248,7 @@ def compute(
         names=names,
     )
     check_matrix_choice(display, problem)
+    _app.note(heads_note(problem, names["query"]))  # after every refusal: an error stays one line
     shown = not quiet and output_format is OutputFormat.table
     # A table shows a few rows and columns, kept block by block; --full shows every weight.
     full_table = full and view is View.table and (shown or bool(export_svg or export_html))

@@ -110,7 +110,7 @@ def heads_command(
     """
     from attncli import selection
     from attncli.analysis.heads import SCORE_NAMES
-    from attncli.compute import prepare, resolve_device
+    from attncli.compute import heads_note, prepare, resolve_device
     from attncli.compute.heads import score_capture, score_matrices
     from attncli.io import loaders
     from attncli.present.heads import heads_json, heads_view
@@ -171,6 +171,7 @@ def heads_command(
         )
         if tokens is not None:
             selection.check_label_count(tokens[0], problem.weights_shape[-2], "--labels", "query")
+        _app.note(heads_note(problem, inputs.sources["query"]))
         result = score_matrices(problem, tokens or inputs.tokens)
         title = f"head scores: {len(result.rows)} batch entries x {result.heads} heads"
     scores = {name: result.scores[name] for name in wanted or result.scores if name in result.scores}

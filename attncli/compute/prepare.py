@@ -303,9 +303,47 @@ def _split_heads(x: torch.Tensor, heads: int, role: str, shown: Mapping[str, str
         raise UsageError(f"heads must be a positive whole number, not {heads}")
     features = x.shape[-1]
     if features % heads:
+        if x.ndim >= 4:  # the usual mistake: --heads given the count of the heads axis it already has
+            raise ShapeError(
+                f"--heads {heads}: {shown[role]} already has {x.shape[-3]} heads, on axis {x.ndim - 3} "
+                "of (..., heads, positions, features); --heads is for merged inputs "
+                "(..., positions, heads x features): leave it out"
+            )
         raise ShapeError(f"{heads} heads do not divide the {features} features of {role}: {shown[role]}")
     # (..., L, D) -> (..., L, H, D/H) -> (..., H, L, D/H)
     return x.reshape(*x.shape[:-1], heads, features // heads).transpose(-3, -2)
+
+
+#: Features per head in the usual transformer layer: the size a merged query's features suggest heads of.
+HEAD_FEATURES = 64
+
+
+def heads_note(problem: Prepared, label: str = "query") -> str | None:
+    """A hint when the heads may have been guessed wrong, else None: a query of more than 256
+    features, a multiple of 64, with no heads axis and no `heads` (likely several heads merged,
+    computed as one head with a scale of 1/sqrt(all features)); or `heads` (more than 1) that
+    split a 4-D query, which has its heads already. The numbers are what was asked for either way."""
+    query, key = problem.input_shapes["query"], problem.input_shapes["key"]
+    shown = f"{label} {_shape_text(query)}"
+    features = query[-1]
+    if problem.heads is None:
+        if max(len(query), len(key)) >= 4 or features <= 256 or features % HEAD_FEATURES:
+            return None
+        default_scale = math.isclose(problem.scale, 1.0 / math.sqrt(features))
+        return (
+            f"{shown}: query has {features} features on its last axis and no heads axis, so it is "
+            f"computed as one head{f' (scale 1/sqrt({features}))' if default_scale else ''}; if it "
+            f"holds several heads, give --heads N (e.g. --heads {features // HEAD_FEATURES} for "
+            f"{HEAD_FEATURES} features each)"
+        )
+    if len(query) >= 4 and problem.heads > 1:  # --heads 1 only adds an axis of one
+        return (
+            f"{shown} already has {query[-3]} heads, on axis {len(query) - 3} of (..., heads, "
+            f"positions, features), and --heads {problem.heads} split each into {problem.heads} of "
+            f"{features // problem.heads} features; --heads is for merged inputs (..., positions, "
+            "heads x features): leave it out unless these features merge several heads"
+        )
+    return None
 
 
 def _query_heads_per_key_head(

@@ -54,6 +54,57 @@ def header_reason(error: BaseException) -> str:
 _MAX_NPY_HEADER = 10_000  # numpy.lib.format's default max_header_size
 
 
+#: How much of a file's start is read to tell text from a binary tensor file.
+SNIFF_BYTES = 512
+_LFS_POINTER = "version https://git-lfs.github.com/spec/"
+_EXCERPT = 40  # characters of a text file's first line that a message quotes
+
+
+def text_start(head: bytes) -> str | None:
+    """The first bytes of a file, decoded, when they are text (UTF-8 without NUL or other control
+    characters but whitespace, and not only whitespace); None for the bytes of a binary file."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3 or error.reason != "unexpected end of data":
+            return None
+        text = head[: error.start].decode("utf-8")  # a character cut at the end of `head`
+    text = text.removeprefix("\ufeff")
+    if not text.strip() or not all(c.isprintable() or c in "\t\n\r\f\v" for c in text):
+        return None
+    return text
+
+
+def text_reason(head: bytes, instead: str) -> str | None:
+    """Why a file whose first bytes are `head` is not the binary file it was named as, when it is
+    text (a Git LFS pointer, JSON, anything else), saying it is not `instead` (e.g. 'a zip
+    archive'); None when it is not text."""
+    text = text_start(head)
+    if text is None:
+        return None
+    if text.startswith(_LFS_POINTER):
+        return (
+            "it is a Git LFS pointer, a text file standing in for the real one: "
+            "fetch that with 'git lfs pull'"
+        )
+    line = next(line.strip() for line in text.splitlines() if line.strip())
+    shown = line if len(line) <= _EXCERPT else line[:_EXCERPT] + "..."
+    if line[0] in "[{":
+        hint = "a JSON tensor file is named .json"
+        return f"it is text, JSON perhaps, not {instead}: it starts '{shown}'; {hint}"
+    return f"it is text, not {instead}: it starts '{shown}'"
+
+
+def wrong_start(head: bytes, label: str, suffix: str, instead: str, reason: str) -> InputError:
+    """The error for a file of `suffix` that does not start as that format does: `reason`, or what
+    the file is when it is text."""
+    return InputError(f"{label}: not a valid {suffix} file ({text_reason(head, instead) or reason})")
+
+
+NPY_INSTEAD = "NumPy's binary format"
+NPY_NO_MAGIC = "it does not start with the NumPy header"
+
+
 def npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
     """(shape, fortran_order, dtype, data offset) from the .npy header at the file's position."""
     try:
@@ -128,7 +179,9 @@ def open_npz(file: IO[bytes], label: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(file)
     except zipfile.BadZipFile:
-        raise InputError(f"{label}: not a valid .npz file (it is not a zip archive)") from None
+        file.seek(0)  # NumPy's np.load would take such bytes for a pickle; say what they are
+        head = file.read(SNIFF_BYTES)
+        raise wrong_start(head, label, ".npz", "a zip archive", "it is not a zip archive") from None
     except ZIP_ERRORS as error:
         raise InputError(f"{label}: not a valid .npz file ({error_reason(error)})") from None
 
@@ -189,6 +242,9 @@ def check_real_dtype(dtype: np.dtype[Any], label: str, suffix: str) -> None:
         raise InputError(f"{label}: holds {words} ({dtype}); tensors must hold real numbers")
 
 
+SAFETENSORS_INSTEAD = "the 8-byte header length a .safetensors file starts with"
+
+
 def safetensors_header(
     read: Callable[[int, int], bytes], size: int, label: str
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -198,19 +254,25 @@ def safetensors_header(
     def invalid(reason: str) -> InputError:
         return InputError(f"{label}: not a valid .safetensors file ({reason})")
 
+    def invalid_start(reason: str) -> InputError:  # a text file: say so, not what its bytes would mean
+        head = read(0, min(size, SNIFF_BYTES))
+        return wrong_start(head, label, ".safetensors", SAFETENSORS_INSTEAD, reason)
+
     if size < 8:
-        raise invalid(f"only {size} bytes; it starts with an 8-byte header length")
+        raise invalid_start(f"only {size} bytes; it starts with an 8-byte header length")
     header_size = int.from_bytes(read(0, 8), "little")
     if header_size > MAX_SAFETENSORS_HEADER:
-        raise invalid(f"its header length, {header_size} bytes, is over the {MAX_SAFETENSORS_HEADER} allowed")
+        raise invalid_start(
+            f"its header length, {header_size} bytes, is over the {MAX_SAFETENSORS_HEADER} allowed"
+        )
     data_start = 8 + header_size
     if data_start > size:
-        raise invalid(
+        raise invalid_start(
             f"its header length is {header_size} bytes, but the file holds only {size - 8} after it"
         )
     raw = read(8, header_size)
     if not raw.startswith(b"{"):
-        raise invalid("its header is not a JSON object")
+        raise invalid_start("its header is not a JSON object")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -24,7 +24,10 @@ import numpy as np
 
 from attncli.errors import InputError
 from attncli.io.formats import (
+    NPY_INSTEAD,
     NPY_MAGIC,
+    NPY_NO_MAGIC,
+    SNIFF_BYTES,
     ZIP_ERRORS,
     NpzMember,
     check_real_dtype,
@@ -37,6 +40,7 @@ from attncli.io.formats import (
     read_npz_member,
     safetensors_entry,
     safetensors_header,
+    wrong_start,
 )
 from attncli.io.loaders import (
     META_KEY,
@@ -318,8 +322,9 @@ def _from_tensor_file(parsed: TensorFile, fmt: str, size: int) -> LazyFile:
 
 def _open_npy(path: str, size: int) -> LazyFile:
     with open(path, "rb") as file:
-        if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
-            raise InputError(f"{path}: not a valid .npy file (it does not start with the NumPy header)")
+        head = file.read(SNIFF_BYTES)
+        if not head.startswith(NPY_MAGIC):
+            raise wrong_start(head, path, ".npy", NPY_INSTEAD, NPY_NO_MAGIC)
         file.seek(0)
         shape, fortran_order, dtype, offset = npy_header(file, path, ".npy")
     check_real_dtype(dtype, path, ".npy")

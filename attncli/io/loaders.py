@@ -22,7 +22,11 @@ import numpy as np
 from attncli.errors import InputError, ShapeError, UsageError
 from attncli.io.formats import (
     DTYPE_KIND_WORDS,
+    NPY_INSTEAD,
     NPY_MAGIC,
+    NPY_NO_MAGIC,
+    SAFETENSORS_INSTEAD,
+    SNIFF_BYTES,
     check_real_dtype,
     check_spans,
     error_reason,
@@ -34,6 +38,7 @@ from attncli.io.formats import (
     read_npz_member,
     safetensors_entry,
     safetensors_header,
+    wrong_start,
 )
 from attncli.io.source import check_in_memory, file_kind, read_path, stdin_bytes
 
@@ -535,7 +540,7 @@ def _read_npz_file(path: str) -> TensorFile:
 def _parse_npy(data: bytes, label: str) -> TensorFile:
     if not data.startswith(b"\x93NUMPY"):
         # np.load would take other bytes for a pickle and blame allow_pickle; say what they are not.
-        raise InputError(f"{label}: not a valid .npy file (it does not start with the NumPy header)")
+        raise wrong_start(data[:SNIFF_BYTES], label, ".npy", NPY_INSTEAD, NPY_NO_MAGIC)
     try:
         with np.errstate(all="ignore"):  # a header's shape whose product overflows warns; it fails below
             array = np.load(io.BytesIO(data), allow_pickle=False)
@@ -591,7 +596,7 @@ def _parse_safetensors(data: bytes, label: str) -> TensorFile:
         entries = safetensors.deserialize(data)  # type: ignore[no-untyped-call]
     except Exception as error:  # SafetensorError has no public import path
         message = str(error).removeprefix("Error while deserializing: ")
-        raise InputError(f"{label}: not a valid .safetensors file ({message})") from None
+        raise wrong_start(data[:SNIFF_BYTES], label, ".safetensors", SAFETENSORS_INSTEAD, message) from None
     tensors = {name: _safetensors_array(info, f"{label}:{name}") for name, info in entries}
     if not tensors:
         raise InputError(f"{label}: the file holds no tensors")
