@@ -60,8 +60,8 @@ class TensorComparison:
     dtypes: tuple[str, str]  # as stored
     rtol: float
     atol: float
-    #: The dtype whose default tolerance applies (the coarsest of the stored and computed dtypes);
-    #: None for integers and booleans, which must be equal.
+    #: The dtype whose default tolerance applies where rtol/atol are not given (the coarsest of the
+    #: stored and computed dtypes); None for integers and booleans, which must be equal.
     tolerance_dtype: str | None
     elements: int
     max_abs: float | None  # largest |a - b|, NaN positions left out; None: nothing to compare

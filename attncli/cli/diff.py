@@ -30,13 +30,13 @@ def diff_command(
     rtol: Annotated[
         float | None,
         typer.Option(
-            callback=_check_tolerance, help="Relative tolerance. Default: the coarsest dtype's (see below)."
+            callback=_check_tolerance, help="Relative tolerance. Default: the coarsest dtype's (see above)."
         ),
     ] = None,
     atol: Annotated[
         float | None,
         typer.Option(
-            callback=_check_tolerance, help="Absolute tolerance. Default: the coarsest dtype's (see below)."
+            callback=_check_tolerance, help="Absolute tolerance. Default: the coarsest dtype's (see above)."
         ),
     ] = None,
     top_k: Annotated[
