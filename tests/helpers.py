@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors import safe_open
 
 
@@ -49,6 +50,17 @@ def read_result(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         with np.load(path) as archive:
             arrays = {name: archive[name] for name in archive.files}
         return arrays, json.loads(str(arrays.pop("meta")))
-    with safe_open(str(path), "np") as file:
+    # Through torch: safetensors' NumPy API has no bfloat16. BF16 widened (exactly) to float32.
+    with safe_open(str(path), "pt") as file:
         meta = {key: json.loads(value) for key, value in file.metadata().items()}
-        return {name: file.get_tensor(name) for name in file.keys()}, meta  # noqa: SIM118
+        tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+    widened = {name: t.float() if t.dtype == torch.bfloat16 else t for name, t in tensors.items()}
+    return {name: tensor.numpy() for name, tensor in widened.items()}, meta
+
+
+def safetensors_dtypes(path: Path) -> dict[str, str]:
+    """The dtype codes ("BF16", "F32", ...) a .safetensors file's header gives its tensors."""
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    return {name: entry["dtype"] for name, entry in header.items() if name != "__metadata__"}

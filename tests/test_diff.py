@@ -1,4 +1,5 @@
-"""`attn diff` and attncli.analysis.diff: exit statuses like cmp, assert_close's tolerances, weights rows.
+"""`attn diff` and attncli.analysis.diff: exit statuses like cmp, tolerances per dtype (stored or
+computed), tensors held by one file only, weights rows.
 
 Expected numbers come from NumPy (and torch.isclose) on the arrays written here, never from attncli.
 """
@@ -121,11 +122,57 @@ def test_mismatched_shapes_exit_2_naming_both(tmp_path: Path) -> None:
     assert_error(invoke("diff", single, f"{second}:output"), "(5,)", "(4,)")
 
 
-def test_names_in_one_file_only_exit_2_listing_them(tmp_path: Path) -> None:
+def test_names_in_one_file_only_are_listed_and_make_the_files_different(tmp_path: Path) -> None:
     first = save(tmp_path / "a.npz", {"weights": np.zeros(3), "output": np.zeros(3), "extra": np.zeros(1)})
     second = save(tmp_path / "b.npz", {"weights": np.zeros(3), "scores": np.zeros(2)})
-    result = invoke("diff", first, second)
-    assert_error(result, f"only in {first}: output, extra", f"only in {second}: scores")
+    result = invoke("diff", first, second, "--no-color")
+    assert (result.exit_code, result.stderr) == (1, "")
+    text = " ".join(result.stdout.split())
+    assert f"only in A ({first}): output, extra" in text
+    assert f"only in B ({second}): scores" in text
+    assert "different: 3 tensor(s) in one file only" in text
+    assert "--common compares only those" in text
+    report = diff_json(first, second, status=1)
+    assert (report["close"], report["only_in_a"], report["only_in_b"]) == (
+        False,
+        ["output", "extra"],
+        ["scores"],
+    )
+    assert report["common_only"] is False
+    assert [(t["name"], t["verdict"]) for t in report["tensors"]] == [("weights", "equal")]
+
+
+def test_common_compares_only_the_tensors_both_hold(tmp_path: Path) -> None:
+    weights = softmax(RNG.standard_normal((3, 4)))
+    first = save(tmp_path / "a.npz", {"weights": weights, "entropy": np.ones(3), "argmax": np.zeros(3, int)})
+    second = save(tmp_path / "b.safetensors", {"weights": weights.copy(), "scores": np.zeros(2)})
+    result = invoke("diff", first, second, "--common", "--no-color")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert f"only in A ({first}): entropy, argmax" in text
+    assert f"only in B ({second}): scores" in text
+    assert "equal within tolerance (3 tensor(s) in one file only left out: --common)" in text
+    report = diff_json(first, second, "--common")
+    assert (report["close"], report["common_only"]) == (True, True)
+    assert (report["only_in_a"], report["only_in_b"]) == (["entropy", "argmax"], ["scores"])
+    # The status follows the common tensors: one of them different is status 1, --common or not.
+    moved = save(tmp_path / "c.npz", {"weights": weights[::-1].copy(), "entropy": np.ones(3)})
+    assert invoke("diff", "-q", first, moved, "--common").exit_code == 1
+    assert diff_json(moved, second, "--common", status=1)["tensors"][0]["verdict"] == "different"
+    text = " ".join(invoke("diff", moved, second, "--no-color").stdout.split())
+    assert "different: 1 of 1 tensor(s) outside tolerance; 2 tensor(s) in one file only" in text
+
+
+def test_no_tensor_name_in_common_exit_2(tmp_path: Path) -> None:
+    first = save(tmp_path / "a.npz", {"weights": np.zeros(3), "output": np.zeros(3)})
+    second = save(tmp_path / "b.npz", {"query": np.zeros(3), "key": np.zeros(3)})
+    for extra in ((), ("--common",)):
+        assert_error(
+            invoke("diff", first, second, *extra),
+            "no tensor of the same name",
+            "weights, output",
+            "query, key",
+        )
 
 
 def test_unreadable_file_exit_2(tmp_path: Path) -> None:
@@ -157,18 +204,39 @@ def test_stdin_against_a_file(tmp_path: Path) -> None:
 def test_help_documents_the_exit_statuses() -> None:
     result = invoke("diff", "--help")
     text = " ".join(result.stdout.split())
-    assert "0 equal within tolerance, 1 different, 2 trouble" in text
+    assert (
+        "0 equal within tolerance, 1 different (or tensors in one file only, without --common), 2 trouble"
+        in text
+    )
 
 
 # --- tolerances ---------------------------------------------------------------------------------------
 
-# torch.testing.assert_close's documented defaults.
-TORCH_DEFAULTS = {"float16": (1e-3, 1e-5), "float32": (1.3e-6, 1e-5), "float64": (1e-7, 1e-7)}
+# torch.testing.assert_close's documented defaults, but for half precision an atol of the dtype's
+# resolution near 1 (its eps: 2**-10 and 2**-7, rounded), as `attn compute --check` takes them.
+DEFAULTS = {
+    "bfloat16": (1.6e-2, 1e-2),
+    "float16": (1e-3, 1e-3),
+    "float32": (1.3e-6, 1e-5),
+    "float64": (1e-7, 1e-7),
+}
 
 
-@pytest.mark.parametrize("dtype", list(TORCH_DEFAULTS))
+def test_the_defaults_are_those_of_compute_check() -> None:
+    import torch
+
+    from attncli.analysis.diff import DEFAULT_TOLERANCES
+    from attncli.compute.check import TOLERANCES
+
+    assert DEFAULT_TOLERANCES == DEFAULTS
+    assert {str(dtype).removeprefix("torch."): limits for dtype, limits in TOLERANCES.items()} == DEFAULTS
+    assert torch.finfo(torch.float16).eps == pytest.approx(DEFAULTS["float16"][1], rel=0.03)
+    assert torch.finfo(torch.bfloat16).eps == pytest.approx(DEFAULTS["bfloat16"][1], rel=0.3)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 def test_default_tolerances_per_dtype(tmp_path: Path, dtype: str) -> None:
-    rtol, atol = TORCH_DEFAULTS[dtype]
+    rtol, atol = DEFAULTS[dtype]
     reference = np.array([1.0, 100.0, -20.0, 0.0], dtype=dtype)
     limit = (atol + rtol * np.abs(reference.astype(np.float64))).astype(dtype)
     inside = (reference + 0.5 * limit).astype(dtype)
@@ -177,7 +245,7 @@ def test_default_tolerances_per_dtype(tmp_path: Path, dtype: str) -> None:
     for values, status in ((inside, 0), (outside, 1)):
         first = save(tmp_path / "a.npy", values)
         (tensor,) = diff_json(first, second, status=status)["tensors"]
-        assert (tensor["rtol"], tensor["atol"]) == (rtol, atol)
+        assert (tensor["rtol"], tensor["atol"], tensor["tolerance_dtype"]) == (rtol, atol, dtype)
 
 
 def test_bfloat16_defaults_and_the_less_precise_dtype_wins(tmp_path: Path) -> None:
@@ -187,19 +255,132 @@ def test_bfloat16_defaults_and_the_less_precise_dtype_wins(tmp_path: Path) -> No
     bf16 = tmp_path / "x.safetensors"
     bf16.write_bytes(len(header).to_bytes(8, "little") + header + stored)
     (tensor,) = diff_json(str(bf16), save(tmp_path / "x32.npy", values * (1 + 1e-2)))["tensors"]
-    assert (tensor["dtype_a"], tensor["rtol"], tensor["atol"]) == ("bfloat16", 1.6e-2, 1e-5)
+    assert (tensor["dtype_a"], tensor["rtol"], tensor["atol"]) == ("bfloat16", 1.6e-2, 1e-2)
+    assert tensor["tolerance_dtype"] == "bfloat16"
     (mixed,) = diff_json(
         save(tmp_path / "h.npy", values.astype(np.float16)),
         save(tmp_path / "d.npy", values.astype(np.float64)),
     )["tensors"]
-    assert (mixed["rtol"], mixed["atol"]) == (1e-3, 1e-5)
+    assert (mixed["rtol"], mixed["atol"], mixed["tolerance_dtype"]) == (1e-3, 1e-3, "float16")
+
+
+def test_a_files_computed_dtype_sets_the_tolerance(tmp_path: Path) -> None:
+    """A result's metadata `dtype` (what it was computed in) counts as its dtype: a bfloat16 result
+    stored as float32 takes bfloat16's tolerance; a finer computed dtype than stored changes nothing;
+    a `dtype` that is not a float dtype's name is not one; integers stay exact."""
+    reference = RNG.standard_normal((4, 8)).astype(np.float32) + 3.0
+    nudged = reference * np.float32(1 + 5e-3)  # inside bfloat16's rtol, far outside float32's
+    ids = np.arange(4)
+
+    def result(name: str, values: np.ndarray, meta: object) -> str:
+        path = tmp_path / name
+        np.savez(path, output=values, ids=ids, meta=np.array(json.dumps({"dtype": meta})))
+        return str(path)
+
+    plain = save(tmp_path / "b.npz", {"output": reference, "ids": ids})
+    report = diff_json(result("bf16.npz", nudged, "bfloat16"), plain)
+    assert (report["computed_dtype_a"], report["computed_dtype_b"]) == ("bfloat16", None)
+    tensors = {t["name"]: t for t in report["tensors"]}
+    assert (tensors["output"]["tolerance_dtype"], tensors["output"]["rtol"]) == ("bfloat16", 1.6e-2)
+    assert (tensors["ids"]["tolerance_dtype"], tensors["ids"]["atol"]) == (None, 0)
+    text = " ".join(invoke("diff", str(tmp_path / "bf16.npz"), plain, "--no-color").stdout.split())
+    assert (
+        "the defaults for bfloat16, the coarser of A's bfloat16 (stored as float32) and B's float32" in text
+    )
+    # The same values said to be computed in float64, or in no float dtype: float32's tolerance.
+    for name, meta in (("f64.npz", "float64"), ("odd.npz", "int8"), ("num.npz", 5)):
+        report = diff_json(result(name, nudged, meta), plain, status=1)
+        assert report["tensors"][0]["tolerance_dtype"] == "float32", name
+    # Either side's computed dtype counts, and the coarser one wins.
+    both = diff_json(result("h.npz", reference, "float16"), result("bf.npz", nudged, "bfloat16"))
+    assert both["tensors"][0]["tolerance_dtype"] == "bfloat16"
+
+
+def qkv_inputs(tmp_path: Path) -> tuple[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(11)
+    tensors = {
+        name: rng.standard_normal((2, 4, 6, 8)).astype(np.float32) for name in ("query", "key", "value")
+    }
+    return save(tmp_path / "qkv.npz", tensors), tensors
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_bfloat16_result_round_trips_and_diffs_as_bfloat16(
+    tmp_path: Path, suffix: str, stream: bool
+) -> None:
+    """`attn compute --dtype bfloat16 -o` stores bfloat16 (.safetensors) or float32 saying so (.npz);
+    `attn diff` against the float32 run of the same inputs says equal, within bfloat16's tolerance,
+    and against a different computation (causal) says different. The file reads back everywhere."""
+    import torch
+    from helpers import read_result, safetensors_dtypes
+    from reference import reference_attention
+
+    inputs, qkv = qkv_inputs(tmp_path)
+    blocks = ["--stream", "--memory-limit", "20KiB"] if stream else []
+    runs = {"bf16": ["--dtype", "bfloat16", *blocks], "f32": [], "causal": ["--causal"]}
+    paths = {}
+    for name, options in runs.items():
+        paths[name] = str(tmp_path / f"{name}{suffix if name == 'bf16' else '.safetensors'}")
+        done = invoke("compute", inputs, "-q", *options, "-o", paths[name])
+        assert done.exit_code == 0, done.output
+
+    # In the file itself: bfloat16, or float32 values that are bfloat16, and the metadata says which.
+    bf16 = Path(paths["bf16"])
+    saved, meta = read_result(bf16)
+    assert meta["dtype"] == "bfloat16"
+    assert ("computed_by" in meta) == stream  # the streamed file is written block by block
+    if suffix == ".safetensors":
+        assert safetensors_dtypes(bf16) == {"weights": "BF16", "output": "BF16"}
+        assert "stored_dtype" not in meta
+    else:
+        assert meta["stored_dtype"] == "float32"
+        assert {name: str(array.dtype) for name, array in saved.items()} == {
+            "weights": "float32",
+            "output": "float32",
+        }
+        for array in saved.values():
+            assert not (array.view(np.uint32) & 0xFFFF).any()  # bfloat16 values, widened exactly
+    rounded = {name: torch.from_numpy(x).to(torch.bfloat16).double().numpy() for name, x in qkv.items()}
+    weights, output = reference_attention(rounded["query"], rounded["key"], rounded["value"])
+    np.testing.assert_allclose(saved["weights"], weights, rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(saved["output"], output, rtol=1e-2, atol=1e-2)
+
+    report = diff_json(paths["bf16"], paths["f32"])
+    assert report["computed_dtype_a"] == "bfloat16"
+    assert [(t["name"], t["tolerance_dtype"], t["verdict"]) for t in report["tensors"]] == [
+        ("weights", "bfloat16", "close"),
+        ("output", "bfloat16", "close"),
+    ]
+    text = " ".join(invoke("diff", paths["bf16"], paths["f32"], "--no-color").stdout.split())
+    assert "the defaults for bfloat16, the coarser of A's bfloat16" in text
+    assert "equal within tolerance" in text
+    # Not a tolerance that passes anything: float32's calls them different, and so does bfloat16's
+    # against another computation.
+    assert (
+        invoke("diff", "-q", paths["bf16"], paths["f32"], "--rtol", "1.3e-6", "--atol", "1e-5").exit_code == 1
+    )
+    different = diff_json(paths["bf16"], paths["causal"], status=1)
+    assert {t["verdict"] for t in different["tensors"]} == {"different"}
+
+    # Read back by inspect, and by compute (self-attention on the stored output).
+    listed = json.loads(invoke("inspect", paths["bf16"], "--no-stats", "--format", "json").stdout)
+    expected_dtype = "bfloat16" if suffix == ".safetensors" else "float32"
+    assert {t["dtype"] for t in listed["files"][0]["tensors"]} == {expected_dtype}
+    again = invoke("compute", f"{paths['bf16']}:output", "--dtype", "float64", "--format", "json")
+    assert again.exit_code == 0, again.output
+    stored = saved["output"].astype(np.float64)
+    _, self_output = reference_attention(stored, stored, stored)
+    np.testing.assert_allclose(
+        np.array(json.loads(again.stdout)["output"]), self_output, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_integers_are_exact_and_options_replace_defaults(tmp_path: Path) -> None:
     first = save(tmp_path / "a.npy", np.array([2**53, 7], dtype=np.int64))
     second = save(tmp_path / "b.npy", np.array([2**53 + 1, 7], dtype=np.int64))  # equal as float64
     (tensor,) = diff_json(first, second, status=1)["tensors"]
-    assert (tensor["rtol"], tensor["atol"], tensor["outside"]) == (0, 0, 1)
+    assert (tensor["rtol"], tensor["atol"], tensor["outside"], tensor["tolerance_dtype"]) == (0, 0, 1, None)
     near = save(tmp_path / "c.npy", np.array([1.0, 2.0]))
     far = save(tmp_path / "d.npy", np.array([1.1, 2.0]))
     diff_json(near, far, status=1)

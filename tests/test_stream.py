@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import read_result
-from safetensors.numpy import load_file
+from helpers import read_result, safetensors_dtypes
 
 from attncli.analysis import rows as analysis
 from attncli.compute import (
@@ -226,8 +225,12 @@ def test_stream_equals_attend(name: str, block_rows: int | None, tmp_path: Path)
 
     weights = expected_weights.float() if expected_weights.dtype == torch.bfloat16 else expected_weights
     weights_array = weights.numpy()
-    np.testing.assert_array_equal(np.load(npy), weights_array, strict=True)
-    np.testing.assert_array_equal(load_file(safetensors)["weights"], weights_array, strict=True)
+    np.testing.assert_array_equal(np.load(npy), weights_array, strict=True)  # .npy: bfloat16 as float32
+    saved, _ = read_result(safetensors)
+    np.testing.assert_array_equal(saved["weights"], weights_array, strict=True)
+    # .safetensors: in the dtype computed in (bfloat16 too, which NumPy lacks).
+    stored = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64"}
+    assert safetensors_dtypes(safetensors) == {"weights": stored[expected_weights.dtype]}
     np.testing.assert_allclose(np.load(npy), result_arrays(whole)["weights"], **CLOSE[whole.weights.dtype])
     assert sorted(os.listdir(tmp_path)) == ["w.npy", "w.safetensors"]  # no temporary files left
 
@@ -364,20 +367,28 @@ def test_result_file_holds_the_blocks_weights_and_what_is_added(
     problem = _problem(name)
     expected_weights, _ = _attend_by_blocks(name, 2)
     target = tmp_path / f"result{suffix}"
+    bfloat16 = expected_weights.dtype == torch.bfloat16
     with open_result_file(target, problem) as file:
         result = run(problem, block_rows=2, stats=True, result_file=file)
         arrays = {"output": _output_array(result), **analysis.stats_arrays(result.stats)}
         metadata = {**describe(result), "sources": {"query": "q.npy"}}
-        file.commit(arrays, metadata)
+        file.commit(arrays, metadata, bfloat16=("output",) if bfloat16 else ())
     assert os.listdir(tmp_path) == [target.name]
     saved, saved_metadata = read_result(target)
     assert set(saved) == {"weights", *arrays}
-    expected = expected_weights.float() if expected_weights.dtype == torch.bfloat16 else expected_weights
+    expected = expected_weights.float() if bfloat16 else expected_weights
     np.testing.assert_array_equal(saved["weights"], expected.numpy())
     for array_name, array in arrays.items():
         np.testing.assert_array_equal(saved[array_name], array)
         assert saved[array_name].dtype == array.dtype
-    assert saved_metadata == json.loads(json.dumps(metadata))
+    if suffix == ".safetensors":  # the weights and output of a bfloat16 run stored as bfloat16
+        dtypes = safetensors_dtypes(target)
+        narrowed = {name for name, code in dtypes.items() if code == "BF16"}
+        assert narrowed == ({"weights", "output"} if bfloat16 else set())
+        assert saved_metadata == json.loads(json.dumps(metadata))
+    else:  # .npz has no bfloat16: float32, and the metadata says so
+        stored = {"stored_dtype": "float32"} if bfloat16 else {}
+        assert saved_metadata == json.loads(json.dumps({**metadata, **stored}))
 
 
 def test_result_file_header_longer_than_its_room_is_written_again(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from helpers import read_result, safetensors_dtypes
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -396,7 +398,7 @@ def test_a_failed_rename_leaves_the_old_file_unchanged(
 def test_a_failure_before_writing_creates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
-    def refuse(*args: object) -> str:
+    def refuse(*args: object, **kwargs: object) -> str:
         raise ValueError("cannot serialise")
 
     monkeypatch.setattr(writers, "_json_array" if suffix == ".json" else "safetensors_header", refuse)
@@ -469,3 +471,121 @@ def test_json_is_written_a_piece_at_a_time_with_the_whole_texts_bytes(monkeypatc
     np.testing.assert_array_equal(np.array(document["weights"], dtype=np.float32), tensors["weights"])
     np.testing.assert_array_equal(np.array(document["stats"]), tensors["stats"])
     assert document["meta"] == {"note": "x"}
+
+
+# --- bfloat16 ---------------------------------------------------------------------------------------------
+
+BF16_META = {**META, "dtype": "bfloat16"}
+
+
+def bfloat16_values(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """float32 values that are bfloat16 (as a bfloat16 computation's results come, widened), by torch."""
+    values = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    return values.to(torch.bfloat16).float().numpy()
+
+
+def bfloat16_result() -> dict[str, np.ndarray]:
+    return {
+        "weights": bfloat16_values((2, 3, 5), seed=1),
+        "output": bfloat16_values((2, 3, 4), seed=2),
+        "entropy": np.random.default_rng(3).random((2, 3)).astype(np.float32),  # float32 of its own
+        "argmax": np.arange(6).reshape(2, 3),
+    }
+
+
+def test_bfloat16_bits_round_as_torch_does() -> None:
+    """Every sort of float32: bfloat16 already (kept exactly), ties (to even), values rounding up to
+    the next binade or to infinity, subnormals, signed zeros, infinities; NaN stays NaN."""
+    rng = np.random.default_rng(8)
+    bits = rng.integers(0, 2**32, size=20_000, dtype=np.uint64).astype(np.uint32)
+    ties = (rng.integers(0, 2**16, size=2000, dtype=np.uint32) << 16) | 0x8000
+    edges = np.array(
+        [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x3F80FFFF, 0x00000001,
+         0x007FFFFF, 0x7FC00000, 0xFFFFFFFF, 0x7F800001, 0x3F818000, 0x3F828000],
+        dtype=np.uint32,
+    )  # fmt: skip
+    values = np.concatenate([bits, ties, edges]).view(np.float32)
+    expected = torch.from_numpy(values.copy()).to(torch.bfloat16).view(torch.int16).numpy().view("<u2")
+    actual = writers.bfloat16_bits(values)
+    assert actual.dtype == np.dtype("<u2")
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(actual[~nan], expected[~nan])
+    widened = (actual.astype(np.uint32) << 16).view(np.float32)
+    assert np.isnan(widened[nan]).all()
+    assert (np.signbit(widened[nan]) == np.signbit(values[nan])).all()
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_bfloat16_results_are_stored_as_bfloat16_where_the_format_has_it(tmp_path: Path, suffix: str) -> None:
+    """.safetensors: BF16 in its header, the same values read back through safetensors' torch API;
+    .npz and .json: float32 (JSON numbers: float64 of the same values) and `stored_dtype` float32 in
+    the metadata, whose `dtype` stays bfloat16. Tensors not named stay as they were."""
+    tensors = bfloat16_result()
+    path = tmp_path / f"r{suffix}"
+    write_result(path, tensors, BF16_META, bfloat16=("weights", "output", "not_there"))
+    if suffix == ".safetensors":
+        header_dtypes = safetensors_dtypes(path)
+        assert header_dtypes == {"weights": "BF16", "output": "BF16", "entropy": "F32", "argmax": "I64"}
+        with safe_open(str(path), framework="pt") as file:
+            for name in ("weights", "output"):
+                stored = file.get_tensor(name)
+                assert stored.dtype == torch.bfloat16
+                assert torch.equal(stored, torch.from_numpy(tensors[name]).to(torch.bfloat16))
+            assert {key: json.loads(value) for key, value in file.metadata().items()} == BF16_META
+        # Two bytes a value: the data of both is half the float32's.
+        data = (
+            sum(a.nbytes for a in tensors.values())
+            - (tensors["weights"].nbytes + tensors["output"].nbytes) // 2
+        )
+        assert path.stat().st_size - 8 - int.from_bytes(path.read_bytes()[:8], "little") == data
+    else:
+        arrays, meta = read_result(path)
+        assert meta == {**BF16_META, "stored_dtype": "float32"}
+        if suffix == ".npz":
+            assert {name: str(a.dtype) for name, a in arrays.items()} == {
+                "weights": "float32", "output": "float32", "entropy": "float32", "argmax": "int64"
+            }  # fmt: skip
+        for name, expected in tensors.items():
+            np.testing.assert_array_equal(arrays[name].astype(expected.dtype), expected)
+    # attncli reads each back as float32 of the same values.
+    source = read_tensors(str(path))
+    for name, expected in tensors.items():
+        np.testing.assert_array_equal(source.tensors[name].astype(expected.dtype), expected, strict=True)
+
+
+def test_without_bfloat16_names_nothing_changes(tmp_path: Path) -> None:
+    tensors = bfloat16_result()
+    for suffix in FORMATS:
+        write_result(tmp_path / f"r{suffix}", tensors, META)
+        assert "stored_dtype" not in read_result(tmp_path / f"r{suffix}")[1]
+    assert set(safetensors_dtypes(tmp_path / "r.safetensors").values()) == {"F32", "I64"}
+
+
+def test_json_to_stdout_says_what_it_stored() -> None:
+    tensors = bfloat16_result()
+    document = json.loads(json_text(tensors, BF16_META, bfloat16=("weights",)))
+    assert document["meta"] == {**BF16_META, "stored_dtype": "float32"}
+    np.testing.assert_array_equal(np.array(document["weights"], np.float32), tensors["weights"])
+
+
+def test_bfloat16_names_must_be_float32_arrays(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="weights"):
+        write_result(tmp_path / "r.safetensors", {"weights": np.zeros(3)}, {}, bfloat16=("weights",))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bfloat16_is_narrowed_a_piece_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The narrowed copy is of one piece at a time, never of the whole result."""
+    import tracemalloc
+
+    monkeypatch.setattr(writers, "_BFLOAT16_PIECE", 1 << 16)
+    weights = np.ones((2048, 2048), np.float32)  # 16 MiB
+    tracemalloc.start()
+    try:
+        write_result(tmp_path / "r.safetensors", {"weights": weights}, {}, bfloat16=("weights",))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, peak
+    with safe_open(str(tmp_path / "r.safetensors"), framework="pt") as file:
+        assert torch.equal(file.get_tensor("weights"), torch.ones((2048, 2048), dtype=torch.bfloat16))

@@ -1,9 +1,13 @@
 """Compare the tensors of two files as torch.testing.assert_close would, a block at a time.
 
 Two values are close when |a - b| <= atol + rtol * |b| (b: the second file), or when they are equal,
-infinities of the same sign included, or both NaN. The default tolerances are assert_close's for the
-less precise of the two dtypes; integers and booleans must be equal. Weights (a tensor named
-`weights`, keys on the last axis) are also compared row by row: KL divergence and top-k agreement.
+infinities of the same sign included, or both NaN. The default tolerances are those of the coarsest
+dtype involved: each tensor's as stored, and each file's computed dtype (the `dtype` of attncli's
+result metadata: a bfloat16 result kept as float32 in .npz is still bfloat16's); integers and
+booleans must be equal. Weights (a tensor named `weights`, keys on the last axis) are also compared
+row by row: KL divergence and top-k agreement. The tensors of the same name in both files are
+compared; those held by one file only are listed (`Comparison.only`), and make the files different
+unless the comparison is of the common ones only.
 
 All arithmetic is float64 NumPy on blocks of a few MiB read through attncli.io.lazy, so two
 multi-GiB files compare in bounded memory. Nothing here prints, exits or imports torch.
@@ -18,13 +22,19 @@ import numpy as np
 from attncli.errors import InputError, ShapeError
 from attncli.io.lazy import BLOCK_ELEMENTS, LazyFile, LazyTensor
 
-#: torch.testing.assert_close's (rtol, atol) per dtype; any other dtype (integers, bool) must match exactly.
+#: (rtol, atol) per dtype, as `attn compute --check` takes them (compute/check.py): assert_close's,
+#: but for float16 and bfloat16 an atol of the dtype's resolution near 1 (its eps), since a result
+#: computed in half precision rounds every value to it: assert_close's atol of 1e-5 calls the bfloat16
+#: run of the same inputs as a float32 run different wherever an output is near 0. Any other dtype
+#: (integers, bool) must match exactly.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
-    "float16": (1e-3, 1e-5),
-    "bfloat16": (1.6e-2, 1e-5),
+    "float16": (1e-3, 1e-3),
+    "bfloat16": (1.6e-2, 1e-2),
     "float32": (1.3e-6, 1e-5),
     "float64": (1e-7, 1e-7),
 }
+#: The float dtypes from the coarsest to the finest: a comparison takes the coarsest one's tolerance.
+COARSEST_FIRST = ("bfloat16", "float16", "float32", "float64")
 WEIGHTS = "weights"  # the tensor compared row by row, as attention weights
 
 
@@ -47,9 +57,12 @@ class TensorComparison:
 
     name: str
     shape: tuple[int, ...]
-    dtypes: tuple[str, str]
+    dtypes: tuple[str, str]  # as stored
     rtol: float
     atol: float
+    #: The dtype whose default tolerance applies where rtol/atol are not given (the coarsest of the
+    #: stored and computed dtypes); None for integers and booleans, which must be equal.
+    tolerance_dtype: str | None
     elements: int
     max_abs: float | None  # largest |a - b|, NaN positions left out; None: nothing to compare
     max_rel: float | None  # largest |a - b| / |b|; where b == 0: 0 within tolerance, inf outside
@@ -80,18 +93,46 @@ class TensorComparison:
 @dataclass(frozen=True)
 class Comparison:
     labels: tuple[str, str]
-    tensors: list[TensorComparison]
+    tensors: list[TensorComparison]  # the tensors both files hold
     given: tuple[bool, bool]  # whether rtol, atol were given rather than the dtype's defaults
+    #: Each file's computed dtype, from its metadata (attncli's results say it); None where it is not said.
+    computed: tuple[str | None, str | None] = (None, None)
+    only: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # names held by A only, by B only
+    common_only: bool = False  # names held by one file only do not make the files different
+
+    @property
+    def tensors_close(self) -> bool:
+        """Every tensor both files hold is close."""
+        return all(tensor.close for tensor in self.tensors)
+
+    @property
+    def unpaired(self) -> int:
+        """How many tensors one file holds and the other does not."""
+        return len(self.only[0]) + len(self.only[1])
 
     @property
     def close(self) -> bool:
-        return all(tensor.close for tensor in self.tensors)
+        """The verdict (exit status 0): the common tensors close, and no other unless `common_only`."""
+        return self.tensors_close and (self.common_only or not self.unpaired)
 
 
 def default_tolerances(*dtypes: str) -> tuple[float, float]:
-    """(rtol, atol) as assert_close picks them: the largest of the dtypes'; exact for integers."""
-    pairs = [DEFAULT_TOLERANCES.get(dtype, (0.0, 0.0)) for dtype in dtypes]
-    return max(rtol for rtol, _ in pairs), max(atol for _, atol in pairs)
+    """(rtol, atol) of the coarsest float dtype of `dtypes` (`tolerance_dtype`); exact for integers."""
+    coarsest = tolerance_dtype(*dtypes)
+    return (0.0, 0.0) if coarsest is None else DEFAULT_TOLERANCES[coarsest]
+
+
+def tolerance_dtype(*dtypes: str | None) -> str | None:
+    """The coarsest of the float dtypes among `dtypes` (bfloat16, then float16, float32, float64);
+    None when there is none (integers, booleans: exact)."""
+    return next((dtype for dtype in COARSEST_FIRST if dtype in dtypes), None)
+
+
+def computed_dtype(file: LazyFile) -> str | None:
+    """The dtype a result was computed in, as its metadata says (`dtype`, which attncli writes): a
+    bfloat16 result stored as float32 (.npz, .json) is still bfloat16's. None where it says none."""
+    dtype = file.metadata.get("dtype")
+    return dtype if isinstance(dtype, str) and dtype in DEFAULT_TOLERANCES else None
 
 
 def compare_files(
@@ -101,15 +142,25 @@ def compare_files(
     rtol: float | None = None,
     atol: float | None = None,
     top_k: int = 5,
+    common_only: bool = False,
 ) -> Comparison:
-    """Compare the tensors the files share by name (or the only tensor of each)."""
-    pairs = pair_tensors(first, second)
-    tensors = [compare_tensors(name, a, b, rtol=rtol, atol=atol, top_k=top_k) for name, a, b in pairs]
-    return Comparison((first.label, second.label), tensors, (rtol is not None, atol is not None))
+    """Compare the tensors the files share by name (or the only tensor of each); the others are
+    listed in `Comparison.only`, and with `common_only` do not make the files different."""
+    pairs, only = pair_tensors(first, second)
+    computed = computed_dtype(first), computed_dtype(second)
+    tensors = [
+        compare_tensors(name, a, b, rtol=rtol, atol=atol, top_k=top_k, computed=computed)
+        for name, a, b in pairs
+    ]
+    given = (rtol is not None, atol is not None)
+    return Comparison((first.label, second.label), tensors, given, computed, only, common_only)
 
 
-def pair_tensors(first: LazyFile, second: LazyFile) -> list[tuple[str, LazyTensor, LazyTensor]]:
-    """(name, A's tensor, B's tensor) to compare; an error naming every name or shape that does not match."""
+def pair_tensors(
+    first: LazyFile, second: LazyFile
+) -> tuple[list[tuple[str, LazyTensor, LazyTensor]], tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(name, A's tensor, B's tensor) to compare, and the names held by A only and by B only; an
+    error naming every shape that does not match, or the names when no tensor is in both."""
     only_first: list[str] = []
     only_second: list[str] = []
     if len(first.tensors) == 1 and len(second.tensors) == 1:  # whatever their names
@@ -125,22 +176,20 @@ def pair_tensors(first: LazyFile, second: LazyFile) -> list[tuple[str, LazyTenso
         pairs = [
             (name, a, second.tensors[name]) for name, a in first.tensors.items() if name in second.tensors
         ]
-    problems = []
-    if only_first or only_second:
-        lists = [
-            f"only in {label}: {', '.join(names)}"
-            for label, names in ((first.label, only_first), (second.label, only_second))
-            if names
-        ]
-        problems.append(f"{first.label} and {second.label} hold different tensors ({'; '.join(lists)})")
-    problems += [
+    if not pairs:
+        raise InputError(
+            f"{first.label} and {second.label} hold no tensor of the same name ({first.label}: "
+            f"{', '.join(first.tensors)}; {second.label}: {', '.join(second.tensors)}); "
+            "PATH:NAME picks one tensor of each to compare"
+        )
+    problems = [
         f"'{name}' has shape {a.shape} in {first.label} but {b.shape} in {second.label}"
         for name, a, b in pairs
         if a.shape != b.shape
     ]
     if problems:
-        raise (InputError if only_first or only_second else ShapeError)("; ".join(problems))
-    return pairs
+        raise ShapeError("; ".join(problems))
+    return pairs, (tuple(only_first), tuple(only_second))
 
 
 def compare_tensors(
@@ -151,14 +200,18 @@ def compare_tensors(
     rtol: float | None = None,
     atol: float | None = None,
     top_k: int = 5,
+    computed: tuple[str | None, str | None] = (None, None),
 ) -> TensorComparison:
-    """Compare two tensors of one shape a block at a time; rows too when `name` is `weights`."""
+    """Compare two tensors of one shape a block at a time; rows too when `name` is `weights`.
+    The default tolerances are the coarsest dtype's of the two stored and the files' `computed`
+    dtypes (`tolerance_dtype`); integers and booleans on both sides are exact."""
     if first.shape != second.shape:
         raise ShapeError(f"'{name}' has shape {first.shape} in one file but {second.shape} in the other")
-    default_rtol, default_atol = default_tolerances(first.dtype, second.dtype)
+    exact = first.dtype not in DEFAULT_TOLERANCES and second.dtype not in DEFAULT_TOLERANCES
+    defaults_of = None if exact else tolerance_dtype(first.dtype, second.dtype, *computed)
+    default_rtol, default_atol = (0.0, 0.0) if defaults_of is None else DEFAULT_TOLERANCES[defaults_of]
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    exact = first.dtype not in DEFAULT_TOLERANCES and second.dtype not in DEFAULT_TOLERANCES
     differences = _Differences(rtol, atol, exact)
     row_length = first.shape[-1] if first.shape else 0
     rows = _Rows(min(top_k, row_length)) if name == WEIGHTS and row_length > 0 else None
@@ -177,6 +230,7 @@ def compare_tensors(
         dtypes=(first.dtype, second.dtype),
         rtol=rtol,
         atol=atol,
+        tolerance_dtype=defaults_of,
         elements=first.size,
         max_abs=differences.max_abs,
         max_rel=differences.max_rel,
@@ -311,12 +365,15 @@ def _largest(current: float | None, candidate: float) -> float:
 
 
 __all__ = [
+    "COARSEST_FIRST",
     "DEFAULT_TOLERANCES",
     "Comparison",
     "RowAgreement",
     "TensorComparison",
     "compare_files",
     "compare_tensors",
+    "computed_dtype",
     "default_tolerances",
     "pair_tensors",
+    "tolerance_dtype",
 ]

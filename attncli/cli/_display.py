@@ -466,7 +466,7 @@ def finish(
 ) -> None:
     """Check the display choices against the result, warn, save (into `result_file`, which holds the
     weights already, when the run wrote them there block by block), then show and export."""
-    from attncli.compute import describe, result_arrays
+    from attncli.compute import bfloat16_arrays, describe, result_arrays
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
     if result.weights is None:  # computed in blocks: say how
@@ -482,10 +482,11 @@ def finish(
     _warn_masked_rows(result.fully_masked_rows())
     arrays = result_arrays(result)
     arrays |= _analysis_arrays(result.stats if display.stats else None, result.top_k, meta, display.real_rows)
+    bfloat16 = bfloat16_arrays(result)  # stored as bfloat16 again where the format has it
     if result_file is not None:
-        result_file.commit(arrays, meta)  # before printing, as _save_and_print does
+        result_file.commit(arrays, meta, bfloat16=bfloat16)  # before printing, as _save_and_print does
         target = None
-    _save_and_print(arrays, meta, target, display)
+    _save_and_print(arrays, meta, target, display, bfloat16)
     screen = screen_for(display, console)
     if screen is None:
         return
@@ -566,16 +567,21 @@ def _view_options(
 
 
 def _save_and_print(
-    arrays: dict[str, np.ndarray], meta: dict[str, Any], target: os.PathLike[str] | None, display: Display
+    arrays: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    target: os.PathLike[str] | None,
+    display: Display,
+    bfloat16: Sequence[str] = (),
 ) -> None:
     """-o first, so that a closed pipe or Ctrl-C while printing cannot lose the file; then --format json."""
     from attncli.io import writers
 
     if target is not None:
-        writers.write_result(target, arrays, meta)
+        writers.write_result(target, arrays, meta, bfloat16=bfloat16)
     if display.output_format is OutputFormat.json and not display.quiet:
         sys.stdout.flush()
-        writers.write_json(sys.stdout.buffer, arrays, meta)  # a piece at a time, never the whole text
+        # A piece at a time, never the whole text.
+        writers.write_json(sys.stdout.buffer, arrays, meta, bfloat16=bfloat16)
         sys.stdout.buffer.write(b"\n")
         sys.stdout.buffer.flush()
 

@@ -20,7 +20,14 @@ from attncli.compute.prepare import (
     resolve_dtype,
     settings,
 )
-from attncli.compute.result import AttentionResult, KeptTable, describe, masked_positions, result_arrays
+from attncli.compute.result import (
+    AttentionResult,
+    KeptTable,
+    bfloat16_arrays,
+    describe,
+    masked_positions,
+    result_arrays,
+)
 from attncli.compute.run import (
     BLOCK_OVERHEAD,
     MAX_BLOCK_BYTES,
@@ -43,6 +50,7 @@ __all__ = [
     "TensorLike",
     "attend",
     "attention",
+    "bfloat16_arrays",
     "blocked_keys",
     "broadcast_shapes",
     "causal_hidden",

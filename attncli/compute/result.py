@@ -123,3 +123,13 @@ def result_arrays(result: AttentionResult) -> dict[str, np.ndarray]:
     """The weights (when kept) and the output as NumPy arrays on the CPU (see `as_array`)."""
     arrays = {} if result.weights is None else {"weights": as_array(result.weights)}
     return arrays | {"output": as_array(result.output)}
+
+
+def bfloat16_arrays(result: AttentionResult) -> tuple[str, ...]:
+    """The arrays of a result that hold bfloat16 values widened to float32 (`as_array`): those a
+    writer stores as bfloat16 again (`writers.write_result(bfloat16=...)`). The weights and output
+    of a bfloat16 computation, and the weights of its top-k; statistics are float32 of their own."""
+    names: tuple[str, ...] = ("weights", "output")
+    if result.top_k is not None and result.top_k[0].dtype == torch.bfloat16:
+        names += ("top_k_weights",)
+    return names if result.dtype == torch.bfloat16 else ()

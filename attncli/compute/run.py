@@ -142,7 +142,8 @@ def run(
     pattern_rows = PatternSink(weights_shape, token_ids) if patterns else None
     writer = None
     if weights_to is not None:
-        writer = WeightsFile(weights_to, weights_shape, file_dtype(dtype), p.describe())
+        bfloat16 = dtype == torch.bfloat16
+        writer = WeightsFile(weights_to, weights_shape, file_dtype(dtype), p.describe(), bfloat16=bfloat16)
     files = [file for file in (writer, result_file) if file is not None]
     # The statistics, last, take the scores over (their product is made in the scores' memory).
     sinks: list[Sink | None] = [outputs, weights, top, pictures, tables, entropies, pattern_rows]
@@ -336,11 +337,13 @@ def open_result_file(target: str | os.PathLike[str], problem: Prepared) -> Resul
     """-o of a run in blocks: a `writers.ResultFile` for `problem`'s weights, which `run` fills
     block by block (`result_file=`) and its caller commits with the rest of the result."""
     shape = tuple(problem.weights_shape)
-    return ResultFile(target, shape, file_dtype(problem.query.dtype), problem.describe())
+    dtype = problem.query.dtype
+    return ResultFile(target, shape, file_dtype(dtype), problem.describe(), bfloat16=dtype == torch.bfloat16)
 
 
 def file_dtype(dtype: torch.dtype) -> np.dtype[Any]:
-    """NumPy's dtype for a weights file; bfloat16, which NumPy lacks, widened to float32."""
+    """NumPy's dtype of the weights given to a file; bfloat16, which NumPy lacks, widened to float32
+    (and stored as bfloat16 again where the format has it: `bfloat16=` of the writers)."""
     if dtype == torch.float64:
         return np.dtype(np.float64)
     return np.dtype(np.float16) if dtype == torch.float16 else np.dtype(np.float32)

@@ -2,9 +2,14 @@
 
 A result is a few named NumPy arrays (`weights`, `output`) and a metadata mapping, written whole
 (`write_result`) or, for a computation in blocks, with the weights written row block by row block
-as they are computed (`ResultFile`, `WeightsFile`). Each file is written to a temporary name in the
-target folder and put in place of the target only once complete (`_publish`), so an interrupted
-write leaves the old file as it was (and a reader of it unharmed).
+as they are computed (`ResultFile`, `WeightsFile`). Arrays named in `bfloat16` are float32 arrays
+holding bfloat16 values (NumPy has no bfloat16): .safetensors stores them as BF16, two bytes each,
+as they were computed; .npz and .json, which have no bfloat16, keep them as float32 and say so in
+the metadata (`stored_dtype`, beside the `dtype` they were computed in).
+
+Each file is written to a temporary name in the target folder and put in place of the target only
+once complete (`_publish`), so an interrupted write leaves the old file as it was (and a reader of
+it unharmed).
 
 Within `outputs.all_or_nothing()` (a command of the CLI) the finished files wait beside their
 targets and take their places together, or none does (io/outputs.py). Nothing here prints or
@@ -31,6 +36,8 @@ from attncli.io.outputs import claim, publish
 
 OUTPUT_FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".json": "json"}
 META_KEY = "meta"
+#: The metadata entry of an .npz or .json file that holds bfloat16 results as float32.
+STORED_DTYPE_KEY = "stored_dtype"
 
 
 def check_output_path(
@@ -83,33 +90,84 @@ def _name_max(folder: Path) -> int:
 
 
 def write_result(
-    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, Any],
+    *,
+    bfloat16: Collection[str] = (),
 ) -> None:
-    """Write `tensors` and `metadata` to `path` in the format its suffix names, atomically."""
+    """Write `tensors` and `metadata` to `path` in the format its suffix names, atomically; those of
+    `tensors` named in `bfloat16` (float32 arrays of bfloat16 values) as BF16 where the format can."""
     target = Path(path)
     fmt = OUTPUT_FORMATS.get(target.suffix.lower())
+    narrowed = _bfloat16_names(tensors, bfloat16)
     if fmt == "safetensors":
         # Little-endian, C order: what the format stores, and (for torch's arrays) no copy at all.
         arrays = {
             name: np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
             for name, array in tensors.items()
         }
-        header = safetensors_header({name: (a.dtype, a.shape) for name, a in arrays.items()}, metadata)
+        entries = {name: (a.dtype, a.shape) for name, a in arrays.items()}
+        header = safetensors_header(entries, metadata, bfloat16=narrowed)
 
         def write_safetensors(file: BinaryIO) -> None:
             # The arrays' own memory, one after the other: no second copy of a 4 GiB result.
             file.write(header)
-            for array in arrays.values():
-                if array.size:  # an empty array has no bytes (and memoryview refuses to cast it)
+            for name, array in arrays.items():
+                if name in narrowed:
+                    _write_bfloat16(file, array)
+                elif array.size:  # an empty array has no bytes (and memoryview refuses to cast it)
                     file.write(array.data.cast("B"))
 
         _write_atomically(target, write_safetensors, "--output")
     elif fmt == "npz":
-        _write_atomically(target, lambda file: _write_npz(file, tensors, metadata), "--output")
+        stored = stored_metadata(metadata, narrowed)
+        _write_atomically(target, lambda file: _write_npz(file, tensors, stored), "--output")
     elif fmt == "json":
-        _write_atomically(target, lambda file: write_json(file, tensors, metadata), "--output")
+        _write_atomically(
+            target, lambda file: write_json(file, tensors, metadata, bfloat16=narrowed), "--output"
+        )
     else:
         raise UsageError(f"--output {target}: not a format attncli writes ({', '.join(OUTPUT_FORMATS)})")
+
+
+def stored_metadata(metadata: Mapping[str, Any], bfloat16: Collection[str]) -> dict[str, Any]:
+    """The metadata of a format without bfloat16 (.npz, .json): with `stored_dtype` float32 when
+    bfloat16 results are kept as float32 (the dtype they were computed in stays in `dtype`)."""
+    return {**metadata, STORED_DTYPE_KEY: "float32"} if bfloat16 else dict(metadata)
+
+
+def _bfloat16_names(tensors: Mapping[str, np.ndarray], bfloat16: Collection[str]) -> frozenset[str]:
+    """The names of `bfloat16` that `tensors` holds, each a float32 array (bfloat16 values widened)."""
+    names = frozenset(name for name in bfloat16 if name in tensors)
+    for name in names:
+        if np.dtype(tensors[name].dtype).newbyteorder("=") != np.float32:
+            raise ValueError(f"{name}: bfloat16 values come widened to float32, not {tensors[name].dtype}")
+    return names
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (to nearest, ties to even, as torch rounds), as the
+    little-endian 16-bit patterns safetensors stores. bfloat16 is the top half of a float32, so a
+    value that is bfloat16 already (widened) keeps its bits exactly. NaN stays NaN."""
+    bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
+    with np.errstate(over="ignore"):
+        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16  # may wrap for NaN only: set below
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = (bits[nan] >> 16) | 0x0040  # a quiet NaN of the same sign
+    patterns: np.ndarray = rounded.astype("<u2")
+    return patterns
+
+
+_BFLOAT16_PIECE = 1 << 20  # values narrowed at a time: 4 MiB of float32 in, 2 MiB out
+
+
+def _write_bfloat16(file: BinaryIO, array: np.ndarray) -> None:
+    """`array` as BF16 a piece at a time: no whole narrowed copy of the result in memory."""
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _BFLOAT16_PIECE):
+        file.write(bfloat16_bits(flat[start : start + _BFLOAT16_PIECE]).data.cast("B"))
 
 
 def write_text(path: str | os.PathLike[str], text: str, *, option: str) -> None:
@@ -117,17 +175,27 @@ def write_text(path: str | os.PathLike[str], text: str, *, option: str) -> None:
     _write_atomically(Path(path), lambda file: file.write(text.encode()), option)
 
 
-def json_text(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> str:
-    """`{"weights": [...], "output": [...], "meta": {...}}` with each number as its shortest exact text."""
+def json_text(
+    tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *, bfloat16: Collection[str] = ()
+) -> str:
+    """`{"weights": [...], "output": [...], "meta": {...}}` with each number as its shortest exact
+    text; `meta` says `stored_dtype` float32 when `bfloat16` names some of `tensors`."""
     buffer = io.BytesIO()
-    write_json(buffer, tensors, metadata)
+    write_json(buffer, tensors, metadata, bfloat16=bfloat16)
     return buffer.getvalue().decode()
 
 
-def write_json(file: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+def write_json(
+    file: BinaryIO,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, Any],
+    *,
+    bfloat16: Collection[str] = (),
+) -> None:
     """`json_text` written to `file` a piece at a time: the text of at most a few MB of numbers is
     ever in memory (the whole text of a 6000-position result is 1.3 GB, which orjson, asked for it
     at once under a memory limit, crashed on)."""
+    metadata = stored_metadata(metadata, _bfloat16_names(tensors, bfloat16))
     file.write(b"{")
     for name, array in tensors.items():
         file.write(json.dumps(name).encode() + b": ")
@@ -196,19 +264,24 @@ SAFETENSORS_DTYPES = {
 
 
 def safetensors_header(
-    entries: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]], metadata: Mapping[str, Any]
+    entries: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]],
+    metadata: Mapping[str, Any],
+    *,
+    bfloat16: Collection[str] = (),
 ) -> bytes:
     """The header of a .safetensors file whose data holds, in this order and back to back, arrays of
-    these (dtype, shape): 8 bytes of little-endian length, then JSON padded with spaces to 8 bytes.
-    Metadata values are stored as JSON text (safetensors maps strings to strings)."""
+    these (dtype, shape), those named in `bfloat16` (float32 in memory) as BF16: 8 bytes of
+    little-endian length, then JSON padded with spaces to 8 bytes. Metadata values are stored as
+    JSON text (safetensors maps strings to strings)."""
     header: dict[str, Any] = {"__metadata__": {key: json.dumps(value) for key, value in metadata.items()}}
     offset = 0
     for name, (dtype, shape) in entries.items():
         try:
-            code = SAFETENSORS_DTYPES[np.dtype(dtype).newbyteorder("=")]
+            code = "BF16" if name in bfloat16 else SAFETENSORS_DTYPES[np.dtype(dtype).newbyteorder("=")]
         except KeyError:
             raise ValueError(f"{name}: safetensors has no type for {dtype}") from None
-        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        itemsize = 2 if name in bfloat16 else np.dtype(dtype).itemsize
+        size = int(np.prod(shape, dtype=np.int64)) * itemsize
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -265,17 +338,25 @@ class _WeightsWriter:
     """The full weights, row block by row block, into a temporary file beside the target, after
     `header`; renamed over the target when complete. Each block's rows are written at their place
     in the data (positioned writes, not a memory map, whose dirty pages would count as the
-    process's)."""
+    process's). `bfloat16`: the rows come as float32 arrays of bfloat16 values, written as BF16."""
 
     def __init__(
-        self, target: Path, shape: tuple[int, ...], dtype: np.dtype[Any], header: bytes, option: str
+        self,
+        target: Path,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        header: bytes,
+        option: str,
+        bfloat16: bool = False,
     ) -> None:
         if not target.parent.is_dir():
             raise UsageError(f"{option} {target}: the folder {target.parent} does not exist")
         self.target, self.shape, self.dtype, self.option = target, shape, dtype, option
+        self.bfloat16 = bfloat16
+        self.itemsize = 2 if bfloat16 else dtype.itemsize
         self.rows, self.keys = shape[-2], shape[-1]
         self.data_start = len(header)
-        self.data_bytes = math.prod(shape) * dtype.itemsize
+        self.data_bytes = math.prod(shape) * self.itemsize
         self.file: BinaryIO | None = None
         self.published = False
         try:
@@ -299,11 +380,12 @@ class _WeightsWriter:
         block = weights.astype(self.dtype, copy=False)
         n = block.shape[-2]
         matrices = block.reshape(-1, n * self.keys)  # one contiguous run of rows per matrix
-        itemsize = self.dtype.itemsize
+        itemsize = self.itemsize
         try:
             for index, rows in enumerate(matrices):
                 self.file.seek(self.data_start + (index * self.rows + start) * self.keys * itemsize)
-                self.file.write(np.ascontiguousarray(rows).data.cast("B"))
+                stored = bfloat16_bits(rows) if self.bfloat16 else np.ascontiguousarray(rows)
+                self.file.write(stored.data.cast("B"))
         except OSError as error:
             raise self.error(error) from None
 
@@ -333,7 +415,9 @@ class _WeightsWriter:
 
 class WeightsFile(_WeightsWriter):
     """--weights-to: a .npy or .safetensors file of the weights alone, written row block by row
-    block (`write_rows`), in place of the target only at `commit`; `discard` leaves nothing."""
+    block (`write_rows`), in place of the target only at `commit`; `discard` leaves nothing.
+    `bfloat16`: float32 rows of bfloat16 values, stored as BF16 in .safetensors (.npy has no
+    bfloat16: float32 there)."""
 
     def __init__(
         self,
@@ -341,6 +425,8 @@ class WeightsFile(_WeightsWriter):
         shape: tuple[int, ...],
         dtype: np.dtype[Any],
         metadata: Mapping[str, Any],
+        *,
+        bfloat16: bool = False,
     ) -> None:
         path = Path(target)
         suffix = path.suffix.lower()
@@ -349,12 +435,15 @@ class WeightsFile(_WeightsWriter):
             raise UsageError(
                 f"weights file {path}: {shown} is not supported; use {', '.join(WEIGHTS_FORMATS)}"
             )
+        narrowed = bfloat16 and suffix == ".safetensors"
         header = (
             npy_header_bytes(shape, dtype)
             if suffix == ".npy"
-            else safetensors_header({"weights": (dtype, shape)}, metadata)
+            else safetensors_header(
+                {"weights": (dtype, shape)}, metadata, bfloat16=("weights",) if narrowed else ()
+            )
         )
-        super().__init__(path, shape, dtype, header, option="weights file")
+        super().__init__(path, shape, dtype, header, option="weights file", bfloat16=narrowed)
 
 
 class ResultFile:
@@ -368,6 +457,9 @@ class ResultFile:
     archive as its member `weights.npy`, the others written as `np.savez` writes them. Memory stays
     that of one block either way. (JSON is not written so: the weights as text would be larger
     still than the 4 bytes a weight takes in these files.)
+
+    `bfloat16`: the weights come as float32 rows of bfloat16 values; .safetensors stores them as
+    BF16, .npz as float32 (with `stored_dtype` in its metadata), as `write_result` does.
     """
 
     def __init__(
@@ -376,6 +468,8 @@ class ResultFile:
         shape: tuple[int, ...],
         dtype: np.dtype[Any],
         metadata: Mapping[str, Any],
+        *,
+        bfloat16: bool = False,
     ) -> None:
         """`shape` and `dtype` of the weights; `metadata`: the settings known before the run."""
         self.target = Path(target)
@@ -387,14 +481,18 @@ class ResultFile:
                 "--stream/--weights-to, or raise --memory-limit"
             )
         self.entry = (dtype, shape)
+        self.bfloat16 = bfloat16
+        self.narrowed = ("weights",) if bfloat16 and self.suffix == ".safetensors" else ()
         if self.suffix == ".safetensors":
-            guess = len(safetensors_header({"weights": self.entry}, metadata))
+            guess = len(safetensors_header({"weights": self.entry}, metadata, bfloat16=self.narrowed))
             self.room = 2 * guess + 4096  # header JSON bytes: settings, sources, statistics' names
             self.room += -self.room % 8
             header = bytes(8 + self.room)
         else:
             header = npy_header_bytes(shape, dtype)
-        self.weights = _WeightsWriter(self.target, shape, dtype, header, option="--output")
+        self.weights = _WeightsWriter(
+            self.target, shape, dtype, header, option="--output", bfloat16=bool(self.narrowed)
+        )
 
     def __enter__(self) -> ResultFile:
         return self
@@ -405,15 +503,24 @@ class ResultFile:
     def write_rows(self, start: int, weights: np.ndarray) -> None:
         self.weights.write_rows(start, weights)
 
-    def commit(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
-        """Add `arrays` (all but the weights) and `metadata` to the weights, then replace the target."""
+    def commit(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        metadata: Mapping[str, Any],
+        *,
+        bfloat16: Collection[str] = (),
+    ) -> None:
+        """Add `arrays` (all but the weights) and `metadata` to the weights, then replace the target;
+        those of `arrays` named in `bfloat16` as `write_result` writes them."""
         if "weights" in arrays:
             raise ValueError("the weights are in the file already")
         try:
+            narrowed = _bfloat16_names(arrays, bfloat16)
             if self.suffix == ".safetensors":
-                self._commit_safetensors(arrays, metadata)
+                self._commit_safetensors(arrays, metadata, narrowed)
             else:
-                self._commit_npz(arrays, metadata)
+                stored = stored_metadata(metadata, narrowed | ({"weights"} if self.bfloat16 else set()))
+                self._commit_npz(arrays, stored)
         except OSError as error:
             self.discard()
             raise self.weights.error(error) from None
@@ -424,7 +531,9 @@ class ResultFile:
     def discard(self) -> None:
         self.weights.discard()
 
-    def _commit_safetensors(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+    def _commit_safetensors(
+        self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any], bfloat16: frozenset[str]
+    ) -> None:
         file = self.weights.file
         assert file is not None
         rest = {
@@ -432,11 +541,15 @@ class ResultFile:
             for name, array in arrays.items()
         }
         header = safetensors_header(
-            {"weights": self.entry, **{name: (a.dtype, a.shape) for name, a in rest.items()}}, metadata
+            {"weights": self.entry, **{name: (a.dtype, a.shape) for name, a in rest.items()}},
+            metadata,
+            bfloat16={*self.narrowed, *bfloat16},
         )
         file.seek(self.weights.data_start + self.weights.data_bytes)
-        for array in rest.values():
-            if array.size:
+        for name, array in rest.items():
+            if name in bfloat16:
+                _write_bfloat16(file, array)
+            elif array.size:
                 file.write(array.data.cast("B"))
         text = header[8:]
         if len(text) <= self.room:

@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from attncli.analysis.diff import Comparison, TensorComparison
+from attncli.analysis.diff import COARSEST_FIRST, Comparison, TensorComparison
 from attncli.errors import escaped
 from attncli.present.style import number_text
 
@@ -27,6 +27,7 @@ def comparison_json(comparison: Comparison) -> str:
             "dtype_b": tensor.dtypes[1],
             "rtol": tensor.rtol,
             "atol": tensor.atol,
+            "tolerance_dtype": tensor.tolerance_dtype,
             "elements": tensor.elements,
             "max_abs": tensor.max_abs,
             "max_rel": tensor.max_rel,
@@ -52,7 +53,17 @@ def comparison_json(comparison: Comparison) -> str:
             }
         tensors.append(entry)
     a, b = comparison.labels
-    document = {"a": a, "b": b, "close": comparison.close, "tensors": tensors}
+    document = {
+        "a": a,
+        "b": b,
+        "close": comparison.close,  # the verdict: exit status 0
+        "computed_dtype_a": comparison.computed[0],
+        "computed_dtype_b": comparison.computed[1],
+        "only_in_a": list(comparison.only[0]),
+        "only_in_b": list(comparison.only[1]),
+        "common_only": comparison.common_only,
+        "tensors": tensors,
+    }
     return json.dumps(document, indent=2)
 
 
@@ -78,29 +89,45 @@ def comparison_view(comparison: Comparison) -> RenderableType:
             Text(tensor.verdict, style=colours[tensor.verdict]),
         )
     lines = [Text(line) for line in _notes(comparison)]
+    return Group(title, table, *lines, _verdict(comparison))
+
+
+def _verdict(comparison: Comparison) -> Text:
     differing = sum(not tensor.close for tensor in comparison.tensors)
-    if differing:
-        count = len(comparison.tensors)
-        verdict = Text(f"different: {differing} of {count} tensor(s) outside tolerance", style="bold red")
-    else:
-        verdict = Text("equal within tolerance", style="green")
-    return Group(title, table, *lines, verdict)
+    count = len(comparison.tensors)
+    unpaired = comparison.unpaired
+    reasons = [f"{differing} of {count} tensor(s) outside tolerance"] if differing else []
+    if unpaired and not comparison.common_only:
+        reasons.append(f"{unpaired} tensor(s) in one file only")
+    if reasons:
+        hint = ""
+        if not differing:
+            hint = f" (within tolerance: the {count} both hold; --common compares only those)"
+        return Text(f"different: {'; '.join(reasons)}{hint}", style="bold red")
+    left_out = f" ({unpaired} tensor(s) in one file only left out: --common)" if unpaired else ""
+    return Text(f"equal within tolerance{left_out}", style="green")
 
 
 def _notes(comparison: Comparison) -> list[str]:
-    """Lines under the table: the tolerances, NaN counts, and the row agreement of weights."""
-    notes = []
-    several = len({(tensor.rtol, tensor.atol) for tensor in comparison.tensors}) > 1
+    """Lines under the table: the names in one file only, the tolerances, NaN counts, and the row
+    agreement of weights."""
+    notes = [
+        f"only in {side} ({escaped(label)}): {', '.join(escaped(name) for name in names)}"
+        for side, label, names in zip("AB", comparison.labels, comparison.only, strict=True)
+        if names
+    ]
+    limits_of = {(tensor.rtol, tensor.atol, tensor.tolerance_dtype) for tensor in comparison.tensors}
+    several = len(limits_of) > 1
     for tensor in comparison.tensors if several else comparison.tensors[:1]:
         where = f"{escaped(tensor.name)}: " if several else ""
-        defaults = f"defaults for {' and '.join(dict.fromkeys(tensor.dtypes))}"
+        defaults = _defaults(tensor, comparison.computed)
         rtol_given, atol_given = comparison.given
         if rtol_given and atol_given:
             source = "as given"
         elif rtol_given or atol_given:
-            source = f"{'rtol' if rtol_given else 'atol'} as given, the other the {defaults}"
+            source = f"{'rtol' if rtol_given else 'atol'} as given, the other {defaults}"
         else:
-            source = f"assert_close's {defaults}"
+            source = defaults
         limits = f"rtol {tensor.rtol:g}, atol {tensor.atol:g}"
         notes.append(f"{where}close: |A - B| <= atol + rtol·|B| with {limits} ({source})")
     for tensor in comparison.tensors:
@@ -111,6 +138,26 @@ def _notes(comparison: Comparison) -> list[str]:
             )
         notes += _row_notes(tensor)
     return notes
+
+
+def _defaults(tensor: TensorComparison, computed: tuple[str | None, str | None]) -> str:
+    """Whose default tolerance applies: 'the defaults for bfloat16, the coarser of A's bfloat16
+    (stored as float32) and B's float32'; 'exact' for integers and booleans."""
+    if tensor.tolerance_dtype is None:
+        return f"exact for {' and '.join(dict.fromkeys(tensor.dtypes))}"
+    sides = []
+    for stored, made in zip(tensor.dtypes, computed, strict=True):
+        coarser = made if made is not None and COARSEST_FIRST.index(made) < _finest(stored) else None
+        sides.append(stored if coarser is None else f"{coarser} (stored as {stored})")
+    defaults = f"the defaults for {tensor.tolerance_dtype}"
+    if sides[0] == sides[1] == tensor.tolerance_dtype:
+        return defaults
+    return f"{defaults}, the coarser of A's {sides[0]} and B's {sides[1]}"
+
+
+def _finest(dtype: str) -> int:
+    """Where a stored dtype falls in COARSEST_FIRST (integers: after every float)."""
+    return COARSEST_FIRST.index(dtype) if dtype in COARSEST_FIRST else len(COARSEST_FIRST)
 
 
 def _row_notes(tensor: TensorComparison) -> list[str]:
