@@ -217,7 +217,9 @@ def test_masked_weights_are_left_out_of_pooling(pool):
 def test_a_key_padding_mask_broadcasts():
     weights = np.full((3, 4), 0.25)
     blocked = np.array([[False, False, True, True]])  # (1, Lk): the last two keys are padding
-    group = heatmap(weights, title="w", width=40, max_lines=10, blocked=blocked, colour=False, wide_cells=False)
+    group = heatmap(
+        weights, title="w", width=40, max_lines=10, blocked=blocked, colour=False, wide_cells=False
+    )
     assert plain_cells(group, 40, 2, 4) == ["--" + MASKED_CHAR * 2] * 3  # 0.25 is '-'
 
 
@@ -227,7 +229,9 @@ def test_a_key_padding_mask_broadcasts():
 def test_masked_cells_differ_from_zero_weights_in_both_modes():
     weights = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     blocked = np.array([[False, False, True], [False, False, True]])
-    plain = heatmap(weights, title="w", width=40, max_lines=5, blocked=blocked, colour=False, wide_cells=False)
+    plain = heatmap(
+        weights, title="w", width=40, max_lines=5, blocked=blocked, colour=False, wide_cells=False
+    )
     assert plain_cells(plain, 40, 2, 3) == ["@ " + MASKED_CHAR] * 2
     assert f"{MASKED_CHAR}: masked" in legend(plain)
 

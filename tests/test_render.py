@@ -83,7 +83,7 @@ def test_batched_heads_titles_and_the_matrix_limit_match_golden():
     }
     text = render(weights_view(weights, output, meta, ViewOptions(precision=2, max_matrices=3)))
     check_golden("heads_view.txt", text)
-    assert "weights[0, 2] (batch 0, head 2)  4×4  float64\nmin=0.0173 max=0.815" in text  # broken between items
+    assert "weights[0, 2] (batch 0, head 2)  4×4  float64\nmin=0.0173 max=0.815" in text  # between items
     assert "7 more weights matrices not shown" in text
     assert "--batch I --head H (e.g. 0:4 or 1,3)" in text
 
