@@ -209,3 +209,30 @@ def test_the_heatmap_legend_says_what_its_colour_bar_is():
     lines = ESCAPE.sub("", result.stdout).splitlines()
     legend = next(line for line in lines if "██████████" in line)
     assert legend.startswith("colour: 0 ██████████ 1")  # not a bare 0 in the row labels' column
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_inspect_never_cuts_a_shape_dtype_or_number(tmp_path, columns):
+    """At 80 columns each tensor is a block of lines (name, shape, dtype, size; then its figures);
+    where the table fits, a table. Nothing is cut to '…'; the figures are the tensors' own,
+    from NumPy; metadata numbers have a table's figures, not 17 digits."""
+    path = tmp_path / "r.safetensors"
+    made = attn("compute", *MULTIHEAD, "--stats", "-o", str(path), "-q")
+    assert made.exit_code == 0, made.output
+    result = attn("inspect", str(path), columns=columns)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "…" not in text
+    assert all(len(line.rstrip()) <= columns for line in text.splitlines())
+    words = " ".join(text.split())
+    tensors = load_file(str(path))
+    for name, array in tensors.items():
+        values = array.astype(np.float64)
+        shape = str(tuple(array.shape))
+        assert f"{name} {shape} {array.dtype}" in words
+        finite = values[np.isfinite(values)]  # inspect counts NaN and Inf apart
+        for figure in (finite.min(), finite.max(), finite.mean()):
+            assert f"{figure:.4g}" in words, (name, figure)
+    means = re.findall(r"\d\.\d{8,}", text)
+    assert not means  # no wall of 17-digit numbers
+    assert re.search(r"stats_means +distance +\[", text)

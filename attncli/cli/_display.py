@@ -237,7 +237,13 @@ OutputFormatOption = Annotated[
 ]
 
 QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=DISPLAY)
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print no results (errors, warnings and notes still go to stderr).",
+        rich_help_panel=DISPLAY,
+    ),
 ]
 
 ExportSvgOption = Annotated[

@@ -68,7 +68,9 @@ def capture_command(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing output file.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print no results (errors and warnings still go to stderr).")
+    ] = False,
 ) -> None:
     """Run a local Transformers model once over texts and save, per layer, what its attention used.
 
