@@ -134,7 +134,7 @@ def test_the_output_colour_scale_spans_the_matrices_shown():
 
 def test_the_colour_bar_is_not_dimmed():
     """The legend's words are dim; its colour bar shows the cells' own colours, undimmed."""
-    legend = weights_legend()
+    legend = weights_legend().items[0]
     assert not Style.normalize(str(legend.style)) or not Style.parse(str(legend.style)).dim
     bars = [span for span in legend.spans if legend.plain[span.start : span.end] == "█"]
     assert len(bars) == 16

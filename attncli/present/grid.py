@@ -17,6 +17,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from attncli.present.heatmap import RAMP, cell_codes, colour_lines, drawn_rows, plain_lines
+from attncli.present.items import ItemLines
 from attncli.present.options import ViewOptions
 from attncli.present.style import SCALE_WORDS, rescaled
 from attncli.selection import matrix_indices
@@ -138,7 +139,9 @@ def _label(
     return f"{named} {finite.mean():.2f}".strip() if finite.size else named
 
 
-def _legend(blocks: tuple[int, int], shape: tuple[int, int], options: ViewOptions, cut: bool = False) -> Text:
+def _legend(
+    blocks: tuple[int, int], shape: tuple[int, int], options: ViewOptions, cut: bool = False
+) -> ItemLines:
     block_rows, block_cols = blocks
     pooled = (
         f"each cell the {options.pool} of {block_rows}×{block_cols} weights of each "
@@ -153,6 +156,5 @@ def _legend(blocks: tuple[int, int], shape: tuple[int, int], options: ViewOption
         + ("" if options.color_scale == "fixed" else f" ({SCALE_WORDS[options.color_scale]})")
     )
     padding = " · rows of padding tokens not drawn" if cut else ""
-    return Text(
-        f"{scale} · {pooled} · each labelled with its head and mean entropy (nats){padding}", style="dim"
-    )
+    words = f"{scale} · {pooled} · each labelled with its head and mean entropy (nats){padding}"
+    return ItemLines.split(words, " · ", style="dim")

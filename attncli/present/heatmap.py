@@ -428,7 +428,7 @@ def _legend(
     block_cols: int,
     scale: str = "fixed",
     left_out: str = "",
-) -> Text:
+) -> ItemLines:
     legend = Text()
     if colour:
         low, high, _ = SCALE_ENDS[scale]
@@ -452,5 +452,4 @@ def _legend(
         notes.append(f"each cell: {pool} of {block_rows}×{block_cols} weights")
     if left_out:
         notes.append(left_out)
-    legend.append("".join(f" · {note}" for note in notes), style="dim")
-    return legend
+    return ItemLines([legend, *(Text(note, style="dim") for note in notes)], separator_style="dim")

@@ -16,11 +16,18 @@ from rich.text import Text
 
 
 class ItemLines:
-    """`items` (str or Text) joined by `separator`, wrapped between them, in `style`."""
+    """`items` (str or Text) joined by `separator` (in `separator_style`), wrapped between them,
+    each line in `style`."""
 
-    def __init__(self, items: Sequence[str | Text], separator: str = " · ", style: str = "") -> None:
+    def __init__(
+        self,
+        items: Sequence[str | Text],
+        separator: str = " · ",
+        style: str = "",
+        separator_style: str = "",
+    ) -> None:
         self.items = [item if isinstance(item, Text) else Text(item) for item in items if item]
-        self.separator, self.style = separator, style
+        self.separator, self.style, self.separator_style = separator, style, separator_style
 
     @classmethod
     def split(cls, text: str, separator: str = "  ", style: str = "") -> ItemLines:
@@ -39,7 +46,7 @@ class ItemLines:
                 lines.append(line)
                 line = Text(style=self.style)
             if line.cell_len:
-                line.append(self.separator)
+                line.append(self.separator, style=self.separator_style)
             line.append_text(item)
         lines.append(line)
         return lines

@@ -564,7 +564,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 def weights_legend(
     masked: bool = False, scale: str = "fixed", padding: bool = False, colour: bool = True
-) -> Text:
+) -> ItemLines:
     """What the weight tables' colours and marks mean. The colour bar is not dimmed: it shows the
     cells' own colours. Without colour, the row maximum is marked `*` and the legend says so."""
     notes = []
@@ -586,8 +586,7 @@ def weights_legend(
             if colour
             else "[PAD] rows: padding tokens, left out of the statistics"
         )
-    text.append(" · ".join(notes) if not text else "".join(f" · {note}" for note in notes), style="dim")
-    return text
+    return ItemLines([text, *(Text(note, style="dim") for note in notes)], separator_style="dim")
 
 
 #: The mark after each row's largest weight where there are no colours (and so no bold).
