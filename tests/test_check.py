@@ -146,6 +146,11 @@ def test_cli_check_fails_with_status_1_when_the_kernel_disagrees(samples, monkey
         ("output", "float64"): True,
     }
     assert json.loads(target.read_text())["meta"]["check"][0]["passed"] is False  # the file was still written
+    kernel_row = json.loads(result.stdout)["meta"]["check"][0]
+    assert kernel_row["against"] == "kernel"
+    assert kernel_row["worst_abs"] == pytest.approx(1e-3, rel=1e-3)  # the kernel's offset
+    assert kernel_row["worst_abs"] > kernel_row["worst_allowed"]
+    assert "max_rel" not in kernel_row
 
 
 @pytest.mark.cuda

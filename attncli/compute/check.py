@@ -12,8 +12,8 @@ what it was allowed there, which say why the verdict is what it is.
 Rows whose every key is masked are left out: attncli defines them as zero, the fused kernel as NaN.
 
 The float64 reference is computed and compared a block of query rows at a time, so that no float64
-(Lq, Lk) matrix ever exists whole: on long sequences it costs about what the computation it checks
-does, in memory that a block bounds.
+(Lq, Lk) matrix ever exists whole: the memory it adds is a few blocks, and its time is mostly its
+two float64 products (tests/bench/bench.py, section "check", measures it).
 """
 
 from __future__ import annotations
