@@ -389,7 +389,9 @@ def compute_and_finish(
         if check:
             from attncli.compute.check import check as check_against_references
 
-            comparisons = check_against_references(problem, result)
+            lq = problem.weights_shape[-2]
+            with _progress(lq, enabled=not display.quiet, what="checking query rows") as advance:
+                comparisons = check_against_references(problem, result, progress=advance)
         finish(result, sources, mask_label, target, display, comparisons=comparisons)
         return comparisons
 
@@ -611,8 +613,9 @@ def _warn_masked_rows(rows: Sequence[tuple[int, ...]]) -> None:
 
 
 @contextmanager
-def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr, shown only when stderr is a terminal and the work has taken a second."""
+def _progress(total: int, *, enabled: bool, what: str = "query rows") -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr of `what` is done, shown only when stderr is a terminal and the work
+    has taken a second."""
     import time
 
     from rich.console import Console
@@ -627,7 +630,7 @@ def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, int], Non
         nonlocal bar, task
         if bar is None and enabled and stderr.is_terminal and time.monotonic() - started > 1.0:
             bar = Progress(
-                TextColumn("query rows"),
+                TextColumn(what),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]} rows/s"),

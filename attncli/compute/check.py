@@ -5,19 +5,28 @@ The result of `attend` is compared with two references computed here from the sa
   returns no weights, so only the outputs are compared);
 - a float64 computation on the CPU written the plain way (repeat the key/value heads, matmul,
   scale, mask, softmax), for both weights and output.
+An element is outside the tolerance when |attncli - reference| > atol + rtol * |reference| (that of
+`torch.testing.assert_close`), or when either side is NaN; the check passes when none is. Each
+comparison reports the element that uses the largest share of its tolerance: its |difference| and
+what it was allowed there, which say why the verdict is what it is.
 Rows whose every key is masked are left out: attncli defines them as zero, the fused kernel as NaN.
-Any other NaN, on either side, fails the check.
+
+The float64 reference is computed and compared a block of query rows at a time, so that no float64
+(Lq, Lk) matrix ever exists whole: the memory it adds is a few blocks, and its time is mostly its
+two float64 products (tests/bench/bench.py, section "check", measures it).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from attncli.compute.prepare import Prepared, broadcast_shapes
+from attncli.compute.prepare import Prepared
 from attncli.compute.result import AttentionResult
 from attncli.compute.run import fused
 
@@ -32,6 +41,13 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-7),
 }
 
+#: Bytes of one block's float64 (rows x keys) scores: the float64 products run fastest about there
+#: (128 rows of 16,384 keys), and the comparison's few buffers of that size stay bounded.
+BLOCK_BYTES = 16 << 20
+
+#: Short names of the references, for tables: what `ReferenceCheck.against` holds.
+KERNEL, FLOAT64 = "kernel", "float64"
+
 
 @dataclass(frozen=True)
 class ReferenceCheck:
@@ -39,9 +55,13 @@ class ReferenceCheck:
 
     tensor: str  # "weights" or "output"
     reference: str  # what it was compared with
-    max_abs: float
-    max_rel: float  # |a - b| / |b| where b != 0
-    worst_index: tuple[int, ...]  # where |a - b| most exceeds atol + rtol * |b|
+    against: str  # the reference's short name: "kernel" or "float64"
+    max_abs: float  # the largest |a - b| (NaN when either side has a NaN)
+    #: Where |a - b| uses the largest share of its tolerance atol + rtol * |b| (first such in
+    #: row-major order): over 1 there, and the check fails; () when nothing was compared.
+    worst_index: tuple[int, ...]
+    worst_abs: float  # |a - b| there
+    worst_allowed: float  # atol + rtol * |b| there
     outside: int  # elements outside the tolerance
     compared: int  # elements compared (fully masked rows left out)
     rtol: float
@@ -55,25 +75,51 @@ class ReferenceCheck:
         return {**asdict(self), "worst_index": list(self.worst_index), "passed": self.passed}
 
 
-def check(problem: Prepared, result: AttentionResult) -> list[ReferenceCheck]:
-    """Compare `result` (from `attend(problem)`) with the fused kernel and the float64 maths."""
+def check(
+    problem: Prepared,
+    result: AttentionResult,
+    *,
+    block_rows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ReferenceCheck]:
+    """Compare `result` (from `attend(problem)`) with the fused kernel and the float64 maths,
+    `block_rows` query rows at a time (None: as many as fit BLOCK_BYTES). `progress(done, total)`
+    is called with query rows after each block."""
     rtol, atol = TOLERANCES[result.dtype]
     assert result.weights is not None, "--check compares the full weights"
-    live = None if result.masked_rows is None else ~result.masked_rows  # (..., [H,] Lq)
-    # Outputs are compared with their heads apart, so that the rows line up with `live`.
+    lq = problem.weights_shape[-2]
+    rows = reference_block_rows(problem) if block_rows is None else block_rows
+    dead = result.masked_rows  # (..., [H,] Lq) or None
+    # Outputs are compared with their heads apart, so that the rows line up with `dead`.
     output = problem.split_heads(result.output)
     # The kernel in the inputs' own dtype, as people run it (not rounded from float32 as attncli's).
-    kernel_output = problem.split_heads(fused(problem, upcast_half=False).output)
-    weights64, output64 = float64_reference(problem)
+    kernel_output = problem.split_heads(fused(problem, upcast_half=False, block_rows=rows).output)
     kernel = (
         f"scaled_dot_product_attention ({str(kernel_output.dtype).removeprefix('torch.')}, "
         f"{kernel_output.device})"
     )
-    return [
-        compare("output", kernel, output, kernel_output, live, rtol, atol),
-        compare("weights", "float64 maths on the CPU", result.weights, weights64, live, rtol, atol),
-        compare("output", "float64 maths on the CPU", output, output64, live, rtol, atol),
+    comparisons = [
+        Comparison("output", kernel, KERNEL, rtol, atol),
+        Comparison("weights", "float64 maths on the CPU", FLOAT64, rtol, atol),
+        Comparison("output", "float64 maths on the CPU", FLOAT64, rtol, atol),
     ]
+    for start, weights64, output64 in float64_blocks(problem, rows):
+        stop = start + weights64.shape[-2]
+        dead_rows = None if dead is None else dead[..., start:stop]
+        block_output = output[..., start:stop, :]
+        comparisons[0].add(block_output, kernel_output[..., start:stop, :], dead_rows, start)
+        comparisons[2].add(block_output, output64, dead_rows, start)
+        comparisons[1].add(result.weights[..., start:stop, :], weights64, dead_rows, start)
+        if progress is not None:
+            progress(stop, lq)
+    return [comparison.result() for comparison in comparisons]
+
+
+def reference_block_rows(problem: Prepared) -> int:
+    """Query rows per block of the float64 reference: its (..., rows, Lk) scores in BLOCK_BYTES."""
+    *lead, lq, lk = problem.weights_shape
+    row_bytes = max(1, math.prod(lead) * lk * 8)
+    return max(1, min(lq, BLOCK_BYTES // row_bytes))
 
 
 def compare(
@@ -84,54 +130,132 @@ def compare(
     live_rows: torch.Tensor | None,
     rtol: float,
     atol: float,
+    against: str | None = None,
 ) -> ReferenceCheck:
-    """`actual` against `expected` (..., rows, cols), over the rows where `live_rows` (..., rows) holds."""
-    a = actual.detach().to("cpu", torch.float64)
-    b = expected.detach().to("cpu", torch.float64)
-    shape = broadcast_shapes(tuple(a.shape), tuple(b.shape))
-    a, b = a.expand(shape), b.expand(shape)
-    keep = torch.ones(a.shape, dtype=torch.bool)
-    if live_rows is not None:
-        keep = keep & live_rows.detach().cpu().unsqueeze(-1)
-    gap = (a - b).abs()
-    excess = torch.where(keep, gap - (atol + rtol * b.abs()), torch.tensor(-math.inf, dtype=torch.float64))
-    # A NaN on either side is outside any tolerance (NaN > 0 is false: it would pass unnoticed).
-    excess = excess.masked_fill(keep & excess.isnan(), math.inf)
-    relative = torch.where(keep & (b != 0), gap / b.abs(), torch.zeros((), dtype=torch.float64))
-    compared = int(keep.sum())
-    if compared == 0:
-        return ReferenceCheck(tensor, reference, 0.0, 0.0, (), 0, 0, rtol, atol)
-    worst = int(excess.argmax())
-    return ReferenceCheck(
-        tensor=tensor,
-        reference=reference,
-        max_abs=float(torch.where(keep, gap, 0.0).max()),
-        max_rel=float(relative.max()),
-        worst_index=tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), a.shape)),
-        outside=int((excess > 0).sum()),
-        compared=compared,
-        rtol=rtol,
-        atol=atol,
-    )
+    """`actual` against `expected` (..., rows, cols), over the rows where `live_rows` (..., rows)
+    holds: the one-block case of `Comparison`."""
+    comparison = Comparison(tensor, reference, against or reference, rtol, atol)
+    comparison.add(actual, expected, None if live_rows is None else ~live_rows.bool(), 0)
+    return comparison.result()
 
 
-def float64_reference(problem: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights and output (heads apart) in float64 on the CPU, the plain way; fully masked rows are 0."""
+class Comparison:
+    """One comparison's running figures, fed aligned blocks of query rows (axis -2) in order."""
+
+    def __init__(self, tensor: str, reference: str, against: str, rtol: float, atol: float) -> None:
+        self.tensor, self.reference, self.against = tensor, reference, against
+        self.rtol, self.atol = rtol, atol
+        self.max_abs = 0.0
+        self.outside = self.compared = 0
+        self.worst_share = -math.inf  # |a - b| / (atol + rtol * |b|) at worst_index
+        self.worst_index: tuple[int, ...] = ()
+        self.worst_abs = self.worst_allowed = 0.0
+
+    def add(
+        self,
+        actual: torch.Tensor,
+        expected: torch.Tensor,
+        dead_rows: torch.Tensor | None,
+        first_row: int,
+    ) -> None:
+        """Compare one block: `actual` against `expected` (..., n, cols), which broadcast, query
+        rows `first_row` onwards, leaving out the rows where `dead_rows` (..., n) holds."""
+        b = expected.detach().to("cpu", torch.float64)
+        # (..., n, cols), in float64 (the subtraction widens `actual` as it goes, exactly): NaN where
+        # either is, or both are infinite
+        gap = torch.sub(actual.detach().cpu(), b).abs_()
+        left_out = None if dead_rows is None else dead_rows.detach().cpu().unsqueeze(-1)  # (..., n, 1)
+        if left_out is not None:
+            gap.masked_fill_(left_out, 0.0)
+            left = int(left_out.expand(*gap.shape[:-1], 1).sum()) * gap.shape[-1]
+        else:
+            left = 0
+        self.compared += gap.numel() - left
+        if gap.numel() == left:  # nothing to compare here
+            return
+        largest = float(gap.max())  # NaN when any is
+        self.max_abs = largest if math.isnan(largest) else max(self.max_abs, largest)
+        # atol + rtol * |b| in this order of rounding; the share of it each |a - b| uses
+        allowed = b.abs().mul_(self.rtol).add_(self.atol)
+        share = torch.div(gap, allowed)
+        finite = math.isfinite(largest)
+        if not finite:  # a NaN, or an infinity on one side, is infinitely far
+            share.nan_to_num_(nan=math.inf, posinf=math.inf)  # inf / inf too
+        if left_out is not None:
+            share.masked_fill_(left_out, -math.inf)
+        # The first largest in row-major order: the first row holding the largest, then its first
+        # column there (a flat argmax takes ten times as long).
+        row_max = share.amax(dim=-1)  # (..., n)
+        # NumPy's unravel_index: torch's imports sympy on first use (about half a second)
+        row = tuple(int(i) for i in np.unravel_index(int(row_max.argmax()), tuple(row_max.shape)))
+        local = (*row, int(share[row].argmax()))
+        value = float(share[local])
+        # gap > allowed makes gap / allowed > 1 before rounding, so >= 1 after: below 1, all are inside.
+        if value >= 1.0:
+            inside = (gap <= allowed) & (share != math.inf) if not finite else gap <= allowed
+            if left_out is not None:
+                inside.masked_fill_(left_out, True)
+            self.outside += inside.numel() - int(inside.sum())
+        position = (*local[:-2], local[-2] + first_row, local[-1])
+        # Ties go to the first in row-major order of the whole, as a whole-matrix argmax gives them:
+        # a later block's element comes first when its matrix does.
+        if value > self.worst_share or (value == self.worst_share and position < self.worst_index):
+            self.worst_share, self.worst_index = value, position
+            self.worst_abs = float(gap[local])
+            self.worst_allowed = float(allowed.expand(gap.shape)[local])
+
+    def result(self) -> ReferenceCheck:
+        return ReferenceCheck(
+            tensor=self.tensor,
+            reference=self.reference,
+            against=self.against,
+            max_abs=self.max_abs,
+            worst_index=self.worst_index,
+            worst_abs=self.worst_abs,
+            worst_allowed=self.worst_allowed,
+            outside=self.outside,
+            compared=self.compared,
+            rtol=self.rtol,
+            atol=self.atol,
+        )
+
+
+def float64_blocks(problem: Prepared, block_rows: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(first row, weights, output) of each block of `block_rows` query rows, in float64 on the CPU,
+    the plain way: weights (..., n, Lk), output with the heads apart (..., H, n, Dv/H); fully masked
+    rows are 0."""
     q, k, v = (t.detach().to("cpu", torch.float64) for t in (problem.query, problem.key, problem.value))
     if problem.group > 1:
         k = k.repeat_interleave(problem.group, dim=-3)  # query head h reads key/value head h // group
         v = v.repeat_interleave(problem.group, dim=-3)
-    scores = (q @ k.transpose(-2, -1)) * problem.scale
-    scores = scores.expand(problem.weights_shape).clone()
-    if problem.mask is not None:
-        mask = problem.mask.detach().cpu()
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, -math.inf)
+    *lead, lq, lk = problem.weights_shape
+    key_t = k.transpose(-2, -1).contiguous()  # (..., d, Lk): the products run faster on it
+    mask = None if problem.mask is None else problem.mask.detach().cpu()
+    mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
+    keys = torch.arange(lk)
+    for start in range(0, max(lq, 1), block_rows):  # one block of no rows when there are none
+        stop = min(start + block_rows, lq)
+        scores = torch.matmul(q[..., start:stop, :], key_t).mul_(problem.scale)  # (..., n, Lk)
+        scores = scores.expand(*lead, stop - start, lk).contiguous()  # a mask may add batch axes
+        if mask is not None:
+            part = mask[..., start:stop, :] if mask_rows else mask
+            if part.dtype == torch.bool:
+                scores.masked_fill_(~part, -math.inf)
+            else:
+                scores.add_(part.to(torch.float64))
+        if problem.causal:  # query i sees keys j <= i
+            scores.masked_fill_(keys > torch.arange(start, stop).unsqueeze(-1), -math.inf)
+        if mask is not None or problem.causal:
+            dead = (scores == -math.inf).all(dim=-1, keepdim=True)
+            weights = torch.softmax(scores.masked_fill_(dead, 0.0), dim=-1).masked_fill_(dead, 0.0)
         else:
-            scores = scores + mask.to(torch.float64)
-    if problem.causal:
-        lq, lk = scores.shape[-2:]
-        scores = scores.masked_fill(torch.ones(lq, lk, dtype=torch.bool).triu(1), -math.inf)
-    dead = (scores == -math.inf).all(dim=-1, keepdim=True)
-    weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
-    return weights, weights @ v
+            weights = torch.softmax(scores, dim=-1)
+        del scores
+        yield start, weights, torch.matmul(weights, v)  # (..., n, Lk) @ (..., Lk, Dv) -> (..., n, Dv)
+
+
+def float64_reference(problem: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and output (heads apart) in float64 on the CPU, the plain way; fully masked rows are 0:
+    the one-block case of `float64_blocks`."""
+    ((_, weights, output),) = float64_blocks(problem, max(problem.weights_shape[-2], 1))
+    return weights, output

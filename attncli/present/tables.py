@@ -522,34 +522,97 @@ def top_k_table(weights: np.ndarray, keys: np.ndarray, options: ViewOptions) -> 
 
 
 def check_table(comparisons: Sequence[Any]) -> Group:
-    """The --check report: each comparison of the weights path with a reference, and its verdict."""
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for heading in (
-        "tensor",
-        "compared with",
-        "max abs",
-        "max rel",
-        "worst at",
-        "outside tol",
-        "rtol / atol",
-        "",
-    ):
-        table.add_column(heading, no_wrap=heading != "compared with")
+    """The --check report: each comparison of the weights path with a reference, the figures its
+    verdict rests on (the element that uses the largest share of its tolerance: its |difference|
+    beside what it was allowed there), and the verdict. Fitted to the width it is rendered at: the
+    index and the counts wrap at their spaces, so that no number or verdict is cut at 80 columns."""
+
+    def figure(value: float) -> str:
+        return "0" if value == 0 else f"{value:.2e}" if math.isfinite(value) else str(value)
+
+    tolerances = dict.fromkeys((c.rtol, c.atol) for c in comparisons)
+    limits = "; ".join(f"rtol {rtol:g}, atol {atol:g}" for rtol, atol in tolerances)
+    references = dict.fromkeys((c.against, c.reference) for c in comparisons)
+    lines = [
+        Text("check: the weights path against the fused kernel and the float64 maths", style="bold"),
+        *(Text(f"{short}: {reference}", style="dim") for short, reference in references),
+        Text(
+            f"|diff| = |attncli − reference|; allowed = atol + rtol × |reference| ({limits}); "
+            "outside: |diff| > allowed. Each row shows the element with the largest |diff| / allowed.",
+            style="dim",
+        ),
+    ]
+    rows = []
     for c in comparisons:
-        verdict = Text("✓ same", style="bold green") if c.passed else Text("✗ DIFFERENT", style="bold red")
-        table.add_row(
-            c.tensor,
-            c.reference,
-            f"{c.max_abs:.3g}",
-            f"{c.max_rel:.3g}",
-            _shape_text(c.worst_index) if c.worst_index else "–",
-            f"{c.outside} of {c.compared}",
-            f"{c.rtol:g} / {c.atol:g}",
-            verdict,
+        sign = "≤" if c.worst_abs <= c.worst_allowed else ">"
+        rows.append(
+            (
+                Text(f"{c.tensor} vs {c.against}"),
+                Text(f"{figure(c.worst_abs)} {sign} {figure(c.worst_allowed)}" if c.compared else "–"),
+                Text(_shape_text(c.worst_index) if c.worst_index else "–"),
+                Text(f"{c.outside:,} of {c.compared:,}"),
+                Text("✓ same", style="bold green") if c.passed else Text("✗ DIFFERENT", style="bold red"),
+            )
         )
-    return Group(
-        Text("check: the weights path against the fused kernel and the float64 maths", style="bold"), table
-    )
+    return Group(*lines, _CheckTable(rows))
+
+
+class _CheckTable:
+    """check_table's rows, as a table fitted to the width: the index and count columns wrap at
+    their spaces, never below their longest word (Rich would shrink them further, and cut)."""
+
+    HEADINGS = ("compared", "|diff| vs allowed", "at", "outside", "")
+    WRAPPING = (2, 3)  # columns that may take several lines
+    GAPS = 2 * (len(HEADINGS) - 1)  # a space of padding and a divider between columns
+
+    def __init__(self, rows: Sequence[tuple[Text, ...]]) -> None:
+        self.rows = rows
+
+    def table(self, width: int) -> RenderableType:
+        """The table at `width`; narrower than its longest words need, a few lines per comparison."""
+        columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(self.HEADINGS)
+        natural = [
+            max([cell_len(heading), *(cell.cell_len for cell in cells)])
+            for heading, cells in zip(self.HEADINGS, columns, strict=True)
+        ]
+        widths: list[int | None] = [None] * len(natural)
+        if sum(natural) + self.GAPS > width:
+            at, outside = self.WRAPPING
+            shortest = [
+                max(
+                    [
+                        cell_len(self.HEADINGS[i]),
+                        *(len(word) for cell in columns[i] for word in cell.plain.split()),
+                    ]
+                )
+                for i in self.WRAPPING
+            ]
+            room = width - self.GAPS - sum(w for i, w in enumerate(natural) if i not in self.WRAPPING)
+            if room < sum(shortest):
+                return self.lines()
+            # the index whole where the counts can wrap instead, each at least its longest word
+            widths[outside] = min(natural[outside], max(shortest[1], room - natural[at]))
+            widths[at] = max(shortest[0], min(natural[at], room - widths[outside]))
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+        for index, heading in enumerate(self.HEADINGS):
+            table.add_column(heading, width=widths[index], no_wrap=index not in self.WRAPPING)
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def lines(self) -> Group:
+        """Each comparison as lines that wrap at their spaces, for a terminal too narrow for the table."""
+        texts = []
+        for label, figures, at, outside, verdict in self.rows:
+            texts.append(Text.assemble(label, ": ", verdict))
+            texts.append(Text.assemble("  |diff| vs allowed ", figures, " at ", at, "; outside ", outside))
+        return Group(*texts)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.table(options.max_width))
 
 
 def _number(value: float, precision: int) -> str:

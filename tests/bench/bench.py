@@ -503,6 +503,100 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
     return rows
 
 
+# --- --check ------------------------------------------------------------------------------------------
+
+#: attn compute --check against the same run without it (whole processes), and check() against the
+#: attend() whose result it checks (one process): the check costs at most about the computation twice.
+CHECK_TARGET = 2.0
+CHECK_POSITIONS = ((4096, 16384), (2048, 4096))  # full run, --quick; 64 features, float32, one head
+
+# Run as `python -c CHECK_IN_PROCESS FILE ROUNDS`: attncli.compute.check.check against the attend() it
+# checks, interleaved, in one process with attn's allocator settings; seconds as JSON.
+CHECK_IN_PROCESS = (
+    ALLOCATOR
+    + """\
+import json, sys, time
+import numpy as np
+from attncli.compute import attend, prepare
+from attncli.compute.check import check
+x = np.load(sys.argv[1])
+problem = prepare(x, x, x)
+result = attend(problem)
+check(problem, result)  # the first call loads what the kernel and the float64 maths use
+
+def computation():
+    global result
+    result = None  # the last result's weights go before the next are made, as in a run
+    result = attend(problem)
+
+samples = {"check": [], "attend": []}
+for round_ in range(int(sys.argv[2])):
+    calls = {"check": lambda: check(problem, result), "attend": computation}
+    for name, call in sorted(calls.items(), reverse=round_ % 2 == 1):
+        start = time.perf_counter()
+        call()
+        samples[name].append(time.perf_counter() - start)
+print(json.dumps(samples))
+"""
+)
+
+
+def bench_check(env: dict[str, str], workdir: Path, repeats: int, quick: bool) -> list[Row]:
+    """`attn compute FILE --check` against `attn compute FILE` (whole processes, the table on a pipe)
+    with each one's peak RSS, and check() against attend() in one process, on one head of N positions."""
+    import numpy as np
+
+    rows: list[Row] = []
+    for positions in CHECK_POSITIONS[1 if quick else 0]:
+        path = workdir / f"x{positions}.npy"
+        np.save(path, np.random.default_rng(0).standard_normal((positions, 64)).astype(np.float32))
+        attn = [*attn_command(), "compute", str(path)]
+        peaks: dict[str, list[int]] = {"check": [], "plain": []}
+
+        def measured(argv: list[str], name: str, peaks: dict[str, list[int]] = peaks) -> Callable[[], float]:
+            def run() -> float:
+                seconds, peak = run_process_peak(argv, env, workdir)
+                peaks[name].append(peak)
+                return seconds
+
+            return run
+
+        label = f"check {positions}"
+        print(f"  --check, {positions} positions: {repeats} rounds of whole processes", file=sys.stderr)
+        variants = {"check": measured([*attn, "--check"], "check"), "plain": measured(attn, "plain")}
+        samples = interleaved(label, variants, repeats, 0)
+        case = f"check {positions}x64: attn compute --check vs without (processes)"
+        rows += timed_rows(samples, [(case, "check", "plain")], CHECK_TARGET)
+        check_peak, plain_peak = max(peaks["check"]), max(peaks["plain"])
+        rows.append(
+            Row(
+                f"check {positions}x64: peak RSS, --check vs without",
+                _mib(check_peak),
+                _mib(plain_peak),
+                check_peak / plain_peak,
+                "-",
+                "info",
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", CHECK_IN_PROCESS, str(path), str(max(4, repeats))],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"{label} in one process: exit {done.returncode}: {done.stderr[-200:]}")
+        inside = json.loads(done.stdout.strip().splitlines()[-1])
+        RUNS[f"{label} in-process"] = len(inside["check"])
+        case = f"check {positions}x64: check() vs the attend() it checks (in-process)"
+        rows += timed_rows(inside, [(case, "check", "attend")], CHECK_TARGET)
+        path.unlink()
+    return rows
+
+
 # --- 3./4. the weights path ---------------------------------------------------------------------------
 
 
@@ -759,7 +853,7 @@ def bench_heads(env: dict[str, str], workdir: Path, repeats: int, warmup: int) -
     return timed_rows(samples, pairs, HEADS_TARGET)
 
 
-SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json", "heads")
+SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json", "heads", "check")
 #: The sections this run measures (--only); all by default.
 CHOSEN: set[str] = set(SECTIONS)
 
@@ -820,6 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += guarded("json", lambda: bench_json(env, Path(workdir), memory_n))
     with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
         rows += guarded("heads", lambda: bench_heads(env, Path(workdir), job_n, 1))
+    with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+        rows += guarded("check", lambda: bench_check(env, Path(workdir), job_n, options.quick))
 
     import torch
 
