@@ -101,8 +101,10 @@ printed when `make docs` ran it on `sample_inputs/`.
 - `--top-k K`: each query's K most attended keys, largest first (saved as `top_k_weights` and
   `top_k_keys`; -1 marks a masked key). From Python: `attncli.analysis.top_k(weights, k, blocked)`.
 - `--check`: computes the same attention with `scaled_dot_product_attention` on the same device
-  and dtype, and in float64 on the CPU the plain way, and compares: max absolute and relative
-  error, where the worst one is, how many elements are outside the tolerance (that of
+  and dtype, and in float64 on the CPU the plain way (a block of query rows at a time), and
+  compares: for the element furthest outside (or nearest to) its allowance
+  atol + rtol × |reference|, its |diff| beside what was allowed there and where it is, and how many
+  elements are outside (the tolerance of
   `torch.testing.assert_close` for the dtype; for float16/bfloat16 an absolute tolerance of the
   dtype's eps). Exit status 1 when anything is outside it. Rows whose every key is masked are left
   out: attncli gives them zero weights, the fused kernel NaN.

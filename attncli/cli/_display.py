@@ -202,7 +202,12 @@ MaxRowsOption = Annotated[
 
 MaxColsOption = Annotated[
     int | None,
-    typer.Option(min=3, help="Columns per table (default: what fits).", rich_help_panel=DISPLAY),
+    typer.Option(
+        min=3,
+        help="Columns per table (default: what fits; more make the table wider than the terminal, "
+        "for less -S).",
+        rich_help_panel=DISPLAY,
+    ),
 ]
 
 FullOption = Annotated[
