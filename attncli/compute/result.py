@@ -164,7 +164,11 @@ def _dtype(dtype: torch.dtype) -> str:
 def _open_range(weights: torch.Tensor, blocked: np.ndarray | None) -> tuple[float, float]:
     """The smallest and largest weight over keys not `blocked` (inf, -inf when none is open; NaN
     when a weight is NaN), a piece of at most _SUMMARY_ELEMENTS weights at a time."""
+    from attncli.analysis.rows import amax_non_negative
+
     weights = weights.detach()
+    # An axis that `expand` stretched (stride 0) repeats one matrix: its range is that one's.
+    weights = weights[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in weights.stride())]
     if blocked is None:
         smallest, largest = torch.aminmax(weights)
         return float(smallest), float(largest)
@@ -176,11 +180,13 @@ def _open_range(weights: torch.Tensor, blocked: np.ndarray | None) -> tuple[floa
         if part.dtype not in (torch.float32, torch.float64):
             part = part.float()
         piece_low = float(part.masked_fill(part_shut, math.inf).amin())
-        piece_high = float(part.masked_fill(part_shut, -math.inf).amax())
+        # Masked weights are 0 and none is below: the largest over every key is the largest open
+        # one, wherever a key is open (NaN counts as largest here too).
+        piece_high = float(amax_non_negative(part, dim=tuple(range(part.ndim))))
         if math.isnan(piece_low) or math.isnan(piece_high):
             return math.nan, math.nan
         low, high = min(low, piece_low), max(high, piece_high)
-    return low, high
+    return (low, high) if low != math.inf else (math.inf, -math.inf)
 
 
 def _pieces(weights: torch.Tensor, shut: torch.Tensor) -> Any:
