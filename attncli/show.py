@@ -82,13 +82,20 @@ def weights_view(
 
 
 def result_view(
-    result: AttentionResult, options: ViewOptions | None = None, *, mask_label: str | None = None
+    result: AttentionResult,
+    options: ViewOptions | None = None,
+    *,
+    mask_label: str | None = None,
+    stats: bool = False,
+    top_k: int | None = None,
 ) -> Group:
     """The view `attn compute` prints of `result`: its header, each weight matrix (masked keys as
     `·`, the title's figures over open keys), the statistics and top-k it kept, the output.
 
     A result whose weights were kept is drawn from them; one computed in blocks, from the table (or
-    pictures) it kept. `mask_label` names the mask in the header (default: its dtype and shape)."""
+    pictures) it kept. `mask_label` names the mask in the header (default: its dtype and shape).
+    `stats` and `top_k` compute them from the kept weights, as `--stats` and `--top-k K` show them."""
+    from attncli.analysis import rows
     from attncli.analysis.rows import stats_arrays
     from attncli.compute.result import as_array, describe, masked_positions
     from attncli.present import tables
@@ -100,11 +107,13 @@ def result_view(
             mask_label or f"{str(result.mask.dtype).removeprefix('torch.')} {tuple(result.mask.shape)}"
         )
     analysis: dict[str, np.ndarray] = {}
-    if result.stats is not None:
-        analysis |= stats_arrays(result.stats)
-    if result.top_k is not None:
-        analysis["top_k_weights"] = result.top_k[0].detach().cpu().float().numpy()
-        analysis["top_k_keys"] = result.top_k[1].detach().cpu().numpy()
+    row_stats = rows.row_stats(result) if stats and result.stats is None else result.stats
+    if row_stats is not None:
+        analysis |= stats_arrays(row_stats)
+    top = rows.top_k(result, top_k) if top_k is not None else result.top_k
+    if top is not None:
+        analysis["top_k_weights"] = top[0].detach().cpu().float().numpy()
+        analysis["top_k_keys"] = top[1].detach().cpu().numpy()
     output = as_array(result.output)
     if result.weights is not None:
         return weights_view(
@@ -182,6 +191,8 @@ def show(
     full: bool = False,
     pool: str = "max",
     sections: Sequence[str] | None = None,
+    stats: bool = False,
+    top_k: int | None = None,
     console: Console | None = None,
 ) -> None:
     """Print the weights view of `attn compute`: of an `AttentionResult`; of a weights tensor or
@@ -192,7 +203,8 @@ def show(
     The options are the CLI's: `view` table, heatmap or grid; `batch`, `head` (an index, a list or
     text such as "0:4" or "1,3"); `labels` (both axes) or `query_labels`/`key_labels`; `color_scale`
     fixed, max, row or log; `precision`; `width` (default: the console's); `max_rows`, `max_cols`,
-    `full`, `pool` max or mean; `sections`, any of weights, output, stats. Printed to `console`
+    `full`, `pool` max or mean; `sections`, any of weights, output, stats; `stats` and `top_k` (K),
+    the per-row statistics and K most attended keys under each matrix. Printed to `console`
     (default: a new one: in a notebook Rich shows it as HTML)."""
     from attncli.compute.result import AttentionResult
 
@@ -238,9 +250,13 @@ def show(
         head=chosen["head"],
         axes=axes,
     )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise UsageError(f"show: top_k {top_k!r}: give a whole number of keys, at least 1")
     if isinstance(x, AttentionResult):
-        renderable: Any = result_view(x, options)
+        renderable: Any = result_view(x, options, stats=stats, top_k=top_k)
     else:
+        if stats or top_k is not None:
+            raise UsageError("show: stats and top_k need a result or query, key and value, not weights alone")
         renderable = _weights_alone(weights, options, mask, causal)
     wide = full or bool(max_cols)  # as the CLI prints: tables as wide as asked, not cut at the width
     console.print(renderable, crop=not wide, overflow="ignore" if wide else None)

@@ -213,7 +213,8 @@ def test_show_heatmap_with_labels_matches_golden():
     text = shown(*causal_problem(), causal=True, view="heatmap", labels=list("abcd"), sections=["weights"])
     check_golden("python_show_heatmap_80.txt", text)
     assert "keys: 0 a · 1 b · 2 c · 3 d" in text
-    assert "output[" not in text and "\noutput " not in text
+    assert "output[" not in text
+    assert "\noutput " not in text
 
 
 def test_show_chooses_batch_and_heads_of_grouped_masked_inputs():
@@ -256,6 +257,8 @@ def test_show_of_a_numpy_array_with_leading_axes_and_a_mask():
         ((np.ones(3),), {}, "weights must be floating point with query and key axes"),
         ((np.ones((2, 2)), np.ones((2, 2))), {}, "give query, key and value together"),
         ((np.ones((2, 2)),), {"scale": 2.0}, "scale and heads need query, key and value"),
+        ((np.ones((2, 2)),), {"stats": True}, "stats and top_k need a result or query, key and value"),
+        ((np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 2))), {"top_k": 0}, "top_k 0: give a whole number"),
     ],
 )
 def test_show_refuses_bad_arguments_in_one_line(args, kwargs, words):
@@ -395,3 +398,26 @@ def test_row_stats_of_a_result_refuse_blocked_and_results_without_weights():
         top_k(blocked, 2)
     with pytest.raises(TypeError, match="not ndarray"):
         row_stats(np.ones((2, 2)))
+
+
+def test_show_with_stats_and_top_k_is_the_cli_view_with_stats_and_top_k(tmp_path):
+    query, key, value = causal_problem()
+    text = shown(query, key, value, causal=True, stats=True, top_k=2)
+    expected = cli_view(tmp_path, "--causal", "--stats", "--top-k", "2")
+    assert text.split("\nweights  ", 1)[1] == expected.split("\nweights  ", 1)[1]
+    assert "statistics per query row" in text
+    assert "most attended keys per query row" in text
+
+
+def test_a_result_computed_in_blocks_shows_the_table_it_kept():
+    from attncli.compute import prepare, run
+    from attncli.present.options import ViewOptions
+    from attncli.present.tables import kept_views
+
+    query, key, value = causal_problem()
+    _, table = kept_views((4, 4), ViewOptions())
+    result = run(prepare(query, key, value, causal=True), block_rows=2, table=table, entropy=True)
+    text = printed(result)
+    assert "computed in blocks of 2 query rows; the weights were not kept" in text
+    whole = printed(attncli.attention(query, key, value, causal=True))
+    assert text.split("\nweights  ", 1)[1] == whole.split("\nweights  ", 1)[1]
