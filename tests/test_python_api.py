@@ -421,3 +421,34 @@ def test_a_result_computed_in_blocks_shows_the_table_it_kept():
     assert "computed in blocks of 2 query rows; the weights were not kept" in text
     whole = printed(attncli.attention(query, key, value, causal=True))
     assert text.split("\nweights  ", 1)[1] == whole.split("\nweights  ", 1)[1]
+
+
+def doc_examples(text: str) -> list[tuple[str, str]]:
+    """The (source, printed) pairs of a page's ```python blocks, written as a REPL session: `>>> `
+    and `... ` lines are the source, the lines up to the next prompt or the block's end what it printed."""
+    examples: list[tuple[list[str], list[str]]] = []
+    for block in text.split("```python\n")[1:]:
+        for line in block.split("\n```")[0].splitlines():
+            if line.startswith(">>> "):
+                examples.append(([line[4:]], []))
+            elif line.startswith("... ") and examples and not examples[-1][1]:
+                examples[-1][0].append(line[4:])
+            elif examples:
+                examples[-1][1].append(line)
+    return [("\n".join(source), "\n".join(printed)) for source, printed in examples]
+
+
+def test_docs_python_md_is_what_the_program_prints(monkeypatch, capsys):
+    """docs/python.md, run as a REPL session at 80 columns without colour: every example is current."""
+    from pathlib import Path
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(rich, "_console", None)  # rich.print's console, made anew at that width
+    examples = doc_examples((Path(__file__).parent.parent / "docs" / "python.md").read_text())
+    assert len(examples) > 10
+    namespace: dict = {}
+    for source, expected in examples:
+        capsys.readouterr()
+        exec(compile(source + "\n", "<docs/python.md>", "single"), namespace)
+        got = capsys.readouterr().out
+        assert [line.rstrip() for line in got.rstrip("\n").splitlines()] == expected.splitlines(), source
