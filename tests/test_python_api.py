@@ -279,6 +279,7 @@ def test_show_is_importable_from_attncli_and_callable_both_ways():
     assert screen.file.getvalue().count("weights  2×2  float64") == 3
 
 
+@pytest.mark.slow
 def test_import_attncli_and_reaching_show_import_no_torch():
     probe = (
         "import sys, attncli\n"
