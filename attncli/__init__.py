@@ -1,8 +1,10 @@
 """attncli: see attention weights in the terminal.
 
 The library API needs no CLI: `attention(query, key, value, ...)` returns an `AttentionResult` with
-`.weights` and `.output`, and `load_tensor(path)` reads one tensor. Both are imported on first use,
-so that `import attncli` (and `attn --help`) stays fast.
+`.weights` and `.output` (its `repr` a few lines, `rich.print(result)` and a notebook the CLI's
+view), `show(x, ...)` prints that view of a result, weights or query/key/value, and
+`load_tensor(path)` reads one tensor. All are imported on first use, so that `import attncli` (and
+`attn --help`) stays fast. See docs/python.md.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from attncli.compute import AttentionResult, attention
     from attncli.io.loaders import load_tensor
+    from attncli.show import show
 
-__all__ = ["AttentionResult", "__version__", "attention", "load_tensor"]
+__all__ = ["AttentionResult", "__version__", "attention", "load_tensor", "show"]
 
 _LAZY = {
     "attention": "attncli.compute",
     "AttentionResult": "attncli.compute",
     "load_tensor": "attncli.io.loaders",
+    "show": "attncli.show",
 }
 
 

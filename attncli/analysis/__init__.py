@@ -1,10 +1,19 @@
 """Numbers about attention weights: per-row statistics, top-k, head scores, differences between files.
 
 Each figure is computed by one function, used by every path (whole runs and runs in blocks). The
-names below are plain data, importable without torch.
+names below are plain data, importable without torch; `row_stats`, `top_k` and `matrix_means`
+(of `attncli.analysis.rows`, which take a weights tensor or an `AttentionResult`) are imported on
+first use.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from attncli.analysis.rows import matrix_means, row_stats, top_k
+
+__all__ = ["MEAN_NAMES", "PATTERN_NAMES", "SCORE_NAMES", "STAT_NAMES", "matrix_means", "row_stats", "top_k"]
 
 #: The per-row statistics of `attn compute --stats` (attncli.analysis.rows.RowStats), as saved and shown.
 STAT_NAMES: tuple[str, ...] = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
@@ -25,3 +34,11 @@ SCORE_WORDS = {
     "duplicate": "weight on earlier copies of the query's token",
     "induction": "weight on keys that follow earlier copies of the query's token",
 }
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("matrix_means", "row_stats", "top_k"):
+        import importlib  # by name, as attncli's lazy exports: rows imports the names above
+
+        return getattr(importlib.import_module("attncli.analysis.rows"), name)
+    raise AttributeError(f"module 'attncli.analysis' has no attribute {name!r}")

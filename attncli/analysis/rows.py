@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from attncli.analysis import MEAN_NAMES, STAT_NAMES
 __all__ = [
     "MEAN_NAMES",
     "STAT_NAMES",
+    "MaskedWeights",
     "RowStats",
     "amax_non_negative",
     "matrix_means",
@@ -29,6 +31,36 @@ __all__ = [
 
 #: Rows x keys in one block: bounds the temporaries, whatever the size of the weights.
 _BLOCK_ELEMENTS = 1 << 22
+
+
+@runtime_checkable
+class MaskedWeights(Protocol):
+    """What the functions here take in place of weights: a `compute.AttentionResult`, whose mask
+    and causal flag say which keys were masked (named by shape, so that analysis/ needs no compute/)."""
+
+    @property
+    def weights(self) -> torch.Tensor | None: ...
+
+    def masked_keys(self) -> np.ndarray | None: ...
+
+
+def weights_and_blocked(
+    weights: torch.Tensor | MaskedWeights, blocked: torch.Tensor | np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor | np.ndarray | None]:
+    """The weights and masked keys of `weights`: a tensor and `blocked` as given, or a result's kept
+    weights and the keys its mask and causal triangle hid (then `blocked` must be None)."""
+    if isinstance(weights, torch.Tensor):
+        return weights, blocked
+    if not isinstance(weights, MaskedWeights):
+        raise TypeError(f"weights must be a torch tensor or an AttentionResult, not {type(weights).__name__}")
+    if blocked is not None:
+        raise ValueError("a result's masked keys come from its mask and causal flag: give no blocked with it")
+    if weights.weights is None:
+        raise ValueError(
+            "the result kept no weights (it was computed in blocks): compute it with attention(), or ask "
+            "the run for stats=True / top_k=K"
+        )
+    return weights.weights, weights.masked_keys()
 
 
 @dataclass(frozen=True)
@@ -48,7 +80,7 @@ class RowStats:
 
 
 def row_stats(
-    weights: torch.Tensor,
+    weights: torch.Tensor | MaskedWeights,
     blocked: torch.Tensor | np.ndarray | None = None,
     *,
     row_offset: int = 0,
@@ -60,6 +92,8 @@ def row_stats(
     """Per query row of `weights` (..., Lq, Lk): entropy, normalised entropy, largest weight and its
     key, weight on key 0 and mean distance from the query to the keys it attends to.
 
+    `weights` may be an `AttentionResult` (with its weights kept, as `attention` keeps them): its
+    mask and causal flag are the blocked keys, so the figures are those `attn compute --stats` gives.
     `blocked` (bool, True = masked, broadcastable to the weights, a tensor or a NumPy array) says
     which keys each query could not see: they count neither as keys nor as weight (a weight there
     is taken as 0). Computed in float64 for float64 weights, else float32, and returned so.
@@ -73,6 +107,7 @@ def row_stats(
     made in the shifted scores' own memory (they are left holding it): no temporary of their size.
     `non_negative` says no weight is below 0 (a softmax's), which finds the largest faster.
     """
+    weights, blocked = weights_and_blocked(weights, blocked)
     compute_dtype = _compute_dtype(weights)
     blocked_keys = _blocked_view(blocked, weights)
     if shifted_scores is not None and tuple(shifted_scores.shape) != tuple(weights.shape):
@@ -257,14 +292,16 @@ def matrix_means(
 
 
 def top_k(
-    weights: torch.Tensor, k: int, blocked: torch.Tensor | np.ndarray | None = None
+    weights: torch.Tensor | MaskedWeights, k: int, blocked: torch.Tensor | np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query row's `k` most attended keys, largest first, ties by the lower key.
 
     Returns values (..., Lq, k), in the weights' dtype, and int64 key indices (..., Lq, k); `k` past
     the number of keys is cut to it. Keys that `blocked` masks (as in `row_stats`) are never
-    returned: a row with fewer than `k` open keys ends in value NaN, index -1.
+    returned: a row with fewer than `k` open keys ends in value NaN, index -1. `weights` may be an
+    `AttentionResult`, as in `row_stats`: its mask and causal flag are the blocked keys.
     """
+    weights, blocked = weights_and_blocked(weights, blocked)
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     compute_dtype = _compute_dtype(weights)

@@ -1,10 +1,14 @@
 """The one result type of every computation, whole or in blocks, and its plain descriptions.
 
-No I/O, no printing.
+No I/O, no printing. A result shows itself from Python: `repr` is a few lines of shapes, settings
+and figures (never a tensor's values); `__rich__` and `_repr_html_` are the CLI's own view, drawn
+by `attncli.show` (the layer above `present/`, imported when a result is first drawn).
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +41,7 @@ class KeptTable:
     live: np.ndarray  # (...) bool: the matrix has a row with an open key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AttentionResult:
     """What one attention computation gave, and what it was computed from.
 
@@ -81,6 +85,119 @@ class AttentionResult:
         if self.masked_rows is None:
             return []
         return [tuple(int(i) for i in index) for index in self.masked_rows.nonzero().tolist()]
+
+    def masked_keys(self) -> np.ndarray | None:
+        """Where a key was masked for a query (`masked_positions`): bool, True = masked,
+        broadcastable to the weights' shape; None when nothing was masked."""
+        return masked_positions(self)
+
+    def __repr__(self) -> str:
+        return summary(self)
+
+    def __rich__(self) -> Any:
+        """The CLI's view of the result (`rich.print(result)`), as wide as the console."""
+        return _views().ResultView(self)
+
+    def _repr_html_(self) -> str:
+        """The CLI's view as a standalone HTML fragment with inline styles, for notebooks."""
+        html: str = _views().result_html(self)
+        return html
+
+
+def _views() -> Any:
+    # The drawing of a result lives in the layer above present/ (attncli.show); a result reaches it
+    # only when it is drawn, by name, as attncli's lazy exports do, so compute/ never imports Rich.
+    return importlib.import_module("attncli.show")
+
+
+#: Weights per piece when `summary` finds the smallest open weight: bounds its temporaries.
+_SUMMARY_ELEMENTS = 1 << 24
+
+
+def summary(result: AttentionResult) -> str:
+    """A few lines about `result`, in the spirit of lovely-tensors: shapes, dtype, device, scale,
+    mask and causal flag, the smallest and largest weight over open keys, the fully masked rows.
+    Never a tensor's values, whatever the size; one pass over the weights for their range."""
+    shapes = " · ".join(f"{role} {_shape(shape)}" for role, shape in result.input_shapes.items())
+    kept = "weights" if result.weights is not None else "weights not kept"
+    lines = [
+        f"AttentionResult {kept} {_shape(result.weights_shape)} {_dtype(result.dtype)} {result.device}"
+        f" · output {_shape(tuple(result.output.shape))}",
+        f"  {shapes}",
+    ]
+    settings = [f"scale {result.scale:.6g}"]
+    if result.causal:
+        settings.append("causal")
+    if result.mask is not None:
+        settings.append(f"mask {_dtype(result.mask.dtype)} {_shape(tuple(result.mask.shape))}")
+    if result.heads:
+        settings.append(f"{result.heads} heads")
+    if result.query_heads_per_key_head > 1:
+        settings.append(f"grouped: {result.query_heads_per_key_head} query heads per key/value head")
+    if result.masked_rows is not None:
+        rows = int(result.masked_rows.sum())
+        settings.append(f"{rows} row{'' if rows == 1 else 's'} fully masked")
+    if result.method != "blocks" or result.weights is None:
+        settings.append(f"{result.method}, blocks of {result.block_rows} rows")
+    lines.append("  " + " · ".join(settings))
+    figures = []
+    if result.weights is not None and result.weights.numel():
+        low, high = _open_range(result.weights, masked_positions(result))
+        open_keys = " (open keys)" if result.mask is not None or result.causal else ""
+        figures.append(f"weights min={low:.3g} max={high:.3g}{open_keys}")
+    if result.output.numel():
+        output = result.output.detach()
+        figures.append(f"output min={float(output.min()):.3g} max={float(output.max()):.3g}")
+    if figures:
+        lines.append("  " + " · ".join(figures))
+    return "\n".join(lines)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(shape))
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _open_range(weights: torch.Tensor, blocked: np.ndarray | None) -> tuple[float, float]:
+    """The smallest and largest weight over keys not `blocked` (inf, -inf when none is open; NaN
+    when a weight is NaN), a piece of at most _SUMMARY_ELEMENTS weights at a time."""
+    from attncli.analysis.rows import amax_non_negative
+
+    weights = weights.detach()
+    # An axis that `expand` stretched (stride 0) repeats one matrix: its range is that one's.
+    weights = weights[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in weights.stride())]
+    if blocked is None:
+        smallest, largest = torch.aminmax(weights)
+        return float(smallest), float(largest)
+    shut = torch.from_numpy(np.ascontiguousarray(blocked)).to(weights.device)
+    shut = shut.reshape((1,) * (weights.ndim - shut.ndim) + tuple(shut.shape))
+    low: float = math.inf
+    high: float = -math.inf
+    for part, part_shut in _pieces(weights, shut):
+        if part.dtype not in (torch.float32, torch.float64):
+            part = part.float()
+        piece_low = float(part.masked_fill(part_shut, math.inf).amin())
+        # Masked weights are 0 and none is below: the largest over every key is the largest open
+        # one, wherever a key is open (NaN counts as largest here too).
+        piece_high = float(amax_non_negative(part, dim=tuple(range(part.ndim))))
+        if math.isnan(piece_low) or math.isnan(piece_high):
+            return math.nan, math.nan
+        low, high = min(low, piece_low), max(high, piece_high)
+    return (low, high) if low != math.inf else (math.inf, -math.inf)
+
+
+def _pieces(weights: torch.Tensor, shut: torch.Tensor) -> Any:
+    """(weights, blocked) pieces along the leading axes, each of at most _SUMMARY_ELEMENTS weights
+    (or one matrix), `shut` (the weights' rank) broadcast to each."""
+    if weights.numel() <= _SUMMARY_ELEMENTS or weights.ndim <= 2:
+        yield weights, shut.expand(weights.shape)
+        return
+    for index in range(weights.shape[0]):
+        part_shut = shut[index if shut.shape[0] > 1 else 0]
+        yield from _pieces(weights[index], part_shut)
 
 
 def describe(result: AttentionResult) -> dict[str, Any]:
