@@ -234,9 +234,9 @@ def _full_tables():
 def test_a_full_table_is_as_wide_as_its_columns_on_any_console(colour):
     """--full on a narrow console: Rich's table of the same cells drawn where it fits, uncropped."""
     for group in _full_tables():
-        title, cells = group.renderables
+        _title, cells = group.renderables  # the title breaks between its items to fit, as it should
         texts = []
-        for width, picture in ((80, group), (100_000, Group(title, cells.table()))):
+        for width, picture in ((80, cells), (100_000, cells.table())):
             console = Console(
                 file=io.StringIO(),
                 width=width,
