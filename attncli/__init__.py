@@ -3,8 +3,9 @@
 The library API needs no CLI: `attention(query, key, value, ...)` returns an `AttentionResult` with
 `.weights` and `.output` (its `repr` a few lines, `rich.print(result)` and a notebook the CLI's
 view), `show(x, ...)` prints that view of a result, weights or query/key/value, and
-`load_tensor(path)` reads one tensor. All are imported on first use, so that `import attncli` (and
-`attn --help`) stays fast. See docs/python.md.
+`load_tensor(path)` reads one tensor, and `capture(model, tokenizer, texts)` records what a loaded
+Transformers model's attention used, layer by layer. All are imported on first use, so that
+`import attncli` (and `attn --help`) stays fast. See docs/python.md.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from attncli.compute import AttentionResult, attention
     from attncli.io.loaders import load_tensor
+    from attncli.models.capture import capture_model as capture
     from attncli.show import show
 
-__all__ = ["AttentionResult", "__version__", "attention", "load_tensor", "show"]
+__all__ = ["AttentionResult", "__version__", "attention", "capture", "load_tensor", "show"]
 
 _LAZY = {
     "attention": "attncli.compute",
     "AttentionResult": "attncli.compute",
     "load_tensor": "attncli.io.loaders",
     "show": "attncli.show",
+    "capture": ("attncli.models.capture", "capture_model"),
 }
 
 
@@ -32,5 +35,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        where = _LAZY[name]
+        module, attribute = where if isinstance(where, tuple) else (where, name)
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'attncli' has no attribute {name!r}")

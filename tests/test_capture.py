@@ -438,3 +438,38 @@ def test_attn_model_shows_several_layers_stacked_and_checks_each_against_the_mod
         own = reference.probabilities[layer].numpy()
         rows = ~np.isnan(own).any(axis=-1) & (np.nansum(own, axis=-1) > 0)
         np.testing.assert_allclose(weights[layer][rows], own[rows], atol=1e-5)
+
+
+def test_capture_from_a_loaded_model_equals_the_folders(models):
+    """attncli.capture(model, tokenizer, texts) on a model already loaded records what capturing
+    its folder records, leaves the model's attention implementation as it was, and each layer's
+    attention() equals the model's own probabilities; encoded inputs work without a tokenizer."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import attncli
+
+    folder = models["llama"]
+    model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    before = model.config._attn_implementation
+    loaded = attncli.capture(model, tokenizer, TEXTS, reference=True)
+    assert model.config._attn_implementation == before
+    from_folder = capture.capture(folder, TEXTS)
+    assert sorted(loaded.layers) == sorted(from_folder.layers)
+    assert loaded.tokens == from_folder.tokens
+    assert loaded.lengths == from_folder.lengths
+    for index, layer in loaded.layers.items():
+        other = from_folder.layers[index]
+        for role in ("query", "key", "value", "mask"):
+            assert torch.equal(getattr(layer, role), getattr(other, role)), (index, role)
+        assert layer.scaling == other.scaling
+        weights = layer.attention().weights
+        real = torch.arange(weights.shape[-2])[None, :] < torch.tensor(loaded.lengths)[:, None]  # (B, L)
+        difference = (weights - loaded.probabilities[index]).abs()[real[:, None, :, None].expand_as(weights)]
+        assert float(difference.max()) <= capture.TOLERANCE
+    encoded = tokenizer(["the cat"], return_tensors="pt")
+    by_ids = attncli.capture(model, encoded, layers=[0])
+    assert list(by_ids.layers) == [0]
+    assert by_ids.tokens == [[str(i) for i in encoded["input_ids"][0].tolist()]]
+    assert torch.equal(by_ids.layers[0].query, attncli.capture(model, tokenizer, "the cat").layers[0].query)

@@ -453,3 +453,27 @@ def test_docs_python_md_is_what_the_program_prints(monkeypatch, capsys):
         exec(compile(source + "\n", "<docs/python.md>", "single"), namespace)
         got = capsys.readouterr().out
         assert [line.rstrip() for line in got.rstrip("\n").splitlines()] == expected.splitlines(), source
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_head_scores_of_a_result_equal_attn_heads_json(tmp_path, causal):
+    """`analysis.heads.head_scores(result, tokens)` gives what `attn heads --format json` prints
+    for the same masked, grouped input: every score of every (batch, head), token scores included."""
+    from attncli.analysis.heads import head_scores
+
+    problem = gqa_problem()
+    tokens = ["a", "b", "a", "b", "a"]
+    inputs = {role: problem[role] for role in ("query", "key", "value")}
+    result = attncli.attention(**inputs, mask=problem["mask"], causal=causal)
+    np.savez(tmp_path / "qkv.npz", **inputs)
+    np.save(tmp_path / "mask.npy", problem["mask"])
+    command = ["heads", str(tmp_path / "qkv.npz"), "--mask", str(tmp_path / "mask.npy")]
+    command += [*(["--causal"] if causal else []), "--labels", ",".join(tokens), "--format", "json"]
+    done = CliRunner().invoke(app, command)
+    assert done.exit_code == 0, done.output
+    expected = json.loads(done.stdout)["scores"]
+    scores = head_scores(result, tokens)
+    assert sorted(scores) == sorted(expected)
+    for name, values in scores.items():
+        cli = np.array([[np.nan if v is None else v for v in row] for row in expected[name]], float)
+        np.testing.assert_allclose(values.reshape(cli.shape), cli, rtol=1e-6, atol=1e-12, err_msg=name)

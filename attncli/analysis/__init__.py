@@ -2,8 +2,8 @@
 
 Each figure is computed by one function, used by every path (whole runs and runs in blocks). The
 names below are plain data, importable without torch; `row_stats`, `top_k` and `matrix_means`
-(of `attncli.analysis.rows`, which take a weights tensor or an `AttentionResult`) are imported on
-first use.
+(of `attncli.analysis.rows`, which take a weights tensor or an `AttentionResult`) and
+`head_scores` (of `attncli.analysis.heads`, which takes a result) are imported on first use.
 """
 
 from __future__ import annotations
@@ -11,9 +11,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from attncli.analysis.heads import head_scores
     from attncli.analysis.rows import matrix_means, row_stats, top_k
 
-__all__ = ["MEAN_NAMES", "PATTERN_NAMES", "SCORE_NAMES", "STAT_NAMES", "matrix_means", "row_stats", "top_k"]
+__all__ = [
+    "MEAN_NAMES",
+    "PATTERN_NAMES",
+    "SCORE_NAMES",
+    "STAT_NAMES",
+    "head_scores",
+    "matrix_means",
+    "row_stats",
+    "top_k",
+]
 
 #: The per-row statistics of `attn compute --stats` (attncli.analysis.rows.RowStats), as saved and shown.
 STAT_NAMES: tuple[str, ...] = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
@@ -37,8 +47,9 @@ SCORE_WORDS = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("matrix_means", "row_stats", "top_k"):
-        import importlib  # by name, as attncli's lazy exports: rows imports the names above
+    if name in ("matrix_means", "row_stats", "top_k", "head_scores"):
+        import importlib  # by name, as attncli's lazy exports: rows and heads import the names above
 
-        return getattr(importlib.import_module("attncli.analysis.rows"), name)
+        module = "attncli.analysis.heads" if name == "head_scores" else "attncli.analysis.rows"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'attncli.analysis' has no attribute {name!r}")

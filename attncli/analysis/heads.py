@@ -17,12 +17,16 @@ blocks, compute/sinks.py); `head_means` takes the rows of every block. No I/O, n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from attncli.analysis import PATTERN_NAMES, SCORE_NAMES, SCORE_WORDS, TOKEN_SCORES
+
+if TYPE_CHECKING:
+    from attncli.analysis.rows import MaskedWeights
 
 __all__ = [
     "PATTERN_NAMES",
@@ -30,6 +34,7 @@ __all__ = [
     "SCORE_WORDS",
     "TOKEN_SCORES",
     "head_means",
+    "head_scores",
     "pattern_rows",
     "rollout",
     "token_ids",
@@ -120,3 +125,40 @@ def rollout(layer_weights: list[np.ndarray]) -> np.ndarray:
     if result is None:
         raise ValueError("rollout needs at least one layer")
     return result
+
+
+def head_scores(
+    result: MaskedWeights,
+    tokens: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    counted: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Every head score of an `AttentionResult` (its weights kept, as `attention` keeps them), as
+    `attn heads` gives them: each (...) of the weights' leading axes (batch and heads), the mean over
+    the query rows that are not fully masked (and `counted`, bool broadcasting to (..., Lq), e.g.
+    False for padding) of each row's figure; its mask and causal flag are the masked keys.
+    `tokens` (one list of the positions' tokens, or one per batch entry) add `duplicate` and
+    `induction` (self-attention only: as many queries as keys)."""
+    from attncli.analysis.rows import row_stats, weights_and_blocked
+
+    weights, blocked = weights_and_blocked(result, None)
+    shut = None if blocked is None else torch.as_tensor(np.asarray(blocked), device=weights.device)
+    *lead, lq, lk = weights.shape
+    ids = None
+    if tokens is not None and lq == lk:
+        rows_of_tokens = (
+            [[str(t) for t in tokens]]
+            if tokens and isinstance(tokens[0], str)
+            else [[str(t) for t in row] for row in tokens]
+        )
+        array = torch.as_tensor(token_ids(rows_of_tokens), device=weights.device)  # (B or 1, L)
+        ids = array.reshape(array.shape[0], *([1] * max(len(lead) - 1, 0)), lq) if lead else array[0]
+    stats = row_stats(weights, shut)
+    rows = {name: getattr(stats, name) for name in ("entropy", "sink", "distance")}
+    rows |= pattern_rows(weights, shut, row_offset=0, queries=lq, query_ids=ids, key_ids=ids)
+    live: np.ndarray | None = None
+    if shut is not None:
+        live = np.asarray(~np.broadcast_to(shut.cpu().numpy(), weights.shape).all(axis=-1))
+    if counted is not None:
+        live = counted if live is None else live & counted
+    figures = {name: values.detach().cpu().double().numpy() for name, values in rows.items()}
+    return head_means(figures, live)

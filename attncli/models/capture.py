@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,13 @@ class LayerCapture:
     value: torch.Tensor  # (batch, key/value heads, positions, value head size)
     mask: torch.Tensor  # (batch, 1 or heads, positions, positions): bool, True = may attend
     scaling: float
+
+    def attention(self, **options: Any) -> Any:
+        """This layer's attention as attncli computes it (`attncli.attention` with the layer's
+        mask and scale; `options` as it takes them): an `AttentionResult` for `attncli.show`."""
+        from attncli.compute import attention
+
+        return attention(self.query, self.key, self.value, mask=self.mask, scale=self.scaling, **options)
 
 
 @dataclass(frozen=True)
@@ -152,54 +159,130 @@ def capture(
     if not texts:
         raise UsageError("no text: give one as an argument, with --text, or with --texts-file")
     require_transformers()
-    import torch
-
     with _quiet():
         tokenizer, model = _load(folder)
-        count = getattr(model.config, "num_hidden_layers", None)
-        chosen = _chosen_layers(layers, count, option) if isinstance(count, int) else None
         encoded = _encode(tokenizer, texts, model.config, folder)
-        calls: list[_Call] = []
-        token = _calls.set(calls)
+        return _capture_encoded(
+            model, tokenizer, encoded, list(texts), layers, str(folder), reference=reference, option=option
+        )
+
+
+def capture_model(
+    model: Any,
+    tokenizer_or_inputs: Any,
+    texts: str | Sequence[str] | None = None,
+    *,
+    layers: Sequence[int | slice] | None = None,
+    reference: bool = False,
+) -> Capture:
+    """`capture` for a Transformers model already loaded (`AutoModel.from_pretrained(...)`; the
+    inputs go to the device of its weights): with its tokenizer and `texts` (a string or several,
+    padded on the right), or with inputs already encoded (a mapping holding `input_ids`, maybe
+    `attention_mask`; tokens are then named by their ids). The model's attention implementation
+    is switched to the recording one for the pass and put back after. Each layer's
+    query/key/value/mask go to `attention`: `capture.layers[i].attention()`.
+    """
+    require_transformers("attncli.capture")
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    label = f"{type(model).__name__}"
+    if not hasattr(model, "set_attn_implementation") or not hasattr(model, "config"):
+        raise UsageError(f"capture: {label} is not a Transformers model (it has no set_attn_implementation)")
+    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
+    AttentionInterface.register(IMPLEMENTATION, _record_and_attend)
+    tokenizer = None
+    if isinstance(tokenizer_or_inputs, Mapping) or hasattr(tokenizer_or_inputs, "keys"):
+        if texts is not None:
+            raise UsageError("capture: give texts with a tokenizer, not with inputs already encoded")
+        encoded = dict(tokenizer_or_inputs)
+        if "input_ids" not in encoded:
+            raise UsageError("capture: the inputs hold no input_ids")
+        names = [str(n) for n in range(int(encoded["input_ids"].shape[0]))]
+    else:
+        tokenizer = tokenizer_or_inputs
+        chosen = [texts] if isinstance(texts, str) else list(texts or ())
+        if not chosen:
+            raise UsageError("capture: no text to run the model over")
+        side, pad = tokenizer.padding_side, tokenizer.pad_token
         try:
-            _forward(model, encoded, folder)
-        finally:
-            _calls.reset(token)
-        if not calls:
+            encoded = _encode(tokenizer, chosen, model.config, label)
+        finally:  # the caller's tokenizer as it was (_encode pads on the right, maybe with a pad token)
+            tokenizer.padding_side, tokenizer.pad_token = side, pad
+        names = chosen
+    first = next(iter(model.parameters()), None)
+    if first is not None:  # the inputs go where the model's weights are
+        encoded = {
+            name: value.to(first.device) if hasattr(value, "to") else value for name, value in encoded.items()
+        }
+    before = getattr(model.config, "_attn_implementation", None)
+    model.set_attn_implementation(IMPLEMENTATION)
+    try:
+        return _capture_encoded(model, tokenizer, encoded, names, layers, label, reference=reference)
+    finally:
+        model.set_attn_implementation(before or "eager")
+
+
+def _capture_encoded(
+    model: Any,
+    tokenizer: Any,
+    encoded: Any,
+    texts: list[str],
+    layers: Sequence[int | slice] | None,
+    label: str,
+    *,
+    reference: bool = False,
+    option: str = "layers",
+) -> Capture:
+    """The recording pass (and with `reference` the model's own probabilities) over `encoded`."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    chosen = _chosen_layers(layers, count, option) if isinstance(count, int) else None
+    calls: list[_Call] = []
+    token = _calls.set(calls)
+    try:
+        _forward(model, encoded, label)
+    finally:
+        _calls.reset(token)
+    if not calls:
+        raise InputError(
+            f"{label}: the model ({type(model).__name__}) never called a registered attention function; "
+            "attncli captures from models that support attn_implementation"
+        )
+    keys = _layer_keys(calls)
+    count = len(calls) if count is None else count
+    chosen = _chosen_layers(layers, count, option) if chosen is None else chosen
+    captured = {key: call.layer for key, call in zip(keys, calls, strict=True) if key in chosen}
+    missing = sorted(set(chosen) - set(captured))
+    if missing:
+        raise InputError(f"{label}: the model ran no attention for layer {missing[0]}")
+    probabilities = {}
+    if reference:
+        model.set_attn_implementation("eager")
+        outputs = _forward(model, encoded, label, output_attentions=True)
+        attentions = getattr(outputs, "attentions", None) or ()
+        if len(attentions) != len(calls):
             raise InputError(
-                f"{folder}: the model ({type(model).__name__}) never called a registered attention function; "
-                "attncli captures from models that support attn_implementation"
+                f"{label}: the model returned {len(attentions)} attention maps for {len(calls)} "
+                "attention layers; cannot compare with its own probabilities"
             )
-        keys = _layer_keys(calls)
-        count = len(calls) if count is None else count
-        chosen = _chosen_layers(layers, count, option) if chosen is None else chosen
-        captured = {key: call.layer for key, call in zip(keys, calls, strict=True) if key in chosen}
-        missing = sorted(set(chosen) - set(captured))
-        if missing:
-            raise InputError(f"{folder}: the model ran no attention for layer {missing[0]}")
-        probabilities = {}
-        if reference:
-            model.set_attn_implementation("eager")
-            outputs = _forward(model, encoded, folder, output_attentions=True)
-            attentions = getattr(outputs, "attentions", None) or ()
-            if len(attentions) != len(calls):
-                raise InputError(
-                    f"{folder}: the model returned {len(attentions)} attention maps for {len(calls)} "
-                    "attention layers; cannot compare with its own probabilities"
-                )
-            probabilities = {
-                key: weights.detach()
-                for key, weights in zip(keys, attentions, strict=True)
-                if key in captured
-            }
+        probabilities = {
+            key: weights.detach() for key, weights in zip(keys, attentions, strict=True) if key in captured
+        }
     ids = encoded["input_ids"]
+    if tokenizer is not None:
+        tokens = [[str(t) for t in tokenizer.convert_ids_to_tokens(row.tolist())] for row in ids]
+    else:
+        tokens = [[str(t) for t in row.tolist()] for row in ids]
+    mask = encoded.get("attention_mask") if hasattr(encoded, "get") else None
     return Capture(
-        model=str(model_dir),
+        model=label,
         model_type=str(getattr(model.config, "model_type", "")),
-        texts=list(texts),
-        tokens=[[str(t) for t in tokenizer.convert_ids_to_tokens(row.tolist())] for row in ids],
-        lengths=[int(n) for n in encoded["attention_mask"].sum(-1).tolist()]
-        if "attention_mask" in encoded
+        texts=texts,
+        tokens=tokens,
+        lengths=[int(n) for n in mask.sum(-1).tolist()]
+        if mask is not None
         else [int(ids.shape[-1])] * int(ids.shape[0]),
         num_layers=count,
         layers=dict(sorted(captured.items())),
@@ -432,7 +515,7 @@ def _chosen_layers(layers: Sequence[int | slice] | None, count: int, option: str
     return resolve_indices(layers, count, option, "layers")
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], config: Any, folder: Path) -> Any:
+def _encode(tokenizer: Any, texts: Sequence[str], config: Any, folder: Path | str) -> Any:
     tokenizer.padding_side = "right"
     if len(texts) > 1 and tokenizer.pad_token is None:
         # Decoder tokenizers often have no padding token; any token will do under a key mask.
@@ -450,7 +533,7 @@ def _encode(tokenizer: Any, texts: Sequence[str], config: Any, folder: Path) -> 
     return encoded
 
 
-def _forward(model: Any, encoded: Any, folder: Path, **options: Any) -> Any:
+def _forward(model: Any, encoded: Any, folder: Path | str, **options: Any) -> Any:
     import torch
 
     try:
