@@ -271,13 +271,15 @@ def test_output_names_too_long_are_usage_errors(tmp_path, option, where):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 def test_stdout_full_or_closed_is_status_3_with_one_line():
-    """`> /dev/full` and `>&-` were internal errors (70); `-q` writes nothing and stays 0."""
+    """`> /dev/full` and `>&-` were internal errors (70); `-q` writes nothing and stays 0. The
+    mapping is the command group's, for every command: JSON and Rich tables are written by inspect,
+    which starts without torch (compute, which imports it, is the -q case)."""
     base = [sys.executable, "-m", "attncli"]
     cases = [
-        ([*base, "compute", SEED, "--format", "json"], "full", 3, "No space left on device"),
-        ([*base, "compute", SEED], "full", 3, "No space left on device"),
+        ([*base, "inspect", SEED, "--format", "json"], "full", 3, "No space left on device"),
+        ([*base, "inspect", SEED], "full", 3, "No space left on device"),
         ([*base, "--help"], "full", 3, "No space left on device"),
-        ([*base, "compute", SEED, "--format", "json"], "closed", 3, "stdout is closed"),
+        ([*base, "inspect", SEED, "--format", "json"], "closed", 3, "stdout is closed"),
         ([*base, "compute", SEED, "-q"], "closed", 0, ""),
     ]
     running = []  # all at once: five interpreter start-ups side by side, not one after another
