@@ -928,3 +928,32 @@ def test_largest_finite_values_of_the_compute_dtype_pass_the_range_check(dtype):
     result = attention(query, ones, ones, dtype=dtype)
     assert torch.isfinite(result.weights).all()
     assert float(result.weights.sum()) == 1.0  # one key: all the weight
+
+
+def test_large_weights_buffers_are_huge_page_mappings_that_live_with_their_tensor(monkeypatch):
+    """From HUGE_BYTES up (on Linux), the weights buffer is a mapping of its own advised to use huge
+    pages (a library cannot set THP_MEM_ALLOC_ENABLE for torch): writable, the tensor's shape and
+    dtype, alive as long as the tensor is; the attention computed in it equals the float64 reference."""
+    import gc
+    import mmap
+
+    from attncli.compute import buffers
+
+    monkeypatch.setattr(buffers, "_TORCH_HUGE", False)  # as in a script that did not set the variable
+    small = buffers.empty((4, 4), torch.float32, torch.device("cpu"))
+    assert small.shape == (4, 4)
+    shape = (2, 1024, 1024)  # 8 MiB of float32
+    large = buffers.empty(shape, torch.float32, torch.device("cpu"))
+    assert (large.shape, large.dtype, large.is_contiguous()) == (shape, torch.float32, True)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        # a mapping of its own starts on a page (malloc's large chunks start 16 bytes into theirs)
+        assert large.untyped_storage().data_ptr() % mmap.PAGESIZE == 0
+    large.fill_(0.25)
+    gc.collect()
+    assert float(large.sum()) == 0.25 * large.numel()
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((2, 1024, 16)).astype(np.float32) for _ in range(3))
+    result = attention(q, k, v, causal=True)
+    weights, output = reference_attention(q, k, v, causal=True)
+    np.testing.assert_allclose(result.weights.numpy(), weights, atol=1e-6)
+    np.testing.assert_allclose(result.output.numpy(), output, atol=1e-5)

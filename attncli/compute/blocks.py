@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attncli.compute import buffers
 from attncli.compute.prepare import Prepared, blocked_keys, causal_hidden
 from attncli.errors import InputError
 
@@ -82,7 +83,13 @@ def _block(
         k = k.unsqueeze(-3)  # (..., Hkv, 1, W, D)
         v = v.unsqueeze(-3)  # (..., Hkv, 1, W, Dv)
     # Scaling the query (n x D numbers) costs less than scaling the scores (n x W).
-    scores = torch.matmul(q * p.scale, k.transpose(-2, -1))  # (..., n, D) @ (..., D, W) -> (..., n, W)
+    scaled = q * p.scale
+    if scaled.requires_grad or k.requires_grad:  # out= takes no part in autograd
+        scores = torch.matmul(scaled, k.transpose(-2, -1))
+    else:  # (..., n, D) @ (..., D, W) -> (..., n, W), into a buffer of huge pages where it is large
+        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])  # type: ignore[no-untyped-call]
+        buffer = buffers.empty((*lead, n, k.shape[-2]), scaled.dtype, scaled.device)
+        scores = torch.matmul(scaled, k.transpose(-2, -1), out=buffer)
     if p.may_overflow and not bool(torch.isfinite(scores).all()):
         wider = "" if scores.dtype == torch.float64 else ", or use --dtype float64"
         raise InputError(

@@ -853,7 +853,64 @@ def bench_heads(env: dict[str, str], workdir: Path, repeats: int, warmup: int) -
     return timed_rows(samples, pairs, HEADS_TARGET)
 
 
-SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json", "heads", "check")
+# --- 10. the Python API from a plain script --------------------------------------------------------
+
+API_TARGET = 1.3  # attncli.attention from a fresh `python`, no environment variables, vs SDPA
+
+API_SCRIPT = """\
+import json, sys, time
+import torch
+import torch.nn.functional as F
+import attncli
+
+shapes, dtypes, rounds = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+samples = {}
+for shape in shapes:
+    generator = torch.Generator().manual_seed(0)
+    base = [torch.randn(shape, generator=generator) for _ in range(3)]
+    for name in dtypes:
+        q, k, v = (t.to(getattr(torch, name)) for t in base)
+        calls = {
+            "api": lambda: attncli.attention(q, k, v),
+            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
+        }
+        for round_ in range(rounds + 1):  # the first round warms up
+            for variant, call in sorted(calls.items(), reverse=round_ % 2 == 1):
+                start = time.perf_counter()
+                result = call()
+                seconds = time.perf_counter() - start
+                del result
+                if round_:
+                    samples.setdefault(f"{variant} {shape} {name}", []).append(seconds)
+print(json.dumps(samples))
+"""
+
+
+def bench_api(env: dict[str, str], repeats: int) -> list[Row]:
+    """`attncli.attention` called from a plain script: a fresh `python` without the variables the
+    `attn` command sets (THP_MEM_ALLOC_ENABLE), against scaled_dot_product_attention in the same
+    process, interleaved."""
+    clean = {name: value for name, value in env.items() if name != "THP_MEM_ALLOC_ENABLE"}
+    shapes = [list(shape) for shape in SHAPES]
+    argv = [sys.executable, "-c", API_SCRIPT, json.dumps(shapes), json.dumps(list(FULL_DTYPES)), str(repeats)]
+    done = subprocess.run(argv, cwd=REPO, env=clean, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"the API script exited {done.returncode}: {done.stderr.strip()[-200:]}")
+    samples = json.loads(done.stdout)
+    RUNS["api"] = repeats
+    pairs = [
+        (
+            f"api {_shape(shape)} {name} vs SDPA (plain script)",
+            f"api {list(shape)} {name}",
+            f"sdpa {list(shape)} {name}",
+        )
+        for shape in SHAPES
+        for name in FULL_DTYPES
+    ]
+    return timed_rows(samples, pairs, API_TARGET)
+
+
+SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json", "heads", "check", "api")
 #: The sections this run measures (--only); all by default.
 CHOSEN: set[str] = set(SECTIONS)
 
@@ -916,6 +973,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += guarded("heads", lambda: bench_heads(env, Path(workdir), job_n, 1))
     with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
         rows += guarded("check", lambda: bench_check(env, Path(workdir), job_n, options.quick))
+    rows += guarded("api", lambda: bench_api(env, time_n))
 
     import torch
 
