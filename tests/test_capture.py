@@ -473,3 +473,22 @@ def test_capture_from_a_loaded_model_equals_the_folders(models):
     assert list(by_ids.layers) == [0]
     assert by_ids.tokens == [[str(i) for i in encoded["input_ids"][0].tolist()]]
     assert torch.equal(by_ids.layers[0].query, attncli.capture(model, tokenizer, "the cat").layers[0].query)
+
+
+def test_model_check_gives_the_progress_bar_its_rows(models, monkeypatch):
+    """`attn model --check` checks as compute does, with the same progress bar of query rows."""
+    from attncli.cli import _display
+
+    bars = []
+    real = _display._progress
+
+    def recording(total, *, enabled, what="query rows"):
+        bars.append((total, what))
+        with real(total, enabled=enabled, what=what) as advance:
+            yield advance
+
+    monkeypatch.setattr(_display, "_progress", _display.contextmanager(recording))
+    result = invoke("model", str(models["llama"]), "the cat", "--layer", "0", "--check")
+    assert result.exit_code == 0, result.output
+    assert "checking query rows" in [what for _, what in bars]
+    assert "|diff| vs allowed" in result.stdout

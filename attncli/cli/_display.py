@@ -390,13 +390,7 @@ def compute_and_finish(
 
     if plan.method == "whole":
         result = attend_for_view(problem, display)
-        comparisons = []
-        if check:
-            from attncli.compute.check import check as check_against_references
-
-            lq = problem.weights_shape[-2]
-            with _progress(lq, enabled=not display.quiet, what="checking query rows") as advance:
-                comparisons = check_against_references(problem, result, progress=advance)
+        comparisons = checked(problem, result, display) if check else []
         finish(result, sources, mask_label, target, display, comparisons=comparisons)
         return comparisons
 
@@ -615,6 +609,15 @@ def _warn_masked_rows(rows: Sequence[tuple[int, ...]]) -> None:
     if rows:
         shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
         warn(f"{len(rows)} query row(s) have every key masked; their weights and output are 0: {shown}")
+
+
+def checked(problem: Prepared, result: AttentionResult, display: Display) -> list[ReferenceCheck]:
+    """--check: `result` against the fused kernel and the float64 maths, with a progress bar."""
+    from attncli.compute.check import check
+
+    lq = problem.weights_shape[-2]
+    with _progress(lq, enabled=not display.quiet, what="checking query rows") as advance:
+        return check(problem, result, progress=advance)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from attncli.cli._display import (
     ViewOption,
     attend_for_view,
     check_exports,
+    checked,
     color_mode,
     finish,
     parse_show,
@@ -180,11 +181,7 @@ def model_command(
     # the model's own probabilities, stacked as the layers are: one verdict for all of them
     own = [captured.probabilities[number] for number in layers]
     agreement = capture.agreement(result.weights, own[0] if one else torch.stack(own), result.masked_rows)
-    comparisons = []
-    if check:
-        from attncli.compute.check import check as check_against_references
-
-        comparisons = check_against_references(problem, result)
+    comparisons = checked(problem, result, display) if check else []
     extra: dict[str, Any] = {"model": model_dir, "texts": captured.texts, "tokens": captured.tokens}
     extra |= {"layer": layers[0]} if one else {"layers": layers}
     finish(
