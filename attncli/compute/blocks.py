@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from attncli.compute import buffers
@@ -87,7 +88,8 @@ def _block(
     if scaled.requires_grad or k.requires_grad:  # out= takes no part in autograd
         scores = torch.matmul(scaled, k.transpose(-2, -1))
     else:  # (..., n, D) @ (..., D, W) -> (..., n, W), into a buffer of huge pages where it is large
-        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])  # type: ignore[no-untyped-call]
+        # NumPy's: torch.broadcast_shapes imports sympy (0.8 s) on its first call
+        lead = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]))
         buffer = buffers.empty((*lead, n, k.shape[-2]), scaled.dtype, scaled.device)
         scores = torch.matmul(scaled, k.transpose(-2, -1), out=buffer)
     if p.may_overflow and not bool(torch.isfinite(scores).all()):

@@ -13,6 +13,7 @@ performance work.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -213,6 +214,14 @@ class Row:
     ratio: float | None
     target: str
     verdict: str  # pass, FAIL or skip
+    #: Timed rows: the ratio of the two variants' fastest runs (what the machine allows when no
+    #: neighbour is busy), and whether a run of either was disturbed (DISTURBED x its median or more).
+    minimum: float | None = None
+    disturbed: bool = False
+
+
+#: A run this many times its variant's median was slowed by something else on the machine.
+DISTURBED = 1.5
 
 
 # --- measuring ---------------------------------------------------------------------------------------
@@ -268,7 +277,10 @@ def timed_rows(
     for case, measured, baseline in pairs:
         m, b = statistics.median(samples[measured]), statistics.median(samples[baseline])
         ratio = statistics.median(x / y for x, y in zip(samples[measured], samples[baseline], strict=True))
-        rows.append(_ratio_row(case, _ms(m), _ms(b), ratio, target))
+        row = _ratio_row(case, _ms(m), _ms(b), ratio, target)
+        fastest = min(samples[measured]) / min(samples[baseline])
+        disturbed = max(samples[measured]) >= DISTURBED * m or max(samples[baseline]) >= DISTURBED * b
+        rows.append(dataclasses.replace(row, minimum=fastest, disturbed=disturbed))
     return rows
 
 
@@ -730,13 +742,21 @@ def machine_line() -> str:
 
 
 def print_table(rows: Sequence[Row]) -> None:
-    header = ("case", "measured", "baseline", "ratio", "target", "pass/fail")
+    header = ("case", "measured", "baseline", "ratio", "min", "target", "pass/fail")
     cells = [
-        (r.case, r.measured, r.baseline, "-" if r.ratio is None else f"{r.ratio:.2f}", r.target, r.verdict)
+        (
+            r.case,
+            r.measured,
+            r.baseline,
+            "-" if r.ratio is None else f"{r.ratio:.2f}",
+            "-" if r.minimum is None else f"{r.minimum:.2f}",
+            r.target,
+            r.verdict + (" (disturbed)" if r.disturbed else ""),
+        )
         for r in rows
     ]
     widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
-    right = {1, 2, 3}  # numbers right-aligned
+    right = {1, 2, 3, 4}  # numbers right-aligned
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(
@@ -992,7 +1012,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         "ratio = measured / baseline. Times: medians of interleaved runs, the variants alternating, after "
-        "warm-up, and the ratio is the median of the per-round ratios; the weights path in one process, "
+        "warm-up, and the ratio is the median of the per-round ratios (min: the ratio of the fastest runs; "
+        f"disturbed: a run took {DISTURBED:g}x its median or more); the weights path in one process, "
         "torch's default threads. Memory: median over fresh "
         "processes of the peak RSS (CUDA: max_memory_allocated) minus that with the inputs made, vs the "
         "bytes of inputs + weights + output."
