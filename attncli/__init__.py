@@ -16,9 +16,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from attncli.compute import AttentionResult, attention
+    from attncli.display import show
     from attncli.io.loaders import load_tensor
     from attncli.models.capture import capture_model as capture
-    from attncli.show import show
 
 __all__ = ["AttentionResult", "__version__", "attention", "capture", "load_tensor", "show"]
 
@@ -26,7 +26,7 @@ _LAZY = {
     "attention": "attncli.compute",
     "AttentionResult": "attncli.compute",
     "load_tensor": "attncli.io.loaders",
-    "show": "attncli.show",
+    "show": "attncli.display",
     "capture": ("attncli.models.capture", "capture_model"),
 }
 

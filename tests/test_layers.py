@@ -18,11 +18,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "attncli"
 LAYERS = ("base", "io", "analysis", "compute", "models", "present", "api", "cli")
 BASE = {"attncli", "attncli.errors", "attncli.selection", "attncli.demo"}
 ENTRY = "attncli.__main__"  # `python -m attncli`: the command line
-API = {"attncli.show"}  # views of arrays and results for Python: present/ drawing compute/'s consumers
+API = {"attncli.display"}  # views of arrays and results for Python: present/ drawing compute/'s consumers
 #: The only imports up the layers, each made at call time (importlib, inside a method), each with
 #: its reason: no module above is imported while the lower one loads.
 UPCALLS = {
-    ("attncli.compute.result", "attncli.show"): "a result draws itself (__rich__, _repr_html_) "
+    ("attncli.compute.result", "attncli.display"): "a result draws itself (__rich__, _repr_html_) "
     "with the API's views, only when it is drawn",
 }
 #: Layers that must never import torch, directly or through the modules they import.

@@ -13,9 +13,9 @@ from rich.console import Console, Group
 from rich.style import Style
 from rich.text import Text
 
+from attncli.display import weights_view
 from attncli.present.options import ViewOptions
 from attncli.present.tables import output_table, visible_indices, weight_table
-from attncli.show import weights_view
 
 GOLDEN = Path(__file__).parent / "golden"
 # ATTNCLI_UPDATE_GOLDEN=1 pytest tests/test_render.py writes the golden files anew, on purpose; without

@@ -2,7 +2,7 @@
 
 No I/O, no printing. A result shows itself from Python: `repr` is a few lines of shapes, settings
 and figures (never a tensor's values); `__rich__` and `_repr_html_` are the CLI's own view, drawn
-by `attncli.show` (the layer above `present/`, imported when a result is first drawn).
+by `attncli.display` (the layer above `present/`, imported when a result is first drawn).
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ class AttentionResult:
 
 
 def _views() -> Any:
-    # The drawing of a result lives in the layer above present/ (attncli.show); a result reaches it
+    # The drawing of a result lives in the layer above present/ (attncli.display); a result reaches it
     # only when it is drawn, by name, as attncli's lazy exports do, so compute/ never imports Rich.
-    return importlib.import_module("attncli.show")
+    return importlib.import_module("attncli.display")
 
 
 #: Weights per piece when `summary` finds the smallest open weight: bounds its temporaries.

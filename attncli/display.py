@@ -2,18 +2,13 @@
 
 Drawn as every run's view is: the weights go once through the consumers a computation feeds (the
 table's cells and figures, the pooled picture, the row statistics), then `present.tables.result_view`.
-`show(x)` prints it for an `AttentionResult`, a weights array or query/key/value; `ResultView` and
-`result_html` are what a result's `__rich__` and `_repr_html_` give.
-
-`attncli.show` names both this module and its `show`: importing the module binds it to the
-package's name, so the module is callable, and calling it calls `show`.
+`show(x)` (exported as `attncli.show`) prints it for an `AttentionResult`, a weights array or
+query/key/value; `ResultView` and `result_html` are what a result's `__rich__` and `_repr_html_` give.
 """
 
 from __future__ import annotations
 
 import io
-import sys
-import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -352,13 +347,3 @@ def _weights_alone(weights: np.ndarray, options: ViewOptions, mask: Any, causal:
     if mask is not None:
         what.append(f"  mask {np.asarray(mask).dtype} {np.asarray(mask).shape}", style="dim")
     return Group(what, *view.renderables[1:])  # result_view's first part is the header
-
-
-class _CallableModule(types.ModuleType):
-    """This module, called, is `show` (see the module's docstring)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        show(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
