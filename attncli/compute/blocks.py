@@ -85,7 +85,9 @@ def _block(
         v = v.unsqueeze(-3)  # (..., Hkv, 1, W, Dv)
     # Scaling the query (n x D numbers) costs less than scaling the scores (n x W).
     scaled = q * p.scale
-    if scaled.requires_grad or k.requires_grad:  # out= takes no part in autograd
+    whole = first_row == 0 and n == p.weights_shape[-2]  # one block: its weights are the result's
+    if scaled.requires_grad or k.requires_grad or not whole:  # out= takes no part in autograd
+        # blocks of a longer run reuse the buffers malloc kept from the block before
         scores = torch.matmul(scaled, k.transpose(-2, -1))
     else:  # (..., n, D) @ (..., D, W) -> (..., n, W), into a buffer of huge pages where it is large
         # NumPy's: torch.broadcast_shapes imports sympy (0.8 s) on its first call
