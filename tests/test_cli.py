@@ -549,6 +549,34 @@ def test_help_and_usage_errors_import_neither_torch_nor_numpy_nor_transformers()
 
 
 @pytest.mark.slow
+def test_bad_input_files_are_reported_before_torch_is_imported(tmp_path):
+    """A missing, unreadable or malformed input file, or a shape the inputs cannot have, is reported
+    at once: torch's import (most of a second) comes only once the inputs are read and checked."""
+    (tmp_path / "bad.json").write_text("[[1, 2], [3")
+    np.save(tmp_path / "q.npy", np.ones((3, 4), np.float32))
+    probe = (
+        "import sys\n"
+        "from attncli.cli import main\n"
+        "sys.argv = ['attn', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "except SystemExit as done:\n    print('exit', done.code)\n"
+        "print('torch:', 'torch' in sys.modules)\n"
+    )
+    cases = [
+        ["compute", "no-such.npy", "no-such.npy", "no-such.npy"],
+        ["compute", "bad.json"],
+        ["compute", "q.npy", "q.npy", "q.npy", "--labels", "a,b"],
+    ]
+    for args in cases:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        )
+        assert "exit 2" in done.stdout, (args, done.stdout, done.stderr)
+        assert "torch: False" in done.stdout, (args, done.stdout)
+        assert done.stderr.startswith("attn: error: "), (args, done.stderr)
+
+
+@pytest.mark.slow
 def test_closed_stdout_pipe_exits_quietly(tmp_path):
     np.save(tmp_path / "x.npy", RNG.standard_normal((300, 16)))  # about 2 MB of JSON: more than a pipe holds
     attn = Path(sys.executable).with_name("attn")

@@ -211,9 +211,11 @@ def compute(
 
     note_inputs([path for path in read if path and path != loaders.STDIN])  # no output may be one
     limit = None if memory_limit is None else _memory_limit(memory_limit)
-    from attncli.compute import heads_note, prepare, resolve_device
+    if device.strip().lower() != "cpu":  # reported before any file is read; the CPU is always there
+        from attncli.compute import resolve_device
 
-    resolve_device(device)  # a missing device is reported before any file is read
+        resolve_device(device)
+    # torch is imported after the files are read: a missing or malformed file is reported at once
     inputs = loaders.load_attention_inputs(specs, stdin, layer=selection.parse_layers(layer))
     if inputs.layers is not None:
         display = replace(display, layers=inputs.layers)
@@ -235,6 +237,8 @@ def compute(
     mask_tensor = loaders.load_mask(mask, stdin) if mask else inputs.mask
     mask_label = inputs.mask_source if mask is None else ("<stdin>" if mask == "-" else mask)
     names = {**inputs.sources, "mask": mask_label or "mask"}
+    from attncli.compute import heads_note, prepare
+
     problem = prepare(
         inputs.query,
         inputs.key,
