@@ -8,6 +8,7 @@ dtypes that the tests assert are derived from the inputs and the specification, 
 from __future__ import annotations
 
 import math
+import mmap
 
 import numpy as np
 import pytest
@@ -957,3 +958,41 @@ def test_large_weights_buffers_are_huge_page_mappings_that_live_with_their_tenso
     weights, output = reference_attention(q, k, v, causal=True)
     np.testing.assert_allclose(result.weights.numpy(), weights, atol=1e-6)
     np.testing.assert_allclose(result.output.numpy(), output, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="huge-page mappings are Linux's")
+def test_a_freed_weights_buffer_is_reused_once_no_tensor_uses_it(monkeypatch):
+    """The mapping of a buffer is kept when its last tensor (views and NumPy arrays of it included)
+    is gone, and the next buffer that fits reuses it (no fresh pages to zero); one still in use never
+    is. Results computed in a reused buffer equal the float64 reference."""
+    from attncli.compute import buffers
+
+    monkeypatch.setattr(buffers, "_TORCH_HUGE", False)
+    monkeypatch.setattr(buffers, "_free", [])
+    cpu = torch.device("cpu")
+    first = buffers.empty((1024, 4096), torch.float32, cpu)  # 16 MiB
+    address = first.data_ptr()
+    array = first[3:].numpy()
+    del first
+    busy = buffers.empty((1024, 4096), torch.float32, cpu)
+    assert busy.data_ptr() != address  # the NumPy view still uses the first mapping
+    del array
+    assert len(buffers._free) == 1
+    again = buffers.empty((1000, 4096), torch.float32, cpu)  # fits the kept mapping
+    assert again.data_ptr() == address
+    assert not buffers._free
+    del again, busy
+    assert len(buffers._free) == buffers.KEEP  # the most recently freed are kept
+    buffers.release()
+    assert not buffers._free
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal((2, 1024, 16)) for _ in range(3))
+    weights, output = reference_attention(q, k, v)
+    addresses = []
+    for _ in range(2):  # the second run computes in the first one's mapping
+        result = attention(q, k, v)
+        np.testing.assert_allclose(result.weights.numpy(), weights, atol=1e-12)
+        np.testing.assert_allclose(result.output.numpy(), output, atol=1e-12)
+        addresses.append(result.weights.data_ptr())
+        del result
+    assert addresses[0] == addresses[1]

@@ -1,4 +1,4 @@
-"""CPU buffers for the weights backed by transparent huge pages.
+"""CPU buffers for the weights backed by transparent huge pages, kept for the next call once freed.
 
 A fresh (n x W) weights buffer of 512 MiB is faulted in 4 KiB at a time: 131,072 page faults, a
 large share of an attention's time on a CPU (the benchmark's `api` rows). Torch backs its own large
@@ -6,6 +6,11 @@ buffers with huge pages only when THP_MEM_ALLOC_ENABLE is set before it is impor
 command does and a library cannot (its user imported torch first). So the weights buffer is mapped
 here and advised MADV_HUGEPAGE (Linux; the kernel's `madvise` mode, the common default, honours it):
 2 MiB a fault. Elsewhere, below HUGE_BYTES, or where torch does it itself, an ordinary `torch.empty`.
+
+Even in huge pages, the kernel zeroes every fresh page: a third of a 512 MiB float64 call. So the
+mapping of a buffer whose last tensor is gone is kept (the most recent KEEP of them, as torch's CUDA
+allocator keeps freed blocks), and the next buffer that fits in it reuses its pages; `release()`
+gives the kept mappings back to the system.
 """
 
 from __future__ import annotations
@@ -13,30 +18,65 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import weakref
 
+import numpy as np
 import torch
 
 #: Buffers from this size up are mapped with huge pages: a few pages' worth, below which faults cost little.
 HUGE_BYTES = 8 << 20
+#: How many freed mappings are kept for reuse (the most recently freed).
+KEEP = 1
 _PAGE = 2 << 20
 _ADVICE = getattr(mmap, "MADV_HUGEPAGE", None)
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
 #: Torch backs its large buffers with huge pages itself (the `attn` command sets this before it
 #: imports torch): its allocator, which reuses what it freed, is then as good.
 _TORCH_HUGE = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+#: Mappings no tensor uses any more, the most recently freed last.
+_free: list[mmap.mmap] = []
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An uninitialised contiguous tensor of `shape`: on the CPU, from HUGE_BYTES up and where the
-    platform has MADV_HUGEPAGE, in its own mapping advised to use huge pages (freed with the tensor:
-    the tensor keeps the mapping alive); else `torch.empty`."""
+    platform has MADV_HUGEPAGE, in a mapping advised to use huge pages (a kept one it fits in, or a
+    new one), which goes back to the kept ones when the last tensor on it is gone; else `torch.empty`."""
     count = math.prod(shape)
     size = count * torch.empty((), dtype=dtype).element_size()
     if device.type != "cpu" or _ADVICE is None or not _FLAGS or size < HUGE_BYTES or _TORCH_HUGE:
         return torch.empty(shape, dtype=dtype, device=device)
-    try:
-        mapping = mmap.mmap(-1, -(-size // _PAGE) * _PAGE, flags=_FLAGS)
-        mapping.madvise(_ADVICE)
-    except (OSError, ValueError):  # no memory to map, or advice refused: torch's own allocator
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.frombuffer(mapping, dtype=dtype, count=count).view(shape)
+    length = -(-size // _PAGE) * _PAGE
+    mapping = _kept(length)
+    if mapping is None:
+        try:
+            mapping = mmap.mmap(-1, length, flags=_FLAGS)
+            mapping.madvise(_ADVICE)
+        except (OSError, ValueError):  # no memory to map, or advice refused: torch's own allocator
+            return torch.empty(shape, dtype=dtype, device=device)
+    # Torch holds the object it reads a buffer from for as long as any tensor uses the memory: a
+    # NumPy view of the mapping, whose end says the mapping is free (the view keeps it mapped).
+    holder = np.frombuffer(mapping, dtype=np.uint8, count=size)
+    weakref.finalize(holder, _freed, mapping).atexit = False
+    return torch.frombuffer(holder, dtype=dtype, count=count).view(shape)
+
+
+def release() -> None:
+    """Unmap the kept mappings (each goes once nothing refers to it any more)."""
+    _free.clear()
+
+
+def _kept(length: int) -> mmap.mmap | None:
+    """The smallest kept mapping of `length` bytes or more, but not twice as many, taken out."""
+    fitting = [m for m in _free if length <= len(m) < 2 * length]
+    if not fitting:
+        return None
+    mapping = min(fitting, key=len)
+    _free.remove(mapping)
+    return mapping
+
+
+def _freed(mapping: mmap.mmap) -> None:
+    # Called as the holder goes, from whatever thread drops the last tensor: list operations are
+    # atomic under the GIL. A mapping dropped here is unmapped once the holder is gone too.
+    _free.append(mapping)
+    del _free[:-KEEP]
