@@ -515,6 +515,93 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
     return rows
 
 
+# Run as `python -c LONG_ON_DEVICE DEVICE POSITIONS ROUNDS`: the blocked computation with statistics and
+# a picture against the two products, in one process on DEVICE (a GPU: both synchronised), interleaved;
+# then how many times one blocked run made the host wait for the device (torch's sync debug mode
+# warns at each synchronising call). Seconds, block rows and that count as JSON.
+LONG_ON_DEVICE = """\
+import json, sys, time, warnings
+import torch
+from attncli.compute import MAX_BLOCK_BYTES, choose_block_rows, prepare, run
+device, positions, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cuda = device.startswith("cuda")
+generator = torch.Generator(device=device).manual_seed(0)
+query, key, value = (torch.randn(positions, 64, generator=generator, device=device) for _ in range(3))
+problem = prepare(query, key, value, device=device)
+rows = choose_block_rows(problem, 8 * MAX_BLOCK_BYTES * 10)
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+
+def products():
+    for start in range(0, positions, rows):
+        torch.matmul(torch.matmul(query[start:start + rows], key.T), value)
+
+def blocked():
+    run(problem, block_rows=rows, stats=True, picture=(64, 160))
+
+samples = {"attncli": [], "products": []}
+for round_ in range(rounds + 1):  # the first round warms up
+    for name, call in sorted({"attncli": blocked, "products": products}.items(), reverse=round_ % 2 == 1):
+        sync()
+        start = time.perf_counter()
+        call()
+        sync()
+        if round_:
+            samples[name].append(time.perf_counter() - start)
+waits = None
+if cuda:
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blocked()
+    torch.cuda.set_sync_debug_mode("default")
+    waits = sum("synchroniz" in str(warning.message) for warning in caught)
+print(json.dumps({"samples": samples, "block_rows": rows, "waits": waits}))
+"""
+#: Positions of the blocked path on a GPU (one head, 64 features, float32), and its target against the
+#: two products there (as on the CPU: the work beyond them is the softmax and what the sinks keep).
+LONG_DEVICE_CASES = (32768, 131072)
+
+
+def bench_long_device(device: str, env: dict[str, str], repeats: int, cases: Sequence[int]) -> list[Row]:
+    """The blocked run (statistics and a picture) against the two products on `device`, in one process,
+    with the block size the CPU uses; and the host's waits for the device in one run (CUDA only)."""
+    rows: list[Row] = []
+    for positions in cases:
+        done = subprocess.run(
+            [sys.executable, "-c", LONG_ON_DEVICE, device, str(positions), str(max(3, repeats))],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"long {device} {positions}: exit {done.returncode}: {done.stderr[-200:]}")
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        label = f"long {device} 1x{positions}"
+        RUNS[label] = len(report["samples"]["attncli"])
+        case = f"{label}: stats + picture vs 2 products (blocks of {report['block_rows']} rows)"
+        rows += timed_rows(report["samples"], [(case, "attncli", "products")], LONG_TIME_TARGET)
+        if report["waits"] is not None:
+            blocks = -(-positions // report["block_rows"])
+            waits = report["waits"]
+            rows.append(
+                Row(
+                    f"{label}: host waits for the device in one run ({blocks} blocks)",
+                    str(waits),
+                    "-",
+                    None,
+                    "0",
+                    "pass" if waits == 0 else "FAIL",
+                )
+            )
+    return rows
+
+
 # --- --check ------------------------------------------------------------------------------------------
 
 #: attn compute --check against the same run without it (whole processes), and check() against the
@@ -1004,6 +1091,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += guarded("time cuda", lambda: bench_weights_time("cuda", time_n, 2, budget_s))
     else:
         rows.append(Row("cuda: skipped: no CUDA", "-", "-", None, "-", "skip"))
+    if torch.cuda.is_available():
+        rows += guarded("long cuda", lambda: bench_long_device("cuda", env, long_n, LONG_DEVICE_CASES))
+    elif "long" in CHOSEN:
+        rows.append(Row("long cuda: skipped: no CUDA", "-", "-", None, "-", "skip"))
 
     print()
     print_table(rows)
