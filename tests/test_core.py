@@ -931,7 +931,7 @@ def test_largest_finite_values_of_the_compute_dtype_pass_the_range_check(dtype):
     assert float(result.weights.sum()) == 1.0  # one key: all the weight
 
 
-def test_large_weights_buffers_are_huge_page_mappings_that_live_with_their_tensor(monkeypatch):
+def test_large_weights_buffers_are_huge_page_mappings_that_live_with_their_tensor():
     """From HUGE_BYTES up (on Linux), the weights buffer is a mapping of its own advised to use huge
     pages (a library cannot set THP_MEM_ALLOC_ENABLE for torch): writable, the tensor's shape and
     dtype, alive as long as the tensor is; the attention computed in it equals the float64 reference."""
@@ -940,7 +940,6 @@ def test_large_weights_buffers_are_huge_page_mappings_that_live_with_their_tenso
 
     from attncli.compute import buffers
 
-    monkeypatch.setattr(buffers, "_TORCH_HUGE", False)  # as in a script that did not set the variable
     small = buffers.empty((4, 4), torch.float32, torch.device("cpu"))
     assert small.shape == (4, 4)
     shape = (2, 1024, 1024)  # 8 MiB of float32
@@ -967,7 +966,6 @@ def test_a_freed_weights_buffer_is_reused_once_no_tensor_uses_it(monkeypatch):
     is. Results computed in a reused buffer equal the float64 reference."""
     from attncli.compute import buffers
 
-    monkeypatch.setattr(buffers, "_TORCH_HUGE", False)
     monkeypatch.setattr(buffers, "_free", [])
     cpu = torch.device("cpu")
     first = buffers.empty((1024, 4096), torch.float32, cpu)  # 16 MiB

@@ -5,7 +5,9 @@ large share of an attention's time on a CPU (the benchmark's `api` rows). Torch 
 buffers with huge pages only when THP_MEM_ALLOC_ENABLE is set before it is imported, which the `attn`
 command does and a library cannot (its user imported torch first). So the weights buffer is mapped
 here and advised MADV_HUGEPAGE (Linux; the kernel's `madvise` mode, the common default, honours it):
-2 MiB a fault. Elsewhere, below HUGE_BYTES, or where torch does it itself, an ordinary `torch.empty`.
+2 MiB a fault. Elsewhere, or below HUGE_BYTES, an ordinary `torch.empty`. Also where torch backs
+its buffers with huge pages itself (the `attn` command): its allocator gives a buffer this large
+back to the system when freed, and the next call faults in fresh pages again.
 
 Even in huge pages, the kernel zeroes every fresh page: a third of a 512 MiB float64 call. So the
 mapping of a buffer whose last tensor is gone is kept (the most recent KEEP of them, as torch's CUDA
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import os
 import weakref
 
 import numpy as np
@@ -30,9 +31,6 @@ KEEP = 1
 _PAGE = 2 << 20
 _ADVICE = getattr(mmap, "MADV_HUGEPAGE", None)
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-#: Torch backs its large buffers with huge pages itself (the `attn` command sets this before it
-#: imports torch): its allocator, which reuses what it freed, is then as good.
-_TORCH_HUGE = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
 #: Mappings no tensor uses any more, the most recently freed last.
 _free: list[mmap.mmap] = []
 
@@ -43,7 +41,7 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
     new one), which goes back to the kept ones when the last tensor on it is gone; else `torch.empty`."""
     count = math.prod(shape)
     size = count * torch.empty((), dtype=dtype).element_size()
-    if device.type != "cpu" or _ADVICE is None or not _FLAGS or size < HUGE_BYTES or _TORCH_HUGE:
+    if device.type != "cpu" or _ADVICE is None or not _FLAGS or size < HUGE_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     length = -(-size // _PAGE) * _PAGE
     mapping = _kept(length)
