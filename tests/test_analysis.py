@@ -653,3 +653,57 @@ def test_row_entropy_alone_is_row_stats_entropy_and_the_float64_reference(causal
     with np.errstate(divide="ignore", invalid="ignore"):
         expected = -np.where(weights > 0, weights * np.log(weights), 0.0).sum(-1)
     np.testing.assert_allclose(alone.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"),
+            ],
+        ),
+    ],
+)
+def test_blocked_run_keeps_what_the_views_show_on_each_device(device):
+    """A run in blocks of 5 rows (causal, a mask with a fully masked row, grouped heads) keeping the
+    output, statistics, top-k and a pooled picture: every figure against NumPy's float64 weights and
+    definitions, on the CPU and, where there is one, on a GPU, where the tensors stay until the end."""
+    from attncli.compute import run
+
+    rng = np.random.default_rng(23)
+    q = rng.standard_normal((2, 4, 17, 8))
+    k = rng.standard_normal((2, 2, 17, 8))
+    v = rng.standard_normal((2, 2, 17, 3))
+    mask = rng.random((17, 17)) < 0.7
+    mask[:, 0] = True
+    mask[6] = False  # a query that sees no key
+    weights_np, output_np = reference_attention(
+        q, np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1), mask=mask, causal=True
+    )
+    problem = prepare(q, k, v, mask=mask, causal=True, dtype=torch.float64, device=device)
+    result = run(problem, block_rows=5, stats=True, top_k=3, picture=(4, 5))
+    assert result.output.device.type == device
+    assert result.stats is not None
+    assert result.top_k is not None
+    np.testing.assert_allclose(_np(result.output), output_np, rtol=1e-10, atol=1e-12)
+    blocked = ~(np.tril(np.ones((17, 17), dtype=bool)) & mask)
+    _check_stats(result.stats, _expected_stats(weights_np, blocked), torch.float64)
+    values, keys = result.top_k
+    expected_values, expected_keys = _expected_top_k(weights_np, blocked, 3)
+    np.testing.assert_array_equal(keys.cpu().numpy(), expected_keys)
+    np.testing.assert_allclose(_np(values), expected_values, rtol=1e-10, atol=1e-12)  # NaN where -1
+    # the picture: max and mean over open weights of blocks of ceil(17/4) = 5 rows x ceil(17/5) = 4 keys
+    largest, mean = np.full((2, 4, 4, 5), np.nan), np.full((2, 4, 4, 5), np.nan)
+    for r in range(4):
+        for c in range(5):
+            cell = np.s_[..., r * 5 : r * 5 + 5, c * 4 : c * 4 + 4]
+            open_weights = np.where(blocked[cell[1:]], np.nan, weights_np[cell])
+            if not np.isnan(open_weights).all():
+                largest[..., r, c] = np.nanmax(open_weights, axis=(-2, -1))
+                mean[..., r, c] = np.nanmean(open_weights, axis=(-2, -1))
+    np.testing.assert_allclose(result.picture_max, largest, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(result.picture_mean, mean, rtol=1e-6, atol=1e-7)
