@@ -38,6 +38,7 @@ HALF_DTYPES = ("float16", "bfloat16")
 
 START_TARGET = 1.25  # attn --help / --version vs a minimal Typer app's --help
 SMALL_JOB_TARGET = 1.25  # attn compute seed.npz vs python -c "import torch"
+SMALL_JOB_S = 0.5  # attn compute seed.npz and attn demo, whole processes (beside python -c "import numpy")
 TIME_TARGET = 1.5  # attncli.compute.attention vs scaled_dot_product_attention
 MEMORY_TARGET = 1.15  # memory added by the call vs bytes of inputs + weights + output
 HALF_TARGET = 2.0  # float16/bfloat16 vs float32, both attncli
@@ -360,13 +361,28 @@ def check_imports(env: dict[str, str], args: Sequence[str]) -> Row:
 
 
 def bench_small_job(env: dict[str, str], repeats: int, warmup: int) -> list[Row]:
+    """`attn compute` on the seed example and `attn demo`, whole processes, against `import torch`
+    (what the computation costs beyond torch) and against `import numpy` (what a job this small
+    would cost without torch: SMALL_JOB_S at most)."""
     attn = attn_command()
     variants = {
         "compute": lambda: run_process([*attn, "compute", SEED], env, expect_output=True),
+        "demo": lambda: run_process([*attn, "demo"], env, expect_output=True),
         "torch": lambda: run_process([sys.executable, "-c", "import torch"], env),
+        "numpy": lambda: run_process([sys.executable, "-c", "import numpy"], env),
     }
     samples = interleaved("small job", variants, repeats, warmup)
-    return timed_rows(samples, [(f"small job: attn compute {SEED}", "compute", "torch")], SMALL_JOB_TARGET)
+    rows = timed_rows(samples, [(f"small job: attn compute {SEED}", "compute", "torch")], SMALL_JOB_TARGET)
+    numpy = statistics.median(samples["numpy"])
+    for name, case in (("compute", f"attn compute {SEED}"), ("demo", "attn demo")):
+        seconds = statistics.median(samples[name])
+        ratio = statistics.median(x / y for x, y in zip(samples[name], samples["numpy"], strict=True))
+        verdict = "pass" if seconds <= SMALL_JOB_S else "FAIL"
+        target = f"<= {_ms(SMALL_JOB_S)}"
+        rows.append(
+            Row(f"small job: {case} vs import numpy", _ms(seconds), _ms(numpy), ratio, target, verdict)
+        )
+    return rows
 
 
 # --- showing a large result -------------------------------------------------------------------------
