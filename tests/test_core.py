@@ -994,3 +994,30 @@ def test_a_freed_weights_buffer_is_reused_once_no_tensor_uses_it(monkeypatch):
         addresses.append(result.weights.data_ptr())
         del result
     assert addresses[0] == addresses[1]
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="huge-page mappings are Linux's")
+def test_threads_computing_at_once_never_share_a_weights_buffer():
+    """attention() from several threads at once, each result kept while the others run and freed
+    after: no two live results share memory, and each equals the float64 reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(8)
+    inputs = [tuple(rng.standard_normal((2, 1024, 8)).astype(np.float32) for _ in range(3)) for _ in range(4)]
+    expected = [reference_attention(*qkv)[0] for qkv in inputs]
+
+    def work(index: int) -> list[str]:
+        problems = []
+        for _ in range(3):
+            result = attention(*inputs[index])
+            if not np.allclose(result.weights.numpy(), expected[index], atol=1e-6):
+                problems.append(f"thread {index}: weights differ from the reference")
+            del result
+        return problems
+
+    live = [attention(*qkv) for qkv in inputs]  # four buffers in use at once
+    addresses = {result.weights.data_ptr() for result in live}
+    assert len(addresses) == len(live)
+    del live
+    with ThreadPoolExecutor(4) as pool:
+        assert [problem for found in pool.map(work, range(4)) for problem in found] == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import threading
 import weakref
 
 import numpy as np
@@ -31,8 +32,12 @@ KEEP = 1
 _PAGE = 2 << 20
 _ADVICE = getattr(mmap, "MADV_HUGEPAGE", None)
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-#: Mappings no tensor uses any more, the most recently freed last.
+#: Mappings no tensor uses any more, the most recently freed last. Given back without a lock (a finalizer
+#: may run in any thread, also one that holds the lock: the garbage collector can start anywhere), by
+#: appending and trimming, each atomic under the GIL; taken under the lock, so that two threads never
+#: take the same one.
 _free: list[mmap.mmap] = []
+_lock = threading.Lock()
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -65,16 +70,19 @@ def release() -> None:
 
 def _kept(length: int) -> mmap.mmap | None:
     """The smallest kept mapping of `length` bytes or more, but not twice as many, taken out."""
-    fitting = [m for m in _free if length <= len(m) < 2 * length]
-    if not fitting:
-        return None
-    mapping = min(fitting, key=len)
-    _free.remove(mapping)
-    return mapping
+    with _lock:
+        fitting = [m for m in list(_free) if length <= len(m) < 2 * length]
+        if not fitting:
+            return None
+        mapping = min(fitting, key=len)
+        try:
+            _free.remove(mapping)
+        except ValueError:  # trimmed by a buffer freed meanwhile: map a new one
+            return None
+        return mapping
 
 
 def _freed(mapping: mmap.mmap) -> None:
-    # Called as the holder goes, from whatever thread drops the last tensor: list operations are
-    # atomic under the GIL. A mapping dropped here is unmapped once the holder is gone too.
+    # Called as the holder goes. A mapping trimmed here is unmapped once the holder is gone too.
     _free.append(mapping)
     del _free[:-KEEP]
