@@ -114,14 +114,14 @@ def test_a_2048_square_matrix_fits_the_width_and_a_bounded_number_of_lines(width
 
 
 def test_row_maximum_is_bold():
-    table = weight_table(np.array([[0.1, 0.9], [0.7, 0.3]])).renderables[1]
+    table = weight_table(np.array([[0.1, 0.9], [0.7, 0.3]])).renderables[1].cells.table()
     bold = [[bool(table.columns[c + 1]._cells[r].style.bold) for c in range(2)] for r in range(2)]
     assert bold == [[False, True], [True, False]]
 
 
 def cell_background(group, row: int = 0, column: int = 0) -> tuple[int, int, int]:
     """The background colour of one value cell of a table made by weight_table/output_table."""
-    table = group.renderables[1]
+    table = group.renderables[1].cells.table()
     text = table.columns[column + 1]._cells[row]  # column 0 holds the row labels
     triplet = text.style.bgcolor.triplet
     return (triplet.red, triplet.green, triplet.blue)
@@ -252,6 +252,24 @@ def test_a_full_table_is_as_wide_as_its_columns_on_any_console(colour):
         assert texts[0] == texts[1]
         assert max(len(line) for line in Text.from_ansi(texts[0]).plain.splitlines()) > 80
         assert "…" not in texts[0]
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_a_table_that_fits_is_drawn_as_richs_table_would_draw_it(width):
+    """The cropped view of a matrix is drawn by attncli itself (in a fraction of Rich's time) where
+    its columns fit the console, with Rich's own segments; where they do not (a label too long for
+    the width), it is Rich's table, shrunk to fit."""
+    rng = np.random.default_rng(14)
+    weights = rng.dirichlet(np.ones(300), size=300)
+    for labels in (None, ["a-very-long-token-label-" + str(i) for i in range(300)]):
+        options = ViewOptions(width=width, query_labels=labels, key_labels=labels)
+        fitted = weight_table(weights, options=options, title="w").renderables[1]
+        console = Console(file=io.StringIO(), width=width, color_system="truecolor")
+        drawn = list(console.render(fitted))
+        richs = list(console.render(fitted.cells.table()))
+        assert drawn == richs
+        plain = "".join(segment.text for segment in drawn)
+        assert max(len(line) for line in plain.splitlines()) <= width
 
 
 @pytest.mark.parametrize("color_system", [None, "standard", "256", "truecolor", "ascii box"])

@@ -806,10 +806,10 @@ def _matrix_table(
         anchors,
         None if padding_rows is None else np.asarray(padding_rows, dtype=bool)[shown_row_list].tolist(),
     )
-    # Rich's table shrinks to the width; drawn itself, the table is as wide as its columns (--full,
-    # or --max-cols beyond what fits)
+    # Drawn itself, the table is as wide as its columns (--full, or --max-cols beyond what fits);
+    # otherwise it is drawn so too where it fits, else as Rich's table, which shrinks to the width.
     return Group(
-        ItemLines.split(title, style="bold"), cells if options.full or options.max_cols else cells.table()
+        ItemLines.split(title, style="bold"), cells if options.full or options.max_cols else cells.fitted()
     )
 
 
@@ -884,6 +884,11 @@ class _MatrixCells:
                     cells.append(Text(self.texts[r][c], style=self._style(looks[c])))
             table.add_row(*cells)
         return table
+
+    def fitted(self) -> _Fitted:
+        """This table drawn itself where it fits the width it is drawn at (the same characters and
+        styles as Rich's table of it, in a fraction of the time), else `table()`."""
+        return _Fitted(self)
 
     def _pads(self) -> list[int]:
         """Each column's padding, on its right: Rich's collapsed padding, none at the edges."""
@@ -962,6 +967,7 @@ class _MatrixCells:
         styles: dict[int, Style] = {}
         middle, foot = divider(lines_box.mid_vertical), divider(lines_box.foot_vertical)
         columns = [(n, c, widths[n] - pads[n], pad[n]) for n, c in enumerate(self.col_positions, 1)]
+        last = len(self.col_positions)
         for number, (label, r) in enumerate(zip(self.labels, self.row_positions, strict=True), 1):
             between = foot if number == len(self.labels) else middle
             yield from cell(label, 0, label_style)
@@ -984,7 +990,10 @@ class _MatrixCells:
                     style = styles.get(look)
                     if style is None:
                         style = styles[look] = self._style(look)
-                    yield Segment(texts[c].rjust(width), style)
+                    text = texts[c].rjust(width)
+                    # A row maximum's mark, or the space kept for it, ends each cell; the last
+                    # column's space would end the line with blanks.
+                    yield Segment(text if padding is not None or n < last else text.rstrip(), style)
                     if padding is not None:
                         yield padding
             yield new_line
@@ -1048,3 +1057,21 @@ def _scale_text(meta: Mapping[str, Any]) -> str:
         if features and math.isclose(scale, 1 / math.sqrt(features), rel_tol=1e-12):
             text += f" = 1/√{features}"
     return text
+
+
+class _Fitted:
+    """`_MatrixCells` drawn itself when its columns fit the width, else as Rich's table, which
+    shrinks them (`_MatrixCells.fitted`)."""
+
+    def __init__(self, cells: _MatrixCells) -> None:
+        self.cells = cells
+
+    def _chosen(self, console: Console, options: ConsoleOptions) -> RenderableType:
+        width = self.cells.__rich_measure__(console, options).maximum
+        return self.cells if width <= options.max_width else self.cells.table()
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self._chosen(console, options))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self._chosen(console, options)
