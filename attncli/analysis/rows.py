@@ -151,7 +151,7 @@ def row_stats(
                 ranked = block[redo].masked_fill(shut, -math.inf)
                 largest[redo], key_of_largest[redo] = ranked.max(dim=-1)  # the lowest key on ties
         if shifted_scores is None:
-            row_entropy = _entropy_of_weights(block)
+            row_entropy = _entropy_of_weights(block, non_negative)
         else:
             # -sum w log w = log(sum of exp) - sum w s, both >= 0: no cancellation.
             scores = _rows(shifted_scores, span, index).to(compute_dtype)
@@ -187,16 +187,23 @@ def row_entropy(weights: torch.Tensor, blocked: torch.Tensor | None = None) -> t
         live_rows = (count_true(small) < lk).expand(*lead, lq).reshape(-1)
     for span, index in _row_blocks(weights):
         block = _rows(weights, span, index).to(compute_dtype)  # (n, Lk)
-        row = _entropy_of_weights(block)
+        row = _entropy_of_weights(block, non_negative=True)
         entropy[span] = row if live_rows is None else row.where(live_rows[span], math.nan)
     if not lk:
         entropy.fill_(math.nan)
     return entropy.reshape(*lead, lq)
 
 
-def _entropy_of_weights(block: torch.Tensor) -> torch.Tensor:
-    """-sum w log w of each row of (n, Lk), 0 log 0 = 0."""
-    return 0.0 - torch.xlogy(block, block).sum(dim=-1)  # 0 - 0 = +0: one key shows as 0, not -0
+def _entropy_of_weights(block: torch.Tensor, non_negative: bool = False) -> torch.Tensor:
+    """-sum w log w of each row of (n, Lk), 0 log 0 = 0. With `non_negative` (no weight below 0, as
+    a softmax's), log max(w, tiny) * w: the same where w >= tiny, exactly 0 where w is 0, off by less
+    than tiny * 90 where w is subnormal; twice as fast as xlogy, whose log is not vectorised."""
+    if non_negative and block.dtype in (torch.float32, torch.float64):
+        tiny = torch.finfo(block.dtype).tiny
+        products = block.clamp_min(tiny).log_().mul_(block)
+    else:
+        products = torch.xlogy(block, block)
+    return 0.0 - products.sum(dim=-1)  # 0 - 0 = +0: one key shows as 0, not -0
 
 
 def _rows(tensor: torch.Tensor, span: slice, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
