@@ -993,7 +993,7 @@ class _MatrixCells:
                     text = texts[c].rjust(width)
                     # A row maximum's mark, or the space kept for it, ends each cell; the last
                     # column's space would end the line with blanks.
-                    yield Segment(text if padding is not None or n < last else text.rstrip(), style)
+                    yield Segment(text if n < last else text.rstrip(), style)
                     if padding is not None:
                         yield padding
             yield new_line
