@@ -12,11 +12,13 @@ back to the system when freed, and the next call faults in fresh pages again.
 Even in huge pages, the kernel zeroes every fresh page: a third of a 512 MiB float64 call. So the
 mapping of a buffer whose last tensor is gone is kept (the most recent KEEP of them, as torch's CUDA
 allocator keeps freed blocks), and the next buffer that fits in it reuses its pages; `release()`
-gives the kept mappings back to the system.
+gives the kept mappings back to the system. A kept mapping is advised MADV_FREE (Linux), so that the
+kernel takes its pages back under memory pressure instead of counting them as in use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import threading
@@ -32,6 +34,7 @@ KEEP = 1
 _PAGE = 2 << 20
 _ADVICE = getattr(mmap, "MADV_HUGEPAGE", None)
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+_LAZY_FREE = getattr(mmap, "MADV_FREE", None)
 #: Mappings no tensor uses any more, the most recently freed last. Given back without a lock (a finalizer
 #: may run in any thread, also one that holds the lock: the garbage collector can start anywhere), by
 #: appending and trimming, each atomic under the GIL; taken under the lock, so that two threads never
@@ -83,6 +86,11 @@ def _kept(length: int) -> mmap.mmap | None:
 
 
 def _freed(mapping: mmap.mmap) -> None:
-    # Called as the holder goes. A mapping trimmed here is unmapped once the holder is gone too.
+    # Called as the holder goes. A mapping trimmed here is unmapped once the holder is gone too. A kept
+    # one is advised MADV_FREE: its pages stay for the next call, but the kernel may take them back
+    # under memory pressure (a buffer's contents are never read before they are written).
+    if _LAZY_FREE is not None:
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(_LAZY_FREE)
     _free.append(mapping)
     del _free[:-KEEP]
