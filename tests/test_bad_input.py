@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -1242,6 +1243,20 @@ def test_found_npy_header_that_numpy_cannot_parse(tmp_path, header):
     # inspect and diff read the same header with the same reader (io/formats.py): status 2 too
     for command, args in (("inspect", [path]), ("inspect", [npz]), ("diff", [path, path])):
         _bad_npy_line(assert_error(invoke(command, *args), args[0]))
+
+
+def test_found_npy_header_naming_a_deprecated_dtype_alias(tmp_path):
+    """'|a4' (NumPy's old name for 4-byte strings) made NumPy warn (DeprecationWarning) as it read
+    the header: attncli says what the file holds, and nothing else is printed, on every reader."""
+    data = fuzz.npy_header("|a4", (2,)) + b"abcdefgh"
+    words = ["holds byte strings", "real numbers"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped would fail the test
+        path = write(tmp_path / "x.npy", data)
+        refuse(tmp_path, path, words=[path, *words])
+        refuse(tmp_path, words=["<stdin>", *words], input=data)
+        npz = write(tmp_path / "x.npz", _zip({"query.npy": data}))
+        refuse(tmp_path, npz, words=[npz, *words])
 
 
 @pytest.mark.parametrize("where", ["file", "stdin", "object"])

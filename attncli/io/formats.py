@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -110,10 +111,14 @@ def npy_header(file: IO[bytes], label: str, suffix: str) -> tuple[tuple[int, ...
     try:
         start = file.tell()
         version = np.lib.format.read_magic(file)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
-        else:  # 2.0 and 3.0 differ only in how the (ASCII, for real numbers) header is encoded
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
+        # A header may name a dtype by a deprecated alias ('a' for bytes): NumPy warns as it parses
+        # it, and the dtype is refused (or taken) below, in attncli's own words.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
+            else:  # 2.0 and 3.0 differ only in how the (ASCII, for real numbers) header is encoded
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
         sizes = tuple(int(n) for n in shape)
         end = file.tell()
     # untrusted bytes: NumPy's header parser (a Python literal parser) fails in many ways

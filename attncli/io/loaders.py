@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -542,7 +543,10 @@ def _parse_npy(data: bytes, label: str) -> TensorFile:
         # np.load would take other bytes for a pickle and blame allow_pickle; say what they are not.
         raise wrong_start(data[:SNIFF_BYTES], label, ".npy", NPY_INSTEAD, NPY_NO_MAGIC)
     try:
-        with np.errstate(all="ignore"):  # a header's shape whose product overflows warns; it fails below
+        # A header's shape whose product overflows warns, and so does a dtype named by a deprecated
+        # alias ('a' for bytes): each is refused below in attncli's words.
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as error:  # untrusted bytes: np.load can fail in many ways, each means "bad file"
         raise _numpy_error(error, label, ".npy") from None
