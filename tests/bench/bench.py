@@ -171,19 +171,28 @@ for start in range(0, query.shape[-2], rows):
 """
 )
 
-# Run as `python -c LONG_IN_PROCESS FILE ROUNDS`: the blocked computation with statistics and a picture
-# against the same two products, in one process, interleaved; seconds as JSON.
+# Run as `python -c LONG_IN_PROCESS FILE ROUNDS DEVICE`: the blocked computation with statistics and a
+# picture against the same two products, in one process on DEVICE, interleaved (on a GPU synchronised,
+# after a warm-up round); then, on a GPU, how many times one blocked run made the host wait for the
+# device (torch's sync debug mode warns at each synchronising call). Seconds, block rows and that
+# count as JSON.
 LONG_IN_PROCESS = (
     ALLOCATOR
     + """\
-import json, sys, time
+import json, sys, time, warnings
 import torch
 from safetensors.torch import load_file
 from attncli.compute import MAX_BLOCK_BYTES, choose_block_rows, prepare, run
-tensors = load_file(sys.argv[1])
+device = sys.argv[3]
+cuda = device.startswith("cuda")
+tensors = load_file(sys.argv[1], device=device)
 query, key, value = tensors["query"], tensors["key"], tensors["value"]
-problem = prepare(query, key, value)
+problem = prepare(query, key, value, device=device)
 rows = choose_block_rows(problem, 8 * MAX_BLOCK_BYTES * 10)
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
 
 def products():
     for start in range(0, query.shape[-2], rows):
@@ -193,12 +202,24 @@ def blocked():
     run(problem, block_rows=rows, stats=True, picture=(64, 160))
 
 samples = {"attncli": [], "products": []}
-for round_ in range(int(sys.argv[2])):
+warmup = 1 if cuda else 0
+for round_ in range(warmup + int(sys.argv[2])):
     for name, call in sorted({"attncli": blocked, "products": products}.items(), reverse=round_ % 2 == 1):
+        sync()
         start = time.perf_counter()
         call()
-        samples[name].append(time.perf_counter() - start)
-print(json.dumps(samples))
+        sync()
+        if round_ >= warmup:
+            samples[name].append(time.perf_counter() - start)
+waits = None
+if cuda:
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blocked()
+    torch.cuda.set_sync_debug_mode("default")
+    waits = sum("synchroniz" in str(warning.message) for warning in caught)
+print(json.dumps({"samples": samples, "block_rows": rows, "waits": waits}))
 """
 )
 
@@ -266,6 +287,23 @@ def run_process(argv: Sequence[str], env: dict[str, str], expect_output: bool = 
         tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()[-1:]
         raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {' '.join(tail)[:100]}")
     return seconds
+
+
+def script_json(script: str, args: Sequence[str], env: dict[str, str], what: str) -> Any:
+    """Run `python -c script args...` (stdin closed) and return the JSON of its last line of output;
+    BenchError naming `what` when it fails or prints nothing."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"{what}: exit {done.returncode}: {done.stderr.strip()[-200:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def timed_rows(
@@ -512,18 +550,8 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
                 verdict,
             )
         )
-        done = subprocess.run(
-            [sys.executable, "-c", LONG_IN_PROCESS, str(path), str(max(4, repeats))],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"long {label} in one process: exit {done.returncode}: {done.stderr[-200:]}")
-        inside = json.loads(done.stdout.strip().splitlines()[-1])
+        args = [str(path), str(max(4, repeats)), "cpu"]
+        inside = script_json(LONG_IN_PROCESS, args, env, f"long {label} in one process")["samples"]
         RUNS[f"long {label} in-process"] = len(inside["attncli"])
         case = f"long {label}: stats + picture vs 2 products (in-process)"
         rows += timed_rows(inside, [(case, "attncli", "products")], LONG_TIME_TARGET)
@@ -531,90 +559,40 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
     return rows
 
 
-# Run as `python -c LONG_ON_DEVICE DEVICE POSITIONS ROUNDS`: the blocked computation with statistics and
-# a picture against the two products, in one process on DEVICE (a GPU: both synchronised), interleaved;
-# then how many times one blocked run made the host wait for the device (torch's sync debug mode
-# warns at each synchronising call). Seconds, block rows and that count as JSON.
-LONG_ON_DEVICE = """\
-import json, sys, time, warnings
-import torch
-from attncli.compute import MAX_BLOCK_BYTES, choose_block_rows, prepare, run
-device, positions, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-cuda = device.startswith("cuda")
-generator = torch.Generator(device=device).manual_seed(0)
-query, key, value = (torch.randn(positions, 64, generator=generator, device=device) for _ in range(3))
-problem = prepare(query, key, value, device=device)
-rows = choose_block_rows(problem, 8 * MAX_BLOCK_BYTES * 10)
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
-
-def products():
-    for start in range(0, positions, rows):
-        torch.matmul(torch.matmul(query[start:start + rows], key.T), value)
-
-def blocked():
-    run(problem, block_rows=rows, stats=True, picture=(64, 160))
-
-samples = {"attncli": [], "products": []}
-for round_ in range(rounds + 1):  # the first round warms up
-    for name, call in sorted({"attncli": blocked, "products": products}.items(), reverse=round_ % 2 == 1):
-        sync()
-        start = time.perf_counter()
-        call()
-        sync()
-        if round_:
-            samples[name].append(time.perf_counter() - start)
-waits = None
-if cuda:
-    torch.cuda.set_sync_debug_mode("warn")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        blocked()
-    torch.cuda.set_sync_debug_mode("default")
-    waits = sum("synchroniz" in str(warning.message) for warning in caught)
-print(json.dumps({"samples": samples, "block_rows": rows, "waits": waits}))
-"""
-#: Positions of the blocked path on a GPU (one head, 64 features, float32), and its target against the
-#: two products there (as on the CPU: the work beyond them is the softmax and what the sinks keep).
+#: Positions of the blocked path on a GPU (one head, 64 features, float32); LONG_TIME_TARGET against
+#: the two products there too (as on the CPU: the work beyond them is the softmax and what the sinks keep).
 LONG_DEVICE_CASES = (32768, 131072)
 
 
-def bench_long_device(device: str, env: dict[str, str], repeats: int, cases: Sequence[int]) -> list[Row]:
-    """The blocked run (statistics and a picture) against the two products on `device`, in one process,
+def bench_long_device(
+    device: str, env: dict[str, str], workdir: Path, repeats: int, cases: Sequence[int]
+) -> list[Row]:
+    """LONG_IN_PROCESS on `device`: the blocked run (statistics and a picture) against the two products,
     with the block size the CPU uses; and the host's waits for the device in one run (CUDA only)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
     rows: list[Row] = []
     for positions in cases:
-        done = subprocess.run(
-            [sys.executable, "-c", LONG_ON_DEVICE, device, str(positions), str(max(3, repeats))],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"long {device} {positions}: exit {done.returncode}: {done.stderr[-200:]}")
-        report = json.loads(done.stdout.strip().splitlines()[-1])
+        path = workdir / f"long-{device}-{positions}.safetensors"
+        generator = np.random.default_rng(0)
+        tensors = {
+            n: generator.standard_normal((positions, 64)).astype(np.float32)
+            for n in ("query", "key", "value")
+        }
+        save_file(tensors, path)
         label = f"long {device} 1x{positions}"
+        report = script_json(LONG_IN_PROCESS, [str(path), str(max(3, repeats)), device], env, label)
+        path.unlink()
         RUNS[label] = len(report["samples"]["attncli"])
         case = f"{label}: stats + picture vs 2 products (blocks of {report['block_rows']} rows)"
         rows += timed_rows(report["samples"], [(case, "attncli", "products")], LONG_TIME_TARGET)
         if report["waits"] is not None:
             blocks = -(-positions // report["block_rows"])
             waits = report["waits"]
-            rows.append(
-                Row(
-                    f"{label}: host waits for the device in one run ({blocks} blocks)",
-                    str(waits),
-                    "-",
-                    None,
-                    "0",
-                    "pass" if waits == 0 else "FAIL",
-                )
-            )
+            verdict = "pass" if waits == 0 else "FAIL"
+            case = f"{label}: host waits for the device in one run ({blocks} blocks)"
+            rows.append(Row(case, str(waits), "-", None, "0", verdict))
     return rows
 
 
@@ -693,18 +671,9 @@ def bench_check(env: dict[str, str], workdir: Path, repeats: int, quick: bool) -
                 "info",
             )
         )
-        done = subprocess.run(
-            [sys.executable, "-c", CHECK_IN_PROCESS, str(path), str(max(4, repeats))],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
+        inside = script_json(
+            CHECK_IN_PROCESS, [str(path), str(max(4, repeats))], env, f"{label} in one process"
         )
-        if done.returncode != 0:
-            raise BenchError(f"{label} in one process: exit {done.returncode}: {done.stderr[-200:]}")
-        inside = json.loads(done.stdout.strip().splitlines()[-1])
         RUNS[f"{label} in-process"] = len(inside["check"])
         case = f"check {positions}x64: check() vs the attend() it checks (in-process)"
         rows += timed_rows(inside, [(case, "check", "attend")], CHECK_TARGET)
@@ -781,18 +750,9 @@ def bench_weights_time(device: str, repeats: int, warmup: int, budget_s: float) 
 
 
 def memory_case(device: str, shape: Sequence[int], dtype: str, env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", MEMORY_CASE, device, json.dumps(list(shape)), dtype],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
+    found: dict[str, Any] = script_json(
+        MEMORY_CASE, [device, json.dumps(list(shape)), dtype], env, f"memory {_shape(shape)} {dtype}"
     )
-    if done.returncode != 0 or not done.stdout.strip():
-        raise BenchError(f"memory {_shape(shape)} {dtype}: exit {done.returncode}: {done.stderr[-200:]}")
-    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
 
 
@@ -1015,11 +975,8 @@ def bench_api(env: dict[str, str], repeats: int) -> list[Row]:
     process, interleaved."""
     clean = {name: value for name, value in env.items() if name != "THP_MEM_ALLOC_ENABLE"}
     shapes = [list(shape) for shape in SHAPES]
-    argv = [sys.executable, "-c", API_SCRIPT, json.dumps(shapes), json.dumps(list(FULL_DTYPES)), str(repeats)]
-    done = subprocess.run(argv, cwd=REPO, env=clean, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"the API script exited {done.returncode}: {done.stderr.strip()[-200:]}")
-    samples = json.loads(done.stdout)
+    args = [json.dumps(shapes), json.dumps(list(FULL_DTYPES)), str(repeats)]
+    samples = script_json(API_SCRIPT, args, clean, "the API script")
     RUNS["api"] = repeats
     pairs = [
         (
@@ -1108,7 +1065,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         rows.append(Row("cuda: skipped: no CUDA", "-", "-", None, "-", "skip"))
     if torch.cuda.is_available():
-        rows += guarded("long cuda", lambda: bench_long_device("cuda", env, long_n, LONG_DEVICE_CASES))
+        with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+            rows += guarded(
+                "long cuda", lambda: bench_long_device("cuda", env, Path(workdir), long_n, LONG_DEVICE_CASES)
+            )
     elif "long" in CHOSEN:
         rows.append(Row("long cuda: skipped: no CUDA", "-", "-", None, "-", "skip"))
 
