@@ -254,22 +254,31 @@ def test_a_full_table_is_as_wide_as_its_columns_on_any_console(colour):
         assert "…" not in texts[0]
 
 
-@pytest.mark.parametrize("width", [60, 80, 200])
-def test_a_table_that_fits_is_drawn_as_richs_table_would_draw_it(width):
+@pytest.mark.parametrize(
+    ("width", "label", "drawn_by"),
+    [
+        (60, None, "attncli"),
+        (80, None, "attncli"),
+        (200, "a-very-long-token-label-", "attncli"),
+        (40, "a-very-long-token-label-", "rich"),  # the labels leave no room: Rich shrinks the columns
+    ],
+)
+def test_a_table_that_fits_is_drawn_as_richs_table_would_draw_it(width, label, drawn_by):
     """The cropped view of a matrix is drawn by attncli itself (in a fraction of Rich's time) where
-    its columns fit the console, with Rich's own segments; where they do not (a label too long for
-    the width), it is Rich's table, shrunk to fit."""
+    its columns fit the console, with Rich's own segments; where they do not, it is Rich's table,
+    shrunk to fit. Either way no line is wider than the console."""
     rng = np.random.default_rng(14)
     weights = rng.dirichlet(np.ones(300), size=300)
-    for labels in (None, ["a-very-long-token-label-" + str(i) for i in range(300)]):
-        options = ViewOptions(width=width, query_labels=labels, key_labels=labels)
-        fitted = weight_table(weights, options=options, title="w").renderables[1]
-        console = Console(file=io.StringIO(), width=width, color_system="truecolor")
-        drawn = list(console.render(fitted))
-        richs = list(console.render(fitted.cells.table()))
-        assert drawn == richs
-        plain = "".join(segment.text for segment in drawn)
-        assert max(len(line) for line in plain.splitlines()) <= width
+    labels = None if label is None else [f"{label}{i}" for i in range(300)]
+    options = ViewOptions(width=width, query_labels=labels, key_labels=labels)
+    fitted = weight_table(weights, options=options, title="w").renderables[1]
+    console = Console(file=io.StringIO(), width=width, color_system="truecolor")
+    chosen = fitted._chosen(console, console.options)
+    assert (chosen is fitted.cells) == (drawn_by == "attncli")
+    drawn = list(console.render(fitted))
+    assert drawn == list(console.render(fitted.cells.table()))
+    plain = "".join(segment.text for segment in drawn)
+    assert max(len(line) for line in plain.splitlines()) <= width
 
 
 @pytest.mark.parametrize("color_system", [None, "standard", "256", "truecolor", "ascii box"])
