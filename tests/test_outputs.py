@@ -46,16 +46,16 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.rglob("*.partial"))
 
 
-def _failing_mkstemp(monkeypatch, name: str) -> None:
+def _failing_temporary(monkeypatch, name: str) -> None:
     """The temporary file of the output called `name` cannot be made: ENOSPC, as on a full disk."""
-    real = writers.tempfile.mkstemp
+    real = writers.temporary_beside
 
-    def mkstemp(*args, **kwargs):
-        if kwargs.get("prefix") == f".{name}.":
+    def temporary_beside(target):
+        if target.name == name:
             raise OSError(28, "No space left on device")
-        return real(*args, **kwargs)
+        return real(target)
 
-    monkeypatch.setattr(writers.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(writers, "temporary_beside", temporary_beside)
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -65,7 +65,7 @@ def test_a_failed_export_leaves_the_result_file_as_it_was(tmp_path, monkeypatch,
     target = tmp_path / "ok.safetensors"
     if force:
         target.write_bytes(b"the old result")
-    _failing_mkstemp(monkeypatch, "p.svg")
+    _failing_temporary(monkeypatch, "p.svg")
     args = ["compute", SEED, "-o", str(target), "--export-svg", str(tmp_path / "p.svg")]
     failed(invoke(*args, *(["--force"] if force else [])), "--export-svg", "No space left", status=3)
     assert target.read_bytes() == b"the old result" if force else not target.exists()
@@ -176,6 +176,32 @@ def test_outside_a_command_files_are_written_at_once(tmp_path):
         writers.write_text(tmp_path / "c.svg", "<svg/>", option="--export-svg")
     assert not (tmp_path / "c.svg").exists()  # never committed: removed
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".safetensors"])
+def test_a_signal_the_moment_a_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch, suffix):
+    """A signal raised between the making of a temporary file and its writer knowing its name (the
+    race a SIGTERM from outside once hit in CI): the name was noted first, so nothing stays."""
+    import os
+
+    real_open = os.open
+
+    def open_then_interrupted(path, flags, mode=0o777):
+        os.close(real_open(path, flags, mode))
+        raise KeyboardInterrupt
+
+    def write() -> None:
+        if suffix == ".svg":
+            writers.write_text(tmp_path / "p.svg", "<svg/>", option="--export-svg")
+        else:
+            writers.WeightsFile(tmp_path / "w.safetensors", (4, 4), np.dtype(np.float32), {})
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt), outputs.all_or_nothing():
+        write()
+    monkeypatch.undo()
+    assert leftovers(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

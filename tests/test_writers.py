@@ -410,10 +410,10 @@ def test_a_failure_before_writing_creates_nothing(
 def test_a_temporary_file_that_cannot_be_made_is_an_output_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_temporary(*args: object, **kwargs: object) -> tuple[int, str]:
+    def no_temporary(target: Path) -> tuple[int, str]:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(writers.tempfile, "mkstemp", no_temporary)
+    monkeypatch.setattr(writers, "temporary_beside", no_temporary)
     target = tmp_path / "r.npz"
     with pytest.raises(OutputError) as caught:
         write_result(target, result_tensors(np.float32), META)

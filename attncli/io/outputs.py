@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import secrets
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class Outputs:
     """The files of one command: each waits, complete, beside its target until `commit`."""
 
     staged: list[tuple[str, Path, str]] = field(default_factory=list)  # (temporary, target, option)
+    pending: set[str] = field(default_factory=set)  # temporary files being written, named before made
     replaceable: set[str] = field(default_factory=set)  # real paths --force may replace
     claimed: dict[str, str] = field(default_factory=dict)  # real path -> the option that names it
     inputs: dict[tuple[int, int], str] = field(default_factory=dict)  # (device, inode) -> input
@@ -52,8 +54,9 @@ class Outputs:
         self.staged.clear()
 
     def discard(self) -> None:
-        for temporary, _, _ in self.staged:
+        for temporary in [*self.pending, *(entry[0] for entry in self.staged)]:
             Path(temporary).unlink(missing_ok=True)
+        self.pending.clear()
         self.staged.clear()
 
 
@@ -118,6 +121,31 @@ def claim(target: Path, option: str, *, replace: bool) -> None:
     outputs.claimed[real] = option
 
 
+#: The characters of a temporary file's random part (tempfile.mkstemp's).
+_NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def temporary_beside(target: Path) -> tuple[int, str]:
+    """A new empty file `.NAME.XXXXXXXX.partial` beside `target`, open for reading and writing
+    (mode 0600): its descriptor and path. Within `all_or_nothing` its name is noted before the file
+    is made, so that a signal raised at any moment, even before the caller holds the name, leaves
+    nothing behind; an error before it is published is the caller's to clean up, as ever."""
+    outputs = _outputs.get()
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        suffix = "".join(secrets.choice(_NAME_CHARACTERS) for _ in range(8))
+        path = os.path.join(target.parent, f".{target.name}.{suffix}.partial")
+        if outputs is not None:
+            outputs.pending.add(path)
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:  # another's file of that name: not ours to remove
+            if outputs is not None:
+                outputs.pending.discard(path)
+        # Any other exception, a signal's included, keeps the name noted: the file may exist.
+    raise FileExistsError(17, f"no free temporary name beside {target}")
+
+
 def publish(temporary: str, target: Path, option: str) -> None:
     """The complete file `temporary` in place of `target`: at once, or, within `all_or_nothing`,
     when its outputs are committed (until then it stays where it is)."""
@@ -126,6 +154,7 @@ def publish(temporary: str, target: Path, option: str) -> None:
         os.replace(temporary, target)
     else:
         outputs.staged.append((temporary, target, option))
+        outputs.pending.discard(temporary)
 
 
 def _place(temporary: str, target: Path, option: str, replace: bool) -> None:

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from attncli.errors import OutputError, UsageError
-from attncli.io.outputs import claim, publish
+from attncli.io.outputs import claim, publish, temporary_beside
 
 OUTPUT_FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".json": "json"}
 META_KEY = "meta"
@@ -297,9 +296,7 @@ def _write_npz(file: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapp
 
 def _write_atomically(target: Path, write: Callable[[BinaryIO], object], option: str) -> None:
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
-        )
+        descriptor, temporary = temporary_beside(target)
     except OSError as error:
         raise OutputError(f"{option} {target}: could not be written: {error.strerror or error}") from None
     try:
@@ -360,9 +357,7 @@ class _WeightsWriter:
         self.file: BinaryIO | None = None
         self.published = False
         try:
-            descriptor, self.temporary = tempfile.mkstemp(
-                dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
-            )
+            descriptor, self.temporary = temporary_beside(target)
         except OSError as error:
             raise self.error(error) from None
         try:
@@ -586,9 +581,7 @@ class ResultFile:
     def _replace_with(self, write: Callable[[BinaryIO], object]) -> None:
         """Write a second temporary file beside the target, rename it over the target, and remove
         the first."""
-        descriptor, temporary = tempfile.mkstemp(
-            dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".partial"
-        )
+        descriptor, temporary = temporary_beside(self.target)
         try:
             with os.fdopen(descriptor, "wb") as out:
                 write(out)
