@@ -204,6 +204,42 @@ def test_a_signal_the_moment_a_temporary_file_is_made_leaves_nothing(tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_signal_while_outputs_take_their_places_waits_until_all_have(tmp_path, monkeypatch):
+    """SIGTERM between two outputs taking their places: both land (the command had succeeded), and the
+    signal then reaches the command's handler; never one file placed and the other lost."""
+
+    class StoppedError(Exception):
+        pass
+
+    def stop(number, frame):
+        raise StoppedError
+
+    real_place = outputs._place
+
+    def place_then_signalled(*args):
+        real_place(*args)
+        signal.raise_signal(signal.SIGTERM)
+
+    (tmp_path / "old.svg").write_text("old")
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with outputs.all_or_nothing() as written:
+            writers.check_output_path(tmp_path / "new.svg", option="--export-svg", suffixes=(".svg",))
+            writers.check_output_path(
+                tmp_path / "old.svg", option="--export-html", suffixes=(".svg",), force=True
+            )
+            writers.write_text(tmp_path / "new.svg", "<svg/>", option="--export-svg")
+            writers.write_text(tmp_path / "old.svg", "<svg2/>", option="--export-html")
+            monkeypatch.setattr(outputs, "_place", place_then_signalled)
+            with pytest.raises(StoppedError):
+                written.commit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "new.svg").read_text() == "<svg/>"
+    assert (tmp_path / "old.svg").read_text() == "<svg2/>"
+    assert leftovers(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_sigterm_from_outside_ends_143_and_leaves_nothing(tmp_path):
     """A real SIGTERM to a real process in the middle of a long run in blocks."""

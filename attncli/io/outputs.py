@@ -38,26 +38,56 @@ class Outputs:
 
     def commit(self) -> None:
         """Every staged file into its place: first those that create a file (the ones that can fail,
-        should another program have made the target meanwhile), then those that replace one."""
+        should another program have made the target meanwhile), then those that replace one. Ctrl-C,
+        SIGTERM and SIGHUP wait until every file is in place (or none is): a signal in between would
+        leave some placed and the replaced ones lost."""
         staged = sorted(self.staged, key=lambda entry: os.path.realpath(entry[1]) in self.replaceable)
         done: list[Path] = []
-        try:
-            for temporary, target, option in staged:
-                _place(temporary, target, option, os.path.realpath(target) in self.replaceable)
-                done.append(target)
-        except BaseException:
-            for target in done:  # created by this command a moment ago: nobody else's file
-                if os.path.realpath(target) not in self.replaceable:
-                    target.unlink(missing_ok=True)
-            self.discard()
-            raise
-        self.staged.clear()
+        with _signals_held():
+            try:
+                for temporary, target, option in staged:
+                    _place(temporary, target, option, os.path.realpath(target) in self.replaceable)
+                    done.append(target)
+            except BaseException:
+                for target in done:  # created by this command a moment ago: nobody else's file
+                    if os.path.realpath(target) not in self.replaceable:
+                        target.unlink(missing_ok=True)
+                self.discard()
+                raise
+            self.staged.clear()
 
     def discard(self) -> None:
         for temporary in [*self.pending, *(entry[0] for entry in self.staged)]:
             Path(temporary).unlink(missing_ok=True)
         self.pending.clear()
         self.staged.clear()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP that come during the block are noted and raised again after it.
+    Python runs signal handlers in the main thread alone (and a thread's signal mask would not do:
+    the kernel hands a signal to any thread not masking it, torch's among them), so this holds them
+    there and leaves other threads' blocks as they are."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    numbers = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    came: list[int] = []
+    previous = {}
+    for number in numbers:
+        if signal.getsignal(number) is not None:  # None: a handler not set from Python, not ours to swap
+            previous[number] = signal.signal(number, lambda number, _: came.append(number))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(came):
+            signal.raise_signal(number)  # now, to the handler the command had
 
 
 _outputs: contextvars.ContextVar[Outputs | None] = contextvars.ContextVar("attncli_outputs", default=None)
