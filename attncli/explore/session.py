@@ -1,0 +1,252 @@
+"""What the explorer shows, computed by compute/ and analysis/: the pooled thumbnails of every
+matrix (the grid), the pooled picture of one matrix's visible window, and the figures of one cell.
+
+A window's rows are computed again, block by block, each time the view moves: the weights of a
+long input never exist whole, so memory is bounded by one block of rows (`MAX_BLOCK_BYTES` of
+scores) and the picture, whatever the number of positions. Each block of rows is its own small
+problem (`rows_problem`): the query rows alone against every key, with the matrix's mask and causal
+triangle for those rows turned into one mask, so that the softmax is the one `attn compute` takes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from attncli.analysis.rows import row_stats
+from attncli.compute import MAX_BLOCK_BYTES, Prepared, causal_hidden, prepare, run
+from attncli.compute.blocks import blocks
+from attncli.compute.sinks import PictureSink
+from attncli.present.explore import CellFigures, WindowPicture
+from attncli.present.grid import thumbnail_size
+from attncli.selection import matrix_indices
+
+#: Keys listed in the side panel.
+TOP_KEYS = 5
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The thumbnails of every matrix: pooled pictures (..., R, C) by max and by mean, each cell
+    `blocks` weights, and each row's entropy (..., Lq)."""
+
+    picture_max: np.ndarray
+    picture_mean: np.ndarray
+    blocks: tuple[int, int]
+    entropy: np.ndarray
+
+
+@dataclass
+class Explorer:
+    """The matrices of one problem, named: `axes` are the weights' leading axes ("layer", "batch",
+    "head"), `axis_values` what each index of an axis stands for (a capture's layer numbers),
+    `tokens` the tokens of each batch entry (a capture's), `label` the input's name."""
+
+    problem: Prepared
+    axes: tuple[str, ...]
+    label: str
+    axis_values: dict[str, list[int]] = field(default_factory=dict)
+    tokens: list[list[str]] | None = None
+    _grid: Grid | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(Lq, Lk) of each matrix."""
+        lq, lk = self.problem.weights_shape[-2:]
+        return lq, lk
+
+    @property
+    def leading(self) -> tuple[int, ...]:
+        return tuple(self.problem.weights_shape[:-2])
+
+    @property
+    def batch_size(self) -> int:
+        """Entries of the (first) batch axis; 1 without one."""
+        return self.leading[self.axes.index("batch")] if "batch" in self.axes else 1
+
+    def matrices(self, batch: int | None) -> list[tuple[int, ...]]:
+        """The indices of every matrix of batch entry `batch` (every one with None), in order."""
+        chosen = None if batch is None or "batch" not in self.axes else [batch]
+        return list(matrix_indices(self.leading, self.axes, chosen, None))
+
+    def grid(self) -> Grid:
+        """Every matrix's thumbnail, computed once, in blocks of rows as long inputs need."""
+        if self._grid is None:
+            result = run(
+                self.problem,
+                block_rows=_block_rows(self.problem),
+                picture=thumbnail_size(self.shape),
+                entropy=True,
+            )
+            assert result.picture_max is not None
+            assert result.picture_mean is not None
+            assert result.entropy is not None
+            entropy = result.entropy.detach().cpu().double().numpy()
+            self._grid = Grid(result.picture_max, result.picture_mean, result.picture_blocks, entropy)
+        return self._grid
+
+    def labels(self, index: tuple[int, ...]) -> list[str] | None:
+        """The tokens that name the positions of matrix `index` (its batch entry's), or None."""
+        if self.tokens is None:
+            return None
+        entry = index[self.axes.index("batch")] if "batch" in self.axes else 0
+        if entry >= len(self.tokens):
+            return None
+        return self.tokens[entry]
+
+    def rows_problem(self, index: tuple[int, ...], start: int, stop: int) -> Prepared:
+        """Query rows [start, stop) of matrix `index` against every key, as a problem of their own:
+        the matrix's mask rows and causal triangle (aligned to row `start`) as one mask."""
+        p = self.problem
+        lead = self.leading
+        # (..., Lq, D) broadcast to the weights' leading axes, then one matrix's rows: (n, D)
+        query = p.query.expand(*lead, *p.query.shape[-2:])[index][start:stop]
+        kv_lead, kv_index = lead, index
+        if p.group > 1:  # query head h reads key/value head h // group
+            kv_lead = (*lead[:-1], p.key.shape[-3])
+            kv_index = (*index[:-1], index[-1] // p.group)
+        key = p.key.expand(*kv_lead, *p.key.shape[-2:])[kv_index]  # (Lk, D)
+        value = p.value.expand(*kv_lead, *p.value.shape[-2:])[kv_index]  # (Lk, Dv)
+        rows, keys = stop - start, key.shape[-2]
+        mask: torch.Tensor | None = None
+        if p.mask is not None:
+            # (..., Lq or 1, Lk or 1) -> (Lq, Lk) of this matrix (a view), then its rows: (n, Lk)
+            mask = torch.broadcast_to(p.mask, p.weights_shape)[index][start:stop]
+        if p.causal:
+            hidden = causal_hidden(rows, keys, start, query.device)  # (n, Lk): True past the diagonal
+            if mask is None:
+                mask = ~hidden
+            elif mask.dtype == torch.bool:
+                mask = mask & ~hidden
+            else:
+                mask = mask.masked_fill(hidden, -math.inf)
+        return prepare(query, key, value, scale=p.scale, mask=mask, dtype=p.query.dtype, device=query.device)
+
+    def window(
+        self,
+        index: tuple[int, ...],
+        origin: tuple[int, int],
+        span: tuple[int, int],
+        blocks_per_cell: tuple[int, int],
+    ) -> WindowPicture:
+        """The picture of rows origin[0].. and keys origin[1].. of matrix `index`, `span` (rows,
+        keys) of them, each cell pooling `blocks_per_cell` weights: only those rows are computed,
+        a block of rows at a time, and only those keys pooled."""
+        lq, lk = self.shape
+        first_row, first_key = origin
+        last_row = min(first_row + span[0], lq)
+        last_key = min(first_key + span[1], lk)
+        rows, keys = last_row - first_row, last_key - first_key
+        size = (max(1, math.ceil(rows / blocks_per_cell[0])), max(1, math.ceil(keys / blocks_per_cell[1])))
+        picture = PictureSink((rows, keys), size, self.problem.query.device)
+        step = _rows_per_block(self.problem, lk)
+        for start in range(first_row, last_row, step):
+            stop = min(start + step, last_row)
+            sub = self.rows_problem(index, start, stop)
+            for block in blocks(sub, stop - start):
+                weights = block.weights[..., first_key:last_key]  # (n, Lk) -> (n, keys)
+                blocked = block.blocked
+                if blocked is not None and blocked.shape[-1] > 1:
+                    blocked = blocked[..., first_key:last_key]
+                picture.pool(start - first_row, weights, blocked)
+        largest, mean = picture.arrays()
+        return WindowPicture(
+            picture_max=largest,
+            picture_mean=mean,
+            blocks=picture.blocks,
+            origin=(first_row, first_key),
+            span=(rows, keys),
+            shape=(lq, lk),
+        )
+
+    def window_weights(
+        self, index: tuple[int, ...], rows: tuple[int, int], keys: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weights (float64) of rows [rows) and keys [keys) of matrix `index`, and where they
+        are masked (bool, or None): what a table of the window shows."""
+        sub = self.rows_problem(index, *rows)
+        result = run(sub, keep_weights=True)
+        assert result.weights is not None
+        weights = result.weights.detach().cpu().double().numpy()[:, keys[0] : keys[1]]
+        masked = result.masked_keys()
+        if masked is not None:
+            masked = np.broadcast_to(masked, result.weights_shape)[:, keys[0] : keys[1]]
+        return weights, masked
+
+    def cell(self, index: tuple[int, ...], query: int, key: int, top: int = TOP_KEYS) -> CellFigures:
+        """The figures of weight (query, key) of matrix `index` and of its row: computed for that
+        row alone, by the run and row statistics that `attn compute --stats --top-k` uses."""
+        sub = self.rows_problem(index, query, query + 1)
+        result = run(sub, keep_weights=True, top_k=top)
+        assert result.weights is not None
+        assert result.top_k is not None
+        stats = row_stats(result, row_offset=query)
+        row = result.weights[0].detach().cpu().double().numpy()  # (Lk,)
+        masked_keys = result.masked_keys()
+        shut = (
+            np.zeros(row.shape, dtype=bool)
+            if masked_keys is None
+            else np.broadcast_to(masked_keys, result.weights_shape)[0]
+        )
+        weight = float(row[key])
+        open_weights = row[~shut]
+        # ties share a rank: 1 + the open keys with a larger weight
+        rank = None if shut[key] else 1 + int((open_weights > weight).sum())
+        values, keys = result.top_k
+        labels = self.labels(index)
+        return CellFigures(
+            query=query,
+            key=key,
+            query_token=None if labels is None else labels[query],
+            key_token=None if labels is None else labels[key],
+            weight=weight,
+            score=None if shut[key] else self._score(sub, key),
+            rank=rank,
+            open_keys=int((~shut).sum()),
+            masked=bool(shut[key]),
+            entropy=float(stats.entropy[0]),
+            sink=float(stats.sink[0]),
+            distance=float(stats.distance[0]),
+            top=[
+                (int(k), float(v), None if labels is None else labels[int(k)])
+                for k, v in zip(keys[0].tolist(), values[0].double().tolist(), strict=True)
+                if k >= 0
+            ],
+        )
+
+    @staticmethod
+    def _score(sub: Prepared, key: int) -> float:
+        """The score the softmax took for `key` in the one row of `sub`: the scaled query . key, plus
+        the additive mask where the mask is one; the product taken as the blocks take it."""
+        query, keys, _ = sub.compute_inputs()
+        score = float((query[0] * sub.scale) @ keys[key])  # (D,) . (D,)
+        if sub.mask is not None and sub.mask.dtype != torch.bool:
+            score += float(torch.broadcast_to(sub.mask, sub.weights_shape)[0, key])
+        return score
+
+
+def _block_rows(problem: Prepared) -> int:
+    """Query rows per block of a run over `problem`: every row when its scores fit MAX_BLOCK_BYTES
+    x 8, else as many as fit MAX_BLOCK_BYTES (compute's own bound for a block)."""
+    *lead, lq, lk = problem.weights_shape
+    row_bytes = max(1, math.prod(lead) * lk * problem.query.element_size())
+    if row_bytes * lq <= 8 * MAX_BLOCK_BYTES:
+        return max(lq, 1)
+    return max(1, MAX_BLOCK_BYTES // row_bytes)
+
+
+def _rows_per_block(problem: Prepared, keys: int) -> int:
+    """Rows of one matrix per block of a window: MAX_BLOCK_BYTES of scores."""
+    return max(1, MAX_BLOCK_BYTES // max(1, keys * max(problem.query.element_size(), 4)))
+
+
+def axes_of(problem: Prepared, layers: Sequence[int] | None) -> tuple[str, ...]:
+    """The names of the weights' leading axes; a capture's stacked layers are the first."""
+    axes = list(problem.describe()["weights_axes"][:-2])
+    if layers is not None and axes:
+        axes[0] = "layer"
+    return tuple(axes)

@@ -1,0 +1,372 @@
+"""`attn explore`: the figures of a cell and the pooled windows against the float64 reference, the
+app driven headless by Textual's pilot, and the command's refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_error
+from reference import reference_attention
+from typer.testing import CliRunner
+
+from attncli.cli import app
+from attncli.compute import prepare
+from attncli.explore.session import Explorer, axes_of
+
+RNG = np.random.default_rng(19)
+runner = CliRunner()
+
+
+def _explorer(
+    positions: int = 12,
+    heads: int = 2,
+    *,
+    keys: int | None = None,
+    kv_heads: int | None = None,
+    causal: bool = False,
+    mask: np.ndarray | None = None,
+    tokens: list[list[str]] | None = None,
+) -> tuple[Explorer, tuple[np.ndarray, ...]]:
+    """An explorer of random float64 inputs (batch 2), and those inputs."""
+    keys = keys or positions
+    query = RNG.standard_normal((2, heads, positions, 8))
+    key = RNG.standard_normal((2, kv_heads or heads, keys, 8))
+    value = RNG.standard_normal((2, kv_heads or heads, keys, 4))
+    problem = prepare(query, key, value, mask=mask, causal=causal)
+    explorer = Explorer(problem, axes_of(problem, None), label="test", tokens=tokens)
+    return explorer, (query, key, value)
+
+
+def _reference(inputs: tuple[np.ndarray, ...], *, causal=False, mask=None) -> np.ndarray:
+    query, key, value = inputs
+    if key.shape[1] != query.shape[1]:  # grouped-query: query head h reads key head h // group
+        group = query.shape[1] // key.shape[1]
+        key, value = np.repeat(key, group, axis=1), np.repeat(value, group, axis=1)
+    weights, _ = reference_attention(query, key, value, causal=causal, mask=mask)
+    return weights
+
+
+def _reference_scores(inputs, index, query_row, mask=None) -> np.ndarray:
+    query, key, _ = inputs
+    group = query.shape[1] // key.shape[1]
+    b, h = index
+    scores = key[b, h // group] @ query[b, h, query_row] / math.sqrt(query.shape[-1])
+    if mask is not None and mask.dtype != bool:
+        scores = (
+            scores + np.broadcast_to(mask, (*query.shape[:2], query.shape[2], key.shape[2]))[b, h, query_row]
+        )
+    return scores
+
+
+CASES = {
+    "plain": {},
+    "causal": {"causal": True},
+    "padding and causal": {
+        "causal": True,
+        "mask": np.arange(12)[None, None, None, :] < np.array([12, 9])[:, None, None, None],
+    },
+    "additive mask": {"mask": RNG.standard_normal((12, 12))},
+    "grouped query": {"kv_heads": 1, "heads": 4},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cell_figures_are_the_float64_reference(case):
+    """Weight, score, rank, entropy, sink, distance and top keys of cells all over the matrix, each
+    from the reference's weights of the whole matrix (not from the app's own rows)."""
+    options = dict(CASES[case])
+    heads = options.pop("heads", 2)
+    explorer, inputs = _explorer(heads=heads, **options)
+    weights = _reference(inputs, causal=options.get("causal", False), mask=options.get("mask"))
+    blocked = np.zeros(weights.shape, dtype=bool)
+    if options.get("causal"):
+        blocked |= np.triu(np.ones((12, 12), dtype=bool), 1)
+    if options.get("mask") is not None and options["mask"].dtype == bool:
+        blocked |= ~np.broadcast_to(options["mask"], weights.shape)
+    for index, (row, key) in [
+        ((0, 0), (0, 0)),
+        ((1, heads - 1), (11, 3)),
+        ((1, 0), (7, 7)),
+        ((0, 1), (4, 10)),
+    ]:
+        figures = explorer.cell(index, row, key, top=3)
+        w = weights[(*index, row)]
+        shut = blocked[(*index, row)]
+        assert figures.weight == pytest.approx(w[key], abs=1e-12)
+        assert figures.masked == shut[key]
+        if shut[key]:
+            assert figures.score is None
+            assert figures.rank is None
+        else:
+            score = _reference_scores(inputs, index, row, options.get("mask"))[key]
+            assert figures.score == pytest.approx(score, abs=1e-9)
+            assert figures.rank == 1 + int((w[~shut] > w[key]).sum())
+        open_w = w[~shut]
+        entropy = -(open_w[open_w > 0] * np.log(open_w[open_w > 0])).sum()
+        assert figures.entropy == pytest.approx(entropy, abs=1e-9)
+        assert figures.sink == (
+            pytest.approx(w[0], abs=1e-12) if not shut[0] else pytest.approx(math.nan, nan_ok=True)
+        )
+        distance = (w * np.abs(row - np.arange(12))).sum()
+        assert figures.distance == pytest.approx(distance, abs=1e-9)
+        order = sorted(np.flatnonzero(~shut), key=lambda j: (-w[j], j))[:3]
+        assert [k for k, _, _ in figures.top] == order
+        assert [v for _, v, _ in figures.top] == pytest.approx(w[order], abs=1e-12)
+
+
+def _pooled(weights, blocked, blocks, how):
+    """The reference's pooling of `weights` (R*br, C*bc, ragged at the ends) into cells, masked
+    weights left out, NaN where a cell has none."""
+    rows, cols = weights.shape
+    br, bc = blocks
+    out = np.full((math.ceil(rows / br), math.ceil(cols / bc)), np.nan)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            cell = weights[r * br : (r + 1) * br, c * bc : (c + 1) * bc]
+            shut = blocked[r * br : (r + 1) * br, c * bc : (c + 1) * bc]
+            if (~shut).any():
+                out[r, c] = cell[~shut].max() if how == "max" else cell[~shut].mean()
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_pools_only_the_visible_rows_and_keys(causal):
+    explorer, inputs = _explorer(positions=40, causal=causal)
+    weights = _reference(inputs, causal=causal)[1, 0]
+    blocked = np.triu(np.ones((40, 40), dtype=bool), 1) if causal else np.zeros((40, 40), dtype=bool)
+    origin, span, blocks = (6, 9), (20, 27), (4, 3)
+    window = explorer.window((1, 0), origin, span, blocks)
+    assert window.blocks == blocks
+    assert window.origin == origin
+    assert window.span == span
+    visible = np.s_[6:26, 9:36]
+    for how, got in (("max", window.picture_max), ("mean", window.picture_mean)):
+        expected = _pooled(weights[visible], blocked[visible], blocks, how)
+        np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
+
+
+def test_window_of_a_long_input_is_computed_in_blocks_of_rows(monkeypatch):
+    """More rows than one block holds: the same picture as the reference, block after block."""
+    import attncli.explore.session as session
+
+    monkeypatch.setattr(session, "_rows_per_block", lambda problem, keys: 7)
+    explorer, inputs = _explorer(positions=30, causal=True)
+    weights = _reference(inputs, causal=True)[0, 1]
+    window = explorer.window((0, 1), (0, 0), (30, 30), (2, 2))
+    blocked = np.triu(np.ones((30, 30), dtype=bool), 1)
+    np.testing.assert_allclose(
+        window.picture_max, _pooled(weights, blocked, (2, 2), "max"), atol=1e-6, equal_nan=True
+    )
+
+
+# --- the app, driven by Textual's pilot ---------------------------------------------------------------
+
+
+def _capture_file(path: Path, layers=3, heads=4, positions=6) -> dict[str, np.ndarray]:
+    """A file laid out as `attn capture` writes one: one text, its tokens, float32 layers."""
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for layer in range(layers):
+        for role in ("query", "key", "value"):
+            tensors[f"layers.{layer}.{role}"] = RNG.standard_normal((1, heads, positions, 8)).astype(
+                np.float32
+            )
+        tensors[f"layers.{layer}.mask"] = np.ones((1, 1, positions, positions), dtype=bool)
+    tokens = [["[CLS]", "the", "cat", "sat", ".", "[SEP]"][:positions]]
+    meta = {
+        "tokens": tokens,
+        "lengths": [positions],
+        "num_layers": layers,
+        "layers": {str(layer): {"scaling": 0.35} for layer in range(layers)},
+    }
+    save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in meta.items()})
+    return tensors
+
+
+def _capture_explorer(path: Path) -> Explorer:
+    from attncli.io import loaders
+
+    source = loaders.read_tensors(str(path))
+    inputs = loaders.stacked_layer_inputs(source, loaders.chosen_layers(source, None))
+    problem = prepare(inputs.query, inputs.key, inputs.value, scale=inputs.scale, mask=inputs.mask)
+    return Explorer(
+        problem,
+        axes_of(problem, inputs.layers),
+        label=source.label,
+        axis_values={"layer": list(inputs.layers or [])},
+        tokens=inputs.tokens,
+    )
+
+
+def _text(widget) -> str:
+    """What a Static shows, as plain text."""
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open("/dev/null", "w"), color_system=None)  # noqa: SIM115
+    console.print(widget.content)
+    return console.export_text()
+
+
+def test_the_pilot_walks_from_the_grid_to_one_weight_and_back(tmp_path, monkeypatch):
+    from attncli.explore.app import ExploreApp, GridScreen, HeadScreen, HelpScreen
+
+    tensors = _capture_file(tmp_path / "run.safetensors")
+    explorer = _capture_explorer(tmp_path / "run.safetensors")
+    monkeypatch.chdir(tmp_path)
+
+    async def walk() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.pause()
+            assert isinstance(app.screen, GridScreen)
+            assert "L0" in _text(app.screen.query_one("#grid"))
+            assert "L2" in _text(app.screen.query_one("#grid"))
+            await pilot.press("right", "down", "enter")  # head 1 of layer 1
+            await pilot.pause()
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            assert head.index == (1, 0, 1)
+            await pilot.press("down", "down", "right", "right", "right")
+            await pilot.pause()
+            assert head.cursor == (2, 3)
+            panel = _text(head.query_one("#panel"))
+            q, k, v, mask = (tensors[f"layers.1.{role}"] for role in ("query", "key", "value", "mask"))
+            weights, _ = reference_attention(q, k, v, mask=mask, scale=0.35)
+            row = weights[0, 1, 2]
+            assert "2 'cat'" in panel
+            assert "3 'sat'" in panel
+            assert f"{row[3]:.4f}" in panel
+            entropy = -(row * np.log(row)).sum()
+            assert f"{entropy:.4f} nats" in panel
+            assert f"{1 + int((row > row[3]).sum())} of 6" in panel
+            await pilot.press("l")  # the next layer, same head and cursor
+            await pilot.pause()
+            assert head.index == (2, 0, 1)
+            assert head.cursor == (2, 3)
+            await pilot.press("h", "h", "H")
+            await pilot.pause()
+            assert head.index == (2, 0, 2)
+            await pilot.press("s")
+            assert app.color_scale == "max"
+            await pilot.press("p")
+            assert app.pool == "mean"
+            await pilot.press("t")
+            await pilot.pause()
+            assert head.table
+            assert "rows 0–5" in _text(head.query_one("#map"))
+            await pilot.press("t", "question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape", "e")
+            await pilot.pause()
+            assert app.exported == [Path("attn-explore-1.svg")]
+            assert (tmp_path / "attn-explore-1.svg").read_text().startswith("<svg")
+            await pilot.press("escape")
+            await pilot.pause()
+            assert isinstance(app.screen, GridScreen)
+            assert app.screen.selected == explorer.matrices(0).index((2, 0, 2))
+            await pilot.press("q")
+        assert app.return_code == 0
+
+    asyncio.run(walk())
+
+
+def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
+    from attncli.explore.app import ExploreApp, HeadScreen
+
+    explorer, inputs = _explorer(positions=600, heads=1, causal=True)
+    weights = _reference(inputs, causal=True)[0, 0]
+
+    async def zoom() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("enter")
+            await pilot.pause()
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            fit = head.blocks
+            assert fit is not None
+            assert fit[0] > 1
+            for _ in range(8):
+                await pilot.press("plus")
+            await pilot.pause()
+            assert head.blocks == (1, 1)
+            await pilot.press("down", "right", "right")
+            await pilot.pause()
+            assert head.cursor == (1, 2)
+            window = head._window
+            assert window is not None
+            assert window.blocks == (1, 1)
+            rows, cols = window.span
+            expected = weights[
+                window.origin[0] : window.origin[0] + rows, window.origin[1] : window.origin[1] + cols
+            ]
+            shut = np.triu(np.ones((600, 600), dtype=bool), 1)[
+                window.origin[0] : window.origin[0] + rows, window.origin[1] : window.origin[1] + cols
+            ]
+            np.testing.assert_allclose(window.picture_max, np.where(shut, np.nan, expected), atol=1e-6)
+            await pilot.press("minus")
+            await pilot.pause()
+            assert head.blocks == (2, 2)
+            await pilot.press("q")
+
+    asyncio.run(zoom())
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def test_outside_a_terminal_it_refuses_and_points_to_compute(tmp_path):
+    _capture_file(tmp_path / "run.safetensors")
+    result = runner.invoke(app, ["explore", str(tmp_path / "run.safetensors")])
+    assert_error(result, "terminal", "attn compute")
+    result = runner.invoke(app, ["explore", str(tmp_path / "run.safetensors")], env={"TERM": "dumb"})
+    assert_error(result, "TERM is dumb", "attn compute")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["missing.npy"], ["missing.npy"]),
+        (["bad.json"], ["bad.json"]),
+        (["-"], ["stdin"]),
+        (["q.npy", "k.npy"], ["2 paths"]),
+        (["run.safetensors", "--layer", "9"], ["--layer"]),
+        (["q.npy", "--layer", "1"], ["--layer"]),
+    ],
+)
+def test_bad_input_is_one_line_before_the_interface_starts(tmp_path, monkeypatch, args, words):
+    import attncli.cli.explore as command
+
+    monkeypatch.setattr(command, "terminal_problem", lambda: None)  # as in a terminal
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.json").write_text("[[1, 2], [3")
+    np.save(tmp_path / "q.npy", np.ones((3, 4), np.float32))
+    np.save(tmp_path / "k.npy", np.ones((3, 4), np.float32))
+    _capture_file(tmp_path / "run.safetensors")
+    assert_error(runner.invoke(app, ["explore", *args]), *words)
+
+
+@pytest.mark.slow
+def test_help_and_other_commands_import_no_textual():
+    probe = (
+        "import sys\n"
+        "from attncli.cli import main\n"
+        "sys.argv = ['attn', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "except SystemExit:\n    pass\n"
+        "print('textual:', 'textual' in sys.modules)\n"
+    )
+    for args in (["--help"], ["explore", "--help"], ["compute", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60
+        )
+        assert "textual: False" in done.stdout, (args, done.stdout, done.stderr)
