@@ -192,18 +192,9 @@ def _capture_file(path: Path, layers=3, heads=4, positions=6) -> dict[str, np.nd
 
 
 def _capture_explorer(path: Path) -> Explorer:
-    from attncli.io import loaders
+    from attncli.explore.session import open_explorer
 
-    source = loaders.read_tensors(str(path))
-    inputs = loaders.stacked_layer_inputs(source, loaders.chosen_layers(source, None))
-    problem = prepare(inputs.query, inputs.key, inputs.value, scale=inputs.scale, mask=inputs.mask)
-    return Explorer(
-        problem,
-        axes_of(problem, inputs.layers),
-        label=source.label,
-        axis_values={"layer": list(inputs.layers or [])},
-        tokens=inputs.tokens,
-    )
+    return open_explorer([str(path)])
 
 
 def _text(widget) -> str:

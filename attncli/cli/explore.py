@@ -97,46 +97,17 @@ def explore(
     problem_text = terminal_problem()
     if problem_text is not None:
         raise UsageError(NOT_A_TERMINAL.format(problem_text))
-    from attncli import selection
-    from attncli.compute import prepare
-    from attncli.explore.session import Explorer, axes_of
-    from attncli.io import loaders
+    from attncli.explore.session import open_explorer
 
-    layers = selection.parse_layers(layer)
-    source = loaders.read_tensors(loaders.split_spec(paths[0])[0]) if len(paths) == 1 else None
-    if (
-        source is not None
-        and loaders.split_spec(paths[0])[1] is None
-        and loaders.captured_layers(source.tensors)
-    ):
-        inputs = loaders.stacked_layer_inputs(source, loaders.chosen_layers(source, layers))
-    else:
-        if layer is not None:
-            raise UsageError("--layer picks layers of a file from 'attn capture'; this input has none")
-        inputs = loaders.load_attention_inputs(paths)
-    problem = prepare(
-        inputs.query,
-        inputs.key,
-        inputs.value,
-        scale=inputs.scale if scale is None else scale,
-        mask=loaders.load_mask(mask) if mask else inputs.mask,
+    explorer = open_explorer(
+        paths,
+        layer=layer,
+        scale=scale,
         causal=causal,
+        mask=mask,
         heads=heads,
         dtype=dtype.value,
-        names=inputs.sources,
-    )
-    tokens = inputs.tokens
-    given = selection.given_labels(labels)
-    if given is not None:
-        selection.check_label_count(given, problem.weights_shape[-2], "--labels", "query")
-        selection.check_label_count(given, problem.weights_shape[-1], "--labels", "key")
-        tokens = [given] * max(1, len(inputs.tokens or [given]))
-    explorer = Explorer(
-        problem,
-        axes_of(problem, inputs.layers),
-        label=source.label if source is not None else " ".join(paths),
-        axis_values={} if inputs.layers is None else {"layer": list(inputs.layers)},
-        tokens=tokens,
+        labels=labels,
     )
     from attncli.explore.app import ExploreApp
 

@@ -244,6 +244,60 @@ def _rows_per_block(problem: Prepared, keys: int) -> int:
     return max(1, MAX_BLOCK_BYTES // max(1, keys * max(problem.query.element_size(), 4)))
 
 
+def open_explorer(
+    paths: Sequence[str],
+    *,
+    layer: str | None = None,
+    scale: float | None = None,
+    causal: bool = False,
+    mask: str | None = None,
+    heads: int | None = None,
+    dtype: str = "auto",
+    labels: str | None = None,
+) -> Explorer:
+    """The explorer of what `attn compute` reads: a file from `attn capture` (its layers stacked,
+    every one unless `layer` picks some, with their mask, scale and tokens), or query, key and
+    value (three files, or one holding them, or one tensor for self-attention). Errors are the
+    loaders' and `prepare`'s, raised before anything is computed."""
+    from attncli import selection
+    from attncli.errors import UsageError
+    from attncli.io import loaders
+
+    layers = selection.parse_layers(layer)
+    path, name = loaders.split_spec(paths[0])
+    source = loaders.read_tensors(path) if len(paths) == 1 else None
+    if source is not None and name is None and loaders.captured_layers(source.tensors):
+        inputs = loaders.stacked_layer_inputs(source, loaders.chosen_layers(source, layers))
+    else:
+        if layer is not None:
+            raise UsageError("--layer picks layers of a file from 'attn capture'; this input has none")
+        inputs = loaders.load_attention_inputs(paths)
+    problem = prepare(
+        inputs.query,
+        inputs.key,
+        inputs.value,
+        scale=inputs.scale if scale is None else scale,
+        mask=loaders.load_mask(mask) if mask else inputs.mask,
+        causal=causal,
+        heads=heads,
+        dtype=dtype,
+        names=inputs.sources,
+    )
+    tokens = inputs.tokens
+    given = selection.given_labels(labels)
+    if given is not None:
+        selection.check_label_count(given, problem.weights_shape[-2], "--labels", "query")
+        selection.check_label_count(given, problem.weights_shape[-1], "--labels", "key")
+        tokens = [given] * max(1, len(inputs.tokens or [given]))
+    return Explorer(
+        problem,
+        axes_of(problem, inputs.layers),
+        label=source.label if source is not None else " ".join(paths),
+        axis_values={} if inputs.layers is None else {"layer": list(inputs.layers)},
+        tokens=tokens,
+    )
+
+
 def axes_of(problem: Prepared, layers: Sequence[int] | None) -> tuple[str, ...]:
     """The names of the weights' leading axes; a capture's stacked layers are the first."""
     axes = list(problem.describe()["weights_axes"][:-2])
