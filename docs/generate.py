@@ -322,9 +322,11 @@ path, pictures = sys.argv[1], json.loads(sys.argv[2])
 async def save(target, keys):
     app = ExploreApp(open_explorer([path]))
     async with app.run_test(size=(160, 40)) as pilot:
-        await pilot.pause()
-        await pilot.press(*keys)
-        await pilot.pause()
+        for key in ["z", *keys]:  # z: nothing, the first frame
+            await pilot.press(key)
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
         app.save_screenshot(target)
 
 for target, keys in pictures:

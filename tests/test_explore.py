@@ -136,17 +136,24 @@ def _pooled(weights, blocked, blocks, how):
     return out
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_window_pools_only_the_visible_rows_and_keys(causal):
+@pytest.mark.parametrize(
+    ("causal", "origin", "span"),
+    [
+        (False, (6, 9), (20, 27)),
+        (True, (6, 9), (20, 27)),
+        (True, (0, 8), (12, 20)),  # rows 0-7 see none of the window's keys, rows 8-11 a few
+    ],
+)
+def test_window_pools_only_the_visible_rows_and_keys(causal, origin, span):
     explorer, inputs = _explorer(positions=40, causal=causal)
     weights = _reference(inputs, causal=causal)[1, 0]
     blocked = np.triu(np.ones((40, 40), dtype=bool), 1) if causal else np.zeros((40, 40), dtype=bool)
-    origin, span, blocks = (6, 9), (20, 27), (4, 3)
+    blocks = (4, 3)
     window = explorer.window((1, 0), origin, span, blocks)
     assert window.blocks == blocks
     assert window.origin == origin
     assert window.span == span
-    visible = np.s_[6:26, 9:36]
+    visible = np.s_[origin[0] : origin[0] + span[0], origin[1] : origin[1] + span[1]]
     for how, got in (("max", window.picture_max), ("mean", window.picture_mean)):
         expected = _pooled(weights[visible], blocked[visible], blocks, how)
         np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
@@ -197,6 +204,13 @@ def _capture_explorer(path: Path) -> Explorer:
     return open_explorer([str(path)])
 
 
+async def _settle(app, pilot) -> None:
+    """Wait until the screen has answered the keys pressed: their computations (threads) and redraws."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 def _text(widget) -> str:
     """What a Static shows, as plain text."""
     from rich.console import Console
@@ -216,17 +230,17 @@ def test_the_pilot_walks_from_the_grid_to_one_weight_and_back(tmp_path, monkeypa
     async def walk() -> None:
         app = ExploreApp(explorer)
         async with app.run_test(size=(160, 50)) as pilot:
-            await pilot.pause()
+            await _settle(app, pilot)
             assert isinstance(app.screen, GridScreen)
             assert "L0" in _text(app.screen.query_one("#grid"))
             assert "L2" in _text(app.screen.query_one("#grid"))
             await pilot.press("right", "down", "enter")  # head 1 of layer 1
-            await pilot.pause()
+            await _settle(app, pilot)
             head = app.screen
             assert isinstance(head, HeadScreen)
             assert head.index == (1, 0, 1)
             await pilot.press("down", "down", "right", "right", "right")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert head.cursor == (2, 3)
             panel = _text(head.query_one("#panel"))
             q, k, v, mask = (tensors[f"layers.1.{role}"] for role in ("query", "key", "value", "mask"))
@@ -239,29 +253,29 @@ def test_the_pilot_walks_from_the_grid_to_one_weight_and_back(tmp_path, monkeypa
             assert f"{entropy:.4f} nats" in panel
             assert f"{1 + int((row > row[3]).sum())} of 6" in panel
             await pilot.press("l")  # the next layer, same head and cursor
-            await pilot.pause()
+            await _settle(app, pilot)
             assert head.index == (2, 0, 1)
             assert head.cursor == (2, 3)
             await pilot.press("h", "h", "H")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert head.index == (2, 0, 2)
             await pilot.press("s")
             assert app.color_scale == "max"
             await pilot.press("p")
             assert app.pool == "mean"
             await pilot.press("t")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert head.table
             assert "rows 0–5" in _text(head.query_one("#map"))
             await pilot.press("t", "question_mark")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert isinstance(app.screen, HelpScreen)
             await pilot.press("escape", "e")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert app.exported == [Path("attn-explore-1.svg")]
             assert (tmp_path / "attn-explore-1.svg").read_text().startswith("<svg")
             await pilot.press("escape")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert isinstance(app.screen, GridScreen)
             assert app.screen.selected == explorer.matrices(0).index((2, 0, 2))
             await pilot.press("q")
@@ -280,7 +294,7 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
         app = ExploreApp(explorer)
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("enter")
-            await pilot.pause()
+            await _settle(app, pilot)
             head = app.screen
             assert isinstance(head, HeadScreen)
             fit = head.blocks
@@ -288,10 +302,10 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
             assert fit[0] > 1
             for _ in range(8):
                 await pilot.press("plus")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert head.blocks == (1, 1)
             await pilot.press("down", "right", "right")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert head.cursor == (1, 2)
             window = head._window
             assert window is not None
@@ -305,7 +319,7 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
             ]
             np.testing.assert_allclose(window.picture_max, np.where(shut, np.nan, expected), atol=1e-6)
             await pilot.press("minus")
-            await pilot.pause()
+            await _settle(app, pilot)
             assert head.blocks == (2, 2)
             await pilot.press("q")
 

@@ -33,10 +33,10 @@ NOT_A_TERMINAL = (
 
 def terminal_problem() -> str | None:
     """Why there is no terminal to draw in (stdout a pipe or file, stdin not a terminal, TERM=dumb),
-    or None."""
+    or None. stderr is asked too: Textual draws there (so that stdout may be piped elsewhere)."""
     if os.environ.get("TERM", "") == "dumb":
         return "TERM is dumb"
-    for name, stream in (("stdout", sys.stdout), ("stdin", sys.stdin)):
+    for name, stream in (("stdout", sys.stdout), ("stdin", sys.stdin), ("stderr", sys.stderr)):
         try:
             if stream is None or not stream.isatty():
                 return f"{name} is not one"

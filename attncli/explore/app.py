@@ -6,20 +6,22 @@ the panel of its weight, zoom and pan. The drawings come from present/ (`grid.gr
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from itertools import count
 from pathlib import Path
 from typing import ClassVar
 
 from rich.console import Group
 from rich.text import Text
-from textual import events
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
+from textual.worker import Worker, get_current_worker
 
-from attncli.explore.session import Explorer
+from attncli.explore.session import Explorer, StoppedError
 from attncli.present.explore import (
     WindowPicture,
     cell_panel,
@@ -33,6 +35,8 @@ from attncli.present.options import ViewOptions
 from attncli.present.style import COLOR_SCALES
 
 POOLS = ("max", "mean")
+#: A window of a head: (matrix index, origin, span, weights per cell), as `Explorer.window` takes them.
+WindowKey = tuple[tuple[int, ...], tuple[int, int], tuple[int, int], tuple[int, int]]
 PANEL_WIDTH = 34  # columns of the side panel of a head
 
 HELP = """\
@@ -180,6 +184,18 @@ class GridScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.selected = 0
+        self.first_layer = 0  # the first row of thumbnails shown, when not every layer fits
+        self._grid_worker: Worker[None] | None = None
+
+    @work(thread=True, group="grid")
+    def _compute_grid(self) -> None:
+        worker = get_current_worker()
+        try:
+            self.explorer.grid(stopped=lambda: worker.is_cancelled)
+        except StoppedError:
+            return
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self.redraw)
 
     @property
     def explorer(self) -> Explorer:
@@ -207,8 +223,17 @@ class GridScreen(Screen[None]):
         app = self.app
         assert isinstance(app, ExploreApp)
         explorer = self.explorer
-        grid = explorer.grid()
         matrices = self.matrices()
+        if not explorer.grid_ready:  # computed in a thread; this screen answers keys meanwhile
+            lq, lk = explorer.shape
+            self.query_one("#title", Static).update(Text(f" {explorer.label}", no_wrap=True))
+            self.query_one("#grid", Static).update(
+                Text(f"computing the thumbnails of {len(explorer.matrices(None))} matrices of {lq}×{lk}…")
+            )
+            if self._grid_worker is None:
+                self._grid_worker = self._compute_grid()
+            return
+        grid = explorer.grid()
         self.selected = min(self.selected, len(matrices) - 1)
         width = max(self.size.width, 20)
         options = ViewOptions(
@@ -222,14 +247,46 @@ class GridScreen(Screen[None]):
             batch=None if "batch" not in explorer.axes else [app.batch],
         )
         pictures = grid.picture_max if app.pool == "max" else grid.picture_mean
+        entropy = grid.entropy
         selected = matrices[self.selected] if matrices else None
-        view = grid_view(pictures, grid.blocks, explorer.shape, grid.entropy, options, selected=selected)
+        shown = selected
+        rows_note = ""
+        layers = pictures.shape[0] if explorer.axes[:1] == ("layer",) else 1
+        if selected is not None and layers > 1:
+            # only the layers that fit the height, the selected one among them
+            fit = self._layers_that_fit(pictures.shape[-2:], _row_length(explorer, matrices), width)
+            if fit < layers:
+                self.first_layer = min(max(self.first_layer, selected[0] - fit + 1), selected[0])
+                first, last = self.first_layer, min(self.first_layer + fit, layers)
+                pictures, entropy = pictures[first:last], entropy[first:last]
+                values = explorer.axis_values.get("layer", list(range(layers)))
+                options = replace(options, axis_values={**explorer.axis_values, "layer": values[first:last]})
+                shown = (selected[0] - first, *selected[1:])
+                rows_note = f"  ·  layers {values[first]}–{values[last - 1]} of {len(values)} (↑↓)"
+        view = grid_view(pictures, grid.blocks, explorer.shape, entropy, options, selected=shown)
         lq, lk = explorer.shape
         where = _name(explorer, selected) if selected is not None else ""
         self.query_one("#title", Static).update(
-            Text(f" {explorer.label}  {len(matrices)} matrices of {lq}×{lk}  ·  {where}", no_wrap=True)
+            Text(
+                f" {explorer.label}  {len(matrices)} matrices of {lq}×{lk}  ·  {where}{rows_note}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
         )
         self.query_one("#grid", Static).update(view)
+
+    def _layers_that_fit(self, cells: tuple[int, int], heads: int, width: int) -> int:
+        """Rows of thumbnails (layers) that fit the grid's height: each a label line and its
+        picture (two cell rows a line), wrapped as `grid_view` wraps them to `width`."""
+        from attncli.present.grid import GAP
+
+        picture_lines = (cells[0] + 1) // 2
+        gutter = len(f"L{max(self.explorer.axis_values.get('layer', [0]), default=0)}") + 1
+        label = len("h99 9.99")  # the widest label `grid_view` writes under a thumbnail
+        per_line = max(1, (width - gutter + GAP) // (max(cells[1], label) + GAP))
+        lines_per_layer = math.ceil(heads / per_line) * (1 + picture_lines)
+        height = self.query_one("#grid", Static).size.height or max(self.size.height - 4, 4)
+        return max(1, (height - 2) // lines_per_layer)  # a line above for the batch, one below for the legend
 
     def action_move(self, rows: int, heads: int) -> None:
         matrices = self.matrices()
@@ -283,7 +340,8 @@ class HeadScreen(Screen[None]):
         self.blocks: tuple[int, int] | None = None  # weights per cell; None: the whole matrix fits
         self.origin = (0, 0)
         self.table = False
-        self._window_key: tuple[object, ...] | None = None
+        self._window_key: WindowKey | None = None
+        self._wanted: WindowKey | None = None
         self._window: WindowPicture | None = None
 
     @property
@@ -365,11 +423,17 @@ class HeadScreen(Screen[None]):
         origin, span = self.place()
         assert self.blocks is not None
         key = (self.index, origin, span, self.blocks)
-        if key != self._window_key:
-            self._window = explorer.window(self.index, origin, span, self.blocks)
-            self._window_key = key
-        assert self._window is not None
         title = f"{_name(explorer, self.index)}  (+/- zoom, arrows move)"
+        if key != self._window_key:
+            if key != self._wanted:  # computed in a thread; the last picture stays meanwhile
+                self._wanted = key
+                self._compute_window(key)
+            last = min(origin[0] + span[0], explorer.shape[0]) - 1
+            title = f"{_name(explorer, self.index)}  computing rows {origin[0]}–{last}…"
+            if self._window is None or self._window_key is None or self._window_key[0] != self.index:
+                target.update(Text(title, style="bold"))
+                return
+        assert self._window is not None
         target.update(
             window_heatmap(
                 self._window,
@@ -381,6 +445,27 @@ class HeadScreen(Screen[None]):
                 query_labels=explorer.labels(self.index),
             )
         )
+
+    @work(thread=True, exclusive=True, group="window")
+    def _compute_window(self, key: WindowKey) -> None:
+        """The window `key` = (matrix, origin, span, weights per cell); given up between blocks of
+        rows once a newer one is asked for (exclusive: the newer worker cancels this one)."""
+        worker = get_current_worker()
+        try:
+            window = self.explorer.window(*key, stopped=lambda: worker.is_cancelled)
+        except StoppedError:
+            return
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._window_done, key, window)
+
+    def _window_done(
+        self,
+        key: WindowKey,
+        window: WindowPicture,
+    ) -> None:
+        if key == self._wanted:
+            self._window, self._window_key = window, key
+            self.redraw()
 
     def _table(self) -> Group:
         from attncli.present.tables import weight_table

@@ -11,7 +11,7 @@ triangle for those rows turned into one mask, so that the softmax is the one `at
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,10 @@ from attncli.selection import matrix_indices
 
 #: Keys listed in the side panel.
 TOP_KEYS = 5
+
+
+class StoppedError(Exception):
+    """A computation given up between two blocks: its result is no longer wanted."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,25 @@ class Explorer:
         chosen = None if batch is None or "batch" not in self.axes else [batch]
         return list(matrix_indices(self.leading, self.axes, chosen, None))
 
-    def grid(self) -> Grid:
-        """Every matrix's thumbnail, computed once, in blocks of rows as long inputs need."""
+    @property
+    def grid_ready(self) -> bool:
+        return self._grid is not None
+
+    def grid(self, stopped: Callable[[], bool] | None = None) -> Grid:
+        """Every matrix's thumbnail, computed once, in blocks of rows as long inputs need;
+        `StoppedError` is raised between blocks once `stopped()` says so."""
         if self._grid is None:
+
+            def progress(done: int, total: int) -> None:
+                if stopped is not None and stopped():
+                    raise StoppedError
+
             result = run(
                 self.problem,
                 block_rows=_block_rows(self.problem),
                 picture=thumbnail_size(self.shape),
                 entropy=True,
+                progress=progress,
             )
             assert result.picture_max is not None
             assert result.picture_mean is not None
@@ -98,9 +113,11 @@ class Explorer:
             return None
         return self.tokens[entry]
 
-    def rows_problem(self, index: tuple[int, ...], start: int, stop: int) -> Prepared:
+    def rows_problem(self, index: tuple[int, ...], start: int, stop: int, *, trim: bool = False) -> Prepared:
         """Query rows [start, stop) of matrix `index` against every key, as a problem of their own:
-        the matrix's mask rows and causal triangle (aligned to row `start`) as one mask."""
+        the matrix's mask rows and causal triangle (aligned to row `start`) as one mask. `trim`:
+        under causal, only the keys up to row stop - 1, which are all these rows see (as the
+        blocks of a run leave the others out)."""
         p = self.problem
         lead = self.leading
         # (..., Lq, D) broadcast to the weights' leading axes, then one matrix's rows: (n, D)
@@ -111,11 +128,13 @@ class Explorer:
             kv_index = (*index[:-1], index[-1] // p.group)
         key = p.key.expand(*kv_lead, *p.key.shape[-2:])[kv_index]  # (Lk, D)
         value = p.value.expand(*kv_lead, *p.value.shape[-2:])[kv_index]  # (Lk, Dv)
-        rows, keys = stop - start, key.shape[-2]
+        seen = min(stop, key.shape[-2]) if trim and p.causal else key.shape[-2]
+        key, value = key[:seen], value[:seen]  # (W, D), (W, Dv)
+        rows, keys = stop - start, seen
         mask: torch.Tensor | None = None
         if p.mask is not None:
-            # (..., Lq or 1, Lk or 1) -> (Lq, Lk) of this matrix (a view), then its rows: (n, Lk)
-            mask = torch.broadcast_to(p.mask, p.weights_shape)[index][start:stop]
+            # (..., Lq or 1, Lk or 1) -> (Lq, Lk) of this matrix (a view), then its rows: (n, W)
+            mask = torch.broadcast_to(p.mask, p.weights_shape)[index][start:stop, :seen]
         if p.causal:
             hidden = causal_hidden(rows, keys, start, query.device)  # (n, Lk): True past the diagonal
             if mask is None:
@@ -132,10 +151,12 @@ class Explorer:
         origin: tuple[int, int],
         span: tuple[int, int],
         blocks_per_cell: tuple[int, int],
+        stopped: Callable[[], bool] | None = None,
     ) -> WindowPicture:
         """The picture of rows origin[0].. and keys origin[1].. of matrix `index`, `span` (rows,
         keys) of them, each cell pooling `blocks_per_cell` weights: only those rows are computed,
-        a block of rows at a time, and only those keys pooled."""
+        a block of rows at a time, and only those keys pooled. `StoppedError` is raised between blocks
+        once `stopped()` says so (the view moved on before the window was done)."""
         lq, lk = self.shape
         first_row, first_key = origin
         last_row = min(first_row + span[0], lq)
@@ -145,10 +166,16 @@ class Explorer:
         picture = PictureSink((rows, keys), size, self.problem.query.device)
         step = _rows_per_block(self.problem, lk)
         for start in range(first_row, last_row, step):
+            if stopped is not None and stopped():
+                raise StoppedError
             stop = min(start + step, last_row)
-            sub = self.rows_problem(index, start, stop)
+            sub = self.rows_problem(index, start, stop, trim=True)
+            seen = sub.weights_shape[-1]  # under causal, keys from `stop` on are masked: not computed
+            if seen <= first_key:
+                continue  # every key of the window is masked for these rows: their cells stay empty
             for block in blocks(sub, stop - start):
-                weights = block.weights[..., first_key:last_key]  # (n, Lk) -> (n, keys)
+                # (n, W) -> (n, keys or fewer): keys past W count as masked in the picture
+                weights = block.weights[..., first_key:last_key]
                 blocked = block.blocked
                 if blocked is not None and blocked.shape[-1] > 1:
                     blocked = blocked[..., first_key:last_key]

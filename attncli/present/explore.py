@@ -128,7 +128,11 @@ def window_heatmap(
         lines = _magnified_lines(codes, cell_width, colour, cursor_cell)
     else:
         lines = colour_lines(codes, 0, block_rows) if colour else plain_lines(codes, 0, block_rows)
-        if cursor_cell is not None and 0 <= cursor_cell[0] // rows_per_line < len(lines):
+        if (
+            cursor_cell is not None
+            and 0 <= cursor_cell[0] // rows_per_line < len(lines)
+            and 0 <= cursor_cell[1] < codes.shape[1]
+        ):
             column = cursor_cell[1]
             if colour:
                 style = CURSOR_UPPER if cursor_cell[0] % 2 == 0 else CURSOR_LOWER
