@@ -284,6 +284,7 @@ weight:
 | key | does |
 |---|---|
 | arrows | move (grid: between heads; head: the cursor, a cell at a time); a click moves the cursor too |
+| PgUp / PgDn, Home / End | the cursor a screenful of rows up / down, to the first / last row |
 | Enter / Escape | open the selected head / back to the grid |
 | `+` / `-` | zoom in / out around the cursor |
 | `h` / `H`, `l` / `L` | next / previous head, next / previous layer (the first axis of the matrices) |

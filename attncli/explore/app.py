@@ -48,6 +48,7 @@ HELP = """\
 
 [b]A head[/b]
   arrows        move the cursor one cell (one weight when zoomed in fully)
+  pgup / pgdn   move it a screenful of rows; home / end: to the first / last row
   + / -         zoom in / out around the cursor; cells pool fewer weights
   h / H         next / previous head
   l / L         next / previous layer (or the first axis of the matrices)
@@ -324,6 +325,10 @@ class HeadScreen(Screen[None]):
         Binding("right", "move(0, 1)", "move", show=False),
         Binding("up", "move(-1, 0)", "move", show=False),
         Binding("down", "move(1, 0)", "move", show=False),
+        Binding("pageup", "page(-1)", "page", show=False),
+        Binding("pagedown", "page(1)", "page", show=False),
+        Binding("home", "jump(0)", "first row", show=False),
+        Binding("end", "jump(1)", "last row", show=False),
         Binding("plus,equals_sign", "zoom(1)", "zoom +"),
         Binding("minus", "zoom(-1)", "zoom -"),
         Binding("h", "head(1)", "head"),
@@ -512,6 +517,19 @@ class HeadScreen(Screen[None]):
         key = max(0, min(lk - 1, self.cursor[1] + keys * step[1]))
         if (query, key) != self.cursor:
             self.cursor = (query, key)
+            self.redraw()
+
+    def action_page(self, pages: int) -> None:
+        """The cursor a screenful of rows up or down."""
+        rows = self.cells()[0]
+        self.action_move(pages * max(1, rows - 1), 0)
+
+    def action_jump(self, end: int) -> None:
+        """The cursor to the first row (0) or the last (1), in its column."""
+        lq = self.explorer.shape[0]
+        row = (lq - 1) if end else 0
+        if row != self.cursor[0]:
+            self.cursor = (row, self.cursor[1])
             self.redraw()
 
     def action_zoom(self, steps: int) -> None:
