@@ -4,6 +4,7 @@ app driven headless by Textual's pilot, and the command's refusals."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 import subprocess
@@ -176,14 +177,14 @@ def test_window_of_a_long_input_is_computed_in_blocks_of_rows(monkeypatch):
 # --- the app, driven by Textual's pilot ---------------------------------------------------------------
 
 
-def _capture_file(path: Path, layers=3, heads=4, positions=6) -> dict[str, np.ndarray]:
+def _capture_file(path: Path, layers=3, heads=4, positions=6, rng=RNG) -> dict[str, np.ndarray]:
     """A file laid out as `attn capture` writes one: one text, its tokens, float32 layers."""
     from safetensors.numpy import save_file
 
     tensors = {}
     for layer in range(layers):
         for role in ("query", "key", "value"):
-            tensors[f"layers.{layer}.{role}"] = RNG.standard_normal((1, heads, positions, 8)).astype(
+            tensors[f"layers.{layer}.{role}"] = rng.standard_normal((1, heads, positions, 8)).astype(
                 np.float32
             )
         tensors[f"layers.{layer}.mask"] = np.ones((1, 1, positions, positions), dtype=bool)
@@ -284,10 +285,50 @@ def test_the_pilot_walks_from_the_grid_to_one_weight_and_back(tmp_path, monkeypa
     asyncio.run(walk())
 
 
+def _screen_text(app) -> str:
+    """The whole screen as plain text, as Textual composes it for a screenshot (`export_screenshot`)."""
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, color_system=None)
+    console.print(app.screen._compositor.render_update(full=True))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+
+
+@pytest.mark.parametrize("size", [(160, 50), (80, 24)])
+def test_the_grid_and_head_screens_match_golden(tmp_path, size):
+    """Snapshots of the screens as text (pytest-textual-snapshot needs a pytest older than this
+    project's: its syrupy 4.8 requires pytest < 9), at both sizes: the grid, then one head."""
+    from test_render import check_golden
+
+    from attncli.explore.app import ExploreApp
+
+    _capture_file(tmp_path / "run.safetensors", rng=np.random.default_rng(0))
+    explorer = _capture_explorer(tmp_path / "run.safetensors")
+    explorer.label = "run.safetensors"  # not the temporary folder's name
+
+    async def screens() -> list[str]:
+        app = ExploreApp(explorer)
+        shots = []
+        async with app.run_test(size=size) as pilot:
+            await _settle(app, pilot)
+            await pilot.press("down")
+            await _settle(app, pilot)
+            shots.append(_screen_text(app))
+            await pilot.press("enter", "down", "right", "right")
+            await _settle(app, pilot)
+            shots.append(_screen_text(app))
+        return shots
+
+    grid, head = asyncio.run(screens())
+    check_golden(f"explore_grid_{size[0]}.txt", grid)
+    check_golden(f"explore_head_{size[0]}.txt", head)
+
+
 def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
     from attncli.explore.app import ExploreApp, HeadScreen
 
-    explorer, inputs = _explorer(positions=600, heads=1, causal=True)
+    explorer, inputs = _explorer(positions=300, heads=1, causal=True)
     weights = _reference(inputs, causal=True)[0, 0]
 
     async def zoom() -> None:
@@ -314,7 +355,7 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
             expected = weights[
                 window.origin[0] : window.origin[0] + rows, window.origin[1] : window.origin[1] + cols
             ]
-            shut = np.triu(np.ones((600, 600), dtype=bool), 1)[
+            shut = np.triu(np.ones((300, 300), dtype=bool), 1)[
                 window.origin[0] : window.origin[0] + rows, window.origin[1] : window.origin[1] + cols
             ]
             np.testing.assert_allclose(window.picture_max, np.where(shut, np.nan, expected), atol=1e-6)

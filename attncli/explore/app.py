@@ -73,6 +73,7 @@ class ExploreApp(App[None]):
     """The explorer of one input's attention matrices."""
 
     TITLE = "attn explore"
+    ENABLE_COMMAND_PALETTE = False  # every action has its key, listed by ?
     CSS = """
     #title { height: 1; background: $boost; text-style: bold; }
     #grid { height: 1fr; overflow-y: auto; }
@@ -83,8 +84,8 @@ class ExploreApp(App[None]):
             padding: 1 2; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "quit"),
         Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
         Binding("s", "scale", "scale"),
         Binding("p", "pool", "pool"),
         Binding("b", "batch", "batch", show=False),
@@ -329,8 +330,8 @@ class HeadScreen(Screen[None]):
         Binding("pagedown", "page(1)", "page", show=False),
         Binding("home", "jump(0)", "first row", show=False),
         Binding("end", "jump(1)", "last row", show=False),
-        Binding("plus,equals_sign", "zoom(1)", "zoom +"),
-        Binding("minus", "zoom(-1)", "zoom -"),
+        Binding("plus,equals_sign", "zoom(1)", "zoom", key_display="+/-"),
+        Binding("minus", "zoom(-1)", "zoom -", show=False),
         Binding("h", "head(1)", "head"),
         Binding("H", "head(-1)", "head -", show=False),
         Binding("l", "layer(1)", "layer"),
