@@ -325,6 +325,43 @@ def test_the_grid_and_head_screens_match_golden(tmp_path, size):
     check_golden(f"explore_head_{size[0]}.txt", head)
 
 
+def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
+    from attncli.explore.app import ExploreApp, GridScreen, HeadScreen
+    from attncli.present.explore import gutter_width, magnified_cell
+
+    tokens = [list("abcdefghijkl"), list("mnopqrstuvwx")]
+    explorer, _ = _explorer(positions=12, tokens=tokens)
+
+    async def walk() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await _settle(app, pilot)
+            await pilot.press("b", "right")  # batch entry 1, its head 1
+            await _settle(app, pilot)
+            grid = app.screen
+            assert isinstance(grid, GridScreen)
+            assert grid.matrices()[grid.selected] == (1, 1)
+            await pilot.press("enter")
+            await _settle(app, pilot)
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            assert head.index == (1, 1)
+            width, height = head.area()
+            cell = magnified_cell(width, height, (12, 12), tokens[1])
+            assert cell > 0  # 12 x 12 is drawn large: one row a line, `cell` columns a key
+            gutter = gutter_width((12, 12), tokens[1])
+            await pilot.click("#map", offset=(gutter + 4 * cell + 1, 2 + 7))  # title and ruler above
+            await _settle(app, pilot)
+            assert head.cursor == (7, 4)
+            assert "7 't'" in _text(head.query_one("#panel"))  # the token of batch entry 1
+            await pilot.press("escape", "b")  # back to batch entry 0
+            await _settle(app, pilot)
+            assert app.batch == 0
+            assert app.screen.matrices()[0] == (0, 0)
+
+    asyncio.run(walk())
+
+
 def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
     from attncli.explore.app import ExploreApp, HeadScreen
 
