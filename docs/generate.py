@@ -266,8 +266,9 @@ HEADS_EXAMPLES: list[tuple[str, str | None]] = [
 EXPLORE_INTRO = """# attn explore: from every head down to one weight, interactively
 
 `attn explore` opens what `attn compute` reads (a file from `attn capture`, whose layers it
-stacks, or query, key and value files) in the terminal, and walks from the overview to one
-weight:
+stacks, or query, key and value files), or a result file of `attn compute -o` holding weights
+(shown as saved, causal where its metadata says so; it holds no scores), in the terminal, and
+walks from the overview to one weight:
 
 1. **The grid**: every layer's heads as thumbnails (the `--view grid` of [heads.md](heads.md)),
    each labelled with its head and mean entropy; the arrow keys move the selection (left/right:

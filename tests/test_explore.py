@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from attncli.cli import app
 from attncli.compute import prepare
+from attncli.errors import UsageError
 from attncli.explore.session import Explorer, axes_of
 
 RNG = np.random.default_rng(19)
@@ -172,6 +173,47 @@ def test_window_of_a_long_input_is_computed_in_blocks_of_rows(monkeypatch):
     np.testing.assert_allclose(
         window.picture_max, _pooled(weights, blocked, (2, 2), "max"), atol=1e-6, equal_nan=True
     )
+
+
+def test_a_result_files_weights_are_explored_as_saved(tmp_path):
+    """`attn compute -o` keeps the weights: the explorer reads them (with the causal flag of the
+    metadata) and gives the same figures as the reference, with no score (the file has none)."""
+    from attncli.explore.session import open_explorer
+
+    query, key, value = (RNG.standard_normal((2, 10, 8)) for _ in range(3))
+    np.savez(tmp_path / "qkv.npz", query=query, key=key, value=value)
+    result = runner.invoke(
+        app, ["compute", str(tmp_path / "qkv.npz"), "--causal", "-q", "-o", str(tmp_path / "r.safetensors")]
+    )
+    assert result.exit_code == 0, result.output
+    explorer = open_explorer([str(tmp_path / "r.safetensors")])
+    assert explorer.problem is None
+    assert explorer.axes == ("batch",)
+    weights = _reference((query, key, value), causal=True)
+    shut = np.triu(np.ones((10, 10), dtype=bool), 1)
+    for row, col in [(0, 0), (6, 2), (6, 8), (9, 9)]:
+        figures = explorer.cell((1,), row, col, top=3)
+        w = weights[1, row]
+        assert figures.weight == pytest.approx(w[col], abs=1e-12)
+        assert figures.masked == shut[row, col]
+        assert figures.score is None
+        if not shut[row, col]:
+            assert figures.rank == 1 + int((w[~shut[row]] > w[col]).sum())
+        open_w = w[~shut[row]]
+        assert figures.entropy == pytest.approx(-(open_w * np.log(open_w)).sum(), abs=1e-9)
+        assert [k for k, _, _ in figures.top] == sorted(np.flatnonzero(~shut[row]), key=lambda j: (-w[j], j))[
+            :3
+        ]
+    window = explorer.window((1,), (2, 3), (6, 6), (2, 2))
+    visible = np.s_[2:8, 3:9]
+    expected = _pooled(weights[1][visible], shut[visible], (2, 2), "max")
+    np.testing.assert_allclose(window.picture_max, expected, atol=1e-12, equal_nan=True)
+    grid = explorer.grid()
+    np.testing.assert_allclose(
+        grid.picture_max[1], _pooled(weights[1], shut, (1, 1), "max"), atol=1e-6, equal_nan=True
+    )
+    with pytest.raises(UsageError, match="--causal"):
+        open_explorer([str(tmp_path / "r.safetensors")], causal=True)
 
 
 # --- the app, driven by Textual's pilot ---------------------------------------------------------------

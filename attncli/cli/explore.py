@@ -75,7 +75,8 @@ def explore(
     """Explore attention in the terminal: the grid of every head, then one head's heatmap with a
     cursor on one weight (its query and key tokens, score, rank, and its row's statistics).
 
-    Arrow keys move, Enter opens a head, + and - zoom, Escape goes back, ? lists every key, q quits.
+    Also a result file of 'attn compute -o', whose weights are shown as saved. Arrow keys move,
+    Enter opens a head, + and - zoom, Escape goes back, ? lists every key, q quits.
     Only the rows on screen are computed, a block at a time, so long inputs fit in memory.
 
     [bold]Examples[/]
@@ -83,6 +84,7 @@ def explore(
       attn explore run.safetensors
       attn explore q.npy k.npy v.npy --causal
       attn explore x.safetensors --heads 8
+      attn explore result.safetensors
     """
     if not paths:
         raise UsageError(

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from attncli.analysis.rows import row_stats
+from attncli.analysis.rows import row_entropy, row_stats, top_k
 from attncli.compute import MAX_BLOCK_BYTES, Prepared, causal_hidden, prepare, run
 from attncli.compute.blocks import blocks
 from attncli.compute.sinks import PictureSink
+from attncli.io.loaders import TensorFile
 from attncli.present.explore import CellFigures, WindowPicture
 from attncli.present.grid import thumbnail_size
 from attncli.selection import matrix_indices
@@ -44,28 +45,73 @@ class Grid:
     entropy: np.ndarray
 
 
+@dataclass(frozen=True)
+class HeldWeights:
+    """Weights read whole (..., Lq, Lk), from a result file: `causal` says the keys past each
+    query were masked (the file's metadata; other masks are not saved, their weights are 0)."""
+
+    weights: np.ndarray
+    causal: bool = False
+
+    def rows(self, index: tuple[int, ...], start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows [start, stop) of matrix `index`, (n, Lk), and the keys masked for them (the causal
+        triangle) or None."""
+        rows = torch.from_numpy(np.ascontiguousarray(self.weights[index][start:stop]))
+        keys = self.weights.shape[-1]
+        return rows, causal_hidden(stop - start, keys, start, rows.device) if self.causal else None
+
+    def grid(self, size: tuple[int, int], stopped: Callable[[], bool] | None) -> Grid:
+        """Every matrix's thumbnail of `size` cells and its rows' entropy, a block of rows at a time."""
+        *lead, lq, lk = self.weights.shape
+        picture = PictureSink(self.weights.shape, size, torch.device("cpu"))
+        step = max(1, MAX_BLOCK_BYTES // max(1, math.prod(lead) * lk * 8))
+        entropies = []
+        for start in range(0, lq, step):
+            if stopped is not None and stopped():
+                raise StoppedError
+            stop = min(start + step, lq)
+            rows = torch.from_numpy(np.ascontiguousarray(self.weights[..., start:stop, :]))  # (..., n, Lk)
+            blocked = causal_hidden(stop - start, lk, start, rows.device) if self.causal else None
+            picture.pool(start, rows, blocked)
+            entropies.append(row_entropy(rows, blocked).double().numpy())
+        largest, mean = picture.arrays()
+        entropy = np.concatenate(entropies, axis=-1) if entropies else np.zeros((*lead, 0))
+        return Grid(largest, mean, picture.blocks, entropy)
+
+
 @dataclass
 class Explorer:
     """The matrices of one problem, named: `axes` are the weights' leading axes ("layer", "batch",
     "head"), `axis_values` what each index of an axis stands for (a capture's layer numbers),
-    `tokens` the tokens of each batch entry (a capture's), `label` the input's name."""
+    `tokens` the tokens of each batch entry (a capture's), `label` the input's name.
 
-    problem: Prepared
+    `problem` is None for weights read whole from a result file (`held`): they are shown as
+    saved, with no score (the file holds none)."""
+
+    problem: Prepared | None
     axes: tuple[str, ...]
     label: str
     axis_values: dict[str, list[int]] = field(default_factory=dict)
     tokens: list[list[str]] | None = None
+    held: HeldWeights | None = None
     _grid: Grid | None = None
+
+    @property
+    def weights_shape(self) -> tuple[int, ...]:
+        if self.problem is not None:
+            return tuple(self.problem.weights_shape)
+        assert self.held is not None, "an explorer has a problem or held weights"
+        return tuple(self.held.weights.shape)
 
     @property
     def shape(self) -> tuple[int, int]:
         """(Lq, Lk) of each matrix."""
-        lq, lk = self.problem.weights_shape[-2:]
+        lq, lk = self.weights_shape[-2:]
         return lq, lk
 
     @property
     def leading(self) -> tuple[int, ...]:
-        return tuple(self.problem.weights_shape[:-2])
+        return self.weights_shape[:-2]
 
     @property
     def batch_size(self) -> int:
@@ -84,7 +130,10 @@ class Explorer:
     def grid(self, stopped: Callable[[], bool] | None = None) -> Grid:
         """Every matrix's thumbnail, computed once, in blocks of rows as long inputs need;
         `StoppedError` is raised between blocks once `stopped()` says so."""
+        if self._grid is None and self.held is not None:
+            self._grid = self.held.grid(thumbnail_size(self.shape), stopped)
         if self._grid is None:
+            assert self.problem is not None
 
             def progress(done: int, total: int) -> None:
                 if stopped is not None and stopped():
@@ -119,6 +168,7 @@ class Explorer:
         under causal, only the keys up to row stop - 1, which are all these rows see (as the
         blocks of a run leave the others out)."""
         p = self.problem
+        assert p is not None, "held weights have no problem to compute"
         lead = self.leading
         # (..., Lq, D) broadcast to the weights' leading axes, then one matrix's rows: (n, D)
         query = p.query.expand(*lead, *p.query.shape[-2:])[index][start:stop]
@@ -163,12 +213,23 @@ class Explorer:
         last_key = min(first_key + span[1], lk)
         rows, keys = last_row - first_row, last_key - first_key
         size = (max(1, math.ceil(rows / blocks_per_cell[0])), max(1, math.ceil(keys / blocks_per_cell[1])))
-        picture = PictureSink((rows, keys), size, self.problem.query.device)
-        step = _rows_per_block(self.problem, lk)
+        if self.held is not None:
+            picture = PictureSink((rows, keys), size, torch.device("cpu"))
+            step = max(1, MAX_BLOCK_BYTES // max(1, lk * 8))
+        else:
+            assert self.problem is not None
+            picture = PictureSink((rows, keys), size, self.problem.query.device)
+            step = _rows_per_block(self.problem, lk)
         for start in range(first_row, last_row, step):
             if stopped is not None and stopped():
                 raise StoppedError
             stop = min(start + step, last_row)
+            if self.held is not None:
+                weights, blocked = self.held.rows(index, start, stop)  # (n, Lk)
+                if blocked is not None and blocked.shape[-1] > 1:
+                    blocked = blocked[..., first_key:last_key]
+                picture.pool(start - first_row, weights[..., first_key:last_key], blocked)
+                continue
             sub = self.rows_problem(index, start, stop, trim=True)
             seen = sub.weights_shape[-1]  # under causal, keys from `stop` on are masked: not computed
             if seen <= first_key:
@@ -195,6 +256,10 @@ class Explorer:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The weights (float64) of rows [rows) and keys [keys) of matrix `index`, and where they
         are masked (bool, or None): what a table of the window shows."""
+        if self.held is not None:
+            held, blocked = self.held.rows(index, *rows)
+            shut = None if blocked is None else blocked.numpy()[:, keys[0] : keys[1]]
+            return held.double().numpy()[:, keys[0] : keys[1]], shut
         sub = self.rows_problem(index, *rows)
         result = run(sub, keep_weights=True)
         assert result.weights is not None
@@ -206,24 +271,33 @@ class Explorer:
 
     def cell(self, index: tuple[int, ...], query: int, key: int, top: int = TOP_KEYS) -> CellFigures:
         """The figures of weight (query, key) of matrix `index` and of its row: computed for that
-        row alone, by the run and row statistics that `attn compute --stats --top-k` uses."""
-        sub = self.rows_problem(index, query, query + 1)
-        result = run(sub, keep_weights=True, top_k=top)
-        assert result.weights is not None
-        assert result.top_k is not None
-        stats = row_stats(result, row_offset=query)
-        row = result.weights[0].detach().cpu().double().numpy()  # (Lk,)
-        masked_keys = result.masked_keys()
+        row alone, by the run and row statistics that `attn compute --stats --top-k` uses (held
+        weights: read from the file, with no score)."""
+        if self.held is not None:
+            weights, blocked = self.held.rows(index, query, query + 1)  # (1, Lk)
+            stats = row_stats(weights, blocked, row_offset=query)
+            values, keys = top_k(weights, top, blocked)
+            score: float | None = None
+        else:
+            sub = self.rows_problem(index, query, query + 1)
+            result = run(sub, keep_weights=True, top_k=top)
+            assert result.weights is not None
+            assert result.top_k is not None
+            stats = row_stats(result, row_offset=query)
+            weights, (values, keys) = result.weights, result.top_k
+            masked = result.masked_keys()
+            blocked = None if masked is None else torch.from_numpy(np.array(masked))
+            score = self._score(sub, key)
+        row = weights[0].detach().cpu().double().numpy()  # (Lk,)
         shut = (
             np.zeros(row.shape, dtype=bool)
-            if masked_keys is None
-            else np.broadcast_to(masked_keys, result.weights_shape)[0]
+            if blocked is None
+            else np.broadcast_to(blocked.cpu().numpy(), weights.shape)[0]
         )
         weight = float(row[key])
         open_weights = row[~shut]
         # ties share a rank: 1 + the open keys with a larger weight
         rank = None if shut[key] else 1 + int((open_weights > weight).sum())
-        values, keys = result.top_k
         labels = self.labels(index)
         return CellFigures(
             query=query,
@@ -231,7 +305,7 @@ class Explorer:
             query_token=None if labels is None else labels[query],
             key_token=None if labels is None else labels[key],
             weight=weight,
-            score=None if shut[key] else self._score(sub, key),
+            score=None if shut[key] else score,
             rank=rank,
             open_keys=int((~shut).sum()),
             masked=bool(shut[key]),
@@ -293,6 +367,19 @@ def open_explorer(
     layers = selection.parse_layers(layer)
     path, name = loaders.split_spec(paths[0])
     source = loaders.read_tensors(path) if len(paths) == 1 else None
+    if source is not None and name is None and _holds_weights_only(source.tensors):
+        ignored = {
+            "--layer": layer is not None,
+            "--scale": scale is not None,
+            "--causal": causal,
+            "--mask": mask is not None,
+            "--heads": heads is not None,
+            "--dtype": dtype != "auto",
+        }
+        if any(ignored.values()):
+            options = ", ".join(option for option, is_given in ignored.items() if is_given)
+            raise UsageError(f"{source.label} holds weights, shown as saved: {options} do not apply to them")
+        return _held_explorer(source, selection.given_labels(labels))
     if source is not None and name is None and loaders.captured_layers(source.tensors):
         inputs = loaders.stacked_layer_inputs(source, loaders.chosen_layers(source, layers))
     else:
@@ -323,6 +410,38 @@ def open_explorer(
         axis_values={} if inputs.layers is None else {"layer": list(inputs.layers)},
         tokens=tokens,
     )
+
+
+def _holds_weights_only(tensors: dict[str, np.ndarray]) -> bool:
+    """A result file (`attn compute -o`): weights, and no query/key/value to compute them from."""
+    inputs = {"query", "key", "value", "q", "k", "v"}
+    return "weights" in tensors and not inputs & set(tensors) and tensors["weights"].ndim >= 2
+
+
+def _held_explorer(source: TensorFile, labels: list[str] | None) -> Explorer:
+    """The explorer of a result file's weights, named by its metadata: their axes (layers
+    included), whether they are causal."""
+    from attncli import selection
+
+    weights = source.tensors["weights"]
+    meta = source.metadata
+    axes = meta.get("weights_axes")
+    leading = weights.ndim - 2
+    if isinstance(axes, list) and len(axes) == weights.ndim and all(isinstance(a, str) for a in axes):
+        names = tuple(axes[:-2])
+    else:  # no metadata (weights from elsewhere): batch axes, the last one taken for heads
+        names = ("batch",) * max(leading - 1, 0) + (("head",) if leading else ())
+    values: dict[str, list[int]] = {}
+    numbers = meta.get("layers")
+    if names[:1] == ("layer",) and isinstance(numbers, list) and len(numbers) == weights.shape[0]:
+        values["layer"] = [int(n) for n in numbers]
+    tokens = None
+    if labels is not None:
+        selection.check_label_count(labels, weights.shape[-2], "--labels", "query")
+        selection.check_label_count(labels, weights.shape[-1], "--labels", "key")
+        tokens = [labels] * (weights.shape[names.index("batch")] if "batch" in names else 1)
+    held = HeldWeights(np.asarray(weights, dtype=np.float64), causal=meta.get("causal") is True)
+    return Explorer(None, names, label=source.label, axis_values=values, tokens=tokens, held=held)
 
 
 def axes_of(problem: Prepared, layers: Sequence[int] | None) -> tuple[str, ...]:

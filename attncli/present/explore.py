@@ -52,9 +52,9 @@ class WindowPicture:
 @dataclass(frozen=True)
 class CellFigures:
     """One weight and its row: the query and key (their tokens where known), the weight, the score
-    the softmax took (None where the key is masked), its rank among the row's open keys (1: the
-    largest; ties share one), the row's entropy (nats), sink (weight on key 0), mean distance, and
-    its largest keys (key, weight, token)."""
+    the softmax took (None where the key is masked, or where only the weights were saved), its
+    rank among the row's open keys (1: the largest; ties share one), the row's entropy (nats), sink
+    (weight on key 0), mean distance, and its largest keys (key, weight, token)."""
 
     query: int
     key: int
@@ -198,9 +198,9 @@ def _magnified_lines(
     return lines
 
 
-def _number(value: float | None, precision: int) -> str:
+def _number(value: float | None, precision: int, absent: str = "masked") -> str:
     if value is None:
-        return "masked"
+        return absent
     if np.isnan(value):
         return "–"
     return f"{value:.{precision}f}"
@@ -220,7 +220,7 @@ def cell_panel(figures: CellFigures, precision: int = 4) -> Table:
         ("query", _named(figures.query, figures.query_token)),
         ("key", _named(figures.key, figures.key_token)),
         ("weight", _number(figures.weight, precision)),
-        ("score", _number(figures.score, precision)),
+        ("score", "masked" if figures.masked else _number(figures.score, precision, absent="not saved")),
         ("rank", rank),
         ("", ""),
         ("row", Text("statistics", style="dim")),
