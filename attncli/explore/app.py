@@ -256,7 +256,7 @@ class GridScreen(Screen[None]):
         layers = pictures.shape[0] if explorer.axes[:1] == ("layer",) else 1
         if selected is not None and layers > 1:
             # only the layers that fit the height, the selected one among them
-            fit = self._layers_that_fit(pictures.shape[-2:], _row_length(explorer, matrices), width)
+            fit = self._layers_that_fit(pictures.shape[-2:], _row_length(matrices), width)
             if fit < layers:
                 self.first_layer = min(max(self.first_layer, selected[0] - fit + 1), selected[0])
                 first, last = self.first_layer, min(self.first_layer + fit, layers)
@@ -299,7 +299,7 @@ class GridScreen(Screen[None]):
             self.selected = (self.selected + heads) % len(matrices)
         else:
             # the same head of the row above or below: the matrix whose index differs before the head
-            per_row = _row_length(self.explorer, matrices)
+            per_row = _row_length(matrices)
             self.selected = (self.selected + rows * per_row) % len(matrices)
         if matrices[self.selected] != current:
             self.redraw()
@@ -597,7 +597,7 @@ class HeadScreen(Screen[None]):
         self.redraw()
 
 
-def _row_length(explorer: Explorer, matrices: list[tuple[int, ...]]) -> int:
+def _row_length(matrices: list[tuple[int, ...]]) -> int:
     """Matrices per row of the grid: the heads of one layer (or batch entry)."""
     if not matrices or len(matrices[0]) < 2:
         return max(len(matrices), 1)
@@ -611,8 +611,6 @@ def _name(explorer: Explorer, index: tuple[int, ...] | None) -> str:
         return ""
     parts = []
     for axis, value in zip(explorer.axes, index, strict=False):
-        shown = (
-            explorer.axis_values.get(axis, range(value + 1))[value] if axis in explorer.axis_values else value
-        )
+        shown = explorer.axis_values[axis][value] if axis in explorer.axis_values else value
         parts.append(f"{axis} {shown}")
     return ", ".join(parts) or "the matrix"
