@@ -441,6 +441,10 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
             await pilot.press("minus")
             await _settle(app, pilot)
             assert head.blocks == (2, 2)
+            kept = app.windows[head._window_key]
+            await pilot.press("plus", "minus")  # back to a window the app keeps: no computation
+            await pilot.pause()
+            assert head._window is kept
             await pilot.press("q")
 
     asyncio.run(zoom())

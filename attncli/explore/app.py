@@ -6,6 +6,7 @@ the panel of its weight, zoom and pan. The drawings come from present/ (`grid.gr
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import replace
 from itertools import count
 from pathlib import Path
@@ -38,6 +39,9 @@ POOLS = ("max", "mean")
 #: A window of a head: (matrix index, origin, span, weights per cell), as `Explorer.window` takes them.
 WindowKey = tuple[tuple[int, ...], tuple[int, int], tuple[int, int], tuple[int, int]]
 PANEL_WIDTH = 34  # columns of the side panel of a head
+#: Windows kept once computed (each a few thousand pooled cells), so that zooming back out or
+#: returning to a head draws at once.
+KEPT_WINDOWS = 32
 
 HELP = """\
 [b]attn explore[/b]: every head of the input, then one head, then one weight.
@@ -99,6 +103,13 @@ class ExploreApp(App[None]):
         self.pool = pool
         self.batch = 0
         self.exported: list[Path] = []
+        self.windows: OrderedDict[WindowKey, WindowPicture] = OrderedDict()  # the latest last
+
+    def keep_window(self, key: WindowKey, window: WindowPicture) -> None:
+        self.windows[key] = window
+        self.windows.move_to_end(key)
+        while len(self.windows) > KEPT_WINDOWS:
+            self.windows.popitem(last=False)
 
     def on_mount(self) -> None:
         self.push_screen(GridScreen())
@@ -430,6 +441,9 @@ class HeadScreen(Screen[None]):
         assert self.blocks is not None
         key = (self.index, origin, span, self.blocks)
         title = f"{_name(explorer, self.index)}  (+/- zoom, arrows move)"
+        if key != self._window_key and key in app.windows:
+            self._window, self._window_key = app.windows[key], key
+            app.windows.move_to_end(key)
         if key != self._window_key:
             if key != self._wanted:  # computed in a thread; the last picture stays meanwhile
                 self._wanted = key
@@ -469,6 +483,9 @@ class HeadScreen(Screen[None]):
         key: WindowKey,
         window: WindowPicture,
     ) -> None:
+        app = self.app
+        assert isinstance(app, ExploreApp)
+        app.keep_window(key, window)
         if key == self._wanted:
             self._window, self._window_key = window, key
             self.redraw()

@@ -994,7 +994,7 @@ def bench_api(env: dict[str, str], repeats: int) -> list[Row]:
 
 EXPLORE_START_TARGET = 1.5  # attn explore on a MiniLM-sized capture, to its first frame, vs import torch
 EXPLORE_KEY_TARGET_S = 0.1  # each key press answered (the pilot's own wait taken off), 4096 positions
-EXPLORE_KEYS = ("down", "right", "plus", "minus", "h", "s", "t")
+EXPLORE_KEYS = ("down", "right", "plus", "minus", "h", "s", "t")  # rounds + 1 < 16 heads: see below
 
 #: `attn explore FILE` in a pseudo-terminal of 160 x 50: seconds from the start of the process to the
 #: first frame with the grid's footer ("open head") drawn; then q, and the process must end with 0.
@@ -1027,8 +1027,10 @@ _, status = os.waitpid(pid, 0)
 print(json.dumps({"first_frame": first, "status": os.waitstatus_to_exitcode(status)}))
 """
 
-#: Key presses on one head of (1, 2, 4096, 64) causal attention, through Textual's pilot: seconds from
-#: each press to the screen being idle again, and the same for a key bound to nothing (the pilot's own wait).
+#: Key presses on the heads of (1, 16, 4096, 64) causal attention, through Textual's pilot: seconds from
+#: each press to the screen being idle again, and the same for a key bound to nothing (the pilot's own
+#: wait). Each round's `h` opens a head not seen before (16 heads, fewer rounds), so that its whole-matrix
+#: window is computed, not taken from the windows the app keeps; `minus` goes back to one it keeps.
 EXPLORE_KEYS_SCRIPT = """\
 import asyncio, json, sys, time
 import torch
@@ -1038,7 +1040,7 @@ from attncli.explore.session import Explorer, axes_of
 
 keys, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
 generator = torch.Generator().manual_seed(0)
-q, k, v = (torch.randn(1, 2, 4096, 64, generator=generator) for _ in range(3))
+q, k, v = (torch.randn(1, 16, 4096, 64, generator=generator) for _ in range(3))
 problem = prepare(q, k, v, causal=True)
 samples = {key: [] for key in ["none", *keys]}
 
