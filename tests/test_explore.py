@@ -369,7 +369,7 @@ def test_the_grid_and_head_screens_match_golden(tmp_path, size):
 
 def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
     from attncli.explore.app import ExploreApp, GridScreen, HeadScreen
-    from attncli.present.explore import gutter_width, magnified_cell
+    from attncli.present.explore import gutter_width, magnified_cell, magnified_lines
 
     tokens = [list("abcdefghijkl"), list("mnopqrstuvwx")]
     explorer, _ = _explorer(positions=12, tokens=tokens)
@@ -392,7 +392,8 @@ def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
             cell = magnified_cell(width, height, (12, 12), tokens[1])
             assert cell > 0  # 12 x 12 is drawn large: one row a line, `cell` columns a key
             gutter = gutter_width((12, 12), tokens[1])
-            await pilot.click("#map", offset=(gutter + 4 * cell + 1, 2 + 7))  # title and ruler above
+            lines = magnified_lines(height, (12, 12), cell)  # lines a row
+            await pilot.click("#map", offset=(gutter + 4 * cell + 1, 2 + 7 * lines))  # title, ruler above
             await _settle(app, pilot)
             assert head.cursor == (7, 4)
             assert "7 't'" in _text(head.query_one("#panel"))  # the token of batch entry 1

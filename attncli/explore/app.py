@@ -28,6 +28,7 @@ from attncli.present.explore import (
     cell_panel,
     gutter_width,
     magnified_cell,
+    magnified_lines,
     picture_cells,
     window_heatmap,
 )
@@ -391,6 +392,11 @@ class HeadScreen(Screen[None]):
         """Columns per weight where the whole matrix fits drawn large (`magnified_cell`), else 0."""
         return magnified_cell(*self.area(), self.explorer.shape, self.explorer.labels(self.index))
 
+    def cell_lines(self) -> int:
+        """Lines per matrix row where the whole matrix is drawn large (`magnified_lines`)."""
+        cell_width = self.magnified()
+        return magnified_lines(self.area()[1], self.explorer.shape, cell_width) if cell_width else 1
+
     def cells(self) -> tuple[int, int]:
         """(rows, cols) of cells the heatmap has room for."""
         if self.magnified():
@@ -462,6 +468,7 @@ class HeadScreen(Screen[None]):
                 scale=app.color_scale,
                 cursor=self.cursor,
                 cell_width=self.magnified(),
+                cell_lines=self.cell_lines(),
                 query_labels=explorer.labels(self.index),
             )
         )
@@ -601,14 +608,15 @@ class HeadScreen(Screen[None]):
         cell_width = self.magnified()
         labels = self.explorer.labels(self.index) if cell_width else None
         gutter = gutter_width(self.explorer.shape, labels)
-        rows_per_line = 1 if cell_width else 2
-        line, column = offset.y - 2, (offset.x - gutter) // max(cell_width, 1)
+        line, column = offset.y - 2, (offset.x - gutter) // max(cell_width, 1)  # title and ruler above
+        # the cell's row: magnified, `cell_lines` lines a row; else two rows a line (the upper taken)
+        row = line // self.cell_lines() if cell_width else line * 2
         window = self._window
         rows, cols = window.picture_max.shape
-        if not (0 <= line * rows_per_line < rows and 0 <= column < cols and offset.x >= gutter):
+        if not (line >= 0 and 0 <= row < rows and 0 <= column < cols and offset.x >= gutter):
             return
         self.cursor = (
-            window.origin[0] + line * rows_per_line * self.blocks[0],
+            window.origin[0] + row * self.blocks[0],
             window.origin[1] + column * self.blocks[1],
         )
         self.redraw()

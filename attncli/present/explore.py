@@ -31,6 +31,7 @@ from attncli.present.style import SCALE_WORDS, cut_label, rescaled
 
 #: The cursor's colour: on no colour scale (viridis runs purple to yellow; masked is grey, NaN red).
 MIN_CELL, MAX_CELL = 3, 8  # columns per weight of a magnified small matrix
+MAX_CELL_LINES = 3  # lines per matrix row of a magnified small matrix
 CURSOR_UPPER = Style(color="#ff00ff")
 CURSOR_LOWER = Style(bgcolor="#ff00ff")
 
@@ -96,6 +97,14 @@ def magnified_cell(
     return cell if cell >= MIN_CELL and shape[0] <= height - 3 else 0
 
 
+def magnified_lines(height: int, shape: tuple[int, int], cell_width: int) -> int:
+    """Lines per matrix row of a magnified matrix (`magnified_cell` columns a key): as many as fit
+    `height` with the title, ruler and legend, up to a cell about as tall as it is wide (a
+    character is about twice as tall as it is wide), at most MAX_CELL_LINES."""
+    fits = (height - 3) // max(shape[0], 1)
+    return max(1, min(fits, cell_width // 2, MAX_CELL_LINES))
+
+
 def window_heatmap(
     window: WindowPicture,
     *,
@@ -105,12 +114,13 @@ def window_heatmap(
     colour: bool = True,
     cursor: tuple[int, int] | None = None,
     cell_width: int = 0,
+    cell_lines: int = 1,
     query_labels: Sequence[str] | None = None,
 ) -> Group:
     """The heatmap of `window`, pooled by `pool`, on colour `scale`, with the cell that holds the
     weight `cursor` (query, key) marked: in colour, magenta in its half of the line; without, in
-    reverse video. `cell_width` > 0 draws each cell that many columns wide, one row per line, the
-    rows named by `query_labels` (`magnified_cell`)."""
+    reverse video. `cell_width` > 0 draws each cell that many columns wide and `cell_lines` lines
+    tall, the rows named by `query_labels` (`magnified_cell`, `magnified_lines`)."""
     values = window.picture_max if pool == "max" else window.picture_mean
     masked = np.isnan(values)
     known = np.where(masked, 0.0, values)
@@ -125,7 +135,7 @@ def window_heatmap(
     if cursor is not None:
         cursor_cell = ((cursor[0] - first_row) // block_rows, (cursor[1] - first_key) // block_cols)
     if cell_width:
-        lines = _magnified_lines(codes, cell_width, colour, cursor_cell)
+        lines = _magnified_lines(codes, cell_width, cell_lines, colour, cursor_cell)
     else:
         lines = colour_lines(codes, 0, block_rows) if colour else plain_lines(codes, 0, block_rows)
         if (
@@ -141,12 +151,14 @@ def window_heatmap(
             lines[cursor_cell[0] // rows_per_line].stylize(style, column, column + 1)
     drawn: list[Text] = []
     for number, line in enumerate(lines):
-        row = first_row + number * rows_per_line * block_rows
-        if labels is not None:
+        if labels is not None:  # magnified: `cell_lines` lines a row, named on its first
+            row = first_row + number // max(cell_lines, 1)
             digits = len(str(max(window.shape[0] - 1, 0)))
             name = cut_label(labels[row]) if row < len(labels) else ""
-            label = f"{str(row).rjust(digits)} {name}".ljust(gutter - 1)
+            label = f"{str(row).rjust(digits)} {name}" if number % max(cell_lines, 1) == 0 else ""
+            label = label.ljust(gutter - 1)
         else:
+            row = first_row + number * rows_per_line * block_rows
             label = (str(row) if number % GUTTER_EVERY == 0 else "").rjust(gutter - 1)
         text = Text(label + " ", style="dim", no_wrap=True, overflow="crop")
         text.append_text(line)
@@ -174,27 +186,30 @@ def window_heatmap(
 
 
 def _magnified_lines(
-    codes: np.ndarray, cell_width: int, colour: bool, cursor_cell: tuple[int, int] | None
+    codes: np.ndarray, cell_width: int, cell_lines: int, colour: bool, cursor_cell: tuple[int, int] | None
 ) -> list[Text]:
-    """One row of cells per line, each cell `cell_width` columns: in colour a block of its colour,
-    without colour its density character repeated; the cursor's cell marked in its middle."""
+    """Each row of cells on `cell_lines` lines, each cell `cell_width` columns: in colour a block of
+    its colour, without colour its density character repeated; the cursor's cell framed in
+    magenta, a diamond in its middle (reverse video without colour)."""
     colours = colour_table()
+    middle_line = (cell_lines - 1) // 2
     lines = []
     for row, row_codes in enumerate(codes.tolist()):
-        text = Text(no_wrap=True, overflow="crop")
-        for column, code in enumerate(row_codes):
-            here = cursor_cell == (row, column)
-            if colour:
+        for line in range(cell_lines):
+            text = Text(no_wrap=True, overflow="crop")
+            for column, code in enumerate(row_codes):
+                here = cursor_cell == (row, column)
+                if not colour:
+                    text.append(CELL_CHARACTERS[code] * cell_width, Style(reverse=True) if here else None)
+                    continue
                 cell = " " * cell_width
                 style = Style(bgcolor=colours[code])
                 if here:
-                    middle = (cell_width - 1) // 2
-                    cell = cell[:middle] + "◆" + cell[middle + 1 :]
+                    inner = "◆" if line == middle_line else " "
+                    cell = ("▌" + inner.center(cell_width - 2) + "▐") if cell_width >= 3 else "◆" * cell_width
                     style += Style(color="#ff00ff", bold=True)
                 text.append(cell, style)
-            else:
-                text.append(CELL_CHARACTERS[code] * cell_width, Style(reverse=True) if here else None)
-        lines.append(text)
+            lines.append(text)
     return lines
 
 
