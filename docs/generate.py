@@ -9,6 +9,7 @@ sample_inputs/, so the docs cannot drift from the program.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -262,6 +263,110 @@ HEADS_EXAMPLES: list[tuple[str, str | None]] = [
 ]
 
 
+EXPLORE_INTRO = """# attn explore: from every head down to one weight, interactively
+
+`attn explore` opens what `attn compute` reads (a file from `attn capture`, whose layers it
+stacks, or query, key and value files), or a result file of `attn compute -o` holding weights
+(shown as saved, causal where its metadata says so; it holds no scores), in the terminal, and
+walks from the overview to one weight:
+
+1. **The grid**: every layer's heads as thumbnails (the `--view grid` of [heads.md](heads.md)),
+   each labelled with its head and mean entropy; the arrow keys move the selection (left/right:
+   heads, up/down: layers or batch entries), Enter opens the selected head.
+2. **A head**: its heatmap at the window's size, and a cursor on one weight; the side panel shows
+   the query and key (with their tokens), the weight, the score the softmax took
+   (`query · key × scale`, plus an additive mask), the weight's rank among the row's open keys, and
+   the row's entropy (nats), sink (weight on key 0), mean distance and largest keys. A matrix small
+   enough is drawn large, a row per line with its token; a larger one pooled, two rows a line.
+3. **Zoom and pan**: `+` and `-` halve or double the weights each cell pools, around the cursor,
+   down to one weight per cell; the arrows move the cursor a cell at a time, and the window
+   follows it. Each step computes the rows on screen again and pools only the keys on screen.
+
+| key | does |
+|---|---|
+| arrows | move (grid: between heads; head: the cursor, a cell at a time); a click moves the cursor too |
+| PgUp / PgDn, Home / End | the cursor a screenful of rows up / down, to the first / last row |
+| Enter / Escape | open the selected head / back to the grid |
+| `+` / `-` | zoom in / out around the cursor |
+| `h` / `H`, `l` / `L` | next / previous head, next / previous layer (the first axis of the matrices) |
+| `t` | the weights around the cursor as a table / the heatmap |
+| `s` | colour scale: `fixed` (0 to 1), `max`, `row`, `log` |
+| `p` | pooling of a cell: `max` or `mean` of its weights |
+| `b` | the next batch entry (text) of a capture of several |
+| `e` | save the screen as an SVG picture, `attn-explore-N.svg` in the working directory |
+| `?` / `q` | the keys / quit |
+
+**Memory**: the weights of a long input never exist whole. The grid's thumbnails come from one run
+in blocks of query rows (as `attn compute` runs past its memory limit); a head's window is computed
+again on each zoom or pan step, its rows a block at a time, each block at most 16 MiB of scores
+(4,096 rows of 1,024 keys, 128 rows of 32,768), pooled into the picture as it comes. So a
+32,768-position head takes a few hundred MiB whatever the zoom, and the time of a step grows
+with the rows on screen: the whole matrix at the widest zoom, one screenful of rows at the
+narrowest. The cursor's panel computes its one row.
+
+Outside a terminal (stdout or stdin not one, or `TERM=dumb`) it refuses and points to
+`attn compute`; bad files are reported as `attn compute` reports them, before the interface starts.
+"""
+
+EXPLORE_PICTURES = [
+    ("explore-grid.svg", []),
+    ("explore-head.svg", ["right", "right", "right", "down", "enter", "down", "down", "down", "right"]),
+]
+
+#: Saves the screens of EXPLORE_PICTURES: the app on a capture, driven by Textual's pilot at 160 x 40.
+EXPLORE_SCREENS = """\
+import asyncio, json, sys
+from attncli.explore.app import ExploreApp
+from attncli.explore.session import open_explorer
+
+path, pictures = sys.argv[1], json.loads(sys.argv[2])
+
+async def save(target, keys):
+    app = ExploreApp(open_explorer([path]))
+    async with app.run_test(size=(160, 40)) as pilot:
+        for key in ["z", *keys]:  # z: nothing, the first frame
+            await pilot.press(key)
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+        app.save_screenshot(target)
+
+for target, keys in pictures:
+    asyncio.run(save(target, keys))
+"""
+
+EXPLORE_EXAMPLES: list[tuple[str, str | None]] = [
+    (f"attn explore {FOX}", "Not in a terminal (here, a pipe): one line, and where to go instead."),
+    ("attn explore --help", "Every option of `explore`."),
+]
+
+
+def explore_page(save_pictures: bool) -> str:
+    """docs/explore.md; with `save_pictures`, its pictures too (the screens the pilot drives)."""
+    if save_pictures:
+        pictures = [(str(DOCS / "images" / name), keys) for name, keys in EXPLORE_PICTURES]
+        done = subprocess.run(
+            [sys.executable, "-c", EXPLORE_SCREENS, FOX, json.dumps(pictures)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"the explorer's screens: {done.stderr.strip()}")
+    words = [
+        f"`attn explore {FOX}` (the 12-token text of [heads.md](heads.md)): the grid, then layer 1,",
+        "head 3 with the cursor on one weight (Textual's own screenshots, `e` in the app, 160 x 40).",
+        "",
+        f"![the grid of every head of all-MiniLM-L6-v2](images/{EXPLORE_PICTURES[0][0]})",
+        "",
+        f"![one head, the cursor on one weight, and its panel](images/{EXPLORE_PICTURES[1][0]})",
+        "",
+    ]
+    lines = [EXPLORE_INTRO, GENERATED, "", *words, *example_lines(EXPLORE_EXAMPLES)]
+    return "\n".join(lines) + "\n"
+
+
 def heads_page() -> str:
     name, command, _ = HEADS_PICTURES[0]
     words = f"Every head at once: `{command}` (the picture is its `--export-svg`, 160 columns)."
@@ -386,6 +491,8 @@ def main() -> int:
         DOCS / "models.md": models_page(),
         DOCS / "heads.md": heads_page(),
     }
+    # the pictures are saved by `make docs`, not compared by --check
+    pages[DOCS / "explore.md"] = explore_page(save_pictures="--check" not in sys.argv[1:])
     if "--check" in sys.argv[1:]:
         stale = [
             path.name
@@ -395,12 +502,14 @@ def main() -> int:
         if stale:
             print(f"stale: {', '.join(stale)}; run `make docs` and commit the result", file=sys.stderr)
             return 1
-        print("docs/cli.md, docs/analysis.md, docs/models.md and docs/heads.md are up to date")
+        print(
+            "docs/cli.md, docs/analysis.md, docs/models.md, docs/heads.md and docs/explore.md are up to date"
+        )
         return 0
     for path, text in pages.items():
         path.write_text(text)
     pictures()
-    print("wrote docs/cli.md, docs/analysis.md, docs/models.md, docs/heads.md and docs/images/*.svg")
+    print("wrote docs/cli.md, analysis.md, models.md, heads.md, explore.md and docs/images/*.svg")
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "attncli"
 
 #: Lowest first: a module may import its own layer and those before it, never one after it.
-LAYERS = ("base", "io", "analysis", "compute", "models", "present", "api", "cli")
+LAYERS = ("base", "io", "analysis", "compute", "models", "present", "api", "explore", "cli")
 BASE = {"attncli", "attncli.errors", "attncli.selection", "attncli.demo"}
 ENTRY = "attncli.__main__"  # `python -m attncli`: the command line
 API = {"attncli.display"}  # views of arrays and results for Python: present/ drawing compute/'s consumers

@@ -41,12 +41,14 @@ def grid_view(
     entropy: np.ndarray | None,
     options: ViewOptions,
     padding_rows: np.ndarray | None = None,
+    selected: tuple[int, ...] | None = None,
 ) -> Group:
     """Thumbnails of `pictures` (..., R, C), each cell pooling `blocks` weights of an (Lq, Lk)
     matrix (`shape`): a row per value of the axes before the head axis, named in a left gutter
     (`L2` for layer 2, `b1` for batch entry 1), each thumbnail labelled with its head and the mean
     of `entropy` (..., Lq) when given. `padding_rows` (bool, broadcasting to (..., Lq)): rows of
-    padding tokens, not drawn once they alone are left."""
+    padding tokens, not drawn once they alone are left. `selected`: the index of a matrix whose
+    label is drawn in reverse video (the explorer's cursor)."""
     leading = pictures.shape[:-2]
     axes = list(options.axes)[: len(leading)]
     indices = list(matrix_indices(leading, axes, options.batch, options.head))
@@ -76,7 +78,7 @@ def grid_view(
                 drawn, left_out = drawn_rows(padding[index], blocks[0], len(picture))
                 picture, cut = picture[:drawn], cut or bool(left_out)
             label = _label(index[row_axes:], axes[row_axes:], options.axis_values, entropy, index)
-            thumbnails.append(_thumbnail(picture, label, options))
+            thumbnails.append(_thumbnail(picture, label, options, selected=index == selected))
         parts.extend(_wrapped(name, gutter, thumbnails, options.width))
     parts.append(_legend(blocks, shape, options, cut))
     return Group(*parts)
@@ -114,13 +116,14 @@ def _value(axis: str, index: int, values: Mapping[str, Sequence[int]]) -> int:
     return values[axis][index] if axis in values else index
 
 
-def _thumbnail(picture: np.ndarray, label: str, options: ViewOptions) -> list[Text]:
+def _thumbnail(picture: np.ndarray, label: str, options: ViewOptions, selected: bool = False) -> list[Text]:
     """The label, then the picture: in colour two rows of cells per line ('▀', the upper cell's
     colour on the lower's), else one row per line of density characters."""
     masked = np.isnan(picture)  # a cell whose every weight was masked: grey, as in the heatmap
     codes = cell_codes(rescaled(np.where(masked, 0.0, picture), options.color_scale), masked, options.colour)
     lines = colour_lines(codes, 0, 1) if options.colour else plain_lines(codes, 0, 1)
-    return [Text(label, style="bold", no_wrap=True, overflow="crop"), *lines]
+    style = "bold reverse" if selected else "bold"
+    return [Text(label, style=style, no_wrap=True, overflow="crop"), *lines]
 
 
 def _label(

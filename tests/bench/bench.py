@@ -990,7 +990,148 @@ def bench_api(env: dict[str, str], repeats: int) -> list[Row]:
     return timed_rows(samples, pairs, API_TARGET)
 
 
-SECTIONS = ("start-up", "small job", "show", "memory", "time", "long", "json", "heads", "check", "api")
+# --- 11. attn explore: start to the first frame, and key presses ------------------------------------
+
+EXPLORE_START_TARGET = 1.5  # attn explore on a MiniLM-sized capture, to its first frame, vs import torch
+EXPLORE_KEY_TARGET_S = 0.1  # each key press answered (the pilot's own wait taken off), 4096 positions
+EXPLORE_KEYS = ("down", "right", "plus", "minus", "h", "s", "t")  # rounds + 1 < 16 heads: see below
+
+#: `attn explore FILE` in a pseudo-terminal of 160 x 50: seconds from the start of the process to the
+#: first frame with the grid's footer ("open head") drawn; then q, and the process must end with 0.
+EXPLORE_FIRST_FRAME = """\
+import fcntl, json, os, pty, select, struct, sys, termios, time
+start = time.perf_counter()
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["TERM"] = "xterm-256color"
+    os.execv(sys.argv[1], [sys.argv[1], "explore", sys.argv[2]])
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+seen, first = b"", None
+while first is None and time.perf_counter() - start < 60:
+    ready, _, _ = select.select([fd], [], [], 1.0)
+    if ready:
+        try:
+            seen += os.read(fd, 1 << 16)
+        except OSError:
+            break
+        if b"open head" in seen:
+            first = time.perf_counter() - start
+os.write(fd, b"q")
+while True:
+    try:
+        if not os.read(fd, 1 << 16):
+            break
+    except OSError:
+        break
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"first_frame": first, "status": os.waitstatus_to_exitcode(status)}))
+"""
+
+#: Key presses on the heads of (1, 16, 4096, 64) causal attention, through Textual's pilot: seconds from
+#: each press to the screen being idle again, and the same for a key bound to nothing (the pilot's own
+#: wait). Each round's `h` opens a head not seen before (16 heads, fewer rounds), so that its whole-matrix
+#: window is computed, not taken from the windows the app keeps; `minus` goes back to one it keeps.
+EXPLORE_KEYS_SCRIPT = """\
+import asyncio, json, sys, time
+import torch
+from attncli.compute import prepare
+from attncli.explore.app import ExploreApp
+from attncli.explore.session import Explorer, axes_of
+
+keys, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
+generator = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(1, 16, 4096, 64, generator=generator) for _ in range(3))
+problem = prepare(q, k, v, causal=True)
+samples = {key: [] for key in ["none", *keys]}
+
+async def main():
+    app = ExploreApp(Explorer(problem, axes_of(problem, None), label="bench"))
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("enter")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        for round_ in range(rounds + 1):  # the first round warms up
+            for key in ["z", *keys, *(["t"] if "t" in keys else [])]:  # z: bound to nothing
+                start = time.perf_counter()
+                await pilot.press(key)
+                await pilot.pause()  # the key answered, and the window's thread (if any) done:
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                if round_:
+                    samples["none" if key == "z" else key].append(time.perf_counter() - start)
+            await pilot.press("up", "left")  # back where the round began
+
+asyncio.run(main())
+print(json.dumps(samples))
+"""
+
+
+def bench_explore(env: dict[str, str], workdir: Path, repeats: int, warmup: int) -> list[Row]:
+    """`attn explore` on a capture laid out as MiniLM's (6 layers x 12 heads x 12 tokens x 32
+    features, one text, random values) to its first frame in a pseudo-terminal, against
+    `python -c "import torch"`; and key presses on 4096 positions with Textual's pilot."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for layer in range(6):
+        for role in ("query", "key", "value"):
+            tensors[f"layers.{layer}.{role}"] = rng.standard_normal((1, 12, 12, 32)).astype(np.float32)
+        tensors[f"layers.{layer}.mask"] = np.ones((1, 1, 12, 12), dtype=bool)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "the", "cat"]
+    meta = {"tokens": [words], "lengths": [12], "num_layers": 6}
+    path = workdir / "capture.safetensors"
+    save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in meta.items()})
+    attn = attn_command()[0]
+
+    def first_frame() -> float:
+        done = script_json(EXPLORE_FIRST_FRAME, [attn, str(path)], env, "attn explore in a pty")
+        if done["first_frame"] is None or done["status"] != 0:
+            raise BenchError(f"attn explore drew no grid or ended with {done['status']}")
+        return float(done["first_frame"])
+
+    variants = {
+        "explore": first_frame,
+        "torch": lambda: run_process([sys.executable, "-c", "import torch"], env),
+    }
+    samples = interleaved("explore", variants, repeats, warmup)
+    rows = timed_rows(
+        samples,
+        [("explore: start to first frame, 6 x 12 heads (pty)", "explore", "torch")],
+        EXPLORE_START_TARGET,
+    )
+    presses = script_json(EXPLORE_KEYS_SCRIPT, [json.dumps(EXPLORE_KEYS), str(repeats)], env, "pilot keys")
+    RUNS["explore keys"] = repeats
+    none = statistics.median(presses["none"])
+    for key in EXPLORE_KEYS:
+        answered = max(0.0, statistics.median(presses[key]) - none)
+        rows.append(
+            Row(
+                f"explore: key {key!r}, 4096 positions (pilot)",
+                _ms(answered),
+                f"{_ms(EXPLORE_KEY_TARGET_S)} (pilot's own {_ms(none)} off)",
+                answered / EXPLORE_KEY_TARGET_S,
+                "<= 1",
+                "pass" if answered <= EXPLORE_KEY_TARGET_S else "FAIL",
+            )
+        )
+    return rows
+
+
+SECTIONS = (
+    "start-up",
+    "small job",
+    "show",
+    "memory",
+    "time",
+    "long",
+    "json",
+    "heads",
+    "check",
+    "api",
+    "explore",
+)
 #: The sections this run measures (--only); all by default.
 CHOSEN: set[str] = set(SECTIONS)
 
@@ -1054,6 +1195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
         rows += guarded("check", lambda: bench_check(env, Path(workdir), job_n, options.quick))
     rows += guarded("api", lambda: bench_api(env, time_n))
+    with tempfile.TemporaryDirectory(prefix="attncli-bench-") as workdir:
+        rows += guarded("explore", lambda: bench_explore(env, Path(workdir), job_n, 1))
 
     import torch
 

@@ -1,0 +1,502 @@
+"""`attn explore`: the figures of a cell and the pooled windows against the float64 reference, the
+app driven headless by Textual's pilot, and the command's refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_error
+from reference import reference_attention
+from typer.testing import CliRunner
+
+from attncli.cli import app
+from attncli.compute import prepare
+from attncli.errors import UsageError
+from attncli.explore.session import Explorer, axes_of
+
+RNG = np.random.default_rng(19)
+runner = CliRunner()
+
+
+def _explorer(
+    positions: int = 12,
+    heads: int = 2,
+    *,
+    keys: int | None = None,
+    kv_heads: int | None = None,
+    causal: bool = False,
+    mask: np.ndarray | None = None,
+    tokens: list[list[str]] | None = None,
+) -> tuple[Explorer, tuple[np.ndarray, ...]]:
+    """An explorer of random float64 inputs (batch 2), and those inputs."""
+    keys = keys or positions
+    query = RNG.standard_normal((2, heads, positions, 8))
+    key = RNG.standard_normal((2, kv_heads or heads, keys, 8))
+    value = RNG.standard_normal((2, kv_heads or heads, keys, 4))
+    problem = prepare(query, key, value, mask=mask, causal=causal)
+    explorer = Explorer(problem, axes_of(problem, None), label="test", tokens=tokens)
+    return explorer, (query, key, value)
+
+
+def _reference(inputs: tuple[np.ndarray, ...], *, causal=False, mask=None) -> np.ndarray:
+    query, key, value = inputs
+    if key.shape[1] != query.shape[1]:  # grouped-query: query head h reads key head h // group
+        group = query.shape[1] // key.shape[1]
+        key, value = np.repeat(key, group, axis=1), np.repeat(value, group, axis=1)
+    weights, _ = reference_attention(query, key, value, causal=causal, mask=mask)
+    return weights
+
+
+def _reference_scores(inputs, index, query_row, mask=None) -> np.ndarray:
+    query, key, _ = inputs
+    group = query.shape[1] // key.shape[1]
+    b, h = index
+    scores = key[b, h // group] @ query[b, h, query_row] / math.sqrt(query.shape[-1])
+    if mask is not None and mask.dtype != bool:
+        scores = (
+            scores + np.broadcast_to(mask, (*query.shape[:2], query.shape[2], key.shape[2]))[b, h, query_row]
+        )
+    return scores
+
+
+CASES = {
+    "plain": {},
+    "causal": {"causal": True},
+    "padding and causal": {
+        "causal": True,
+        "mask": np.arange(12)[None, None, None, :] < np.array([12, 9])[:, None, None, None],
+    },
+    "additive mask": {"mask": RNG.standard_normal((12, 12))},
+    "grouped query": {"kv_heads": 1, "heads": 4},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cell_figures_are_the_float64_reference(case):
+    """Weight, score, rank, entropy, sink, distance and top keys of cells all over the matrix, each
+    from the reference's weights of the whole matrix (not from the app's own rows)."""
+    options = dict(CASES[case])
+    heads = options.pop("heads", 2)
+    explorer, inputs = _explorer(heads=heads, **options)
+    weights = _reference(inputs, causal=options.get("causal", False), mask=options.get("mask"))
+    blocked = np.zeros(weights.shape, dtype=bool)
+    if options.get("causal"):
+        blocked |= np.triu(np.ones((12, 12), dtype=bool), 1)
+    if options.get("mask") is not None and options["mask"].dtype == bool:
+        blocked |= ~np.broadcast_to(options["mask"], weights.shape)
+    for index, (row, key) in [
+        ((0, 0), (0, 0)),
+        ((1, heads - 1), (11, 3)),
+        ((1, 0), (7, 7)),
+        ((0, 1), (4, 10)),
+    ]:
+        figures = explorer.cell(index, row, key, top=3)
+        w = weights[(*index, row)]
+        shut = blocked[(*index, row)]
+        assert figures.weight == pytest.approx(w[key], abs=1e-12)
+        assert figures.masked == shut[key]
+        if shut[key]:
+            assert figures.score is None
+            assert figures.rank is None
+        else:
+            score = _reference_scores(inputs, index, row, options.get("mask"))[key]
+            assert figures.score == pytest.approx(score, abs=1e-9)
+            assert figures.rank == 1 + int((w[~shut] > w[key]).sum())
+        open_w = w[~shut]
+        entropy = -(open_w[open_w > 0] * np.log(open_w[open_w > 0])).sum()
+        assert figures.entropy == pytest.approx(entropy, abs=1e-9)
+        assert figures.sink == (
+            pytest.approx(w[0], abs=1e-12) if not shut[0] else pytest.approx(math.nan, nan_ok=True)
+        )
+        distance = (w * np.abs(row - np.arange(12))).sum()
+        assert figures.distance == pytest.approx(distance, abs=1e-9)
+        order = sorted(np.flatnonzero(~shut), key=lambda j: (-w[j], j))[:3]
+        assert [k for k, _, _ in figures.top] == order
+        assert [v for _, v, _ in figures.top] == pytest.approx(w[order], abs=1e-12)
+
+
+def _pooled(weights, blocked, blocks, how):
+    """The reference's pooling of `weights` (R*br, C*bc, ragged at the ends) into cells, masked
+    weights left out, NaN where a cell has none."""
+    rows, cols = weights.shape
+    br, bc = blocks
+    out = np.full((math.ceil(rows / br), math.ceil(cols / bc)), np.nan)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            cell = weights[r * br : (r + 1) * br, c * bc : (c + 1) * bc]
+            shut = blocked[r * br : (r + 1) * br, c * bc : (c + 1) * bc]
+            if (~shut).any():
+                out[r, c] = cell[~shut].max() if how == "max" else cell[~shut].mean()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("causal", "origin", "span"),
+    [
+        (False, (6, 9), (20, 27)),
+        (True, (6, 9), (20, 27)),
+        (True, (0, 8), (12, 20)),  # rows 0-7 see none of the window's keys, rows 8-11 a few
+    ],
+)
+def test_window_pools_only_the_visible_rows_and_keys(causal, origin, span):
+    explorer, inputs = _explorer(positions=40, causal=causal)
+    weights = _reference(inputs, causal=causal)[1, 0]
+    blocked = np.triu(np.ones((40, 40), dtype=bool), 1) if causal else np.zeros((40, 40), dtype=bool)
+    blocks = (4, 3)
+    window = explorer.window((1, 0), origin, span, blocks)
+    assert window.blocks == blocks
+    assert window.origin == origin
+    assert window.span == span
+    visible = np.s_[origin[0] : origin[0] + span[0], origin[1] : origin[1] + span[1]]
+    for how, got in (("max", window.picture_max), ("mean", window.picture_mean)):
+        expected = _pooled(weights[visible], blocked[visible], blocks, how)
+        np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
+
+
+def test_window_of_a_long_input_is_computed_in_blocks_of_rows(monkeypatch):
+    """More rows than one block holds: the same picture as the reference, block after block."""
+    import attncli.explore.session as session
+
+    monkeypatch.setattr(session, "_rows_per_block", lambda problem, keys: 7)
+    explorer, inputs = _explorer(positions=30, causal=True)
+    weights = _reference(inputs, causal=True)[0, 1]
+    window = explorer.window((0, 1), (0, 0), (30, 30), (2, 2))
+    blocked = np.triu(np.ones((30, 30), dtype=bool), 1)
+    np.testing.assert_allclose(
+        window.picture_max, _pooled(weights, blocked, (2, 2), "max"), atol=1e-6, equal_nan=True
+    )
+
+
+def test_a_result_files_weights_are_explored_as_saved(tmp_path):
+    """`attn compute -o` keeps the weights: the explorer reads them (with the causal flag of the
+    metadata) and gives the same figures as the reference, with no score (the file has none)."""
+    from attncli.explore.session import open_explorer
+
+    query, key, value = (RNG.standard_normal((2, 10, 8)) for _ in range(3))
+    np.savez(tmp_path / "qkv.npz", query=query, key=key, value=value)
+    result = runner.invoke(
+        app, ["compute", str(tmp_path / "qkv.npz"), "--causal", "-q", "-o", str(tmp_path / "r.safetensors")]
+    )
+    assert result.exit_code == 0, result.output
+    explorer = open_explorer([str(tmp_path / "r.safetensors")])
+    assert explorer.problem is None
+    assert explorer.axes == ("batch",)
+    weights = _reference((query, key, value), causal=True)
+    shut = np.triu(np.ones((10, 10), dtype=bool), 1)
+    for row, col in [(0, 0), (6, 2), (6, 8), (9, 9)]:
+        figures = explorer.cell((1,), row, col, top=3)
+        w = weights[1, row]
+        assert figures.weight == pytest.approx(w[col], abs=1e-12)
+        assert figures.masked == shut[row, col]
+        assert figures.score is None
+        if not shut[row, col]:
+            assert figures.rank == 1 + int((w[~shut[row]] > w[col]).sum())
+        open_w = w[~shut[row]]
+        assert figures.entropy == pytest.approx(-(open_w * np.log(open_w)).sum(), abs=1e-9)
+        assert [k for k, _, _ in figures.top] == sorted(np.flatnonzero(~shut[row]), key=lambda j: (-w[j], j))[
+            :3
+        ]
+    window = explorer.window((1,), (2, 3), (6, 6), (2, 2))
+    visible = np.s_[2:8, 3:9]
+    expected = _pooled(weights[1][visible], shut[visible], (2, 2), "max")
+    np.testing.assert_allclose(window.picture_max, expected, atol=1e-12, equal_nan=True)
+    grid = explorer.grid()
+    np.testing.assert_allclose(
+        grid.picture_max[1], _pooled(weights[1], shut, (1, 1), "max"), atol=1e-6, equal_nan=True
+    )
+    with pytest.raises(UsageError, match="--causal"):
+        open_explorer([str(tmp_path / "r.safetensors")], causal=True)
+
+
+# --- the app, driven by Textual's pilot ---------------------------------------------------------------
+
+
+def _capture_file(path: Path, layers=3, heads=4, positions=6, rng=RNG) -> dict[str, np.ndarray]:
+    """A file laid out as `attn capture` writes one: one text, its tokens, float32 layers."""
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for layer in range(layers):
+        for role in ("query", "key", "value"):
+            tensors[f"layers.{layer}.{role}"] = rng.standard_normal((1, heads, positions, 8)).astype(
+                np.float32
+            )
+        tensors[f"layers.{layer}.mask"] = np.ones((1, 1, positions, positions), dtype=bool)
+    tokens = [["[CLS]", "the", "cat", "sat", ".", "[SEP]"][:positions]]
+    meta = {
+        "tokens": tokens,
+        "lengths": [positions],
+        "num_layers": layers,
+        "layers": {str(layer): {"scaling": 0.35} for layer in range(layers)},
+    }
+    save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in meta.items()})
+    return tensors
+
+
+def _capture_explorer(path: Path) -> Explorer:
+    from attncli.explore.session import open_explorer
+
+    return open_explorer([str(path)])
+
+
+async def _settle(app, pilot) -> None:
+    """Wait until the screen has answered the keys pressed: their computations (threads) and redraws."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def _text(widget) -> str:
+    """What a Static shows, as plain text."""
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open("/dev/null", "w"), color_system=None)  # noqa: SIM115
+    console.print(widget.content)
+    return console.export_text()
+
+
+def test_the_pilot_walks_from_the_grid_to_one_weight_and_back(tmp_path, monkeypatch):
+    from attncli.explore.app import ExploreApp, GridScreen, HeadScreen, HelpScreen
+
+    tensors = _capture_file(tmp_path / "run.safetensors")
+    explorer = _capture_explorer(tmp_path / "run.safetensors")
+    monkeypatch.chdir(tmp_path)
+
+    async def walk() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await _settle(app, pilot)
+            assert isinstance(app.screen, GridScreen)
+            assert "L0" in _text(app.screen.query_one("#grid"))
+            assert "L2" in _text(app.screen.query_one("#grid"))
+            await pilot.press("right", "down", "enter")  # head 1 of layer 1
+            await _settle(app, pilot)
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            assert head.index == (1, 0, 1)
+            await pilot.press("down", "down", "right", "right", "right")
+            await _settle(app, pilot)
+            assert head.cursor == (2, 3)
+            panel = _text(head.query_one("#panel"))
+            q, k, v, mask = (tensors[f"layers.1.{role}"] for role in ("query", "key", "value", "mask"))
+            weights, _ = reference_attention(q, k, v, mask=mask, scale=0.35)
+            row = weights[0, 1, 2]
+            assert "2 'cat'" in panel
+            assert "3 'sat'" in panel
+            assert f"{row[3]:.4f}" in panel
+            entropy = -(row * np.log(row)).sum()
+            assert f"{entropy:.4f} nats" in panel
+            assert f"{1 + int((row > row[3]).sum())} of 6" in panel
+            await pilot.press("l")  # the next layer, same head and cursor
+            await _settle(app, pilot)
+            assert head.index == (2, 0, 1)
+            assert head.cursor == (2, 3)
+            await pilot.press("h", "h", "H")
+            await _settle(app, pilot)
+            assert head.index == (2, 0, 2)
+            await pilot.press("s")
+            assert app.color_scale == "max"
+            await pilot.press("p")
+            assert app.pool == "mean"
+            await pilot.press("t")
+            await _settle(app, pilot)
+            assert head.table
+            assert "rows 0–5" in _text(head.query_one("#map"))
+            await pilot.press("t", "question_mark")
+            await _settle(app, pilot)
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape", "e")
+            await _settle(app, pilot)
+            assert app.exported == [Path("attn-explore-1.svg")]
+            assert (tmp_path / "attn-explore-1.svg").read_text().startswith("<svg")
+            await pilot.press("escape")
+            await _settle(app, pilot)
+            assert isinstance(app.screen, GridScreen)
+            assert app.screen.selected == explorer.matrices(0).index((2, 0, 2))
+            await pilot.press("q")
+        assert app.return_code == 0
+
+    asyncio.run(walk())
+
+
+def _screen_text(app) -> str:
+    """The whole screen as plain text, as Textual composes it for a screenshot (`export_screenshot`)."""
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, color_system=None)
+    console.print(app.screen._compositor.render_update(full=True))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+
+
+@pytest.mark.parametrize("size", [(160, 50), (80, 24)])
+def test_the_grid_and_head_screens_match_golden(tmp_path, size):
+    """Snapshots of the screens as text (pytest-textual-snapshot needs a pytest older than this
+    project's: its syrupy 4.8 requires pytest < 9), at both sizes: the grid, then one head."""
+    from test_render import check_golden
+
+    from attncli.explore.app import ExploreApp
+
+    _capture_file(tmp_path / "run.safetensors", rng=np.random.default_rng(0))
+    explorer = _capture_explorer(tmp_path / "run.safetensors")
+    explorer.label = "run.safetensors"  # not the temporary folder's name
+
+    async def screens() -> list[str]:
+        app = ExploreApp(explorer)
+        shots = []
+        async with app.run_test(size=size) as pilot:
+            await _settle(app, pilot)
+            await pilot.press("down")
+            await _settle(app, pilot)
+            shots.append(_screen_text(app))
+            await pilot.press("enter", "down", "right", "right")
+            await _settle(app, pilot)
+            shots.append(_screen_text(app))
+        return shots
+
+    grid, head = asyncio.run(screens())
+    check_golden(f"explore_grid_{size[0]}.txt", grid)
+    check_golden(f"explore_head_{size[0]}.txt", head)
+
+
+def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
+    from attncli.explore.app import ExploreApp, GridScreen, HeadScreen
+    from attncli.present.explore import gutter_width, magnified_cell, magnified_lines
+
+    tokens = [list("abcdefghijkl"), list("mnopqrstuvwx")]
+    explorer, _ = _explorer(positions=12, tokens=tokens)
+
+    async def walk() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await _settle(app, pilot)
+            await pilot.press("b", "right")  # batch entry 1, its head 1
+            await _settle(app, pilot)
+            grid = app.screen
+            assert isinstance(grid, GridScreen)
+            assert grid.matrices()[grid.selected] == (1, 1)
+            await pilot.press("enter")
+            await _settle(app, pilot)
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            assert head.index == (1, 1)
+            width, height = head.area()
+            cell = magnified_cell(width, height, (12, 12), tokens[1])
+            assert cell > 0  # 12 x 12 is drawn large: one row a line, `cell` columns a key
+            gutter = gutter_width((12, 12), tokens[1])
+            lines = magnified_lines(height, (12, 12), cell)  # lines a row
+            await pilot.click("#map", offset=(gutter + 4 * cell + 1, 2 + 7 * lines))  # title, ruler above
+            await _settle(app, pilot)
+            assert head.cursor == (7, 4)
+            assert "7 't'" in _text(head.query_one("#panel"))  # the token of batch entry 1
+            await pilot.press("escape", "b")  # back to batch entry 0
+            await _settle(app, pilot)
+            assert app.batch == 0
+            assert app.screen.matrices()[0] == (0, 0)
+
+    asyncio.run(walk())
+
+
+def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
+    from attncli.explore.app import ExploreApp, HeadScreen
+
+    explorer, inputs = _explorer(positions=300, heads=1, causal=True)
+    weights = _reference(inputs, causal=True)[0, 0]
+
+    async def zoom() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("enter")
+            await _settle(app, pilot)
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            fit = head.blocks
+            assert fit is not None
+            assert fit[0] > 1
+            for _ in range(8):
+                await pilot.press("plus")
+            await _settle(app, pilot)
+            assert head.blocks == (1, 1)
+            await pilot.press("down", "right", "right")
+            await _settle(app, pilot)
+            assert head.cursor == (1, 2)
+            window = head._window
+            assert window is not None
+            assert window.blocks == (1, 1)
+            rows, cols = window.span
+            expected = weights[
+                window.origin[0] : window.origin[0] + rows, window.origin[1] : window.origin[1] + cols
+            ]
+            shut = np.triu(np.ones((300, 300), dtype=bool), 1)[
+                window.origin[0] : window.origin[0] + rows, window.origin[1] : window.origin[1] + cols
+            ]
+            np.testing.assert_allclose(window.picture_max, np.where(shut, np.nan, expected), atol=1e-6)
+            await pilot.press("minus")
+            await _settle(app, pilot)
+            assert head.blocks == (2, 2)
+            kept = app.windows[head._window_key]
+            await pilot.press("plus", "minus")  # back to a window the app keeps: no computation
+            await pilot.pause()
+            assert head._window is kept
+            await pilot.press("q")
+
+    asyncio.run(zoom())
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def test_outside_a_terminal_it_refuses_and_points_to_compute(tmp_path):
+    _capture_file(tmp_path / "run.safetensors")
+    result = runner.invoke(app, ["explore", str(tmp_path / "run.safetensors")])
+    assert_error(result, "terminal", "attn compute")
+    result = runner.invoke(app, ["explore", str(tmp_path / "run.safetensors")], env={"TERM": "dumb"})
+    assert_error(result, "TERM is dumb", "attn compute")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["missing.npy"], ["missing.npy"]),
+        (["bad.json"], ["bad.json"]),
+        (["-"], ["stdin"]),
+        (["q.npy", "k.npy"], ["2 paths"]),
+        (["run.safetensors", "--layer", "9"], ["--layer"]),
+        (["q.npy", "--layer", "1"], ["--layer"]),
+    ],
+)
+def test_bad_input_is_one_line_before_the_interface_starts(tmp_path, monkeypatch, args, words):
+    import attncli.cli.explore as command
+
+    monkeypatch.setattr(command, "terminal_problem", lambda: None)  # as in a terminal
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.json").write_text("[[1, 2], [3")
+    np.save(tmp_path / "q.npy", np.ones((3, 4), np.float32))
+    np.save(tmp_path / "k.npy", np.ones((3, 4), np.float32))
+    _capture_file(tmp_path / "run.safetensors")
+    assert_error(runner.invoke(app, ["explore", *args]), *words)
+
+
+@pytest.mark.slow
+def test_help_and_other_commands_import_no_textual():
+    probe = (
+        "import sys\n"
+        "from attncli.cli import main\n"
+        "sys.argv = ['attn', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "except SystemExit:\n    pass\n"
+        "print('textual:', 'textual' in sys.modules)\n"
+    )
+    for args in (["--help"], ["explore", "--help"], ["compute", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60
+        )
+        assert "textual: False" in done.stdout, (args, done.stdout, done.stderr)
