@@ -1,0 +1,54 @@
+"""Which kernel computes a problem: the one place it is chosen.
+
+The torch kernel (`compute.blocks._block`) computes anything: every dtype, the CPU and CUDA, runs in
+blocks, the fused output (`run.fused`) and `--check`. The NumPy kernel (`compute.numpy_kernel`)
+computes small float32 and float64 problems on the CPU in one block, with the same sinks and result,
+and never imports torch, whose import (1.8-2 s) is nearly all of such a run. No I/O, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: The most weights (every matrix, query rows x keys) the NumPy kernel takes: a 1024 x 1024 matrix,
+#: 4 MiB in float32. Measured (tests/bench/bench.py, section `small job`): up to here NumPy computes
+#: the weights and every statistic in well under the 1.8 s that importing torch alone takes.
+NUMPY_MAX_WEIGHTS = 1 << 20
+
+
+def choose(
+    query_shape: tuple[int, ...],
+    key_shape: tuple[int, ...],
+    *,
+    heads: int | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    whole: bool = True,
+    picture: bool = False,
+    check: bool = False,
+) -> str:
+    """ "numpy" for a small problem the NumPy kernel computes, else "torch": the inputs' shapes as
+    loaded (before heads are split), the --dtype and --device asked for, `whole` (nothing asks for
+    blocks: --stream, --weights-to), `picture` (a heatmap or grid view: pooled by the torch sinks) and
+    `check` (--check compares with torch's scaled_dot_product_attention)."""
+    if check or picture or not whole or device.strip().lower() != "cpu":
+        return "torch"
+    if dtype not in ("auto", "float32", "float64"):
+        return "torch"  # half precision: the torch kernel rounds as the fused kernels do
+    return "numpy" if weights_count(query_shape, key_shape, heads) <= NUMPY_MAX_WEIGHTS else "torch"
+
+
+def weights_count(query_shape: tuple[int, ...], key_shape: tuple[int, ...], heads: int | None) -> int:
+    """About how many weights a problem has: its matrices (the batch axes of query and key, and the
+    heads --heads makes) times query rows times keys; a mask's batch axes are left out (they add
+    matrices only where the mask is as large itself). Unbroadcastable shapes count as 0: `prepare`
+    reports them."""
+    query = (1, *query_shape) if len(query_shape) == 1 else query_shape
+    key = (1, *key_shape) if len(key_shape) == 1 else key_shape
+    try:
+        lead = np.broadcast_shapes(query[:-2], key[:-2])
+    except ValueError:
+        lead = query[:-2]  # grouped-query heads differ on axis -3: the query's are the weights'
+    return math.prod(lead) * (heads or 1) * query[-2] * key[-2]
