@@ -31,7 +31,22 @@ def block(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Rows first_row.. of the weights, as `compute.blocks._block` gives them: `q` (..., n, D), `k`
     and `v` in the compute dtype (float32 or float64); `mask` cut to the block's rows. Returns the
-    fields of that rows' `compute.blocks.Block`: weights, output, masked rows, blocked keys, scores."""
+    fields of that rows' `compute.blocks.Block`: weights, output, masked rows, blocked keys, scores.
+    NumPy's floating-point warnings are off, as torch has none: an overflow of the scores is an
+    error below, and what else is not finite is in the numbers, as the torch kernel leaves it."""
+    with np.errstate(all="ignore"):
+        return _block(p, q, k, v, mask, first_row, keep_scores)
+
+
+def _block(
+    p: Prepared,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    first_row: int,
+    keep_scores: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     n, all_keys = q.shape[-2], k.shape[-2]
     weights_shape = (*p.weights_shape[:-2], n, all_keys)
     if p.causal and first_row + n < all_keys:
@@ -49,8 +64,7 @@ def block(
     # Scaling the query (n x D numbers) costs less than scaling the scores (n x W); the Python float
     # keeps the query's dtype (NumPy 2's promotion rules).
     scaled = q * p.scale
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
-        scores = np.matmul(scaled, k.swapaxes(-2, -1))  # (..., n, D) @ (..., D, W) -> (..., n, W)
+    scores = np.matmul(scaled, k.swapaxes(-2, -1))  # (..., n, D) @ (..., D, W) -> (..., n, W)
     if p.may_overflow and not np.isfinite(scores).all():
         wider = "" if scores.dtype == np.float64 else ", or use --dtype float64"
         raise InputError(
