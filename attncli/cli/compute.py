@@ -247,7 +247,6 @@ def compute(
         dtype=dtype.value,
         device=device,
         whole=not (stream or weights_target is not None),
-        picture=view is not View.table,
         check=check,
     )
     problem = prepare(

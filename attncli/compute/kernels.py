@@ -26,14 +26,13 @@ def choose(
     dtype: str = "auto",
     device: str = "cpu",
     whole: bool = True,
-    picture: bool = False,
     check: bool = False,
 ) -> str:
-    """ "numpy" for a small problem the NumPy kernel computes, else "torch": the inputs' shapes as
-    loaded (before heads are split), the --dtype and --device asked for, `whole` (nothing asks for
-    blocks: --stream, --weights-to), `picture` (a heatmap or grid view: pooled by the torch sinks) and
-    `check` (--check compares with torch's scaled_dot_product_attention)."""
-    if check or picture or not whole or device.strip().lower() != "cpu":
+    """The kernel of a problem: "numpy" for a small one the NumPy kernel computes, else "torch".
+    Given the inputs' shapes as loaded (before heads are split), the --dtype and --device asked for,
+    `whole` (nothing asks for blocks: --stream, --weights-to) and `check` (--check compares with
+    torch's scaled_dot_product_attention)."""
+    if check or not whole or device.strip().lower() != "cpu":
         return "torch"
     if dtype not in ("auto", "float32", "float64"):
         return "torch"  # half precision: the torch kernel rounds as the fused kernels do

@@ -144,7 +144,9 @@ def run(
     row_stats = StatsSink(weights_shape) if stats else None
     entropies = EntropySink(weights_shape) if entropy and not stats else None
     top = None if top_k is None else TopKSink(weights_shape, top_k)
-    pictures = None if picture is None else PictureSink(weights_shape, picture, device)
+    # the NumPy kernel's picture is NumPy's too
+    picture_device = "numpy" if p.kernel == "numpy" else device
+    pictures = None if picture is None else PictureSink(weights_shape, picture, picture_device)
     tables = None if table is None else TableSink(weights_shape, *table, dtype, device)
     pattern_rows = PatternSink(weights_shape, token_ids) if patterns else None
     writer = None

@@ -219,17 +219,24 @@ class FileSink:
 
 class PictureSink:
     """Max and mean of (rows, keys) blocks of each matrix, masked weights left out, built row block
-    by row block: the columns pooled first within a block, then added to the picture's rows."""
+    by row block: the columns pooled first within a block, then added to the picture's rows.
+    `device` "numpy" keeps the picture in NumPy (the NumPy kernel's blocks), else in torch on it."""
 
-    def __init__(self, weights_shape: tuple[int, ...], size: tuple[int, int], device: torch.device) -> None:
-        import torch
-
+    def __init__(self, weights_shape: tuple[int, ...], size: tuple[int, int], device: Any) -> None:
         *lead, lq, lk = weights_shape
         rows, cols = size
         self.block_rows = max(1, math.ceil(lq / rows))  # the smallest blocks that fit, as heatmap's
         self.block_cols = max(1, math.ceil(lk / cols))
         self.blocks = (self.block_rows, self.block_cols)
         grid = (*lead, math.ceil(lq / self.block_rows), math.ceil(lk / self.block_cols))
+        self.numpy = isinstance(device, str) and device == "numpy"
+        if self.numpy:
+            self.largest: Array = np.full(grid, -math.inf, dtype=np.float32)
+            self.sums: Array = np.zeros(grid, dtype=np.float64)
+            self.counts: Array = np.zeros(grid, dtype=np.int64)
+            return
+        import torch
+
         self.largest = torch.full(grid, -math.inf, dtype=torch.float32, device=device)
         self.sums = torch.zeros(grid, dtype=torch.float64, device=device)
         self.counts = torch.zeros(grid, dtype=torch.int64, device=device)
@@ -237,17 +244,20 @@ class PictureSink:
     def add(self, block: Block) -> None:
         self.pool(block.start, block.weights, block.blocked)
 
-    def pool(self, start: int, weights: torch.Tensor, blocked: torch.Tensor | None) -> None:
+    def pool(self, start: int, weights: Array, blocked: Array | None) -> None:
         """Pool weights (..., n, W) of query rows start.. into the picture (W <= Lk: the keys past W
         are masked, as causal leaves them out of a block). The weights are 0 at every blocked key
         (softmax gives exp(-inf) = 0, and fully masked rows are zeroed), so they pool as they are:
         `blocked` only decides how many weights each cell's mean divides by."""
-        import torch
-
         n, width = weights.shape[-2:]
         columns = math.ceil(width / self.block_cols)  # the picture's columns these keys reach
         if columns == 0:
             return  # no keys: nothing to pool
+        if self.numpy:
+            self._pool_numpy(start, weights, blocked, columns)
+            return
+        import torch
+
         values = weights.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
         # (..., n, W) -> (..., n, c), then each row added to its picture row
         row_of = torch.arange(start, start + n, device=weights.device) // self.block_rows
@@ -263,22 +273,56 @@ class PictureSink:
             open_count = self._columns(~blocked, analysis.count_true)
         self.counts[..., :columns].index_add_(-2, row_of, open_count.expand(*weights.shape[:-1], columns))
 
-    def _columns(self, values: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """Reduce each run of block_cols keys: (..., n, W) -> (..., n, c), the last run ragged."""
-        import torch
+    def _pool_numpy(self, start: int, weights: np.ndarray, blocked: np.ndarray | None, columns: int) -> None:
+        """`pool` of NumPy weights: the rows of one picture row are consecutive, so each picture
+        row's figures are reductions over a run of rows (reduceat), merged into what it holds."""
+        n, width = weights.shape[-2:]
+        values = weights.astype(np.float64 if weights.dtype == np.float64 else np.float32, copy=False)
+        rows = np.arange(start, start + n) // self.block_rows  # (n,): each row's picture row
+        firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])  # where each run of rows starts
+        shown = rows[firsts]  # the picture rows these rows reach, ascending
 
+        def total(x: np.ndarray, dim: int, keepdim: bool = False) -> np.ndarray:
+            summed: np.ndarray = np.sum(x, axis=dim, keepdims=keepdim)
+            return summed
+
+        # (..., n, W) -> (..., n, c) -> (..., r, c): keys pooled, then runs of rows
+        largest = np.maximum.reduceat(self._columns(values, analysis.amax_non_negative), firsts, axis=-2)
+        sums = np.add.reduceat(self._columns(values, total).astype(np.float64), firsts, axis=-2)
+        if blocked is None:
+            open_count = np.full(columns, self.block_cols, dtype=np.int64)
+            open_count[-1] = width - self.block_cols * (columns - 1)
+        else:
+            open_count = self._columns(~blocked, analysis.count_true)
+        counts = np.add.reduceat(np.broadcast_to(open_count, (*weights.shape[:-1], columns)), firsts, axis=-2)
+        cells = (..., shown, slice(0, columns))
+        self.largest[cells] = np.maximum(self.largest[cells], largest.astype(np.float32))
+        self.sums[cells] += sums
+        self.counts[cells] += counts
+
+    def _columns(self, values: Array, reduce: Callable[..., Array]) -> Array:
+        """Reduce each run of block_cols keys: (..., n, W) -> (..., n, c), the last run ragged."""
         lk = values.shape[-1]
         whole = lk // self.block_cols * self.block_cols
         parts = []
         if whole:
-            parts.append(reduce(values[..., :whole].unfold(-1, self.block_cols, self.block_cols), dim=-1))
+            if self.numpy:  # (..., n, whole) -> (..., n, c, block_cols)
+                runs = values[..., :whole].reshape(*values.shape[:-1], -1, self.block_cols)
+            else:
+                runs = values[..., :whole].unfold(-1, self.block_cols, self.block_cols)
+            parts.append(reduce(runs, dim=-1))
         if whole < lk:
             parts.append(reduce(values[..., whole:], dim=-1, keepdim=True))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return parts[0] if len(parts) == 1 else arrays.concat(parts, axis=-1)
 
     def arrays(self) -> tuple[_FloatArray, _FloatArray]:
         """(max, mean), float32 NumPy arrays, NaN where every weight of a cell was masked."""
         empty = self.counts == 0
+        if self.numpy:
+            largest = np.where(empty, np.float32(math.nan), self.largest)
+            with np.errstate(invalid="ignore"):
+                mean = np.where(empty, math.nan, self.sums / np.maximum(self.counts, 1)).astype(np.float32)
+            return largest, mean
         largest = self.largest.masked_fill(empty, math.nan)
         mean = (self.sums / self.counts.clamp(min=1)).masked_fill(empty, math.nan).float()
         return largest.cpu().numpy(), mean.cpu().numpy()
