@@ -75,10 +75,11 @@ CASES = (
 )
 
 
+@pytest.mark.parametrize("block_rows", [None, 2], ids=["whole", "blocks-of-2"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_each_kernel_matches_the_float64_reference(kernel, case, dtype):
+def test_each_kernel_matches_the_float64_reference(kernel, case, dtype, block_rows):
     inputs = _case(case)
     expected_weights, expected_output = reference_attention(**inputs)
     given = {role: inputs[role].astype(dtype) for role in ("query", "key", "value")}
@@ -86,7 +87,8 @@ def test_each_kernel_matches_the_float64_reference(kernel, case, dtype):
     problem = prepare(**given, **options, kernel=kernel)
     assert problem.kernel == kernel
     lq, lk = problem.weights_shape[-2:]
-    result = run(problem, keep_weights=True, stats=True, top_k=3, table=(list(range(lq)), list(range(lk))))
+    table = (list(range(lq)), list(range(lk)))
+    result = run(problem, block_rows=block_rows, keep_weights=True, stats=True, top_k=3, table=table)
     if kernel == "numpy":  # the NumPy kernel's result holds NumPy arrays: torch was never needed
         assert isinstance(result.weights, np.ndarray)
         assert isinstance(result.output, np.ndarray)
@@ -168,13 +170,28 @@ def test_the_torch_kernel_runs_whatever_the_numpy_one_does_not_do(options, kerne
     assert kernel_choice.choose((3, 4), (3, 4), **options) == kernel
 
 
+def test_a_small_problem_below_the_memory_limit_gives_its_output_from_numpy_blocks(tmp_path):
+    """--memory-limit below a small problem's weights, nothing shown: the plan is the fused output,
+    which the NumPy kernel gives from its blocks (it has no fused kernel)."""
+    out = tmp_path / "out.npz"
+    result = CliRunner().invoke(
+        app, ["compute", str(SEED), "--memory-limit", "40B", "--causal", "-q", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    inputs = np.load(SEED)
+    _, expected_output = reference_attention(inputs["query"], inputs["key"], inputs["value"], causal=True)
+    np.testing.assert_allclose(np.load(out)["output"], expected_output, rtol=2e-5, atol=2e-6)
+    done = CliRunner().invoke(app, ["compute", str(SEED), "--memory-limit", "40B", "-q"])
+    assert done.exit_code == 0, done.output
+
+
 def test_the_numpy_kernel_takes_small_problems_only():
     limit = kernel_choice.NUMPY_MAX_WEIGHTS
-    assert kernel_choice.choose((1024, 64), (1024, 64)) == "numpy"
-    assert kernel_choice.choose((1025, 64), (1024, 64)) == "torch"
-    assert kernel_choice.choose((512, 64), (512, 64), heads=4) == "numpy"  # 4 x 512 x 512 = 2 ** 20
-    assert kernel_choice.weights_count((2, 512, 64), (512, 64), 4) == 2 * 4 * 512 * 512 > limit
-    assert kernel_choice.choose((1, 8, 512, 64), (1, 2, 512, 64)) == "torch"  # grouped: 8 x 512 x 512
+    assert kernel_choice.choose((2048, 64), (2048, 64)) == "numpy"
+    assert kernel_choice.choose((2049, 64), (2048, 64)) == "torch"
+    assert kernel_choice.choose((1024, 64), (1024, 64), heads=4) == "numpy"  # 4 x 1024 x 1024 = 2 ** 22
+    assert kernel_choice.weights_count((2, 1024, 64), (1024, 64), 4) == 2 * 4 * 1024 * 1024 > limit
+    assert kernel_choice.choose((1, 8, 1024, 64), (1, 2, 1024, 64)) == "torch"  # grouped: 8 x 1024 x 1024
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,12 @@ import math
 
 import numpy as np
 
-#: The most weights (every matrix, query rows x keys) the NumPy kernel takes: a 1024 x 1024 matrix,
-#: 4 MiB in float32. Measured (tests/bench/bench.py, section `small job`): up to here NumPy computes
-#: the weights and every statistic in well under the 1.8 s that importing torch alone takes.
-NUMPY_MAX_WEIGHTS = 1 << 20
+#: The most weights (every matrix, query rows x keys) the NumPy kernel takes: a 2048 x 2048 matrix,
+#: 16 MiB in float32. Measured here (causal, --stats, --top-k 3, a heatmap's picture and a table's
+#: cells, in-process, best of 3): 1024 positions 0.10 s in NumPy, 0.12 s in torch; 2048: 0.30 s and
+#: 0.40 s; 4096: 1.8 s and 1.6 s, as long as importing torch (1.5-2.1 s) itself. Up to here NumPy
+#: costs a fraction of torch's import; past it, the torch kernel's in-place buffers and threads win.
+NUMPY_MAX_WEIGHTS = 1 << 22
 
 
 def choose(

@@ -225,8 +225,10 @@ def fused(
     p = problem
     weights_shape = tuple(p.weights_shape)
     *lead, lq, lk = weights_shape
-    if lq == 0 or lk == 0:
-        return run(p, block_rows=block_rows, progress=progress)  # nothing to fuse
+    if lq == 0 or lk == 0 or p.kernel == "numpy":
+        # nothing to fuse; or a small problem of the NumPy kernel, which has no fused kernel: the
+        # output of its blocks (a --memory-limit below a small problem's weights)
+        return run(p, block_rows=block_rows, progress=progress)
     dtype, device = p.query.dtype, p.query.device
     q, k, v = p.compute_inputs() if upcast_half else (p.query, p.key, p.value)
     if p.group > 1:
