@@ -207,15 +207,6 @@ def float_info_max(dtype: Any) -> float:
     return float(torch.finfo(dtype).max)
 
 
-def float_info_min(dtype: Any) -> float:
-    """The lowest finite number of a NumPy or torch float dtype."""
-    return -float_info_max(dtype)
-
-
-def float_info_tiny(dtype: Any) -> float:
-    return float(np.finfo(dtype_name(dtype)).tiny)
-
-
 def itemsize(dtype: Any) -> int:
     """Bytes per element of a NumPy or torch dtype."""
     name = dtype_name(dtype)
