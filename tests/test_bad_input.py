@@ -629,13 +629,20 @@ def test_disk_full_while_writing_is_status_3_and_leaves_no_partial_file(
     refuse(tmp_path, path, "-q", words=words, status=3, suffix=suffix, existing=existing)
 
 
-def test_out_of_memory_is_status_3(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kernel", ["torch", "numpy"])
+def test_out_of_memory_is_status_3(tmp_path, monkeypatch, kernel):
+    """torch's OutOfMemoryError from the torch kernel, NumPy's MemoryError from the NumPy one."""
     path = npy(tmp_path / "x.npy", QUERY)
 
     def exhausted(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        if kernel == "torch":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        raise MemoryError("Unable to allocate 64.0 GiB for an array with shape (3, 3)")
 
     monkeypatch.setattr("attncli.compute.blocks._block", exhausted)
+    monkeypatch.setattr("attncli.compute.numpy_kernel.block", exhausted)
+    if kernel == "torch":
+        monkeypatch.setattr("attncli.compute.kernels.NUMPY_MAX_WEIGHTS", -1)
     refuse(tmp_path, path, words=["out of memory", "weights of shape (3, 3)"], status=3, existing=True)
 
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "attncli"
 
 #: Lowest first: a module may import its own layer and those before it, never one after it.
 LAYERS = ("base", "io", "analysis", "compute", "models", "present", "api", "explore", "cli")
-BASE = {"attncli", "attncli.errors", "attncli.selection", "attncli.demo"}
+BASE = {"attncli", "attncli.errors", "attncli.selection", "attncli.demo", "attncli.arrays"}
 ENTRY = "attncli.__main__"  # `python -m attncli`: the command line
 API = {"attncli.display"}  # views of arrays and results for Python: present/ drawing compute/'s consumers
 #: The only imports up the layers, each made at call time (importlib, inside a method), each with

@@ -22,7 +22,6 @@ from attncli.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
     from rich.console import Console
 
     from attncli.analysis.rows import RowStats
@@ -473,7 +472,10 @@ def finish(
 ) -> None:
     """Check the display choices against the result, warn, save (into `result_file`, which holds the
     weights already, when the run wrote them there block by block), then show and export."""
+    import numpy as np
+
     from attncli.compute import bfloat16_arrays, describe, result_arrays
+    from attncli.compute.result import as_array
 
     meta = {**describe(result), "sources": sources, "mask": mask_label, "attncli_version": __version__}
     if result.weights is None:  # computed in blocks: say how
@@ -504,10 +506,8 @@ def finish(
     options = _view_options(display, screen, display.view.value, chosen, axes)
     pictures = result.picture_max if display.pool is Pool.max else result.picture_mean
     row_entropy = result.entropy if result.stats is None else result.stats.entropy
-    entropy = None if row_entropy is None else row_entropy.detach().cpu().double().numpy()
+    entropy = None if row_entropy is None else as_array(row_entropy).astype(np.float64)
     if entropy is not None and display.real_rows is not None:  # titles' means leave padding out
-        import numpy as np
-
         entropy = np.where(np.broadcast_to(display.real_rows, entropy.shape), entropy, np.nan)
     view = tables.result_view(
         arrays["output"],
@@ -685,24 +685,27 @@ def _chosen_matrices(
 
 def _analysis_arrays(
     stats: RowStats | None,
-    top: tuple[torch.Tensor, torch.Tensor] | None,
+    top: tuple[Any, Any] | None,  # tensors or NumPy arrays, as the kernel gave them
     meta: dict[str, Any],
     counted: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The --stats and --top-k tensors, to save and show beside the weights; their means (over
     the `counted` rows: a capture's padding left out) go in meta."""
+    import numpy as np
+
     from attncli.analysis.rows import matrix_means, stats_arrays
+    from attncli.compute.result import as_array
 
     arrays: dict[str, np.ndarray] = {}
     if stats is not None:
         arrays |= stats_arrays(stats)
         meta["stats_means"] = {
-            name: mean.detach().cpu().double().numpy().tolist()
+            name: as_array(mean).astype(np.float64).tolist()
             for name, mean in matrix_means(stats, counted).items()
         }
     if top is not None:
-        arrays["top_k_weights"] = top[0].detach().cpu().float().numpy()
-        arrays["top_k_keys"] = top[1].detach().cpu().numpy()
+        arrays["top_k_weights"] = as_array(top[0]).astype(np.float32)
+        arrays["top_k_keys"] = as_array(top[1])
     return arrays
 
 

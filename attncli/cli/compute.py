@@ -238,7 +238,17 @@ def compute(
     mask_label = inputs.mask_source if mask is None else ("<stdin>" if mask == "-" else mask)
     names = {**inputs.sources, "mask": mask_label or "mask"}
     from attncli.compute import heads_note, prepare
+    from attncli.compute.kernels import choose
 
+    kernel = choose(
+        inputs.query.shape,
+        inputs.key.shape,
+        heads=heads,
+        dtype=dtype.value,
+        device=device,
+        whole=not (stream or weights_target is not None),
+        check=check,
+    )
     problem = prepare(
         inputs.query,
         inputs.key,
@@ -250,6 +260,7 @@ def compute(
         dtype=dtype.value,
         device=device,
         names=names,
+        kernel=kernel,
     )
     check_matrix_choice(display, problem)
     _app.note(heads_note(problem, names["query"]))  # after every refusal: an error stays one line

@@ -24,21 +24,28 @@ def demo(
 
     from attncli import demo as seed
     from attncli.compute import prepare
+    from attncli.compute.kernels import choose
+    from attncli.compute.result import as_array
 
     console = make_console(color_mode(color, no_color))
-    query, key, value = seed.sample_tensors()
+    query, key, value = seed.sample_arrays()
+    kernel = choose(query.shape, key.shape)
     console.print(
         "[bold]The tutorial's self-attention[/] (the function attncli grew from), "
         "on batch 1, 3 positions, 4 features:"
     )
     for source in (seed.tutorial_source(), seed.sample_source()):
         console.print(Syntax(source, "python", theme="ansi_dark", background_color="default", word_wrap=True))
-    tutorial_output, tutorial_weights = seed.self_attention(query, key, value)  # type: ignore[no-untyped-call]
+    if kernel == "numpy":  # the tutorial's steps in NumPy: no torch to import for 3 x 3 numbers
+        tutorial_output, tutorial_weights = seed.tutorial_in_numpy(query, key, value)
+    else:
+        tutorial = seed.run_tutorial(*seed.sample_tensors())
+        tutorial_output, tutorial_weights = (as_array(x) for x in tutorial)
     display = Display(precision=precision, color=color_mode(color, no_color))
-    result = attend_for_view(prepare(query, key, value), display)
+    result = attend_for_view(prepare(query, key, value, kernel=kernel), display)
     assert result.weights is not None
-    weights_gap = (result.weights - tutorial_weights).abs().max().item()
-    output_gap = (result.output - tutorial_output).abs().max().item()
+    weights_gap = float(abs(as_array(result.weights) - tutorial_weights).max())
+    output_gap = float(abs(as_array(result.output) - tutorial_output).max())
     console.print(
         f"attncli agrees with the tutorial: max |Δ weights| = {weights_gap:.3g}, "
         f"max |Δ output| = {output_gap:.3g}\n",

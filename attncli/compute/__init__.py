@@ -5,9 +5,9 @@ weights); `run` computes in blocks of any size, keeping what its caller asks for
 output alone by `scaled_dot_product_attention`. See docs/design.md for the flow.
 """
 
+from typing import Any
+
 from attncli.compute.prepare import (
-    DTYPES,
-    HALF_DTYPES,
     Prepared,
     TensorLike,
     blocked_keys,
@@ -68,3 +68,12 @@ __all__ = [
     "run",
     "settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # torch's dtypes, made on first use: the NumPy kernel never imports torch
+    if name in ("DTYPES", "HALF_DTYPES"):
+        from attncli.compute import prepare as preparing
+
+        return getattr(preparing, name)
+    raise AttributeError(f"module 'attncli.compute' has no attribute {name!r}")

@@ -3,21 +3,25 @@
 
 Computed by hand in torch, because the fused `scaled_dot_product_attention` returns no weights; the
 tests hold this against it and against a float64 reference. A whole computation is the one block that
-holds every query row. No I/O, no printing.
+holds every query row. A problem prepared for the NumPy kernel (NumPy arrays) has its blocks made by
+`attncli.compute.numpy_kernel.block` instead: the same blocks, as NumPy arrays. No I/O, no printing.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from attncli.compute import buffers
+from attncli.arrays import Array
 from attncli.compute.prepare import Prepared, blocked_keys, causal_hidden
 from attncli.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,11 @@ class Block:
 
     start: int
     stop: int
-    weights: torch.Tensor
-    output: torch.Tensor
-    masked_rows: torch.Tensor | None
-    blocked: torch.Tensor | None
-    scores: torch.Tensor | None = None
+    weights: Array  # torch tensors from the torch kernel, NumPy arrays from the NumPy kernel
+    output: Array
+    masked_rows: Array | None
+    blocked: Array | None
+    scores: Array | None = None
 
 
 def blocks(problem: Prepared, block_rows: int, *, keep_scores: bool = False) -> Iterator[Block]:
@@ -48,13 +52,21 @@ def blocks(problem: Prepared, block_rows: int, *, keep_scores: bool = False) -> 
         raise ValueError(f"block_rows must be a positive whole number, not {block_rows}")
     query, key, value = problem.compute_inputs()
     *_, lq, _ = problem.weights_shape
+    make_block: Callable[..., Block] = _block
+    if problem.kernel == "numpy":
+        from attncli.compute import numpy_kernel
+
+        def make_block(p: Prepared, q: Array, *inputs: Any) -> Block:
+            first_row = inputs[-2]
+            return Block(first_row, first_row + q.shape[-2], *numpy_kernel.block(p, q, *inputs))
+
     mask = problem.mask
     # The mask's query axis, when it has one longer than 1, is cut to the block's rows.
     mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
     for start in range(0, max(lq, 1), block_rows):
         stop = min(start + block_rows, lq)
         block_mask = mask[..., start:stop, :] if mask is not None and mask_rows else mask
-        yield _block(problem, query[..., start:stop, :], key, value, block_mask, start, keep_scores)
+        yield make_block(problem, query[..., start:stop, :], key, value, block_mask, start, keep_scores)
 
 
 def _block(
@@ -69,6 +81,10 @@ def _block(
     """Rows first_row.. of the weights: `q` (..., n, D) in the compute dtype, as `k` and `v`; `mask`
     cut to the block's rows where it has a query axis. One (n x W) buffer, updated in place, and a
     second one for the scores when they are kept."""
+    import torch
+
+    from attncli.compute import buffers
+
     n, all_keys = q.shape[-2], k.shape[-2]
     weights_shape = (*p.weights_shape[:-2], n, all_keys)
     if p.causal and first_row + n < all_keys:

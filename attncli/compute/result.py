@@ -11,14 +11,18 @@ import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
+from attncli import arrays
 from attncli.analysis.rows import RowStats
+from attncli.arrays import Array
 from attncli.compute.prepare import blocked_keys, settings
+
+if TYPE_CHECKING:
+    import torch
 
 _FloatArray = npt.NDArray[np.float32]
 
@@ -54,37 +58,37 @@ class AttentionResult:
     `picture_blocks` = (rows, keys) weights, masked weights left out, NaN where all are.
     """
 
-    output: torch.Tensor
-    masked_rows: torch.Tensor | None
+    output: Array  # torch tensors, or NumPy arrays from the NumPy kernel (the CLI's small inputs)
+    masked_rows: Array | None
     scale: float
     causal: bool
     heads: int | None  # the feature axis was split into this many heads
     query_heads_per_key_head: int  # grouped-query attention: > 1 when key/value heads are shared
     input_shapes: Mapping[str, tuple[int, ...]]
     weights_shape: tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device
-    mask: torch.Tensor | None = None  # the mask as given: bool (True = may attend) or float (added)
-    weights: torch.Tensor | None = None
+    dtype: Any  # torch.dtype, or NumPy's for the NumPy kernel
+    device: Any  # torch.device, or "cpu" for the NumPy kernel
+    mask: Array | None = None  # the mask as given: bool (True = may attend) or float (added)
+    weights: Array | None = None
     block_rows: int = 0  # query rows per block; every row, when the run was one block
     #: "blocks" (attncli's own maths, one or more blocks of query rows) or
     #: "scaled_dot_product_attention" (the fused kernel: the output alone).
     method: str = "blocks"
     stats: RowStats | None = None
-    entropy: torch.Tensor | None = None  # (..., Lq) of every row, when kept without `stats`
-    top_k: tuple[torch.Tensor, torch.Tensor] | None = None  # values (..., Lq, k), int64 keys (..., Lq, k)
+    entropy: Array | None = None  # (..., Lq) of every row, when kept without `stats`
+    top_k: tuple[Array, Array] | None = None  # values (..., Lq, k), int64 keys (..., Lq, k)
     picture_max: _FloatArray | None = None
     picture_mean: _FloatArray | None = None
     picture_blocks: tuple[int, int] = (0, 0)  # (0, 0) when no picture was asked for
     table: KeptTable | None = None
     #: `analysis.heads.pattern_rows` of every row, each (..., Lq), when asked for (`run(patterns=...)`)
-    patterns: Mapping[str, torch.Tensor] | None = None
+    patterns: Mapping[str, Array] | None = None
 
     def fully_masked_rows(self) -> list[tuple[int, ...]]:
         """Indices (batch..., row) of the query rows that could attend to no key: their weights are 0."""
         if self.masked_rows is None:
             return []
-        return [tuple(int(i) for i in index) for index in self.masked_rows.nonzero().tolist()]
+        return arrays.nonzero(self.masked_rows)
 
     def masked_keys(self) -> np.ndarray | None:
         """Where a key was masked for a query (`masked_positions`): bool, True = masked,
@@ -118,6 +122,10 @@ def summary(result: AttentionResult) -> str:
     """A few lines about `result`, in the spirit of lovely-tensors: shapes, dtype, device, scale,
     mask and causal flag, the smallest and largest weight over open keys, the fully masked rows.
     Never a tensor's values, whatever the size; one pass over the weights for their range."""
+    if arrays.is_numpy(result.output):
+        import torch  # the NumPy kernel's results are the CLI's, drawn, not summed up: a repr may import it
+
+        result = _as_torch(result, torch)
     shapes = " · ".join(f"{role} {_shape(shape)}" for role, shape in result.input_shapes.items())
     kept = "weights" if result.weights is not None else "weights not kept"
     lines = [
@@ -157,13 +165,15 @@ def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(shape))
 
 
-def _dtype(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def _dtype(dtype: Any) -> str:
+    return arrays.dtype_name(dtype)
 
 
 def _open_range(weights: torch.Tensor, blocked: np.ndarray | None) -> tuple[float, float]:
     """The smallest and largest weight over keys not `blocked` (inf, -inf when none is open; NaN
     when a weight is NaN), a piece of at most _SUMMARY_ELEMENTS weights at a time."""
+    import torch
+
     from attncli.analysis.rows import amax_non_negative
 
     weights = weights.detach()
@@ -187,6 +197,24 @@ def _open_range(weights: torch.Tensor, blocked: np.ndarray | None) -> tuple[floa
             return math.nan, math.nan
         low, high = min(low, piece_low), max(high, piece_high)
     return (low, high) if low != math.inf else (math.inf, -math.inf)
+
+
+def _as_torch(result: AttentionResult, torch: Any) -> AttentionResult:
+    """`result` with its weights, output, masked rows and mask as torch tensors (for `summary`)."""
+    from dataclasses import replace
+
+    def tensor(x: Array | None) -> Any:
+        return None if x is None else torch.from_numpy(np.array(x))
+
+    return replace(
+        result,
+        output=tensor(result.output),
+        weights=tensor(result.weights),
+        masked_rows=tensor(result.masked_rows),
+        mask=tensor(result.mask),
+        dtype=getattr(torch, arrays.dtype_name(result.dtype)),
+        device=torch.device("cpu"),
+    )
 
 
 def _pieces(weights: torch.Tensor, shut: torch.Tensor) -> Any:
@@ -225,15 +253,21 @@ def masked_positions(result: AttentionResult) -> np.ndarray | None:
     unless the mask itself is that large, so showing one matrix costs what that matrix costs.
     """
     lq, lk = result.weights_shape[-2:]
+    if result.mask is None and not result.causal:
+        return None
+    if arrays.is_numpy(result.output):  # the NumPy kernel's: its mask is a NumPy array
+        return blocked_keys(result.mask, result.causal, lq, lk, device="numpy")
+    import torch
+
     mask = None if result.mask is None else result.mask.detach().cpu()
     blocked = blocked_keys(mask, result.causal, lq, lk, device=torch.device("cpu"))
     return None if blocked is None else blocked.numpy()
 
 
-def as_array(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor as a NumPy array on the CPU; bfloat16, which NumPy lacks, widened exactly to float32."""
-    tensor = tensor.detach().cpu()
-    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+def as_array(tensor: Array) -> np.ndarray:
+    """A tensor as a NumPy array on the CPU; bfloat16, which NumPy lacks, widened exactly to float32.
+    A NumPy array (the NumPy kernel's) is itself."""
+    return arrays.to_numpy(tensor)
 
 
 def result_arrays(result: AttentionResult) -> dict[str, np.ndarray]:
@@ -247,6 +281,6 @@ def bfloat16_arrays(result: AttentionResult) -> tuple[str, ...]:
     writer stores as bfloat16 again (`writers.write_result(bfloat16=...)`). The weights and output
     of a bfloat16 computation, and the weights of its top-k; statistics are float32 of their own."""
     names: tuple[str, ...] = ("weights", "output")
-    if result.top_k is not None and result.top_k[0].dtype == torch.bfloat16:
+    if result.top_k is not None and arrays.dtype_name(result.top_k[0].dtype) == "bfloat16":
         names += ("top_k_weights",)
-    return names if result.dtype == torch.bfloat16 else ()
+    return names if arrays.dtype_name(result.dtype) == "bfloat16" else ()

@@ -4,6 +4,8 @@
 holds every query row, kept by the output and weights sinks; a long sequence is the same run in
 smaller blocks, kept by the sinks of what is shown or saved, so that the full weights never exist.
 `fused` is the other, named choice: the output alone, by torch's `scaled_dot_product_attention`.
+Who computes the blocks follows the prepared problem (`Prepared.kernel`: torch, or NumPy for small
+CPU inputs, which never imports torch); the sinks and the result are the same for both.
 No I/O but the files handed to a run, no printing.
 """
 
@@ -11,15 +13,16 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from attncli import arrays
 from attncli.compute.blocks import blocks
 from attncli.compute.prepare import (
-    HALF_DTYPES,
+    HALF_NAMES,
     Prepared,
     TensorLike,
     broadcast_shapes,
@@ -43,6 +46,9 @@ from attncli.compute.sinks import (
 )
 from attncli.errors import ComputeError
 from attncli.io.writers import ResultFile, WeightsFile
+
+if TYPE_CHECKING:
+    import torch
 
 #: The most bytes of scores one block of a run in blocks holds: larger blocks fall out of cache.
 MAX_BLOCK_BYTES = 16 << 20
@@ -131,18 +137,21 @@ def run(
     lq = weights_shape[-2]
     rows = max(lq, 1) if block_rows is None else block_rows
     dtype, device = p.query.dtype, p.query.device
+    half = arrays.dtype_name(dtype) in HALF_NAMES
 
     outputs = OutputSink(weights_shape, p.mask is not None)
     weights = WeightsSink(weights_shape) if keep_weights else None
     row_stats = StatsSink(weights_shape) if stats else None
     entropies = EntropySink(weights_shape) if entropy and not stats else None
     top = None if top_k is None else TopKSink(weights_shape, top_k)
-    pictures = None if picture is None else PictureSink(weights_shape, picture, device)
+    # the NumPy kernel's picture is NumPy's too
+    picture_device = "numpy" if p.kernel == "numpy" else device
+    pictures = None if picture is None else PictureSink(weights_shape, picture, picture_device)
     tables = None if table is None else TableSink(weights_shape, *table, dtype, device)
     pattern_rows = PatternSink(weights_shape, token_ids) if patterns else None
     writer = None
     if weights_to is not None:
-        bfloat16 = dtype == torch.bfloat16
+        bfloat16 = arrays.dtype_name(dtype) == "bfloat16"
         writer = WeightsFile(weights_to, weights_shape, file_dtype(dtype), p.describe(), bfloat16=bfloat16)
     files = [file for file in (writer, result_file) if file is not None]
     # The statistics, last, take the scores over (their product is made in the scores' memory).
@@ -151,7 +160,7 @@ def run(
     consumers = [sink for sink in sinks if sink is not None]
     # The entropy from the scores saves a logarithm per weight; half-precision weights are rounded
     # from the float32 scores' softmax, so theirs comes from the weights themselves.
-    keep_scores = stats and dtype not in HALF_DTYPES
+    keep_scores = stats and not half
     try:
         for block in blocks(p, rows, keep_scores=keep_scores):
             for sink in consumers:
@@ -165,9 +174,12 @@ def run(
     except BaseException as error:
         if writer is not None:
             writer.discard()
-        # torch's OutOfMemoryError, or a RuntimeError of an allocator that says so
-        memory = isinstance(error, RuntimeError) and "memory" in str(error).lower()
-        if isinstance(error, torch.OutOfMemoryError) or memory:
+        # torch's OutOfMemoryError, NumPy's MemoryError, or a RuntimeError of an allocator that says so
+        memory = isinstance(error, MemoryError) or (
+            isinstance(error, RuntimeError) and "memory" in str(error).lower()
+        )
+        torch = sys.modules.get("torch")  # loaded by the torch kernel; an error of the NumPy one is not its
+        if memory or (torch is not None and isinstance(error, torch.OutOfMemoryError)):
             raise ComputeError(memory_message(_block_shape(weights_shape, rows), dtype, error)) from None
         raise
     assert outputs.output.tensor is not None  # the loop runs at least once
@@ -203,6 +215,7 @@ def fused(
     rounded, as `run` does; without it, in their own dtype (what `--check` compares against: the
     kernel people run). With a mask or `causal`, the query rows go `block_rows` at a time (None: all
     at once), each block with its own (rows x keys) mask; otherwise in one call."""
+    import torch
     import torch.nn.functional as F  # noqa: N812
 
     if block_rows is not None and (
@@ -212,8 +225,10 @@ def fused(
     p = problem
     weights_shape = tuple(p.weights_shape)
     *lead, lq, lk = weights_shape
-    if lq == 0 or lk == 0:
-        return run(p, block_rows=block_rows, progress=progress)  # nothing to fuse
+    if lq == 0 or lk == 0 or p.kernel == "numpy":
+        # nothing to fuse; or a small problem of the NumPy kernel, which has no fused kernel: the
+        # output of its blocks (a --memory-limit below a small problem's weights)
+        return run(p, block_rows=block_rows, progress=progress)
     dtype, device = p.query.dtype, p.query.device
     q, k, v = p.compute_inputs() if upcast_half else (p.query, p.key, p.value)
     if p.group > 1:
@@ -273,11 +288,13 @@ def _block_mask(
 ) -> torch.Tensor:
     """The mask of query rows [start, stop) with the causal triangle folded in, as
     scaled_dot_product_attention takes it (bool True = may attend, or float added to the scores)."""
+    import torch
+
     part = None if mask is None else (mask[..., start:stop, :] if rows_axis else mask)
     if not causal:
         assert part is not None
         return part
-    hidden = causal_hidden(stop - start, keys, start, device)
+    hidden: torch.Tensor = causal_hidden(stop - start, keys, start, device)
     if part is None:
         return ~hidden
     if part.dtype == torch.bool:
@@ -317,9 +334,9 @@ def full_weights_bytes(problem: Prepared, *, scores: bool = False) -> int:
     non-half weights) a second buffer for the kept scores."""
     count = math.prod(problem.weights_shape)
     dtype = problem.query.dtype
-    if dtype in HALF_DTYPES:
-        return count * (4 + _itemsize(dtype))
-    return count * _itemsize(dtype) * (2 if scores else 1)
+    if arrays.dtype_name(dtype) in HALF_NAMES:
+        return count * (4 + arrays.itemsize(dtype))
+    return count * arrays.itemsize(dtype) * (2 if scores else 1)
 
 
 def choose_block_rows(problem: Prepared, memory_limit_bytes: int) -> int:
@@ -327,7 +344,7 @@ def choose_block_rows(problem: Prepared, memory_limit_bytes: int) -> int:
     `memory_limit_bytes` (the rest goes to the temporaries of statistics, top-k and picture), and
     never more than MAX_BLOCK_BYTES; at least 1 row, at most Lq (when there are any)."""
     *lead, lq, lk = problem.weights_shape
-    compute_size = 8 if problem.query.dtype == torch.float64 else 4
+    compute_size = 8 if arrays.is_float64(problem.query) else 4
     row_bytes = max(1, math.prod(lead) * lk * compute_size)
     budget = min(memory_limit_bytes // BLOCK_OVERHEAD, MAX_BLOCK_BYTES)
     return max(1, min(lq, budget // row_bytes))
@@ -338,20 +355,16 @@ def open_result_file(target: str | os.PathLike[str], problem: Prepared) -> Resul
     block by block (`result_file=`) and its caller commits with the rest of the result."""
     shape = tuple(problem.weights_shape)
     dtype = problem.query.dtype
-    return ResultFile(target, shape, file_dtype(dtype), problem.describe(), bfloat16=dtype == torch.bfloat16)
+    bfloat16 = arrays.dtype_name(dtype) == "bfloat16"
+    return ResultFile(target, shape, file_dtype(dtype), problem.describe(), bfloat16=bfloat16)
 
 
-def file_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+def file_dtype(dtype: Any) -> np.dtype[Any]:
     """NumPy's dtype of the weights given to a file; bfloat16, which NumPy lacks, widened to float32
     (and stored as bfloat16 again where the format has it: `bfloat16=` of the writers)."""
-    if dtype == torch.float64:
-        return np.dtype(np.float64)
-    return np.dtype(np.float16) if dtype == torch.float16 else np.dtype(np.float32)
+    name = arrays.dtype_name(dtype)
+    return np.dtype(name if name in ("float64", "float16") else "float32")
 
 
 def _block_shape(weights_shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
     return (*weights_shape[:-2], min(rows, weights_shape[-2]), weights_shape[-1])
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

@@ -3,24 +3,30 @@
 A run feeds each block to the sinks its request needs, in order: the output rows and fully masked
 rows, the full weights, the per-row statistics, the rows' head-score figures, top-k, a pooled
 picture, the cells a table shows, and files the weights are written to block by block. A view or
-statistic is written once, here, whatever the number of blocks. No printing.
+statistic is written once, here, whatever the number of blocks, and for both kernels: a block holds
+torch tensors or NumPy arrays (`attncli.arrays` for what the two spell differently; torch is imported
+only for tensors). No printing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
+from attncli import arrays
+from attncli.analysis import PATTERN_NAMES
 from attncli.analysis import rows as analysis
-from attncli.analysis.heads import PATTERN_NAMES, pattern_rows
 from attncli.analysis.rows import RowStats
+from attncli.arrays import Array
 from attncli.compute.blocks import Block
 from attncli.compute.result import KeptTable, as_array
+
+if TYPE_CHECKING:
+    import torch
 
 _FloatArray = npt.NDArray[np.float32]
 _STAT_FIELDS = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
@@ -42,9 +48,9 @@ class _Rows:
         self, rows: int, axis: int, shape: tuple[int, ...] | None = None, fill: float | None = None
     ) -> None:
         self.rows, self.axis, self.shape, self.fill = rows, axis, shape, fill
-        self.tensor: torch.Tensor | None = None
+        self.tensor: Array | None = None
 
-    def put(self, part: torch.Tensor, start: int, stop: int) -> None:
+    def put(self, part: Array, start: int, stop: int) -> None:
         if self.tensor is None:
             shape = list(part.shape) if self.shape is None else list(self.shape)
             shape[self.axis] = self.rows
@@ -52,9 +58,9 @@ class _Rows:
                 self.tensor = part
                 return
             if self.fill is None:
-                self.tensor = part.new_empty(shape)
+                self.tensor = arrays.empty(part, tuple(shape))
             else:
-                self.tensor = part.new_full(shape, self.fill)
+                self.tensor = arrays.full(part, tuple(shape), self.fill)
         place = [slice(0, size) for size in part.shape]
         place[self.axis] = slice(start, stop)
         self.tensor[tuple(place)] = part
@@ -75,11 +81,11 @@ class OutputSink:
             self.masked_rows.put(block.masked_rows, block.start, block.stop)
 
 
-def full_width(block: Block, keys: int) -> torch.Tensor:
+def full_width(block: Block, keys: int) -> Array:
     """A block's weights over every key: the keys a causal block left out have weight 0."""
     weights = block.weights
     if weights.shape[-1] < keys:
-        weights = torch.nn.functional.pad(weights, (0, keys - weights.shape[-1]))
+        weights = arrays.pad_last(weights, keys)
     return weights
 
 
@@ -146,10 +152,12 @@ class PatternSink:
         self.fields = {name: _Rows(self.queries, axis=-1) for name in names}
 
     def add(self, block: Block) -> None:
+        from attncli.analysis.heads import pattern_rows
+
         weights = full_width(block, self.keys)
         blocked = block.blocked
         if blocked is not None and 1 < blocked.shape[-1] < self.keys:  # a causal block's keys
-            blocked = torch.nn.functional.pad(blocked, (0, self.keys - blocked.shape[-1]), value=True)
+            blocked = arrays.pad_last(blocked, self.keys, value=True)
         query_ids, key_ids = self.token_ids if self.token_ids is not None else (None, None)
         rows = pattern_rows(
             weights,
@@ -211,15 +219,24 @@ class FileSink:
 
 class PictureSink:
     """Max and mean of (rows, keys) blocks of each matrix, masked weights left out, built row block
-    by row block: the columns pooled first within a block, then added to the picture's rows."""
+    by row block: the columns pooled first within a block, then added to the picture's rows.
+    `device` "numpy" keeps the picture in NumPy (the NumPy kernel's blocks), else in torch on it."""
 
-    def __init__(self, weights_shape: tuple[int, ...], size: tuple[int, int], device: torch.device) -> None:
+    def __init__(self, weights_shape: tuple[int, ...], size: tuple[int, int], device: Any) -> None:
         *lead, lq, lk = weights_shape
         rows, cols = size
         self.block_rows = max(1, math.ceil(lq / rows))  # the smallest blocks that fit, as heatmap's
         self.block_cols = max(1, math.ceil(lk / cols))
         self.blocks = (self.block_rows, self.block_cols)
         grid = (*lead, math.ceil(lq / self.block_rows), math.ceil(lk / self.block_cols))
+        self.numpy = isinstance(device, str) and device == "numpy"
+        if self.numpy:
+            self.largest: Array = np.full(grid, -math.inf, dtype=np.float32)
+            self.sums: Array = np.zeros(grid, dtype=np.float64)
+            self.counts: Array = np.zeros(grid, dtype=np.int64)
+            return
+        import torch
+
         self.largest = torch.full(grid, -math.inf, dtype=torch.float32, device=device)
         self.sums = torch.zeros(grid, dtype=torch.float64, device=device)
         self.counts = torch.zeros(grid, dtype=torch.int64, device=device)
@@ -227,7 +244,7 @@ class PictureSink:
     def add(self, block: Block) -> None:
         self.pool(block.start, block.weights, block.blocked)
 
-    def pool(self, start: int, weights: torch.Tensor, blocked: torch.Tensor | None) -> None:
+    def pool(self, start: int, weights: Array, blocked: Array | None) -> None:
         """Pool weights (..., n, W) of query rows start.. into the picture (W <= Lk: the keys past W
         are masked, as causal leaves them out of a block). The weights are 0 at every blocked key
         (softmax gives exp(-inf) = 0, and fully masked rows are zeroed), so they pool as they are:
@@ -236,6 +253,11 @@ class PictureSink:
         columns = math.ceil(width / self.block_cols)  # the picture's columns these keys reach
         if columns == 0:
             return  # no keys: nothing to pool
+        if self.numpy:
+            self._pool_numpy(start, weights, blocked, columns)
+            return
+        import torch
+
         values = weights.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
         # (..., n, W) -> (..., n, c), then each row added to its picture row
         row_of = torch.arange(start, start + n, device=weights.device) // self.block_rows
@@ -251,50 +273,94 @@ class PictureSink:
             open_count = self._columns(~blocked, analysis.count_true)
         self.counts[..., :columns].index_add_(-2, row_of, open_count.expand(*weights.shape[:-1], columns))
 
-    def _columns(self, values: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def _pool_numpy(self, start: int, weights: np.ndarray, blocked: np.ndarray | None, columns: int) -> None:
+        """`pool` of NumPy weights: the rows of one picture row are consecutive, so each picture
+        row's figures are reductions over a run of rows (reduceat), merged into what it holds."""
+        n, width = weights.shape[-2:]
+        values = weights.astype(np.float64 if weights.dtype == np.float64 else np.float32, copy=False)
+        rows = np.arange(start, start + n) // self.block_rows  # (n,): each row's picture row
+        firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])  # where each run of rows starts
+        shown = rows[firsts]  # the picture rows these rows reach, ascending
+
+        def total(x: np.ndarray, dim: int, keepdim: bool = False) -> np.ndarray:
+            summed: np.ndarray = np.sum(x, axis=dim, keepdims=keepdim)
+            return summed
+
+        # (..., n, W) -> (..., n, c) -> (..., r, c): keys pooled, then runs of rows
+        largest = np.maximum.reduceat(self._columns(values, analysis.amax_non_negative), firsts, axis=-2)
+        sums = np.add.reduceat(self._columns(values, total).astype(np.float64), firsts, axis=-2)
+        if blocked is None:
+            open_count = np.full(columns, self.block_cols, dtype=np.int64)
+            open_count[-1] = width - self.block_cols * (columns - 1)
+        else:
+            open_count = self._columns(~blocked, analysis.count_true)
+        counts = np.add.reduceat(np.broadcast_to(open_count, (*weights.shape[:-1], columns)), firsts, axis=-2)
+        cells = (..., shown, slice(0, columns))
+        self.largest[cells] = np.maximum(self.largest[cells], largest.astype(np.float32))
+        self.sums[cells] += sums
+        self.counts[cells] += counts
+
+    def _columns(self, values: Array, reduce: Callable[..., Array]) -> Array:
         """Reduce each run of block_cols keys: (..., n, W) -> (..., n, c), the last run ragged."""
         lk = values.shape[-1]
         whole = lk // self.block_cols * self.block_cols
         parts = []
         if whole:
-            parts.append(reduce(values[..., :whole].unfold(-1, self.block_cols, self.block_cols), dim=-1))
+            if self.numpy:  # (..., n, whole) -> (..., n, c, block_cols)
+                runs = values[..., :whole].reshape(*values.shape[:-1], -1, self.block_cols)
+            else:
+                runs = values[..., :whole].unfold(-1, self.block_cols, self.block_cols)
+            parts.append(reduce(runs, dim=-1))
         if whole < lk:
             parts.append(reduce(values[..., whole:], dim=-1, keepdim=True))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return parts[0] if len(parts) == 1 else arrays.concat(parts, axis=-1)
 
     def arrays(self) -> tuple[_FloatArray, _FloatArray]:
         """(max, mean), float32 NumPy arrays, NaN where every weight of a cell was masked."""
         empty = self.counts == 0
+        if self.numpy:
+            largest = np.where(empty, np.float32(math.nan), self.largest)
+            with np.errstate(invalid="ignore"):
+                mean = np.where(empty, math.nan, self.sums / np.maximum(self.counts, 1)).astype(np.float32)
+            return largest, mean
         largest = self.largest.masked_fill(empty, math.nan)
         mean = (self.sums / self.counts.clamp(min=1)).masked_fill(empty, math.nan).float()
         return largest.cpu().numpy(), mean.cpu().numpy()
 
 
 class TableSink:
-    """`KeptTable`: the cells and figures a table of the weights shows, kept from each block."""
+    """`KeptTable`: the cells and figures a table of the weights shows, kept from each block (its
+    arrays made like the first block's: NumPy or torch, on its device)."""
 
     def __init__(
         self,
         weights_shape: tuple[int, ...],
         rows: list[int],
         cols: list[int],
-        dtype: torch.dtype,
-        device: torch.device,
+        dtype: Any,
+        device: Any = None,
     ) -> None:
         *lead_list, lq, lk = weights_shape
         if any(not 0 <= i < lq for i in rows) or any(not 0 <= j < lk for j in cols):
             raise ValueError(f"table rows and columns must lie in the weights' {lq} x {lk}")
-        lead = tuple(lead_list)
+        self.lead = tuple(lead_list)
         self.rows, self.cols, self.keys = list(rows), list(cols), lk
-        self.columns = torch.tensor(self.cols, dtype=torch.int64, device=device)
-        self.cells = torch.zeros((*lead, len(rows), len(cols)), dtype=dtype, device=device)
-        self.row_max = torch.zeros((*lead, len(rows)), dtype=dtype, device=device)
-        self.blocked = torch.zeros((*lead, len(rows), len(cols)), dtype=torch.bool, device=device)
+        self.dtype = dtype
         self.any_blocked = False
-        self.minimum = torch.full(lead, math.inf, dtype=torch.float64, device=device)
-        self.maximum = torch.full(lead, -math.inf, dtype=torch.float64, device=device)
-        self.deviation = torch.zeros(lead, dtype=torch.float64, device=device)
-        self.live = torch.zeros(lead, dtype=torch.bool, device=device)
+        self.made = False
+
+    def _make(self, like: Array) -> None:
+        lead, rows, cols = self.lead, len(self.rows), len(self.cols)
+        float64, flag = arrays.dtype_of(like, "float64"), arrays.dtype_of(like, "bool")
+        self.columns = arrays.index(like, self.cols)
+        self.cells = arrays.full(like, (*lead, rows, cols), 0, dtype=self.dtype)
+        self.row_max = arrays.full(like, (*lead, rows), 0, dtype=self.dtype)
+        self.blocked = arrays.full(like, (*lead, rows, cols), False, dtype=flag)
+        self.minimum = arrays.full(like, lead, math.inf, dtype=float64)
+        self.maximum = arrays.full(like, lead, -math.inf, dtype=float64)
+        self.deviation = arrays.full(like, lead, 0, dtype=float64)
+        self.live = arrays.full(like, lead, False, dtype=flag)
+        self.made = True
 
     def add(self, block: Block) -> None:
         self.keep(block.start, block.weights, block.blocked, block.masked_rows)
@@ -302,48 +368,52 @@ class TableSink:
     def keep(
         self,
         start: int,
-        weights: torch.Tensor,
-        blocked: torch.Tensor | None,
-        masked_rows: torch.Tensor | None,
+        weights: Array,
+        blocked: Array | None,
+        masked_rows: Array | None,
     ) -> None:
         """Weights (..., n, W) of query rows start.. (W <= Lk: keys past W are masked), 0 at every
         `blocked` key (bool, broadcastable; None if none); `masked_rows` (..., n): rows with no open
         key (None: every row has one)."""
+        if not self.made:
+            self._make(weights)
         n, lk = weights.shape[-2:]
         if not n or not lk:
             return
         here = [(k, i - start) for k, i in enumerate(self.rows) if start <= i < start + n]
         if here:
-            kept = torch.tensor([k for k, _ in here], device=weights.device)
-            local = torch.tensor([i for _, i in here], device=weights.device)
-            picked = weights.index_select(-2, local)  # (..., h, W)
+            kept = arrays.index(weights, [k for k, _ in here])
+            local = arrays.index(weights, [i for _, i in here])
+            picked = arrays.take(weights, local, -2)  # (..., h, W)
             # Columns past the block's keys (left out under causal) are masked, weight 0.
             inside = self.columns < lk
-            columns = self.columns.clamp_max(lk - 1)
-            cells = picked.index_select(-1, columns).masked_fill(~inside, 0)
-            self.cells.index_copy_(-2, kept, cells)
-            self.row_max.index_copy_(-1, kept, analysis.amax_non_negative(picked, dim=-1))
+            columns = arrays.minimum(self.columns, arrays.full(self.columns, (), lk - 1))
+            cells = arrays.masked_fill(arrays.take(picked, columns, -1), ~inside, 0)
+            arrays.put(self.cells, -2, kept, cells)
+            arrays.put(self.row_max, -1, kept, analysis.amax_non_negative(picked, dim=-1))
             if blocked is not None or not bool(inside.all()):
-                shut = torch.zeros(picked.shape, dtype=torch.bool, device=weights.device)
+                shut = arrays.full(picked, tuple(picked.shape), False, dtype=arrays.dtype_of(picked, "bool"))
                 if blocked is not None:
-                    shut |= blocked.expand(weights.shape).index_select(-2, local)
-                self.blocked.index_copy_(-2, kept, shut.index_select(-1, columns) | ~inside)
+                    shut |= arrays.take(arrays.expand(blocked, tuple(weights.shape)), local, -2)
+                arrays.put(self.blocked, -2, kept, arrays.take(shut, columns, -1) | ~inside)
         if not self.any_blocked:
             self.any_blocked = lk < self.keys or (blocked is not None and bool(blocked.any()))
         # Masked weights are 0: the largest weight is over every key; the smallest, over open ones.
+        float64 = arrays.dtype_of(weights, "float64")
         largest = analysis.amax_non_negative(weights, dim=(-2, -1))
-        self.maximum = torch.maximum(self.maximum, largest.double())
-        open_weights = weights if blocked is None else weights.masked_fill(blocked, math.inf)
-        self.minimum = torch.minimum(self.minimum, open_weights.amin(dim=(-2, -1)).double())
-        off = (_row_sums(weights) - 1).abs()  # (..., n)
+        self.maximum = arrays.maximum(self.maximum, arrays.astype(largest, float64))
+        open_weights = weights if blocked is None else arrays.masked_fill(weights, blocked, math.inf)
+        smallest = arrays.amin(open_weights, axis=(-2, -1))
+        self.minimum = arrays.minimum(self.minimum, arrays.astype(smallest, float64))
+        off = abs(_row_sums(weights) - 1)  # (..., n)
         live = None if masked_rows is None else ~masked_rows
         if live is not None:
-            off = off.masked_fill(~live, 0.0)
-        self.deviation = torch.maximum(self.deviation, off.amax(dim=-1))
+            off = arrays.masked_fill(off, ~live, 0.0)
+        self.deviation = arrays.maximum(self.deviation, arrays.amax(off, axis=-1))
         if live is None:
-            self.live.fill_(True)
+            self.live[...] = True
         else:
-            self.live |= live.any(dim=-1)
+            self.live |= arrays.any_of(live, axis=-1)
 
     def kept(self) -> KeptTable:
         array = as_array
@@ -361,22 +431,21 @@ class TableSink:
         )
 
 
-def _row_sums(weights: torch.Tensor) -> torch.Tensor:
+def _row_sums(weights: Array) -> Array:
     """Float64 sums of the rows of `weights` (..., Lk), from sums of 64 keys in float32 (float64 for
     float64 weights): within about 1e-8 of the exact sum, ten times faster than converting every
     weight to float64 first."""
-    if weights.dtype == torch.float64:
-        return weights.sum(dim=-1)
+    if arrays.is_float64(weights):
+        return arrays.total(weights, axis=-1)
+    float32, float64 = arrays.dtype_of(weights, "float32"), arrays.dtype_of(weights, "float64")
     lk = weights.shape[-1]
     whole = lk // 64 * 64
-    sums = torch.zeros(weights.shape[:-1], dtype=torch.float64, device=weights.device)
+    sums = arrays.full(weights, tuple(weights.shape[:-1]), 0, dtype=float64)
     if whole:
-        chunks = (
-            weights[..., :whole]
-            .reshape(*weights.shape[:-1], whole // 64, 64)
-            .sum(dim=-1, dtype=torch.float32)
+        chunks = arrays.total(
+            weights[..., :whole].reshape(*weights.shape[:-1], whole // 64, 64), axis=-1, dtype=float32
         )
-        sums += chunks.sum(dim=-1, dtype=torch.float64)
+        sums += arrays.total(chunks, axis=-1, dtype=float64)
     if whole < lk:
-        sums += weights[..., whole:].sum(dim=-1, dtype=torch.float64)
+        sums += arrays.total(weights[..., whole:], axis=-1, dtype=float64)
     return sums

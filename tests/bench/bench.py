@@ -410,7 +410,8 @@ def bench_small_job(env: dict[str, str], repeats: int, warmup: int) -> list[Row]
         "numpy": lambda: run_process([sys.executable, "-c", "import numpy"], env),
     }
     samples = interleaved("small job", variants, repeats, warmup)
-    rows = timed_rows(samples, [(f"small job: attn compute {SEED}", "compute", "torch")], SMALL_JOB_TARGET)
+    rows = [small_job_kernel(env, ["compute", SEED]), small_job_kernel(env, ["demo"])]
+    rows += timed_rows(samples, [(f"small job: attn compute {SEED}", "compute", "torch")], SMALL_JOB_TARGET)
     numpy = statistics.median(samples["numpy"])
     for name, case in (("compute", f"attn compute {SEED}"), ("demo", "attn demo")):
         seconds = statistics.median(samples[name])
@@ -421,6 +422,44 @@ def bench_small_job(env: dict[str, str], repeats: int, warmup: int) -> list[Row]
             Row(f"small job: {case} vs import numpy", _ms(seconds), _ms(numpy), ratio, target, verdict)
         )
     return rows
+
+
+KERNEL_PROBE = """
+import runpy, sys
+sys.argv = ["attn", *sys.argv[1:]]
+try:
+    runpy.run_module("attncli", run_name="__main__")
+except SystemExit as stop:
+    code = stop.code
+print("KERNEL-CHECK", "torch" if "torch" in sys.modules else "numpy", code, file=sys.stderr)
+"""
+
+
+def small_job_kernel(env: dict[str, str], args: Sequence[str]) -> Row:
+    """Which kernel `attn ARGS` ran: the NumPy one (torch never imported) is what a small job should get."""
+    done = subprocess.run(
+        [sys.executable, "-c", KERNEL_PROBE, *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = [line.split() for line in done.stderr.splitlines() if line.startswith("KERNEL-CHECK ")]
+    if not found:
+        raise BenchError(f"attn {' '.join(args)}: no kernel (exit {done.returncode}): {done.stderr[-100:]}")
+    _, kernel, code = found[-1]
+    ok = kernel == "numpy" and code in ("0", "None")
+    measured = f"{kernel} kernel" + ("" if code in ("0", "None") else f" (exit {code})")
+    return Row(
+        f"small job: kernel of attn {' '.join(args)}",
+        measured,
+        "-",
+        None,
+        "numpy (no torch)",
+        "pass" if ok else "FAIL",
+    )
 
 
 # --- showing a large result -------------------------------------------------------------------------
