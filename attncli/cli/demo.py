@@ -38,16 +38,18 @@ def demo(
         console.print(Syntax(source, "python", theme="ansi_dark", background_color="default", word_wrap=True))
     if kernel == "numpy":  # the tutorial's steps in NumPy: no torch to import for 3 x 3 numbers
         tutorial_output, tutorial_weights = seed.tutorial_in_numpy(query, key, value)
+        compared = "the tutorial's steps (run in NumPy)"
     else:
         tutorial = seed.run_tutorial(*seed.sample_tensors())
         tutorial_output, tutorial_weights = (as_array(x) for x in tutorial)
+        compared = "the tutorial"
     display = Display(precision=precision, color=color_mode(color, no_color))
     result = attend_for_view(prepare(query, key, value, kernel=kernel), display)
     assert result.weights is not None
     weights_gap = float(abs(as_array(result.weights) - tutorial_weights).max())
     output_gap = float(abs(as_array(result.output) - tutorial_output).max())
     console.print(
-        f"attncli agrees with the tutorial: max |Δ weights| = {weights_gap:.3g}, "
+        f"attncli agrees with {compared}: max |Δ weights| = {weights_gap:.3g}, "
         f"max |Δ output| = {output_gap:.3g}\n",
         markup=False,
         highlight=False,
