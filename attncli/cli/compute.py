@@ -247,7 +247,10 @@ def compute(
         mask=mask_tensor,
         causal=causal,
         heads=heads,
-        dtype=dtype.value,
+        # A capture in half precision is computed in its dtype unless --dtype says otherwise.
+        dtype=inputs.dtype
+        if dtype is DType.auto and inputs.dtype in ("bfloat16", "float16")
+        else dtype.value,
         device=device,
         names=names,
     )
@@ -285,6 +288,10 @@ def compute(
     )
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
+
+
+#: The dtypes of a capture (its metadata's `dtype`) that `attn compute --layer` computes in by default.
+HALF = ("bfloat16", "float16")
 
 
 def _memory_limit(text: str) -> int:

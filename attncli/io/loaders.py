@@ -111,6 +111,8 @@ class AttentionInputs:
     #: Of a capture: bool, broadcasting to the weights less their key axis, True for the query rows
     #: of real tokens, False for padding (from its `lengths`); None when every row is a token's.
     real_rows: np.ndarray | None = None
+    #: Of a capture: the dtype the model computed in (its metadata's `dtype`), None when not said.
+    dtype: str | None = None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -308,6 +310,7 @@ def stacked_layer_inputs(source: TensorFile, layers: Sequence[int]) -> Attention
         tokens=first.tokens,
         layers=list(layers),
         real_rows=None if first.real_rows is None else first.real_rows[None],
+        dtype=first.dtype,
     )
 
 
@@ -332,12 +335,17 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
     sources = {role: f"{source.label}:{names[role]}" for role in ROLE_NAMES}
     for role, array in tensors.items():
         check_numeric_input(array, sources[role], role)
+    every_layer = source.metadata.get("layers")
+    settings = every_layer.get(str(layer)) if isinstance(every_layer, dict) else None
+    # Captures store each distinct mask once (masks.K, named in the layer's metadata); older ones
+    # hold layers.N.mask.
+    shared = settings.get("mask") if isinstance(settings, dict) else None
+    if names["mask"] not in source.tensors and isinstance(shared, str) and shared in source.tensors:
+        names["mask"] = shared
     mask = source.tensors.get(names["mask"])
     mask_source = None if mask is None else f"{source.label}:{names['mask']}"
     if mask is not None and mask.dtype.kind not in "bf":
         raise InputError(f"{mask_source}: the mask holds {mask.dtype}; use booleans or floats")
-    every_layer = source.metadata.get("layers")
-    settings = every_layer.get(str(layer)) if isinstance(every_layer, dict) else None
     scaling = settings.get("scaling") if isinstance(settings, dict) else None
     scale = float(scaling) if isinstance(scaling, int | float) and not isinstance(scaling, bool) else None
     tokens = source.metadata.get("tokens")
@@ -348,6 +356,7 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
         and all(isinstance(token, str) for row in tokens for token in row)
     )
     lengths = source.metadata.get("lengths")
+    captured_dtype = source.metadata.get("dtype")
     real_rows = None
     query = tensors["query"]
     if (
@@ -368,6 +377,7 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
         scale=scale,
         tokens=tokens if well_formed and tokens else None,
         real_rows=real_rows,
+        dtype=captured_dtype if isinstance(captured_dtype, str) else None,
     )
 
 
