@@ -93,7 +93,7 @@ def check_model_options(device: str, dtype: str, device_map: str | None) -> Any:
     from pathlib import Path
 
     given = device_map
-    if not device_map.lstrip().startswith("{"):
+    if not device_map.lstrip().startswith(("{", "[")):
         path = Path(device_map)
         if not path.is_file():
             raise UsageError(

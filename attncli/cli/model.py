@@ -116,8 +116,8 @@ def model_command(
     The same as 'attn capture' then 'attn compute --layer N', without the file in between. The
     header says whether attncli's weights agree with the model's own attention probabilities (the
     model run again with eager attention and output_attentions): exit status 1 when the largest
-    difference is above 1e-5 (float32; 2e-3 in float16, 1.6e-2 in bfloat16, where the model rounds
-    its scores before the softmax). attncli computes in the dtype the model ran in.
+    difference is above 1e-5 (float32; 0.0039 in float16, 0.031 in bfloat16, where the model
+    rounds its scores before the softmax). attncli computes in the dtype the model ran in.
 
     Needs the models extra: pip install 'attncli\\[models]'.
 
