@@ -256,7 +256,7 @@ def capture_command(
       attn capture ./all-MiniLM-L6-v2 "The cat sat on the mat." -o run.safetensors
       attn capture ./tiny-llama --text "Hello there" --text "Hi" --layers 0,3 -o run.safetensors
       attn capture ./llama-7b --texts-file long.txt --device cuda --dtype bfloat16 -o run.safetensors
-      attn capture ./llama-70b "Hello" --device-map auto --offload-folder /scratch/offload -o run.safetensors
+      attn capture ./llama-70b "Hello" --device-map auto -o run.safetensors
       attn compute run.safetensors --layer 3 --head 0:4 --view heatmap
 
     Exit status: 0 success, 2 bad usage, a folder or model that cannot be used, 3 could not write.
