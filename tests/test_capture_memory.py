@@ -75,9 +75,10 @@ sizes = [summary.query_shape, summary.key_shape, summary.value_shape]
 qkv_bytes = sum(4 * torch.Size(shape).numel() for shape in sizes)  # float32
 layer_bytes = qkv_bytes + torch.Size(summary.mask_shape).numel()  # and its bool mask
 print(json.dumps({
-    "model_bytes": model_bytes, "layer_bytes": layer_bytes, "qkv_bytes": qkv_bytes, "layers": len(run.summaries),
-    "tokens": len(run.tokens[0]), "forward_peak": before, "streamed_peak": streamed,
-    "in_memory_peak": in_memory, "kept_layers": len(kept.layers), "file_bytes": target.stat().st_size,
+    "model_bytes": model_bytes, "layer_bytes": layer_bytes, "qkv_bytes": qkv_bytes,
+    "layers": len(run.summaries), "tokens": len(run.tokens[0]), "forward_peak": before,
+    "streamed_peak": streamed, "in_memory_peak": in_memory, "kept_layers": len(kept.layers),
+    "file_bytes": target.stat().st_size,
 }))
 """
 
