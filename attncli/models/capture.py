@@ -467,7 +467,7 @@ def _capture_encoded(
     stream = sink(settings) if sink is not None and chosen is not None else None
     recorder = _Recorder(None if chosen is None else set(chosen), count, stream, progress)
     if progress is not None:
-        progress.stage(f"capturing {'every layer' if layers is None else 'layers'} of {label}")
+        progress.stage(f"capturing {_layers_text(layers, chosen)} of {label}")
     token = _recorder.set(recorder)
     try:
         _forward(model, encoded, label)
@@ -490,7 +490,7 @@ def _capture_encoded(
     probabilities = {}
     if reference:
         if progress is not None:
-            progress.stage("agreement pass: the model again with eager attention and output_attentions")
+            progress.stage("agreement pass (eager attention, output_attentions)")
         model.set_attn_implementation("eager")
         try:
             outputs = _forward(model, encoded, label, output_attentions=True)
@@ -520,6 +520,17 @@ def _capture_encoded(
             late.add(name, array, bfloat16=name in captured.bfloat16_names())
         captured = replace(captured, layers={})
     return captured
+
+
+def _layers_text(layers: Sequence[int | slice] | None, chosen: Sequence[int] | None) -> str:
+    """The layers a pass records, for the status line: 'every layer', 'layer 3', 'layers 0, 2'."""
+    if layers is None or chosen is None:
+        return "every layer" if layers is None else "the chosen layers"
+    if len(chosen) == 1:
+        return f"layer {chosen[0]}"
+    if len(chosen) <= 4:
+        return f"layers {', '.join(map(str, chosen))}"
+    return f"{len(chosen)} layers"
 
 
 def max_abs_difference(
