@@ -69,6 +69,11 @@ def _model(folder: Path, family: str, layers: int = 3) -> Path:
             **shape, num_key_value_heads=2, use_sliding_window=True, sliding_window=3, max_window_layers=1
         )
         model = transformers.Qwen2Model(config)
+    elif family == "llama-lm":  # with its language-model head, to decode
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape, num_key_value_heads=2))
+    elif family == "mistral-lm":
+        config = transformers.MistralConfig(**shape, num_key_value_heads=2, sliding_window=3)
+        model = transformers.MistralForCausalLM(config)
     elif family == "gpt2":
         config = transformers.GPT2Config(n_embd=64, n_layer=layers, n_head=4, n_positions=64, **common)
         model = transformers.GPT2Model(config)
@@ -82,7 +87,8 @@ def _model(folder: Path, family: str, layers: int = 3) -> Path:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dtype-models")
-    return {family: _model(root / family, family) for family in (*FAMILIES, "qwen2")}
+    families = (*FAMILIES, "qwen2", "llama-lm", "mistral-lm")
+    return {family: _model(root / family, family) for family in families}
 
 
 # --- half precision: attncli agrees with the model in its own dtype ----------------------------
@@ -296,6 +302,80 @@ def test_an_error_during_the_pass_leaves_no_file(tmp_path, folders, monkeypatch)
     target = tmp_path / "run.safetensors"
     assert_error(invoke("capture", str(folders["llama"]), "the cat", "-o", str(target)), "softcap")
     assert list(tmp_path.iterdir()) == []  # neither the file nor its .partial
+
+
+# --- decoding steps (--generate) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama-lm", "mistral-lm"])
+def test_generate_steps_agree_with_the_models_own_attention_while_generating(tmp_path, folders, family):
+    """Each step of `attn capture --generate 4`, shown by `attn compute --layer L --step S`, against
+    the probabilities `generate(..., output_attentions=True)` returns for that step (eager)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from attncli.io.loaders import read_tensors, step_inputs
+
+    folder, text, steps = folders[family], "the cat sat on the mat", 4
+    target = tmp_path / "run.safetensors"
+    result = invoke("capture", str(folder), text, "--generate", str(steps), "-o", str(target))
+    assert result.exit_code == 0, result.output
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoded = tokenizer([text], return_tensors="pt")
+    generated = model.generate(
+        **encoded,
+        max_new_tokens=steps + 1,  # the last token chosen is read by no step
+        do_sample=False,
+        output_attentions=True,
+        return_dict_in_generate=True,
+        pad_token_id=1,
+    )
+    prompt = encoded["input_ids"].shape[-1]
+    read = tokenizer.convert_ids_to_tokens(generated.sequences[0, prompt : prompt + steps])
+    source = read_tensors(str(target))
+    assert source.metadata["steps"]["tokens"] == read
+    worst = 0.0
+    for step in range(steps):
+        for layer in range(3):
+            # (1, H, 1, keys): every key so far, or under a sliding window the cached last 3
+            own = generated.attentions[step + 1][layer]
+            inputs = step_inputs(source, layer, step)
+            weights = attention(
+                inputs.query, inputs.key, inputs.value, mask=inputs.mask, scale=inputs.scale
+            ).weights  # (1, H, 1, prompt + step + 1)
+            assert weights.shape[-1] == prompt + step + 1
+            cached = own.shape[-1]
+            assert not weights[..., :-cached].any()  # keys out of the cache have no weight
+            worst = max(worst, float((weights[..., -cached:] - own).abs().max()))
+    assert worst <= capture.TOLERANCE, worst
+    if family == "mistral-lm":  # the window of 3 keys, in the cache too
+        assert int(inputs.mask.sum()) == 3
+        assert generated.attentions[-1][0].shape[-1] == 3
+    shown = invoke("compute", str(target), "--layer", "1", "--step", "2", "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    payload = json.loads(shown.stdout)
+    own = generated.attentions[3][1].numpy()
+    np.testing.assert_allclose(np.array(payload["weights"])[..., -own.shape[-1] :], own, atol=1e-5)
+    table = invoke("compute", str(target), "--layer", "1", "--step", "2", "--head", "0").stdout
+    assert "1×" in table  # one query row: the token step 2 read, labelled so
+    assert read[2] in table.split("q\\k")[1]
+
+
+def test_generate_refuses_what_it_cannot_decode(tmp_path, folders):
+    out = str(tmp_path / "run.safetensors")
+    assert_error(
+        invoke(
+            "capture", str(folders["llama-lm"]), "--text", "a", "--text", "b", "--generate", "2", "-o", out
+        ),
+        "--generate decodes one text",
+    )
+    assert_error(
+        invoke("capture", str(folders["bert"]), "the cat", "--generate", "2", "-o", out), "--generate"
+    )
+    plain = tmp_path / "plain.safetensors"
+    assert invoke("capture", str(folders["llama-lm"]), "the cat", "-o", str(plain), "-q").exit_code == 0
+    assert_error(invoke("compute", str(plain), "--layer", "0", "--step", "0"), "holds no decoding steps")
+    assert not Path(out).exists()
 
 
 # --- the status line ------------------------------------------------------------------------------

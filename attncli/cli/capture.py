@@ -238,6 +238,15 @@ def capture_command(
     dtype: CaptureDTypeOption = "auto",
     device_map: DeviceMapOption = None,
     offload_folder: OffloadFolderOption = None,
+    generate: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="Then N greedy decoding steps (one text, a decoder): each step's query row against the "
+            "cache is saved too; show one with attn compute FILE --layer L --step S.",
+        ),
+    ] = 0,
 ) -> None:
     """Run a local Transformers model once over texts and save, per layer, what its attention used.
 
@@ -299,6 +308,7 @@ def capture_command(
                 offload_folder=offload_folder,
                 sink=open_file,
                 progress=status,
+                generate=generate,
             )
             status.stage(f"writing {target}")
             streams[0].commit(captured.metadata())
@@ -322,6 +332,12 @@ def capture_command(
             f"  tokens {i}: {' '.join(tokens[:n])}"
             for i, (tokens, n) in enumerate(zip(captured.tokens, captured.lengths, strict=True))
         ),
-        f"saved {target}; show a layer with: attn compute {target} --layer {number}",
+        *(
+            [f"  decoded {len(captured.steps.tokens)} steps, reading: {' '.join(captured.steps.tokens)}"]
+            if captured.steps is not None
+            else []
+        ),
+        f"saved {target}; show a layer with: attn compute {target} --layer {number}"
+        + (" (a decoding step: --step 0)" if captured.steps is not None else ""),
     ]
     typer.echo("\n".join(lines))

@@ -124,6 +124,37 @@ class LayerSummary:
 
 
 @dataclass(frozen=True)
+class Steps:
+    """Greedy decoding after the text: step S reads the token step S-1 chose (step 0: the one the
+    text's last position chose), so its query row attends to the text and tokens 0..S. Per chosen
+    layer, every step's query row and the cache's keys and values after the last step; row S of
+    the mask opens the keys that step's attention opened."""
+
+    tokens: list[str]  # the token each step read
+    #: query (1, H, steps, d); key/value (1, Hkv, steps, d) of the tokens read, after the text's
+    #: (the layer's own key/value); mask (1, 1, steps, text + steps) over the text and the steps
+    layers: dict[int, LayerCapture]
+    prompt_length: int  # the text's tokens: step S sees keys 0 .. prompt_length + S
+
+    def arrays(self) -> dict[str, tuple[np.ndarray, bool]]:
+        """`steps.layers.{i}.query/key/value` and `steps.masks.{i}`, each with whether it is bfloat16."""
+        arrays: dict[str, tuple[np.ndarray, bool]] = {}
+        for index, layer in self.layers.items():
+            for role in ("query", "key", "value"):
+                arrays[f"steps.layers.{index}.{role}"] = _numpy(getattr(layer, role))
+            arrays[f"steps.masks.{index}"] = _numpy(layer.mask)
+        return arrays
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "count": len(self.tokens),
+            "tokens": self.tokens,
+            "prompt_length": self.prompt_length,
+            "layers": {str(i): {"scaling": layer.scaling} for i, layer in self.layers.items()},
+        }
+
+
+@dataclass(frozen=True)
 class Capture:
     """A forward pass of a model over some texts: per layer what its attention used, and the tokens."""
 
@@ -143,6 +174,8 @@ class Capture:
     dtype: str = "float32"  # what the model computed in, and the tensors are stored in
     device: str = "cpu"  # where the model ran (its first layer's device under a device map)
     device_map: Any = None  # the --device-map given (placement left to Transformers and Accelerate)
+    #: With `generate`: the decoding steps' attention per chosen layer, and the tokens they read.
+    steps: Steps | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """`layers.{i}.query`, `.key`, `.value` for each captured layer (float16 as float16, float32
@@ -163,7 +196,9 @@ class Capture:
 
     def metadata(self) -> dict[str, Any]:
         """What a capture file says about itself (each value JSON in a .safetensors header)."""
+        steps = {} if self.steps is None else {"steps": self.steps.metadata()}
         return {
+            **steps,
             "model": self.model,
             "model_type": self.model_type,
             "texts": self.texts,
@@ -310,6 +345,7 @@ def capture(
     offload_folder: str | os.PathLike[str] | None = None,
     sink: Callable[[Capture], TensorSink] | None = None,
     progress: Progress | None = None,
+    generate: int = 0,
 ) -> Capture:
     """Run the model in `model_dir` once over `texts` (padded into one batch) and record its attention.
 
@@ -322,17 +358,25 @@ def capture(
     "disk" included, with `offload_folder`) hands placement to Transformers and Accelerate instead.
     `sink`, given the capture's tokens and settings (layers not yet run), returns where each chosen
     layer's tensors go as soon as the layer has run; the capture then keeps none of them in memory.
+    `generate`: after the text, that many greedy decoding steps, each reading the token the step
+    before chose, with its query row against the cache recorded too (`Capture.steps`).
     """
     folder = model_folder(model_dir)
     if not texts:
         raise UsageError("no text: give one as an argument, with --text, or with --texts-file")
+    if generate < 0:
+        raise UsageError(f"--generate {generate}: give a number of steps, 0 or more")
+    if generate and len(texts) > 1:
+        raise UsageError("--generate decodes one text: give one (padding would sit between text and steps)")
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype}: not one of {', '.join(DTYPES)}")
     if progress is not None:
         progress.stage(f"loading {folder}")
     require_transformers()
     with _quiet():
-        tokenizer, model, placed = _load(folder, device, dtype, device_map, offload_folder)
+        tokenizer, model, placed = _load(
+            folder, device, dtype, device_map, offload_folder, decoder=generate > 0
+        )
         if progress is not None:
             progress.stage(f"tokenising {len(texts)} text{'s' if len(texts) > 1 else ''}")
         encoded = _encode(tokenizer, texts, model.config, folder)
@@ -349,6 +393,7 @@ def capture(
             placed=placed,
             sink=sink,
             progress=progress,
+            generate=generate,
         )
 
 
@@ -428,8 +473,10 @@ def _capture_encoded(
     placed: _Placement | None = None,
     sink: Callable[[Capture], TensorSink] | None = None,
     progress: Progress | None = None,
+    generate: int = 0,
 ) -> Capture:
-    """The recording pass (and with `reference` the model's own probabilities) over `encoded`."""
+    """The recording pass (and with `reference` the model's own probabilities) over `encoded`,
+    then `generate` greedy decoding steps."""
     import torch
 
     if placed is None:
@@ -470,7 +517,7 @@ def _capture_encoded(
         progress.stage(f"capturing {_layers_text(layers, chosen)} of {label}")
     token = _recorder.set(recorder)
     try:
-        _forward(model, encoded, label)
+        outputs = _forward(model, encoded, label, **({"use_cache": True} if generate else {}))
     finally:
         _recorder.reset(token)
     if not recorder.calls:
@@ -487,6 +534,15 @@ def _capture_encoded(
     kept = {index: recorder.kept[index] for index in sorted(recorder.kept) if index in chosen}
     summaries = {index: recorder.summaries[index] for index in sorted(recorder.summaries) if index in chosen}
     del recorder  # the model's masks it refers to go with it
+    steps = None
+    if generate:
+        if progress is not None:
+            progress.stage(f"decoding {generate} step{'s' if generate > 1 else ''}")
+        steps = _decode(model, tokenizer, encoded, outputs, generate, chosen, label)
+        if stream is not None:
+            for name, (array, bfloat16) in steps.arrays().items():
+                stream.add(name, array, bfloat16=bfloat16)
+    del outputs
     probabilities = {}
     if reference:
         if progress is not None:
@@ -513,13 +569,85 @@ def _capture_encoded(
         layers=kept,
         summaries=summaries,
         probabilities=dict(sorted(probabilities.items())),
+        steps=steps,
     )
     if sink is not None and stream is None:  # the choice was made after the pass: written now
         late = sink(captured)
         for name, array in captured.arrays().items():
             late.add(name, array, bfloat16=name in captured.bfloat16_names())
+        for name, (array, bfloat16) in (steps.arrays() if steps is not None else {}).items():
+            late.add(name, array, bfloat16=bfloat16)
         captured = replace(captured, layers={})
     return captured
+
+
+def _decode(
+    model: Any, tokenizer: Any, encoded: Any, outputs: Any, count: int, chosen: Sequence[int], label: str
+) -> Steps:
+    """`count` greedy steps after the recording pass (`outputs`: its logits and cache), each
+    recorded: the query row of the token it reads, its mask row; the keys and values of the last."""
+    import torch
+
+    logits = getattr(outputs, "logits", None)
+    cache = getattr(outputs, "past_key_values", None)
+    if logits is None or cache is None:
+        raise InputError(f"{label}: --generate needs a model that predicts tokens and keeps a cache")
+    ids = encoded["input_ids"]
+    attention_mask = encoded.get("attention_mask")
+    attention_mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+    prompt = int(ids.shape[-1])
+    #: per chosen layer and step: the query row, the key and value of the token read, the mask row
+    rows: dict[int, list[tuple[torch.Tensor, ...]]] = {index: [] for index in chosen}
+    read: list[int] = []
+    next_id = logits[:, -1].argmax(-1, keepdim=True)  # (1, vocab) -> (1, 1)
+    for number in range(count):
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(1, 1)], dim=-1)  # (1, L + s + 1)
+        recorder = _Recorder(set(chosen), None, None, None)
+        token = _recorder.set(recorder)
+        try:
+            step = _forward(
+                model,
+                {"input_ids": next_id, "attention_mask": attention_mask},
+                label,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        finally:
+            _recorder.reset(token)
+        seen = prompt + number + 1
+        for index in chosen:
+            layer = recorder.kept[index]
+            # The cache's keys are the last ones of the sequence (all of them, or a sliding
+            # window's), the token read last; the mask's first columns are theirs.
+            cached = layer.key.shape[-2]
+            row = torch.full(
+                (*layer.mask.shape[:2], 1, prompt + count), _closed(layer.mask), dtype=layer.mask.dtype
+            )
+            row[..., seen - cached : seen] = layer.mask[..., :1, :cached]  # (1, 1, 1, L + steps)
+            rows[index].append((layer.query, layer.key[..., -1:, :], layer.value[..., -1:, :], row))
+        read.append(int(next_id[0, 0]))
+        cache = step.past_key_values
+        next_id = step.logits[:, -1].argmax(-1, keepdim=True)
+    layers = {}
+    for index in chosen:
+        query, key, value, mask = (torch.cat(parts, dim=2) for parts in zip(*rows[index], strict=True))
+        layers[index] = LayerCapture(
+            query=query,  # (1, H, steps, d)
+            key=key,  # (1, Hkv, steps, d): the keys of the tokens read; the text's are layers.N.key
+            value=value,
+            mask=mask,  # (1, 1, steps, L + steps)
+            scaling=recorder.kept[index].scaling,
+            mask_name=f"steps.masks.{index}",
+        )
+    names = tokenizer.convert_ids_to_tokens(read) if tokenizer is not None else read
+    return Steps(tokens=[str(name) for name in names], layers=layers, prompt_length=prompt)
+
+
+def _closed(mask: torch.Tensor) -> bool | float:
+    """What a keep-mask holds where a key is closed: False, or -inf in a float mask."""
+    import torch
+
+    return False if mask.dtype == torch.bool else -math.inf
 
 
 def _layers_text(layers: Sequence[int | slice] | None, chosen: Sequence[int] | None) -> str:
@@ -614,9 +742,10 @@ def _load(
     dtype: str = "auto",
     device_map: Any = None,
     offload_folder: str | os.PathLike[str] | None = None,
+    decoder: bool = False,
 ) -> tuple[Any, Any, _Placement]:
     import torch
-    from transformers import AttentionInterface, AutoModel, AutoTokenizer
+    from transformers import AttentionInterface, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     from attncli.compute import resolve_device
@@ -643,8 +772,10 @@ def _load(
         placement = {"device_map": device_map}
         if offload_folder is not None:
             placement["offload_folder"] = str(offload_folder)
+    # To decode, the model with its language-model head (the same attention layers).
+    model_class = AutoModelForCausalLM if decoder else AutoModel
     try:
-        model, info = AutoModel.from_pretrained(
+        model, info = model_class.from_pretrained(
             folder,
             config=config,
             local_files_only=True,
@@ -662,6 +793,11 @@ def _load(
             ) from None
         raise InputError(f"{folder}: the model cannot be loaded: {_reason(error)}") from None
     missing = sorted(info.get("missing_keys") or ())
+    if missing and decoder:
+        raise InputError(
+            f"{folder}: --generate needs a model with its language-model head, and the weights lack "
+            f"{len(missing)} tensor(s) of it ({', '.join(missing[:3])})"
+        )
     if missing:
         raise InputError(
             f"{folder}: the weights lack {len(missing)} tensor(s) the model needs "
@@ -964,6 +1100,7 @@ __all__ = [
     "LayerCapture",
     "LayerSummary",
     "Progress",
+    "Steps",
     "TensorSink",
     "agreement",
     "capture",
