@@ -183,6 +183,14 @@ model is read from its folder only (`local_files_only`, the hub offline).
   rounds its scores to the dtype before the softmax and attncli does not) the line says so and
   the status is 1. Rows whose every key is masked are left out (a model spreads them evenly,
   attncli gives them zeros).
+- **Decoding** (`attn capture --generate N`, one text, a model with its language-model head):
+  after the text, N greedy steps; step S reads the token step S-1 chose (step 0: the one the
+  text's last position chose), and its query row against the cache is saved: `steps.layers.N.query`
+  (1, heads, N, head size), the key and value of each token read (`steps.layers.N.key`, `.value`,
+  after the text's own `layers.N.key`, `.value`) and each step's mask row (`steps.masks.N`; a
+  sliding window's cache keeps fewer keys, and the others are closed). `attn compute FILE --layer
+  L --step S` shows step S: one query row, labelled with the token it read, against the text and
+  the tokens read so far. Tested against `generate(..., output_attentions=True)`.
 - **Status**: on a terminal, stderr shows a spinner line for the stage under way, with its time
   so far and, while the model runs, the attention layers done (`capturing every layer of ./llama:
   attention layer 12/32`), then a line for each stage done with the seconds it took. The first
