@@ -517,7 +517,7 @@ def _capture_encoded(
         progress.stage(f"capturing {_layers_text(layers, chosen)} of {label}")
     token = _recorder.set(recorder)
     try:
-        outputs = _forward(model, encoded, label, **({"use_cache": True} if generate else {}))
+        outputs = _forward(model, encoded, label, **(_decoding_options(model) if generate else {}))
     finally:
         _recorder.reset(token)
     if not recorder.calls:
@@ -610,7 +610,7 @@ def _decode(
                 {"input_ids": next_id, "attention_mask": attention_mask},
                 label,
                 past_key_values=cache,
-                use_cache=True,
+                **_decoding_options(model),
             )
         finally:
             _recorder.reset(token)
@@ -641,6 +641,17 @@ def _decode(
         )
     names = tokenizer.convert_ids_to_tokens(read) if tokenizer is not None else read
     return Steps(tokens=[str(name) for name in names], layers=layers, prompt_length=prompt)
+
+
+def _decoding_options(model: Any) -> dict[str, Any]:
+    """Keep the cache; and the logits of the last position alone where the model allows it (all of
+    them, over a long text and a large vocabulary, would take more memory than the model)."""
+    import inspect
+
+    options: dict[str, Any] = {"use_cache": True}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        options["logits_to_keep"] = 1
+    return options
 
 
 def _closed(mask: torch.Tensor) -> bool | float:
