@@ -224,6 +224,19 @@ def test_a_device_map_with_disk_offload_captures_what_the_plain_capture_does(tmp
         assert np.array_equal(saved.tensors[saved.metadata["layers"][str(index)]["mask"]], layer.mask.numpy())
 
 
+def test_a_device_map_without_accelerate_says_how_to_get_it(tmp_path, folders, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a)
+    )
+    out = tmp_path / "run.safetensors"
+    assert_error(
+        invoke("capture", str(folders["llama"]), "the cat", "--device-map", "auto", "-o", str(out)),
+        "--device-map needs the accelerate package: pip install 'attncli[models]'",
+    )
+    assert not out.exists()
+
+
 # --- each layer to the file as it runs; masks once ---------------------------------------------
 
 
