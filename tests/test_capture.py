@@ -162,8 +162,10 @@ def test_layers_are_chosen_by_index_and_range_offline(models, monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # and local_files_only: never the network
     assert list(run.layers) == [1, 2]
     assert run.probabilities == {}
+    # one mask for both layers (the same causal and padding mask), stored once
     assert sorted(run.arrays()) == [
-        f"layers.{i}.{role}" for i in (1, 2) for role in sorted(("query", "key", "value", "mask"))
+        *(f"layers.{i}.{role}" for i in (1, 2) for role in ("key", "query", "value")),
+        "masks.0",
     ]
 
 
@@ -187,23 +189,24 @@ def test_capture_then_compute_uses_the_layers_scale_mask_and_tokens(tmp_path, mo
     assert "captured layers 0, 2 of 3" in result.stdout
     assert "tokens 1: <s> a dog" in result.stdout
     saved = load_file(str(target))
-    assert sorted(saved) == [
-        f"layers.{i}.{role}" for i in (0, 2) for role in ("key", "mask", "query", "value")
+    assert sorted(saved) == [f"layers.{i}.{role}" for i in (0, 2) for role in ("key", "query", "value")] + [
+        "masks.0"
     ]
     assert saved["layers.2.query"].shape == (2, 4, 4, 16)
     assert saved["layers.2.key"].shape == (2, 2, 4, 16)
-    assert saved["layers.2.mask"].dtype == np.bool_
+    assert saved["masks.0"].dtype == np.bool_
+    assert saved["masks.0"].shape == (2, 1, 4, 4)
 
     shown = invoke("compute", str(target), "--layer", "2", "--batch", "0", "--head", "3")
     assert shown.exit_code == 0, shown.output
     assert "<s>" in shown.stdout
     assert "sat" in shown.stdout
     assert "scale 0.25 = 1/√16" in shown.stdout
-    assert "layers.2.mask" in shown.stdout
+    assert "masks.0" in shown.stdout
 
     payload = json.loads(invoke("compute", str(target), "--layer", "2", "--format", "json").stdout)
     assert payload["meta"]["scale"] == 0.25
-    assert payload["meta"]["mask"].endswith("run.safetensors:layers.2.mask")
+    assert payload["meta"]["mask"].endswith("run.safetensors:masks.0")
     weights = np.array(payload["weights"])
     assert weights.shape == (2, 4, 4, 4)
     assert np.all(weights[1][..., 3] == 0)  # the padding key of "a dog"

@@ -589,3 +589,64 @@ def test_bfloat16_is_narrowed_a_piece_at_a_time(tmp_path: Path, monkeypatch: pyt
     assert peak < 2 << 20, peak
     with safe_open(str(tmp_path / "r.safetensors"), framework="pt") as file:
         assert torch.equal(file.get_tensor("weights"), torch.ones((2048, 2048), dtype=torch.bfloat16))
+
+
+# --- TensorStream: tensors written one at a time (attn capture's layers) ----------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".json"])
+@pytest.mark.parametrize("room", ["enough", "too little"])
+def test_a_tensor_stream_reads_back_as_written_whole(tmp_path: Path, suffix: str, room: str) -> None:
+    """Each tensor written as it comes, the metadata last, equals write_result's file: also when the
+    metadata outgrows the room left for a .safetensors header (the data is then copied behind it)."""
+    rng = np.random.default_rng(0)
+    tensors = {
+        "layers.0.query": rng.standard_normal((2, 4, 5, 8)).astype(np.float32),
+        "layers.0.key": rng.standard_normal((2, 2, 5, 8)).astype(np.float16),
+        "layers.0.value": torch.randn(2, 2, 5, 8).to(torch.bfloat16).float().numpy(),  # bfloat16 values
+        "masks.0": rng.random((2, 1, 5, 5)) < 0.5,
+        "empty": np.zeros((0, 3), dtype=np.float32),
+    }
+    metadata = {"texts": ["the cat sat"] * (1 if room == "enough" else 2000), "dtype": "bfloat16"}
+    target = tmp_path / f"stream{suffix}"
+    with writers.TensorStream(
+        target, expected_metadata={"texts": ["the cat sat"]}, expected_tensors=5
+    ) as stream:
+        for name, array in tensors.items():
+            stream.add(name, array, bfloat16=name == "layers.0.value")
+            assert not target.exists()  # in place only when complete
+        stream.commit(metadata)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [target.name]  # no temporary file left
+    whole = tmp_path / f"whole{suffix}"
+    write_result(whole, tensors, metadata, bfloat16=["layers.0.value"])
+    streamed, written = read_tensors(str(target)), read_tensors(str(whole))
+    assert streamed.metadata == written.metadata
+    assert streamed.metadata["texts"] == metadata["texts"]
+    for name, array in tensors.items():
+        assert np.array_equal(streamed.tensors[name], written.tensors[name]), name
+        if array.size or suffix != ".json":  # JSON's [] has no shape
+            assert np.array_equal(streamed.tensors[name].astype(array.dtype), array), name
+    if suffix == ".safetensors":
+        assert target.read_bytes() == whole.read_bytes() or room == "enough"  # same bytes when rewritten
+        assert safetensors_dtypes(target)["layers.0.value"] == "BF16"
+
+
+def test_a_tensor_stream_left_without_commit_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "run.safetensors"
+
+    def failing_pass() -> None:
+        with writers.TensorStream(target) as stream:
+            stream.add("layers.0.query", np.ones((2, 3), dtype=np.float32))
+            raise RuntimeError("the model's forward pass failed")
+
+    def writing_twice() -> None:
+        with writers.TensorStream(target) as stream:
+            stream.add("a", np.ones(2, dtype=np.float32))
+            stream.add("a", np.ones(2, dtype=np.float32))
+
+    with pytest.raises(RuntimeError):
+        failing_pass()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="written already"):
+        writing_twice()
+    assert list(tmp_path.iterdir()) == []

@@ -73,6 +73,16 @@ def compute(
             rich_help_panel=ATTENTION,
         ),
     ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(
+            metavar="S",
+            min=0,
+            help="Of a file from 'attn capture --generate': decoding step S of --layer N (the query row "
+            "of the token it read, against the text and the tokens read so far).",
+            rich_help_panel=ATTENTION,
+        ),
+    ] = None,
     dtype: DTypeOption = DType.auto,
     device: DeviceOption = "cpu",
     stats: StatsOption = False,
@@ -216,13 +226,15 @@ def compute(
 
         resolve_device(device)
     # torch is imported after the files are read: a missing or malformed file is reported at once
-    inputs = loaders.load_attention_inputs(specs, stdin, layer=selection.parse_layers(layer))
+    inputs = loaders.load_attention_inputs(specs, stdin, layer=selection.parse_layers(layer), step=step)
     if inputs.layers is not None:
         display = replace(display, layers=inputs.layers)
     if inputs.real_rows is not None:
         display = replace(display, real_rows=inputs.real_rows)
     if inputs.tokens is not None and not given_labels and query_labels is None and key_labels is None:
         display = with_token_labels(display, inputs.tokens)
+        if inputs.query_tokens is not None:  # a decoding step: one query row, the token it read
+            display = replace(display, query_labels=inputs.query_tokens[0])
     query_positions = inputs.query.shape[-2] if inputs.query.ndim > 1 else 1
     label_option = "--labels-file" if labels_file else "--labels"
     selection.check_label_count(
@@ -257,7 +269,10 @@ def compute(
         mask=mask_tensor,
         causal=causal,
         heads=heads,
-        dtype=dtype.value,
+        # A capture in half precision is computed in its dtype unless --dtype says otherwise.
+        dtype=inputs.dtype
+        if dtype is DType.auto and inputs.dtype in ("bfloat16", "float16")
+        else dtype.value,
         device=device,
         names=names,
         kernel=kernel,
@@ -296,6 +311,10 @@ def compute(
     )
     if not all(comparison.passed for comparison in comparisons):
         raise typer.Exit(ExitCode.DIFFERENT)
+
+
+#: The dtypes of a capture (its metadata's `dtype`) that `attn compute --layer` computes in by default.
+HALF = ("bfloat16", "float16")
 
 
 def _memory_limit(text: str) -> int:

@@ -45,7 +45,19 @@ from attncli.cli._display import (
     parse_show,
     with_token_labels,
 )
-from attncli.cli.capture import ModelDirArgument, MoreTextsOption, TextArgument, TextsFileOption, gather_texts
+from attncli.cli.capture import (
+    CaptureDeviceOption,
+    CaptureDTypeOption,
+    DeviceMapOption,
+    ModelDirArgument,
+    MoreTextsOption,
+    OffloadFolderOption,
+    TextArgument,
+    TextsFileOption,
+    check_model_options,
+    gather_texts,
+    status_line,
+)
 from attncli.errors import ExitCode, UsageError
 
 
@@ -94,13 +106,18 @@ def model_command(
     export_svg: ExportSvgOption = None,
     export_html: ExportHtmlOption = None,
     force: ForceOption = False,
+    device: CaptureDeviceOption = "cpu",
+    dtype: CaptureDTypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    offload_folder: OffloadFolderOption = None,
 ) -> None:
     """Run a local Transformers model over texts and show one layer's attention, labelled with the tokens.
 
     The same as 'attn capture' then 'attn compute --layer N', without the file in between. The
     header says whether attncli's weights agree with the model's own attention probabilities (the
     model run again with eager attention and output_attentions): exit status 1 when the largest
-    difference is above 1e-5.
+    difference is above 1e-5 (float32; 0.0039 in float16, 0.031 in bfloat16, where the model
+    rounds its scores before the softmax). attncli computes in the dtype the model ran in.
 
     Needs the models extra: pip install 'attncli\\[models]'.
 
@@ -146,14 +163,27 @@ def model_command(
     for spec, option in ((batch, "--batch"), (head, "--head")):
         if spec is not None:
             selection.parse_indices(spec, option)  # a typo is reported before the model is loaded
-    capture.model_folder(model_dir)  # before NumPy, torch and transformers are imported
-    from attncli.io import loaders, writers
-
-    check_exports(display)
-    target = writers.check_output_path(output, force=force) if output is not None else None
-    capture.require_transformers("attn model")
+    mapping = check_model_options(device, dtype, device_map)
+    folder = capture.model_folder(model_dir)  # before NumPy, torch and transformers are imported
     items = None if layer.strip() == "all" else selection.parse_indices(layer, "--layer")
-    captured = capture.capture(model_dir, texts, items, reference=True, option="--layer")
+    with status_line(not quiet, f"loading {folder}") as status:
+        from attncli.io import loaders, writers
+
+        check_exports(display)
+        target = writers.check_output_path(output, force=force) if output is not None else None
+        capture.require_transformers("attn model")
+        captured = capture.capture(
+            model_dir,
+            texts,
+            items,
+            reference=True,
+            option="--layer",
+            device=device,
+            dtype=dtype,
+            device_map=mapping,
+            offload_folder=offload_folder,
+            progress=status,
+        )
     source = loaders.TensorFile(model_dir, captured.arrays(), named=True, metadata=captured.metadata())
     layers = sorted(captured.layers)
     one = items is not None and len(items) == 1 and isinstance(items[0], int)
@@ -172,7 +202,13 @@ def model_command(
 
     names = {**inputs.sources, "mask": inputs.mask_source or "mask"}
     problem = prepare(
-        inputs.query, inputs.key, inputs.value, scale=inputs.scale, mask=inputs.mask, names=names
+        inputs.query,
+        inputs.key,
+        inputs.value,
+        scale=inputs.scale,
+        mask=inputs.mask,
+        names=names,
+        dtype=captured.dtype,  # the model's own: its probabilities are rounded to it
     )
     result = attend_for_view(problem, display)
     assert result.weights is not None
@@ -180,9 +216,12 @@ def model_command(
 
     # the model's own probabilities, stacked as the layers are: one verdict for all of them
     own = [captured.probabilities[number] for number in layers]
-    agreement = capture.agreement(result.weights, own[0] if one else torch.stack(own), result.masked_rows)
+    agreement = capture.agreement(
+        result.weights, own[0] if one else torch.stack(own), result.masked_rows, dtype=captured.dtype
+    )
     comparisons = checked(problem, result, display) if check else []
     extra: dict[str, Any] = {"model": model_dir, "texts": captured.texts, "tokens": captured.tokens}
+    extra |= {"model_dtype": captured.dtype, "model_device": captured.device}
     extra |= {"layer": layers[0]} if one else {"layers": layers}
     finish(
         result,

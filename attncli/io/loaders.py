@@ -111,6 +111,10 @@ class AttentionInputs:
     #: Of a capture: bool, broadcasting to the weights less their key axis, True for the query rows
     #: of real tokens, False for padding (from its `lengths`); None when every row is a token's.
     real_rows: np.ndarray | None = None
+    #: Of a capture: the dtype the model computed in (its metadata's `dtype`), None when not said.
+    dtype: str | None = None
+    #: Of a decoding step: the query's own labels (the token read), `tokens` naming the keys.
+    query_tokens: list[list[str]] | None = None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -207,6 +211,7 @@ def load_attention_inputs(
     specs: Sequence[str],
     stdin: BinaryIO | None = None,
     layer: int | Sequence[int | slice] | str | None = None,
+    step: int | None = None,
 ) -> AttentionInputs:
     """Resolve the paths of `attn compute` into query, key and value.
 
@@ -214,7 +219,10 @@ def load_attention_inputs(
     query/key/value (or q/k/v), or a single tensor used as query, key and value (self-attention).
     With `layer`, one spec is a file of `attn capture` and that layer is used (see `layer_inputs`);
     several layers (a list, or "all") are stacked on a new first axis (see `stacked_layer_inputs`).
+    With `step` too, that decoding step of `attn capture --generate` (see `step_inputs`).
     """
+    if step is not None and not isinstance(layer, int):
+        raise UsageError("--step S shows one decoding step of one layer: give --layer N too")
     if len(specs) not in (1, 3):
         raise UsageError(f"expected 1 or 3 paths, got {len(specs)}")
     if sum(split_spec(spec)[0] == STDIN for spec in specs) > 1:
@@ -224,6 +232,8 @@ def load_attention_inputs(
         if len(specs) != 1 or name is not None:
             raise UsageError("--layer picks a layer of one file from 'attn capture'; give that file alone")
         source = read_tensors(path, stdin)
+        if isinstance(layer, int) and step is not None:
+            return step_inputs(source, layer, step)
         if isinstance(layer, int):
             return layer_inputs(source, layer)
         return stacked_layer_inputs(source, chosen_layers(source, layer))
@@ -308,6 +318,7 @@ def stacked_layer_inputs(source: TensorFile, layers: Sequence[int]) -> Attention
         tokens=first.tokens,
         layers=list(layers),
         real_rows=None if first.real_rows is None else first.real_rows[None],
+        dtype=first.dtype,
     )
 
 
@@ -332,12 +343,17 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
     sources = {role: f"{source.label}:{names[role]}" for role in ROLE_NAMES}
     for role, array in tensors.items():
         check_numeric_input(array, sources[role], role)
+    every_layer = source.metadata.get("layers")
+    settings = every_layer.get(str(layer)) if isinstance(every_layer, dict) else None
+    # Captures store each distinct mask once (masks.K, named in the layer's metadata); older ones
+    # hold layers.N.mask.
+    shared = settings.get("mask") if isinstance(settings, dict) else None
+    if names["mask"] not in source.tensors and isinstance(shared, str) and shared in source.tensors:
+        names["mask"] = shared
     mask = source.tensors.get(names["mask"])
     mask_source = None if mask is None else f"{source.label}:{names['mask']}"
     if mask is not None and mask.dtype.kind not in "bf":
         raise InputError(f"{mask_source}: the mask holds {mask.dtype}; use booleans or floats")
-    every_layer = source.metadata.get("layers")
-    settings = every_layer.get(str(layer)) if isinstance(every_layer, dict) else None
     scaling = settings.get("scaling") if isinstance(settings, dict) else None
     scale = float(scaling) if isinstance(scaling, int | float) and not isinstance(scaling, bool) else None
     tokens = source.metadata.get("tokens")
@@ -348,6 +364,7 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
         and all(isinstance(token, str) for row in tokens for token in row)
     )
     lengths = source.metadata.get("lengths")
+    captured_dtype = source.metadata.get("dtype")
     real_rows = None
     query = tensors["query"]
     if (
@@ -368,6 +385,56 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
         scale=scale,
         tokens=tokens if well_formed and tokens else None,
         real_rows=real_rows,
+        dtype=captured_dtype if isinstance(captured_dtype, str) else None,
+    )
+
+
+def step_inputs(source: TensorFile, layer: int, step: int) -> AttentionInputs:
+    """Decoding step `step` of layer `layer` of an `attn capture --generate` file: the query row of
+    the token the step read, against the keys and values of the text and the tokens read up to it,
+    with the step's mask row and the layer's scale; tokens label the keys, the read token the query."""
+    steps = source.metadata.get("steps")
+    if not isinstance(steps, dict) or not isinstance(steps.get("count"), int):
+        raise InputError(f"{source.label} holds no decoding steps; capture with --generate N")
+    count, prompt = steps["count"], steps.get("prompt_length")
+    names = {role: f"steps.layers.{layer}.{role}" for role in ROLE_NAMES}
+    if names["query"] not in source.tensors:
+        present = sorted(
+            int(n.split(".")[2]) for n in source.tensors if re.fullmatch(r"steps\.layers\.\d+\.query", n)
+        )
+        raise InputError(
+            f"{source.label} has no decoding steps of layer {layer}; it holds layers {_numbers(present)}"
+        )
+    if not 0 <= step < count or not isinstance(prompt, int):
+        raise InputError(f"--step {step}: out of range, {source.label} holds steps 0 to {count - 1}")
+    text = {role: source.tensors.get(f"layers.{layer}.{role}") for role in ("key", "value")}
+    if text["key"] is None or text["value"] is None:
+        raise InputError(f"{source.label} has no layers.{layer}.key and .value, the text's keys of its steps")
+    seen = prompt + step + 1  # the text's keys and those of the tokens read up to this step
+    query = source.tensors[names["query"]][..., step : step + 1, :]  # (1, H, steps, d) -> (1, H, 1, d)
+    # (1, Hkv, text, d) and (1, Hkv, steps, d) -> (1, Hkv, seen, d)
+    key = np.concatenate([text["key"], source.tensors[names["key"]][..., : step + 1, :]], axis=-2)
+    value = np.concatenate([text["value"], source.tensors[names["value"]][..., : step + 1, :]], axis=-2)
+    mask = source.tensors.get(f"steps.masks.{layer}")
+    mask = None if mask is None else mask[..., step : step + 1, :seen]  # (1, 1, 1, seen)
+    settings = steps.get("layers", {}).get(str(layer)) if isinstance(steps.get("layers"), dict) else None
+    scaling = settings.get("scaling") if isinstance(settings, dict) else None
+    tokens, read = source.metadata.get("tokens"), steps.get("tokens")
+    labels = None
+    if isinstance(tokens, list) and len(tokens) == 1 and isinstance(read, list) and len(read) == count:
+        labels = [[*map(str, tokens[0][:prompt]), *map(str, read[: step + 1])]]
+    label = f"{source.label}:steps.layers.{layer}"
+    return AttentionInputs(
+        query,
+        key,
+        value,
+        {role: f"{label}.{role}[step {step}]" for role in ROLE_NAMES},
+        mask=mask,
+        mask_source=None if mask is None else f"{source.label}:steps.masks.{layer}[step {step}]",
+        scale=float(scaling) if isinstance(scaling, int | float) and not isinstance(scaling, bool) else None,
+        tokens=labels,
+        query_tokens=None if labels is None else [[labels[0][-1]]],
+        dtype=source.metadata.get("dtype") if isinstance(source.metadata.get("dtype"), str) else None,
     )
 
 
@@ -841,4 +908,5 @@ __all__ = [
     "read_tensors",
     "sniff_format",
     "split_spec",
+    "step_inputs",
 ]

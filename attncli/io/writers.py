@@ -18,6 +18,7 @@ exits; problems are `UsageError`s and `OutputError`s naming the path.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -614,3 +615,157 @@ class _Bytes:
 
     def write(self, chunk: bytes) -> None:
         self.data += chunk
+
+
+class TensorStream:
+    """A file of named tensors written one tensor at a time (`add`), as each becomes known, with
+    the metadata last (`commit`): `attn capture` writes each layer's tensors as soon as the layer
+    has run, so that no more than one layer's are ever held in memory. The file replaces the target
+    only when complete; `discard` (or leaving the `with` block without `commit`) leaves nothing.
+
+    .safetensors: the tensors follow room left for the header (sized from `expected_metadata` and
+    `expected_tensors`), and the header is written into it last, padded with spaces; should it not
+    fit, the data is copied once behind a header that does. .npz: each tensor is a member of the
+    archive as it comes. .json: each tensor's text as it comes, `"meta"` last. Tensors named
+    bfloat16 (float32 arrays of bfloat16 values) are stored as BF16 in .safetensors, as float32
+    elsewhere (with `stored_dtype` in the metadata), as `write_result` stores them.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        *,
+        expected_metadata: Mapping[str, Any] | None = None,
+        expected_tensors: int = 0,
+        option: str = "--output",
+    ) -> None:
+        self.target = Path(target)
+        self.option = option
+        self.format = OUTPUT_FORMATS.get(self.target.suffix.lower())
+        if self.format is None:
+            raise UsageError(
+                f"{option} {self.target}: not a format attncli writes ({', '.join(OUTPUT_FORMATS)})"
+            )
+        self.entries: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
+        self.bfloat16: set[str] = set()
+        self.published = False
+        self.archive: zipfile.ZipFile | None = None
+        self.room = 0
+        try:
+            descriptor, self.temporary = temporary_beside(self.target)
+        except OSError as error:
+            raise self._error(error) from None
+        try:
+            self.file: BinaryIO = os.fdopen(descriptor, "w+b")
+            if self.format == "safetensors":
+                known = len(json.dumps(dict(expected_metadata or {})).encode())
+                # The metadata is stored as JSON inside JSON: its quotes escaped, so up to twice as long.
+                self.room = 2 * known + 256 * expected_tensors + 4096
+                self.room += -self.room % 8
+                self.file.write(bytes(8 + self.room))
+            elif self.format == "npz":
+                self.archive = zipfile.ZipFile(self.file, "w", zipfile.ZIP_STORED, allowZip64=True)
+            else:
+                self.file.write(b"{")
+        except BaseException as error:
+            self.discard()
+            if isinstance(error, OSError):
+                raise self._error(error) from None
+            raise
+
+    def __enter__(self) -> TensorStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.discard()  # after commit, nothing is left to remove; before it, nothing is left behind
+
+    def add(self, name: str, array: np.ndarray, *, bfloat16: bool = False) -> None:
+        """Write `array` as tensor `name` now (`bfloat16`: a float32 array of bfloat16 values)."""
+        if name in self.entries:
+            raise ValueError(f"{name}: written already")
+        if bfloat16 and np.dtype(array.dtype).newbyteorder("=") != np.float32:
+            raise ValueError(f"{name}: bfloat16 values come widened to float32, not {array.dtype}")
+        stored = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+        try:
+            if self.format == "safetensors":
+                if bfloat16:
+                    _write_bfloat16(self.file, stored)
+                elif stored.size:
+                    self.file.write(stored.data.cast("B"))
+            elif self.archive is not None:
+                with self.archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, stored, allow_pickle=False)
+            else:
+                self.file.write(json.dumps(name).encode() + b": ")
+                _write_json_array(self.file, stored)
+                self.file.write(b", ")
+        except OSError as error:
+            self.discard()
+            raise self._error(error) from None
+        self.entries[name] = (stored.dtype, tuple(stored.shape))
+        if bfloat16:
+            self.bfloat16.add(name)
+
+    def commit(self, metadata: Mapping[str, Any]) -> None:
+        """Add `metadata`, then put the complete file in place of the target."""
+        try:
+            if self.format == "safetensors":
+                header = safetensors_header(self.entries, metadata, bfloat16=self.bfloat16)
+                text = header[8:]
+                if len(text) > self.room:  # more than the room left: the data again, behind it
+                    self._rewrite_behind(header)
+                    return
+                self.file.seek(0)
+                self.file.write(self.room.to_bytes(8, "little") + text + b" " * (self.room - len(text)))
+            elif self.archive is not None:
+                stored = stored_metadata(metadata, self.bfloat16)
+                with self.archive.open(f"{META_KEY}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.array(json.dumps(stored)), allow_pickle=False)
+                self.archive.close()
+            else:
+                stored = stored_metadata(metadata, self.bfloat16)
+                self.file.write(json.dumps(META_KEY).encode() + b": " + json.dumps(stored).encode() + b"}")
+            self._publish(self.file, self.temporary)
+        except OSError as error:
+            self.discard()
+            raise self._error(error) from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove the temporary file, unless it is published (staged files are the `Outputs`')."""
+        if self.archive is not None and self.archive.fp is not None:
+            with contextlib.suppress(Exception):
+                self.archive.close()
+        if not self.file.closed:
+            self.file.close()
+        if not self.published:
+            Path(self.temporary).unlink(missing_ok=True)
+
+    def _publish(self, file: BinaryIO, temporary: str) -> None:
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        os.chmod(temporary, mode_for_replacing(self.target))
+        publish(temporary, self.target, self.option)
+        self.published = True
+
+    def _rewrite_behind(self, header: bytes) -> None:
+        self.file.flush()
+        self.file.seek(8 + self.room)
+        descriptor, temporary = temporary_beside(self.target)
+        try:
+            with os.fdopen(descriptor, "w+b") as out:
+                out.write(header)
+                shutil.copyfileobj(self.file, out, _COPY_BYTES)
+                self._publish(out, temporary)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        self.file.close()  # the first temporary file goes; the second is the one published
+        Path(self.temporary).unlink(missing_ok=True)
+        self.published = True
+
+    def _error(self, error: OSError) -> OutputError:
+        return OutputError(f"{self.option} {self.target}: could not be written: {error.strerror or error}")
