@@ -252,11 +252,15 @@ def compute(
     from attncli.compute import heads_note, prepare
     from attncli.compute.kernels import choose
 
+    # A capture in half precision is computed in its dtype unless --dtype says otherwise.
+    compute_dtype = (
+        inputs.dtype if dtype is DType.auto and inputs.dtype in ("bfloat16", "float16") else dtype.value
+    )
     kernel = choose(
         inputs.query.shape,
         inputs.key.shape,
         heads=heads,
-        dtype=dtype.value,
+        dtype=compute_dtype,
         device=device,
         whole=not (stream or weights_target is not None),
         check=check,
@@ -269,10 +273,7 @@ def compute(
         mask=mask_tensor,
         causal=causal,
         heads=heads,
-        # A capture in half precision is computed in its dtype unless --dtype says otherwise.
-        dtype=inputs.dtype
-        if dtype is DType.auto and inputs.dtype in ("bfloat16", "float16")
-        else dtype.value,
+        dtype=compute_dtype,
         device=device,
         names=names,
         kernel=kernel,
