@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attncli.arrays import Array
-from attncli.compute.prepare import Prepared, blocked_keys, causal_hidden
+from attncli.compute.prepare import Prepared, block_operands, blocked_keys, causal_hidden
 from attncli.errors import InputError
 
 if TYPE_CHECKING:
@@ -85,20 +85,8 @@ def _block(
 
     from attncli.compute import buffers
 
-    n, all_keys = q.shape[-2], k.shape[-2]
-    weights_shape = (*p.weights_shape[:-2], n, all_keys)
-    if p.causal and first_row + n < all_keys:
-        # Query rows first_row.. see no key past the last of them: those columns get no work.
-        seen = first_row + n
-        k, v = k[..., :seen, :], v[..., :seen, :]
-        if mask is not None and mask.ndim and mask.shape[-1] > 1:
-            mask = mask[..., :seen]
-        weights_shape = (*weights_shape[:-1], seen)
-    if p.group > 1:
-        # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
-        q = q.reshape(*q.shape[:-3], k.shape[-3], p.group, *q.shape[-2:])  # (..., Hkv, G, n, D)
-        k = k.unsqueeze(-3)  # (..., Hkv, 1, W, D)
-        v = v.unsqueeze(-3)  # (..., Hkv, 1, W, Dv)
+    n = q.shape[-2]
+    q, k, v, mask, weights_shape = block_operands(p, q, k, v, mask, first_row)
     # Scaling the query (n x D numbers) costs less than scaling the scores (n x W).
     scaled = q * p.scale
     whole = first_row == 0 and n == p.weights_shape[-2]  # one block: its weights are the result's

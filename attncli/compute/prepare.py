@@ -553,6 +553,30 @@ def blocked_keys(
     return blocked
 
 
+def block_operands(
+    p: Prepared, q: Array, k: Array, v: Array, mask: Array | None, first_row: int
+) -> tuple[Array, Array, Array, Array | None, tuple[int, ...]]:
+    """What a kernel multiplies for query rows first_row.. (`q` (..., n, D), torch tensors or NumPy
+    arrays alike): the keys, values and mask columns a causal block can see (those after its last
+    row get no work), the query's heads grouped under their key/value head for grouped-query
+    attention, and the block's weights shape (..., n, W)."""
+    n, all_keys = q.shape[-2], k.shape[-2]
+    weights_shape = (*p.weights_shape[:-2], n, all_keys)
+    if p.causal and first_row + n < all_keys:
+        # Query rows first_row.. see no key past the last of them: those columns get no work.
+        seen = first_row + n
+        k, v = k[..., :seen, :], v[..., :seen, :]
+        if mask is not None and mask.ndim and mask.shape[-1] > 1:
+            mask = mask[..., :seen]
+        weights_shape = (*weights_shape[:-1], seen)
+    if p.group > 1:
+        # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
+        q = q.reshape(*q.shape[:-3], k.shape[-3], p.group, *q.shape[-2:])  # (..., Hkv, G, n, D)
+        k = k[..., None, :, :]  # (..., Hkv, 1, W, D)
+        v = v[..., None, :, :]  # (..., Hkv, 1, W, Dv)
+    return q, k, v, mask, weights_shape
+
+
 def causal_hidden(rows: int, keys: int, first_row: int, device: Any) -> Array:
     """(rows, keys) bool: True where key j lies after query first_row + i (what causal hides).
     The one causal triangle of the computation: blocks, the fused kernel's masks and the views.

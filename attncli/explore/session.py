@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from attncli import arrays
 from attncli.analysis.rows import row_entropy, row_stats, top_k
 from attncli.compute import MAX_BLOCK_BYTES, Prepared, causal_hidden, prepare, run
 from attncli.compute.blocks import blocks
@@ -334,7 +335,7 @@ def _block_rows(problem: Prepared) -> int:
     """Query rows per block of a run over `problem`: every row when its scores fit MAX_BLOCK_BYTES
     x 8, else as many as fit MAX_BLOCK_BYTES (compute's own bound for a block)."""
     *lead, lq, lk = problem.weights_shape
-    row_bytes = max(1, math.prod(lead) * lk * problem.query.element_size())
+    row_bytes = max(1, math.prod(lead) * lk * arrays.itemsize(problem.query.dtype))
     if row_bytes * lq <= 8 * MAX_BLOCK_BYTES:
         return max(lq, 1)
     return max(1, MAX_BLOCK_BYTES // row_bytes)
@@ -342,7 +343,7 @@ def _block_rows(problem: Prepared) -> int:
 
 def _rows_per_block(problem: Prepared, keys: int) -> int:
     """Rows of one matrix per block of a window: MAX_BLOCK_BYTES of scores."""
-    return max(1, MAX_BLOCK_BYTES // max(1, keys * max(problem.query.element_size(), 4)))
+    return max(1, MAX_BLOCK_BYTES // max(1, keys * max(arrays.itemsize(problem.query.dtype), 4)))
 
 
 def open_explorer(
