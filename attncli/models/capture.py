@@ -176,15 +176,18 @@ class Capture:
     device_map: Any = None  # the --device-map given (placement left to Transformers and Accelerate)
     #: With `generate`: the decoding steps' attention per chosen layer, and the tokens they read.
     steps: Steps | None = None
+    #: The masks stored as a description (`attncli.io.masks`: causal, window, padding), by name.
+    mask_descriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """`layers.{i}.query`, `.key`, `.value` for each captured layer (float16 as float16, float32
-        and bfloat16 as float32) and each distinct mask once, `masks.{k}` (bool, or float for a bias)."""
+        and bfloat16 as float32) and each distinct mask once, `masks.{k}` (bool, or float for a bias),
+        unless it is described in the metadata instead (`mask_descriptions`)."""
         arrays: dict[str, np.ndarray] = {}
         for index, layer in self.layers.items():
             for role in ("query", "key", "value"):
                 arrays[f"layers.{index}.{role}"] = _numpy(getattr(layer, role))[0]
-            if layer.mask_name not in arrays:
+            if layer.mask_name not in arrays and layer.mask_name not in self.mask_descriptions:
                 arrays[layer.mask_name] = _numpy(layer.mask)[0]
         return arrays
 
@@ -216,7 +219,9 @@ class Capture:
                 for index, summary in self.summaries.items()
             },
             "mask": "bool, True = may attend (the model's additive mask, blocked where it adds its minimum); "
-            "each layer's is the tensor its 'mask' names, stored once for the layers that share it",
+            "each layer's is the tensor its 'mask' names, stored once for the layers that share it, "
+            "or described under 'masks' when it is a causal, sliding-window or right-padding pattern",
+            **({"masks": self.mask_descriptions} if self.mask_descriptions else {}),
             "padding": "right",
             "dtype": self.dtype,
             "device": self.device,
@@ -253,6 +258,8 @@ class _Recorder:
         self.summaries: dict[int, LayerSummary] = {}
         #: (the model's mask as passed, or a key for none; its name; the keep-mask) per distinct mask
         self.masks: list[tuple[Any, str, torch.Tensor]] = []
+        #: the masks stored as a description (`attncli.io.masks`), by name
+        self.descriptions: dict[str, dict[str, Any]] = {}
 
     def record(
         self,
@@ -281,6 +288,12 @@ class _Recorder:
             is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
             causal = not eager and bool(is_causal) and attention_mask is None and query.shape[2] > 1
             mask, mask_name, new = self._mask(attention_mask, query, key, causal)
+            if new:
+                from attncli.io.masks import describe  # NumPy only once a model runs
+
+                described = describe(_numpy(mask)[0])
+                if described is not None:
+                    self.descriptions[mask_name] = described
             layer = LayerCapture(
                 query=query.detach().to("cpu"),
                 key=key.detach().to("cpu"),
@@ -293,7 +306,7 @@ class _Recorder:
             if self.sink is None:
                 self.kept[index] = layer
             else:
-                if new:
+                if new and mask_name not in self.descriptions:
                     self.sink.add(mask_name, _numpy(mask)[0])
                 for role in ("query", "key", "value"):
                     array, bfloat16 = _numpy(getattr(layer, role))
@@ -533,6 +546,11 @@ def _capture_encoded(
     calls = recorder.calls
     kept = {index: recorder.kept[index] for index in sorted(recorder.kept) if index in chosen}
     summaries = {index: recorder.summaries[index] for index in sorted(recorder.summaries) if index in chosen}
+    descriptions = {
+        name: recorder.descriptions[name]
+        for name in sorted({summary.mask_name for summary in summaries.values()})
+        if name in recorder.descriptions
+    }
     del recorder  # the model's masks it refers to go with it
     steps = None
     if generate:
@@ -570,6 +588,7 @@ def _capture_encoded(
         summaries=summaries,
         probabilities=dict(sorted(probabilities.items())),
         steps=steps,
+        mask_descriptions=descriptions,
     )
     if sink is not None and stream is None:  # the choice was made after the pass: written now
         late = sink(captured)
