@@ -235,7 +235,7 @@ def test_model_shows_a_layer_with_tokens_and_the_agreement_line(models):
     )
     assert result.exit_code == 0, result.output
     assert "agrees with the model's attention probabilities: max abs diff" in result.stdout
-    assert "(eager, output_attentions)" in result.stdout
+    assert "(eager attention)" in result.stdout
     assert "grouped: 2" in result.stdout
     assert "mat" in result.stdout
     assert "statistics per query row" in result.stdout

@@ -118,6 +118,27 @@ def test_half_precision_captures_agree_with_the_models_own_probabilities(folders
     print(f"{family} {dtype}: max abs diff {worst:.3g}, largest |score| {largest_score:.3g}")
 
 
+@pytest.mark.parametrize(("family", "dtype"), [(f, "float32") for f in FAMILIES] + [("llama", "bfloat16")])
+def test_the_agreement_pass_compares_layer_by_layer_what_output_attentions_returns(folders, family, dtype):
+    """`agree=True` (attn model) keeps no probabilities, only each chosen layer's largest difference;
+    it is the difference from the probabilities output_attentions returns (the eager pass of
+    `reference=True`), computed here in float64 over the rows that have an open key."""
+    run = capture.capture(folders[family], TEXTS, [0, 2], agree=True, dtype=dtype)
+    assert run.probabilities == {}
+    assert sorted(run.differences) == [0, 2]
+    reference = capture.capture(folders[family], TEXTS, [0, 2], reference=True, dtype=dtype)
+    for index, layer in reference.layers.items():
+        result = attention(
+            layer.query, layer.key, layer.value, mask=layer.mask, scale=layer.scaling, dtype=dtype
+        )
+        weights = torch.as_tensor(result.weights).double().numpy()  # (B, H, L, L)
+        own = reference.probabilities[index].double().numpy()
+        rows = np.broadcast_to(layer.mask.numpy(), weights.shape).any(axis=-1)  # (B, H, L): an open key
+        expected = float(np.abs(weights - own).max(axis=-1)[rows].max())
+        assert run.differences[index] == pytest.approx(expected, rel=1e-6, abs=1e-12), (family, index)
+        assert run.differences[index] <= capture.TOLERANCES[dtype]
+
+
 def test_attn_model_computes_in_the_models_dtype_and_judges_by_its_tolerance(folders):
     result = invoke("model", str(folders["gpt2"]), *TEXTS[:1], "--dtype", "bfloat16", "--format", "json")
     assert result.exit_code == 0, result.output
