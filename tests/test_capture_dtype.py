@@ -118,6 +118,27 @@ def test_half_precision_captures_agree_with_the_models_own_probabilities(folders
     print(f"{family} {dtype}: max abs diff {worst:.3g}, largest |score| {largest_score:.3g}")
 
 
+@pytest.mark.parametrize(("family", "dtype"), [(f, "float32") for f in FAMILIES] + [("llama", "bfloat16")])
+def test_the_agreement_pass_compares_layer_by_layer_what_output_attentions_returns(folders, family, dtype):
+    """`agree=True` (attn model) keeps no probabilities, only each chosen layer's largest difference;
+    it is the difference from the probabilities output_attentions returns (the eager pass of
+    `reference=True`), computed here in float64 over the rows that have an open key."""
+    run = capture.capture(folders[family], TEXTS, [0, 2], agree=True, dtype=dtype)
+    assert run.probabilities == {}
+    assert sorted(run.differences) == [0, 2]
+    reference = capture.capture(folders[family], TEXTS, [0, 2], reference=True, dtype=dtype)
+    for index, layer in reference.layers.items():
+        result = attention(
+            layer.query, layer.key, layer.value, mask=layer.mask, scale=layer.scaling, dtype=dtype
+        )
+        weights = torch.as_tensor(result.weights).double().numpy()  # (B, H, L, L)
+        own = reference.probabilities[index].double().numpy()
+        rows = np.broadcast_to(layer.mask.numpy(), weights.shape).any(axis=-1)  # (B, H, L): an open key
+        expected = float(np.abs(weights - own).max(axis=-1)[rows].max())
+        assert run.differences[index] == pytest.approx(expected, rel=1e-6, abs=1e-12), (family, index)
+        assert run.differences[index] <= capture.TOLERANCES[dtype]
+
+
 def test_attn_model_computes_in_the_models_dtype_and_judges_by_its_tolerance(folders):
     result = invoke("model", str(folders["gpt2"]), *TEXTS[:1], "--dtype", "bfloat16", "--format", "json")
     assert result.exit_code == 0, result.output
@@ -143,7 +164,7 @@ def test_the_file_records_the_dtype_and_compute_layer_computes_in_it(tmp_path, f
     assert "(llama, bfloat16 on cpu)" in result.stdout
     stored = _safetensors_dtypes(target)
     assert {stored[f"layers.1.{role}"] for role in ("query", "key", "value")} == {"BF16"}
-    assert stored["masks.0"] == "BOOL"
+    assert "masks.0" not in stored  # causal: described in the metadata, not stored as bools
     shown = json.loads(invoke("compute", str(target), "--layer", "1", "--format", "json").stdout)
     assert shown["meta"]["dtype"] == "bfloat16"
     wide = invoke("compute", str(target), "--layer", "1", "--dtype", "float32", "--format", "json")
@@ -214,6 +235,7 @@ def test_a_device_map_with_disk_offload_captures_what_the_plain_capture_does(tmp
     assert result.exit_code == 0, result.output
     # Layer 1's weights are not in memory between passes (Accelerate loads them for its forward).
     assert where == {"layers.0": {"cpu"}, "layers.1": {"meta"}}
+    from attncli.io.loaders import layer_inputs
     from attncli.io.loaders import read_tensors as load_file
 
     saved = load_file(str(mapped))
@@ -221,7 +243,7 @@ def test_a_device_map_with_disk_offload_captures_what_the_plain_capture_does(tmp
     for index, layer in plain.layers.items():
         for role in ("query", "key", "value"):
             assert np.array_equal(saved.tensors[f"layers.{index}.{role}"], getattr(layer, role).numpy())
-        assert np.array_equal(saved.tensors[saved.metadata["layers"][str(index)]["mask"]], layer.mask.numpy())
+        assert np.array_equal(layer_inputs(saved, index).mask, layer.mask.numpy())
 
 
 def test_a_device_map_without_accelerate_says_how_to_get_it(tmp_path, folders, monkeypatch):
@@ -267,8 +289,7 @@ def test_each_chosen_layer_goes_to_the_sink_as_soon_as_it_has_run(folders):
     recording = events.events[
         events.events.index("stage capturing") + 1 : events.events.index("stage agreement")
     ]
-    assert recording == [
-        "add masks.0",
+    assert recording == [  # the causal and padding mask is described in the metadata, not added
         "add layers.0.query",
         "add layers.0.key",
         "add layers.0.value",
@@ -292,8 +313,13 @@ def test_layers_that_share_a_mask_store_it_once_and_each_layer_reads_its_own(tmp
 
     saved = load_file(str(target))
     names = {index: entry["mask"] for index, entry in saved.metadata["layers"].items()}
-    assert names == {"0": "masks.0", "1": "masks.1", "2": "masks.1"}  # the window, then full attention
-    assert sorted(name for name in saved.tensors if name.startswith("masks.")) == ["masks.0", "masks.1"]
+    # Qwen2 windows the layers from max_window_layers on: full attention first, then the window.
+    assert names == {"0": "masks.0", "1": "masks.1", "2": "masks.1"}
+    # Both are patterns (a causal triangle, a causal window of 3; right padding): stored as descriptions.
+    assert not [name for name in saved.tensors if name.startswith("masks.")]
+    described = saved.metadata["masks"]
+    assert sorted(described) == ["masks.0", "masks.1"]
+    assert [described[name]["window"] for name in ("masks.0", "masks.1")] == [None, 3]
     for index in range(3):
         shown = invoke("compute", str(target), "--layer", str(index), "--format", "json")
         assert shown.exit_code == 0, shown.output

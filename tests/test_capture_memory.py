@@ -8,6 +8,11 @@ each layer written to the file as it runs, may add at most 1.5 layers' query, ke
 last, as a control that the measurement can see the difference, a capture that keeps every layer
 in memory breaks that bound. (Eager attention's own (heads, positions, positions) scores are the
 larger part of the forward pass's peak, and they come and go a layer at a time.)
+
+`attn model`'s agreement pass (`agree=True`) compares each layer's probabilities as it runs: it
+adds at most 3 layers' (heads, positions, positions) probabilities to the forward pass; its
+control, the eager pass with output_attentions (`reference=True`), keeps all 8 layers' and adds
+over 6.
 """
 
 from __future__ import annotations
@@ -81,6 +86,22 @@ with capture._quiet():
         )
         stream.commit(run.metadata())
     streamed = peak()
+    # attn model's agreement pass, compared layer by layer (the capture pass again first, streamed)
+    reset_peak()
+    with TensorStream(target, expected_metadata={}, expected_tensors=64) as stream:
+        agreed = capture._capture_encoded(
+            model, tokenizer, encoded, [text], None, str(folder), placed=placed, sink=lambda _: stream,
+            agree=True,
+        )
+    agreement = peak()
+    # its control: the eager pass with output_attentions, which keeps every layer's probabilities
+    reset_peak()
+    with TensorStream(target, expected_metadata={}, expected_tensors=64) as stream:
+        capture._capture_encoded(
+            model, tokenizer, encoded, [text], None, str(folder), placed=placed, sink=lambda _: stream,
+            reference=True,
+        )
+    every_probability = peak()
     reset_peak()
     kept = capture._capture_encoded(model, tokenizer, encoded, [text], None, str(folder), placed=placed)
     in_memory = peak()
@@ -92,7 +113,9 @@ print(json.dumps({
     "model_bytes": model_bytes, "layer_bytes": layer_bytes, "qkv_bytes": qkv_bytes,
     "layers": len(run.summaries), "tokens": len(run.tokens[0]), "forward_peak": before,
     "streamed_peak": streamed, "in_memory_peak": in_memory, "kept_layers": len(kept.layers),
-    "file_bytes": target.stat().st_size,
+    "file_bytes": target.stat().st_size, "agreement_peak": agreement,
+    "output_attentions_peak": every_probability, "compared_layers": len(agreed.differences),
+    "probabilities_bytes": 4 * summary.query_shape[1] * summary.query_shape[2] ** 2,
 }))
 """
 
@@ -123,4 +146,12 @@ def test_a_capture_adds_at_most_one_and_a_half_layers_to_the_forward_pass(tmp_pa
     assert added <= 1.5 * layer, numbers
     # The control: keeping every layer in memory breaks the same bound, in the same measurement.
     assert numbers["in_memory_peak"] - numbers["forward_peak"] > 1.5 * layer, numbers
+    # attn model's agreement pass: one layer's probabilities compared at a time (attncli's weights
+    # and scores beside the model's: measured 2.3 of them), against output_attentions, which keeps
+    # all 8 layers' (measured 8.2).
+    probabilities = numbers["probabilities_bytes"]
+    assert numbers["compared_layers"] == layers
+    agreement = numbers["agreement_peak"] - numbers["forward_peak"]
+    assert agreement <= 3 * probabilities + 1.5 * layer, numbers
+    assert numbers["output_attentions_peak"] - numbers["forward_peak"] > 6 * probabilities, numbers
     print({**numbers, "added_by_capture": added})

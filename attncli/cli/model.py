@@ -176,7 +176,7 @@ def model_command(
             model_dir,
             texts,
             items,
-            reference=True,
+            agree=True,  # compared layer by layer in the second pass: only the figures are kept
             option="--layer",
             device=device,
             dtype=dtype,
@@ -212,13 +212,9 @@ def model_command(
     )
     result = attend_for_view(problem, display)
     assert result.weights is not None
-    import torch
-
-    # the model's own probabilities, stacked as the layers are: one verdict for all of them
-    own = [captured.probabilities[number] for number in layers]
-    agreement = capture.agreement(
-        result.weights, own[0] if one else torch.stack(own), result.masked_rows, dtype=captured.dtype
-    )
+    # one verdict for every layer shown: the largest of their differences from the model's own
+    # probabilities, measured as each layer ran in the agreement pass
+    agreement = capture.verdict(max(captured.differences[number] for number in layers), captured.dtype)
     comparisons = checked(problem, result, display) if check else []
     extra: dict[str, Any] = {"model": model_dir, "texts": captured.texts, "tokens": captured.tokens}
     extra |= {"model_dtype": captured.dtype, "model_device": captured.device}

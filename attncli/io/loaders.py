@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from attncli.errors import InputError, ShapeError, UsageError
+from attncli.io import masks
 from attncli.io.formats import (
     DTYPE_KIND_WORDS,
     NPY_INSTEAD,
@@ -352,6 +353,11 @@ def layer_inputs(source: TensorFile, layer: int) -> AttentionInputs:
         names["mask"] = shared
     mask = source.tensors.get(names["mask"])
     mask_source = None if mask is None else f"{source.label}:{names['mask']}"
+    # Causal, sliding-window and right-padding masks are stored as a description (io/masks.py).
+    described = source.metadata.get("masks")
+    if mask is None and isinstance(shared, str) and isinstance(described, dict) and shared in described:
+        mask_source = f"{source.label}:{shared}"
+        mask = masks.expand(described[shared], mask_source)
     if mask is not None and mask.dtype.kind not in "bf":
         raise InputError(f"{mask_source}: the mask holds {mask.dtype}; use booleans or floats")
     scaling = settings.get("scaling") if isinstance(settings, dict) else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib.util
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,8 +49,10 @@ TOLERANCE = 1e-5
 TOLERANCES = {"float32": TOLERANCE, "float16": 2.0**-8, "bfloat16": 2.0**-5}
 #: What `--dtype` takes for a capture; auto: the checkpoint's own dtype on a GPU, float32 on the CPU.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-#: Where the model's own probabilities come from.
-REFERENCE = "eager, output_attentions"
+#: Where the model's own probabilities come from: its eager attention function (what
+#: attn_implementation="eager" runs), as `output_attentions` returns them or, in `attn model`'s
+#: agreement pass, as each layer runs.
+REFERENCE = "eager attention"
 #: Keyword arguments of an attention call that change its maths in a way attncli does not compute.
 _UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
 _FILES = "config.json, weights, tokenizer"
@@ -62,6 +65,7 @@ _SIZE_NAMES = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_s
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
 
 _recorder: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("attncli_capture", default=None)
+_comparer: contextvars.ContextVar[_Comparer | None] = contextvars.ContextVar("attncli_compare", default=None)
 
 
 class Progress(Protocol):
@@ -169,6 +173,9 @@ class Capture:
     #: The model's own attention probabilities per layer (eager attention, output_attentions),
     #: (batch, heads, positions, positions); only when asked for with `reference=True`.
     probabilities: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: With `agree=True`: per chosen layer, the largest |attncli's weight - the model's own
+    #: probability| (`max_abs_difference`), compared as each layer ran; no probabilities are kept.
+    differences: dict[int, float] = field(default_factory=dict)
     #: Each chosen layer's scale, shapes and mask name, whether its tensors are kept or written.
     summaries: dict[int, LayerSummary] = field(default_factory=dict)
     dtype: str = "float32"  # what the model computed in, and the tensors are stored in
@@ -176,15 +183,18 @@ class Capture:
     device_map: Any = None  # the --device-map given (placement left to Transformers and Accelerate)
     #: With `generate`: the decoding steps' attention per chosen layer, and the tokens they read.
     steps: Steps | None = None
+    #: The masks stored as a description (`attncli.io.masks`: causal, window, padding), by name.
+    mask_descriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """`layers.{i}.query`, `.key`, `.value` for each captured layer (float16 as float16, float32
-        and bfloat16 as float32) and each distinct mask once, `masks.{k}` (bool, or float for a bias)."""
+        and bfloat16 as float32) and each distinct mask once, `masks.{k}` (bool, or float for a bias),
+        unless it is described in the metadata instead (`mask_descriptions`)."""
         arrays: dict[str, np.ndarray] = {}
         for index, layer in self.layers.items():
             for role in ("query", "key", "value"):
                 arrays[f"layers.{index}.{role}"] = _numpy(getattr(layer, role))[0]
-            if layer.mask_name not in arrays:
+            if layer.mask_name not in arrays and layer.mask_name not in self.mask_descriptions:
                 arrays[layer.mask_name] = _numpy(layer.mask)[0]
         return arrays
 
@@ -216,7 +226,9 @@ class Capture:
                 for index, summary in self.summaries.items()
             },
             "mask": "bool, True = may attend (the model's additive mask, blocked where it adds its minimum); "
-            "each layer's is the tensor its 'mask' names, stored once for the layers that share it",
+            "each layer's is the tensor its 'mask' names, stored once for the layers that share it, "
+            "or described under 'masks' when it is a causal, sliding-window or right-padding pattern",
+            **({"masks": self.mask_descriptions} if self.mask_descriptions else {}),
             "padding": "right",
             "dtype": self.dtype,
             "device": self.device,
@@ -253,6 +265,8 @@ class _Recorder:
         self.summaries: dict[int, LayerSummary] = {}
         #: (the model's mask as passed, or a key for none; its name; the keep-mask) per distinct mask
         self.masks: list[tuple[Any, str, torch.Tensor]] = []
+        #: the masks stored as a description (`attncli.io.masks`), by name
+        self.descriptions: dict[str, dict[str, Any]] = {}
 
     def record(
         self,
@@ -276,11 +290,14 @@ class _Recorder:
                 )
         if self.chosen is None or index in self.chosen:
             scaling = kwargs.get("scaling")
-            # Eager attention applies only the mask; sdpa without a mask is causal when the module says so.
-            is_causal = kwargs.get("is_causal")
-            is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-            causal = not eager and bool(is_causal) and attention_mask is None and query.shape[2] > 1
+            causal = _is_causal(module, query, attention_mask, kwargs, eager)
             mask, mask_name, new = self._mask(attention_mask, query, key, causal)
+            if new:
+                from attncli.io.masks import describe  # NumPy only once a model runs
+
+                described = describe(_numpy(mask)[0])
+                if described is not None:
+                    self.descriptions[mask_name] = described
             layer = LayerCapture(
                 query=query.detach().to("cpu"),
                 key=key.detach().to("cpu"),
@@ -293,7 +310,7 @@ class _Recorder:
             if self.sink is None:
                 self.kept[index] = layer
             else:
-                if new:
+                if new and mask_name not in self.descriptions:
                     self.sink.add(mask_name, _numpy(mask)[0])
                 for role in ("query", "key", "value"):
                     array, bfloat16 = _numpy(getattr(layer, role))
@@ -338,6 +355,7 @@ def capture(
     layers: Sequence[int | slice] | None = None,
     *,
     reference: bool = False,
+    agree: bool = False,
     option: str = "--layers",
     device: str = "cpu",
     dtype: str = "auto",
@@ -351,7 +369,10 @@ def capture(
 
     `layers` picks layers as `attncli.selection.parse_indices` gives them (None: every layer); `option`
     is how messages name that choice. With `reference`, the model runs a second time with eager
-    attention and `output_attentions`, and its own probabilities are kept for comparison.
+    attention and `output_attentions`, and its own probabilities are kept for comparison. With
+    `agree` instead, the second pass compares each chosen layer's probabilities with attncli's
+    weights as that layer runs and keeps only the largest difference (`Capture.differences`), so
+    that its memory is one layer's, not every layer's.
 
     `device` (cpu, cuda, cuda:N, auto) and `dtype` (see DTYPES) are where and in what the model
     runs; `device_map` ("auto", "balanced", "sequential" or a mapping of module names to devices,
@@ -389,6 +410,7 @@ def capture(
             layers,
             str(folder),
             reference=reference,
+            agree=agree,
             option=option,
             placed=placed,
             sink=sink,
@@ -469,14 +491,16 @@ def _capture_encoded(
     label: str,
     *,
     reference: bool = False,
+    agree: bool = False,
     option: str = "layers",
     placed: _Placement | None = None,
     sink: Callable[[Capture], TensorSink] | None = None,
     progress: Progress | None = None,
     generate: int = 0,
 ) -> Capture:
-    """The recording pass (and with `reference` the model's own probabilities) over `encoded`,
-    then `generate` greedy decoding steps."""
+    """The recording pass (and with `reference` the model's own probabilities, with `agree` their
+    largest difference from attncli's weights per layer) over `encoded`, then `generate` greedy
+    decoding steps."""
     import torch
 
     if placed is None:
@@ -533,6 +557,11 @@ def _capture_encoded(
     calls = recorder.calls
     kept = {index: recorder.kept[index] for index in sorted(recorder.kept) if index in chosen}
     summaries = {index: recorder.summaries[index] for index in sorted(recorder.summaries) if index in chosen}
+    descriptions = {
+        name: recorder.descriptions[name]
+        for name in sorted({summary.mask_name for summary in summaries.values()})
+        if name in recorder.descriptions
+    }
     del recorder  # the model's masks it refers to go with it
     steps = None
     if generate:
@@ -544,6 +573,23 @@ def _capture_encoded(
                 stream.add(name, array, bfloat16=bfloat16)
     del outputs
     probabilities = {}
+    differences = {}
+    if agree and not reference:
+        if progress is not None:
+            progress.stage("agreement pass (eager attention, layer by layer)")
+        comparer = _Comparer(set(summaries), placed.dtype)
+        comparing = _comparer.set(comparer)
+        try:
+            _forward(model, encoded, label)
+        finally:
+            _comparer.reset(comparing)
+        missing = sorted(set(summaries) - set(comparer.differences))
+        if comparer.calls != calls or missing:
+            raise InputError(
+                f"{label}: the agreement pass ran {comparer.calls} attention layers for {calls}; "
+                "cannot compare with its own probabilities"
+            )
+        differences = dict(sorted(comparer.differences.items()))
     if reference:
         if progress is not None:
             progress.stage("agreement pass (eager attention, output_attentions)")
@@ -570,6 +616,8 @@ def _capture_encoded(
         summaries=summaries,
         probabilities=dict(sorted(probabilities.items())),
         steps=steps,
+        mask_descriptions=descriptions,
+        differences=differences,
     )
     if sink is not None and stream is None:  # the choice was made after the pass: written now
         late = sink(captured)
@@ -679,10 +727,25 @@ def max_abs_difference(
     every key is masked (attncli gives them zero weights; a model spreads them evenly)."""
     import torch
 
-    difference = (weights.to(torch.float64) - probabilities.to(torch.float64)).abs()  # (B, H, Lq, Lk)
+    # attncli's weights and masked rows may come from its NumPy kernel (small inputs on the CPU)
+    weights = torch.as_tensor(weights).to(probabilities.device)
+    if weights.numel() == 0:
+        return 0.0
+    broadcast: Callable[..., torch.Size] = torch.broadcast_shapes  # untyped in torch's stubs
+    shape = broadcast(weights.shape, probabilities.shape)
+    weights, probabilities = weights.expand(shape), probabilities.expand(shape)  # views, no copies
+    blocked = None
     if masked_rows is not None:
-        difference = difference.masked_fill(masked_rows.unsqueeze(-1), 0.0)
-    return float(difference.max()) if difference.numel() else 0.0
+        blocked = torch.as_tensor(masked_rows).to(weights.device).expand(shape[:-1])
+    # One (Lq, Lk) matrix at a time in float64: the agreement pass then holds one more matrix, not
+    # three float64 copies of a layer's (B, H, Lq, Lk).
+    largest = 0.0
+    for index in itertools.product(*(range(n) for n in shape[:-2])):
+        difference = (weights[index].to(torch.float64) - probabilities[index].to(torch.float64)).abs()
+        if blocked is not None:
+            difference = difference.masked_fill(blocked[index].unsqueeze(-1), 0.0)  # (Lq, Lk)
+        largest = max(largest, float(difference.max()))
+    return largest
 
 
 def agreement(
@@ -694,7 +757,11 @@ def agreement(
     """`attn model`'s verdict: whether attncli's weights are the model's own probabilities, within
     the tolerance of the `dtype` the model ran in (TOLERANCES), as JSON-able values (the largest
     difference, the tolerance, the reference, the dtype)."""
-    difference = max_abs_difference(weights, probabilities, masked_rows)
+    return verdict(max_abs_difference(weights, probabilities, masked_rows), dtype)
+
+
+def verdict(difference: float, dtype: str = "float32") -> dict[str, Any]:
+    """`agreement` from the largest difference already measured (`Capture.differences`)."""
     tolerance = TOLERANCES.get(dtype, TOLERANCE)
     return {
         "max_abs_diff": difference,
@@ -1046,7 +1113,72 @@ def _record_and_attend(
     if recorder is not None:
         recorder.record(module, query, key, value, attention_mask, kwargs, eager)
     result: tuple[torch.Tensor, Any] = attend(module, query, key, value, attention_mask, **kwargs)
+    comparer = _comparer.get()
+    if comparer is not None:
+        comparer.compare(module, query, key, value, attention_mask, kwargs, eager, result[1])
+        return result[0], None  # the probabilities go no further than the comparison
     return result
+
+
+class _Comparer:
+    """The agreement pass's attention calls: each chosen layer's probabilities, as the model's own
+    eager attention function returned them, against attncli's weights over the same query, key,
+    value and mask, reduced to the largest difference at once (the layer's tensors then go)."""
+
+    def __init__(self, chosen: set[int], dtype: str) -> None:
+        self.chosen, self.dtype = chosen, dtype
+        self.calls = 0
+        self.differences: dict[int, float] = {}
+
+    def compare(
+        self,
+        module: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        kwargs: Mapping[str, Any],
+        eager: bool,
+        probabilities: torch.Tensor | None,
+    ) -> None:
+        index = self.calls
+        self.calls += 1
+        if index not in self.chosen:
+            return
+        if probabilities is None:
+            raise InputError(
+                f"layer {index}: the model's attention returned no probabilities to compare with "
+                "(it has no eager attention function)"
+            )
+        from attncli.compute import attention
+
+        causal = _is_causal(module, query, attention_mask, kwargs, eager)
+        scaling = kwargs.get("scaling")
+        result = attention(
+            query.detach(),
+            key.detach(),
+            value.detach(),
+            mask=_keep_mask(attention_mask, query, key, causal),
+            scale=float(query.shape[-1] ** -0.5 if scaling is None else scaling),
+            dtype=self.dtype,  # as `attn model` computes: in the model's own dtype
+            device=query.device,
+        )
+        assert result.weights is not None
+        self.differences[index] = max_abs_difference(result.weights, probabilities, result.masked_rows)
+
+
+def _is_causal(
+    module: Any,
+    query: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    kwargs: Mapping[str, Any],
+    eager: bool,
+) -> bool:
+    """Whether a call with no mask is causal: eager attention applies only the mask; sdpa without
+    a mask is causal when the module says so."""
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    return not eager and bool(is_causal) and attention_mask is None and query.shape[2] > 1
 
 
 def _eager_function(module: Any) -> tuple[Any, bool]:
