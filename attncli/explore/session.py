@@ -28,6 +28,10 @@ from attncli.selection import matrix_indices
 
 #: Keys listed in the side panel.
 TOP_KEYS = 5
+#: The weights of one head kept whole up to this size (a 4,096 x 4,096 float32 head): zooming and
+#: panning over it pool what is kept instead of computing its rows again; longer heads are computed
+#: again for each window, within MAX_BLOCK_BYTES.
+HEAD_BYTES = 64 * 2**20
 
 
 class StoppedError(Exception):
@@ -43,6 +47,16 @@ class Grid:
     picture_mean: np.ndarray
     blocks: tuple[int, int]
     entropy: np.ndarray
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    """The weights (Lq, Lk) of matrix `index`, computed by the blocks of its rows, and where they are
+    masked (bool (Lq, Lk), True = masked; None where nothing is): what its windows pool."""
+
+    index: tuple[int, ...]
+    weights: torch.Tensor
+    blocked: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class Explorer:
     tokens: list[list[str]] | None = None
     held: HeldWeights | None = None
     _grid: Grid | None = None
+    _head: HeadWeights | None = None
 
     @property
     def weights_shape(self) -> tuple[int, ...]:
@@ -108,6 +123,13 @@ class Explorer:
         """(Lq, Lk) of each matrix."""
         lq, lk = self.weights_shape[-2:]
         return lq, lk
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the input masks any weights: a mask, or causal."""
+        if self.problem is not None:
+            return self.problem.causal or self.problem.mask is not None
+        return self.held is not None and self.held.causal
 
     @property
     def leading(self) -> tuple[int, ...]:
@@ -213,34 +235,42 @@ class Explorer:
         last_key = min(first_key + span[1], lk)
         rows, keys = last_row - first_row, last_key - first_key
         size = (max(1, math.ceil(rows / blocks_per_cell[0])), max(1, math.ceil(keys / blocks_per_cell[1])))
-        if self.held is not None:
+        head = self.head(index, stopped)
+        if head is not None:
+            # the kept head's window, pooled at once: (rows, keys) views of (Lq, Lk)
+            picture = PictureSink((rows, keys), size, head.weights.device)
+            shut = None if head.blocked is None else head.blocked[first_row:last_row, first_key:last_key]
+            picture.pool(0, head.weights[first_row:last_row, first_key:last_key], shut)
+        elif self.held is not None:
             picture = PictureSink((rows, keys), size, torch.device("cpu"))
             step = max(1, MAX_BLOCK_BYTES // max(1, lk * 8))
-        else:
-            assert self.problem is not None
-            picture = PictureSink((rows, keys), size, self.problem.query.device)
-            step = _rows_per_block(self.problem, lk)
-        for start in range(first_row, last_row, step):
-            if stopped is not None and stopped():
-                raise StoppedError
-            stop = min(start + step, last_row)
-            if self.held is not None:
+            for start in range(first_row, last_row, step):
+                if stopped is not None and stopped():
+                    raise StoppedError
+                stop = min(start + step, last_row)
                 weights, blocked = self.held.rows(index, start, stop)  # (n, Lk)
                 if blocked is not None and blocked.shape[-1] > 1:
                     blocked = blocked[..., first_key:last_key]
                 picture.pool(start - first_row, weights[..., first_key:last_key], blocked)
-                continue
-            sub = self.rows_problem(index, start, stop, trim=True)
-            seen = sub.weights_shape[-1]  # under causal, keys from `stop` on are masked: not computed
-            if seen <= first_key:
-                continue  # every key of the window is masked for these rows: their cells stay empty
-            for block in blocks(sub, stop - start):
-                # (n, W) -> (n, keys or fewer): keys past W count as masked in the picture
-                weights = block.weights[..., first_key:last_key]
-                blocked = block.blocked
-                if blocked is not None and blocked.shape[-1] > 1:
-                    blocked = blocked[..., first_key:last_key]
-                picture.pool(start - first_row, weights, blocked)
+        else:
+            assert self.problem is not None
+            picture = PictureSink((rows, keys), size, self.problem.query.device)
+            step = _rows_per_block(self.problem, lk)
+            for start in range(first_row, last_row, step):
+                if stopped is not None and stopped():
+                    raise StoppedError
+                stop = min(start + step, last_row)
+                sub = self.rows_problem(index, start, stop, trim=True)
+                seen = sub.weights_shape[-1]  # under causal, keys from `stop` on are masked: not computed
+                if seen <= first_key:
+                    continue  # every key of the window is masked for these rows: their cells stay empty
+                for block in blocks(sub, stop - start):
+                    # (n, W) -> (n, keys or fewer): keys past W count as masked in the picture
+                    weights = block.weights[..., first_key:last_key]
+                    blocked = block.blocked
+                    if blocked is not None and blocked.shape[-1] > 1:
+                        blocked = blocked[..., first_key:last_key]
+                    picture.pool(start - first_row, weights, blocked)
         largest, mean = picture.arrays()
         return WindowPicture(
             picture_max=largest,
@@ -249,7 +279,43 @@ class Explorer:
             origin=(first_row, first_key),
             span=(rows, keys),
             shape=(lq, lk),
+            picture_all_mean=_all_mean(picture, (rows, keys)),
         )
+
+    def head(self, index: tuple[int, ...], stopped: Callable[[], bool] | None = None) -> HeadWeights | None:
+        """The weights of matrix `index` whole, computed once by the blocks of its rows and kept
+        (one head at a time) where they fit HEAD_BYTES; None where they do not, or for held weights
+        (already whole). `StoppedError` is raised between blocks once `stopped()` says so."""
+        kept = self._head
+        if kept is not None and kept.index == index:
+            return kept
+        if self.problem is None:
+            return None
+        lq, lk = self.shape
+        if lq * lk * max(int(self.problem.query.element_size()), 4) > HEAD_BYTES:
+            return None
+        weights: torch.Tensor | None = None
+        shut: torch.Tensor | None = None
+        masks = self.problem.causal or self.problem.mask is not None
+        step = _rows_per_block(self.problem, lk)
+        for start in range(0, lq, step):
+            if stopped is not None and stopped():
+                raise StoppedError
+            stop = min(start + step, lq)
+            sub = self.rows_problem(index, start, stop, trim=True)
+            for block in blocks(sub, stop - start):
+                if weights is None:  # the result dtype and device, known from the first block
+                    weights = torch.zeros(lq, lk, dtype=block.weights.dtype, device=block.weights.device)
+                    if masks:
+                        shut = torch.ones(lq, lk, dtype=torch.bool, device=block.weights.device)
+                seen = block.weights.shape[-1]  # under causal, the keys after `stop` stay 0 and masked
+                weights[start:stop, :seen] = block.weights
+                if shut is not None:
+                    shut[start:stop, :seen] = False if block.blocked is None else block.blocked
+        if weights is None:  # no rows
+            return None
+        self._head = HeadWeights(index, weights, shut)
+        return self._head
 
     def window_weights(
         self, index: tuple[int, ...], rows: tuple[int, int], keys: tuple[int, int]
@@ -330,11 +396,23 @@ class Explorer:
         return score
 
 
+def _all_mean(picture: PictureSink, span: tuple[int, int]) -> np.ndarray:
+    """The mean over every weight of each cell of `picture` of `span` (rows, keys), masked ones
+    counted as the 0 they are: its sums over each cell's size (the last row and column ragged)."""
+    sums: np.ndarray = picture.sums.cpu().numpy() if isinstance(picture.sums, torch.Tensor) else picture.sums
+    cells_down, cells_across = sums.shape[-2:]
+    block_rows, block_cols = picture.blocks
+    rows_in = np.minimum(block_rows, span[0] - block_rows * np.arange(cells_down))  # (R,)
+    keys_in = np.minimum(block_cols, span[1] - block_cols * np.arange(cells_across))  # (C,)
+    mean: np.ndarray = (sums / np.outer(np.maximum(rows_in, 1), np.maximum(keys_in, 1))).astype(np.float32)
+    return mean
+
+
 def _block_rows(problem: Prepared) -> int:
     """Query rows per block of a run over `problem`: every row when its scores fit MAX_BLOCK_BYTES
     x 8, else as many as fit MAX_BLOCK_BYTES (compute's own bound for a block)."""
     *lead, lq, lk = problem.weights_shape
-    row_bytes = max(1, math.prod(lead) * lk * problem.query.element_size())
+    row_bytes = max(1, math.prod(lead) * lk * int(problem.query.element_size()))
     if row_bytes * lq <= 8 * MAX_BLOCK_BYTES:
         return max(lq, 1)
     return max(1, MAX_BLOCK_BYTES // row_bytes)
@@ -342,7 +420,7 @@ def _block_rows(problem: Prepared) -> int:
 
 def _rows_per_block(problem: Prepared, keys: int) -> int:
     """Rows of one matrix per block of a window: MAX_BLOCK_BYTES of scores."""
-    return max(1, MAX_BLOCK_BYTES // max(1, keys * max(problem.query.element_size(), 4)))
+    return max(1, MAX_BLOCK_BYTES // max(1, keys * max(int(problem.query.element_size()), 4)))
 
 
 def open_explorer(
