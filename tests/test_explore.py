@@ -146,10 +146,15 @@ def _pooled(weights, blocked, blocks, how):
         (True, (0, 8), (12, 20)),  # rows 0-7 see none of the window's keys, rows 8-11 a few
     ],
 )
-def test_window_pools_only_the_visible_rows_and_keys(causal, origin, span):
-    explorer, inputs = _explorer(positions=40, causal=causal)
-    weights = _reference(inputs, causal=causal)[1, 0]
+@pytest.mark.parametrize("padded", [False, True], ids=["no mask", "padding mask"])
+def test_window_pools_only_the_visible_rows_and_keys(causal, origin, span, padded):
+    # batch entry 1 padded to 31 keys: its keys 31.. masked in every row
+    mask = np.arange(40)[None, None, None, :] < np.array([40, 31])[:, None, None, None] if padded else None
+    explorer, inputs = _explorer(positions=40, causal=causal, mask=mask)
+    weights = _reference(inputs, causal=causal, mask=mask)[1, 0]
     blocked = np.triu(np.ones((40, 40), dtype=bool), 1) if causal else np.zeros((40, 40), dtype=bool)
+    if padded:
+        blocked |= np.arange(40)[None, :] >= 31
     blocks = (4, 3)
     window = explorer.window((1, 0), origin, span, blocks)
     assert window.blocks == blocks
@@ -196,13 +201,18 @@ def test_windows_of_a_kept_head_compute_no_rows_again(monkeypatch):
     import attncli.explore.session as session
 
     computed: list[tuple[int, ...]] = []
-    rows_problem = Explorer.rows_problem
+    matrix_problem, rows_problem = Explorer.matrix_problem, Explorer.rows_problem
 
-    def counted(self, index, start, stop, *, trim=False):
+    def counted_matrix(self, index):
+        computed.append(index)
+        return matrix_problem(self, index)
+
+    def counted_rows(self, index, start, stop, *, trim=False):
         computed.append(index)
         return rows_problem(self, index, start, stop, trim=trim)
 
-    monkeypatch.setattr(session.Explorer, "rows_problem", counted)
+    monkeypatch.setattr(session.Explorer, "matrix_problem", counted_matrix)
+    monkeypatch.setattr(session.Explorer, "rows_problem", counted_rows)
     explorer, inputs = _explorer(positions=40, causal=True)
     for origin, span, blocks in [
         ((0, 0), (40, 40), (4, 4)),
@@ -210,7 +220,7 @@ def test_windows_of_a_kept_head_compute_no_rows_again(monkeypatch):
         ((10, 9), (10, 10), (1, 1)),
     ]:
         explorer.window((1, 1), origin, span, blocks)
-    assert computed == [(1, 1)]  # one block of 40 rows, for the first window only
+    assert computed == [(1, 1)]  # the matrix computed for the first window only
     window = explorer.window((0, 1), (8, 8), (20, 20), (2, 2))
     assert computed == [(1, 1), (0, 1)]
     weights = _reference(inputs, causal=True)[0, 1]

@@ -184,6 +184,35 @@ class Explorer:
             return None
         return self.tokens[entry]
 
+    def matrix_problem(self, index: tuple[int, ...], *, outputs: bool = True) -> Prepared:
+        """Matrix `index` as a problem of its own: its query (Lq, D), key and value (Lk, .), its
+        mask (Lq, Lk), causal as the input's. `outputs` False: a value of no features, for the
+        weights alone."""
+        p = self.problem
+        assert p is not None, "held weights have no problem to compute"
+        lead = self.leading
+        query = p.query.expand(*lead, *p.query.shape[-2:])[index]  # (Lq, D)
+        kv_lead, kv_index = lead, index
+        if p.group > 1:  # query head h reads key/value head h // group
+            kv_lead = (*lead[:-1], p.key.shape[-3])
+            kv_index = (*index[:-1], index[-1] // p.group)
+        key = p.key.expand(*kv_lead, *p.key.shape[-2:])[kv_index]  # (Lk, D)
+        value = p.value.expand(*kv_lead, *p.value.shape[-2:])[kv_index]  # (Lk, Dv)
+        mask = None if p.mask is None else torch.broadcast_to(p.mask, p.weights_shape)[index]  # (Lq, Lk)
+        if not outputs:
+            # (Lk, Dv) -> (Lk, 0): the blocks' weights @ value, as costly as the scores, costs nothing
+            value = value[:, :0]
+        return prepare(
+            query,
+            key,
+            value,
+            scale=p.scale,
+            mask=mask,
+            causal=p.causal,
+            dtype=p.query.dtype,
+            device=query.device,
+        )
+
     def rows_problem(self, index: tuple[int, ...], start: int, stop: int, *, trim: bool = False) -> Prepared:
         """Query rows [start, stop) of matrix `index` against every key, as a problem of their own:
         the matrix's mask rows and causal triangle (aligned to row `start`) as one mask. `trim`:
@@ -237,10 +266,20 @@ class Explorer:
         size = (max(1, math.ceil(rows / blocks_per_cell[0])), max(1, math.ceil(keys / blocks_per_cell[1])))
         head = self.head(index, stopped)
         if head is not None:
-            # the kept head's window, pooled at once: (rows, keys) views of (Lq, Lk)
             picture = PictureSink((rows, keys), size, head.weights.device)
-            shut = None if head.blocked is None else head.blocked[first_row:last_row, first_key:last_key]
-            picture.pool(0, head.weights[first_row:last_row, first_key:last_key], shut)
+            assert self.problem is not None
+            # Under causal, rows before row r see no key from r on: pooled in runs of whole cells
+            # of rows, each only up to the last key its rows see (the others count as masked).
+            causal = self.problem.causal
+            step = max(1, rows // 8 // picture.blocks[0]) * picture.blocks[0] if causal else max(rows, 1)
+            for start in range(first_row, last_row, step):
+                stop = min(start + step, last_row)
+                seen = min(last_key, stop) if causal else last_key
+                if seen <= first_key:
+                    continue  # every key of the window is masked for these rows: their cells stay empty
+                # (n, W) views of the kept (Lq, Lk)
+                shut = None if head.blocked is None else head.blocked[start:stop, first_key:seen]
+                picture.pool(start - first_row, head.weights[start:stop, first_key:seen], shut)
         elif self.held is not None:
             picture = PictureSink((rows, keys), size, torch.device("cpu"))
             step = max(1, MAX_BLOCK_BYTES // max(1, lk * 8))
@@ -297,21 +336,23 @@ class Explorer:
         weights: torch.Tensor | None = None
         shut: torch.Tensor | None = None
         masks = self.problem.causal or self.problem.mask is not None
-        step = _rows_per_block(self.problem, lk)
-        for start in range(0, lq, step):
+        # One problem for the whole matrix, causal left to the blocks (which compute no key past a
+        # block's last row), its rows computed a block at a time.
+        sub = self.matrix_problem(index, outputs=False)
+        for block in blocks(sub, _rows_per_block(self.problem, lk)):
             if stopped is not None and stopped():
                 raise StoppedError
-            stop = min(start + step, lq)
-            sub = self.rows_problem(index, start, stop, trim=True)
-            for block in blocks(sub, stop - start):
-                if weights is None:  # the result dtype and device, known from the first block
-                    weights = torch.zeros(lq, lk, dtype=block.weights.dtype, device=block.weights.device)
-                    if masks:
-                        shut = torch.ones(lq, lk, dtype=torch.bool, device=block.weights.device)
-                seen = block.weights.shape[-1]  # under causal, the keys after `stop` stay 0 and masked
-                weights[start:stop, :seen] = block.weights
-                if shut is not None:
-                    shut[start:stop, :seen] = False if block.blocked is None else block.blocked
+            if weights is None:  # the result dtype and device, known from the first block
+                # (Lq, Lk), every entry written below: the keys a block does not compute are set 0
+                weights = torch.empty(lq, lk, dtype=block.weights.dtype, device=block.weights.device)
+                if masks:
+                    shut = torch.empty(lq, lk, dtype=torch.bool, device=block.weights.device)
+            start, stop, seen = block.start, block.stop, block.weights.shape[-1]
+            weights[start:stop, :seen] = block.weights
+            weights[start:stop, seen:] = 0.0
+            if shut is not None:
+                shut[start:stop, :seen] = False if block.blocked is None else block.blocked
+                shut[start:stop, seen:] = True
         if weights is None:  # no rows
             return None
         self._head = HeadWeights(index, weights, shut)
