@@ -203,9 +203,9 @@ def test_windows_of_a_kept_head_compute_no_rows_again(monkeypatch):
     computed: list[tuple[int, ...]] = []
     matrix_problem, rows_problem = Explorer.matrix_problem, Explorer.rows_problem
 
-    def counted_matrix(self, index):
+    def counted_matrix(self, index, **options):
         computed.append(index)
-        return matrix_problem(self, index)
+        return matrix_problem(self, index, **options)
 
     def counted_rows(self, index, start, stop, *, trim=False):
         computed.append(index)
