@@ -365,6 +365,7 @@ class HeadScreen(Screen[None]):
         self._window_key: WindowKey | None = None
         self._wanted: WindowKey | None = None
         self._window: WindowPicture | None = None
+        self._heatmap_shown = False  # the map shows a picture of this head (not a table or a note)
 
     @property
     def explorer(self) -> Explorer:
@@ -446,6 +447,7 @@ class HeadScreen(Screen[None]):
         target = self.query_one("#map", Static)
         if self.table:
             target.update(self._table())
+            self._heatmap_shown = False
             return
         origin, span = self.place()
         assert self.blocks is not None
@@ -462,6 +464,14 @@ class HeadScreen(Screen[None]):
             title = f"{_name(explorer, self.index)}  computing rows {origin[0]}–{last}…"
             if self._window is None or self._window_key is None or self._window_key[0] != self.index:
                 target.update(Text(title, style="bold"))
+                self._heatmap_shown = False
+                return
+            if self._heatmap_shown:
+                # This head's last picture stays as drawn (drawing it again would cost as much as
+                # the new one): the title line says what is being computed.
+                self.query_one("#title", Static).update(
+                    Text(f" {explorer.label}  ·  {title}", no_wrap=True, overflow="ellipsis")
+                )
                 return
         assert self._window is not None
         target.update(
@@ -477,6 +487,7 @@ class HeadScreen(Screen[None]):
                 show_masked=app.show_masked,
             )
         )
+        self._heatmap_shown = True
 
     @work(thread=True, exclusive=True, group="window")
     def _compute_window(self, key: WindowKey) -> None:
