@@ -71,8 +71,10 @@ HELP = """\
   ?             this help
   q             quit
 
-Only the rows on screen are computed, a block at a time: memory stays bounded
-by one block of scores (16 MiB) and the picture, whatever the input's length.
+A head of up to 64 MiB of weights (4,096 x 4,096) is computed once and kept
+while it is shown; in a longer one only the rows on screen are computed, a
+block at a time: memory stays bounded by one block of scores (16 MiB), the
+kept head and the picture, whatever the input's length.
 """
 
 
