@@ -355,7 +355,8 @@ walks from the overview to one weight:
 3. **Zoom and pan**: `+` and `-` halve or double the weights each cell pools, around the cursor,
    down to one weight per cell; the arrows move the cursor a cell at a time, and the window
    follows it. Each step pools only the rows and keys on screen; while it is computed, the last
-   picture stays and the title line says which rows are coming.
+   picture stays and the title line says which rows are coming. Shown plainly (`m`, where the
+   input masks some weights), a cell's mean is taken over all its weights, the masked ones as 0.
 
 | key | does |
 |---|---|
@@ -365,7 +366,7 @@ walks from the overview to one weight:
 | `+` / `-` | zoom in / out around the cursor |
 | `h` / `H`, `l` / `L` | next / previous head, next / previous layer (the first axis of the matrices) |
 | `t` | the weights around the cursor as a table (the cursor's cell in reverse video) / the heatmap |
-| `m` | masked weights (a mask, or causal) drawn as masked (grey in the heatmap, `·` in the table) or plainly, as the 0 they are (a cell's mean then over all its weights); only where the input masks some |
+| `m` | masked weights (mask, causal) as masked (grey, `·` in a table) or plainly, as the 0 they are |
 | `s` | colour scale: `fixed` (0 to 1), `max`, `row`, `log` |
 | `p` | pooling of a cell: `max` or `mean` of its weights |
 | `b` | the next batch entry (text) of a capture of several |
