@@ -505,6 +505,46 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
     asyncio.run(zoom())
 
 
+def test_the_last_picture_stays_while_a_zoomed_window_is_computed():
+    """`+` answers at once: the head's last picture stays drawn and the title line says which rows
+    are coming; the new picture replaces it when its thread is done."""
+    import threading
+
+    from attncli.explore.app import ExploreApp, HeadScreen
+
+    explorer, _ = _explorer(positions=300, heads=1, causal=True)
+    computed = explorer.window
+    release = threading.Event()
+
+    def held_back(*args, **options):
+        release.wait(timeout=30)
+        return computed(*args, **options)
+
+    async def zoom() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("enter")
+            await _settle(app, pilot)
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            fit = head.blocks
+            drawn = head.query_one("#map").content
+            explorer.window = held_back  # the next window waits for `release`
+            await pilot.press("plus")
+            await pilot.pause()
+            assert "computing rows" in _text(head.query_one("#title"))
+            assert head.query_one("#map").content is drawn
+            release.set()
+            await _settle(app, pilot)
+            assert "computing" not in _text(head.query_one("#title"))
+            assert head.query_one("#map").content is not drawn
+            assert head._window is not None
+            assert head._window.blocks != fit
+            await pilot.press("q")
+
+    asyncio.run(zoom())
+
+
 def _segments(widget) -> list:
     """What a Static shows, as Rich's segments in true colour (their styles kept)."""
     from rich.console import Console
