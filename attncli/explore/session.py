@@ -19,7 +19,7 @@ import torch
 
 from attncli.analysis.rows import row_entropy, row_stats, top_k
 from attncli.compute import MAX_BLOCK_BYTES, Prepared, causal_hidden, prepare, run
-from attncli.compute.blocks import blocks
+from attncli.compute.blocks import Block, blocks
 from attncli.compute.sinks import PictureSink
 from attncli.io.loaders import TensorFile
 from attncli.present.explore import CellFigures, WindowPicture
@@ -32,6 +32,9 @@ TOP_KEYS = 5
 #: panning over it pool what is kept instead of computing its rows again; longer heads are computed
 #: again for each window, within MAX_BLOCK_BYTES.
 HEAD_BYTES = 64 * 2**20
+#: Rows of a kept head's blocks: under causal, a block computes the keys up to its last row only,
+#: so smaller blocks leave out more of the masked triangle (8 blocks: 9/16 of a matrix computed).
+HEAD_BLOCK_ROWS = 512
 
 
 class StoppedError(Exception):
@@ -51,12 +54,12 @@ class Grid:
 
 @dataclass(frozen=True)
 class HeadWeights:
-    """The weights (Lq, Lk) of matrix `index`, computed by the blocks of its rows, and where they are
-    masked (bool (Lq, Lk), True = masked; None where nothing is): what its windows pool."""
+    """The weights of matrix `index` as the blocks of its rows computed them, kept: each block's
+    weights (n, W) and where they are masked (`Block`: under causal, W stops at the block's last
+    row, the keys after it 0 and masked). What its windows pool, with no copy made."""
 
     index: tuple[int, ...]
-    weights: torch.Tensor
-    blocked: torch.Tensor | None
+    blocks: list[Block]
 
 
 @dataclass(frozen=True)
@@ -266,20 +269,20 @@ class Explorer:
         size = (max(1, math.ceil(rows / blocks_per_cell[0])), max(1, math.ceil(keys / blocks_per_cell[1])))
         head = self.head(index, stopped)
         if head is not None:
-            picture = PictureSink((rows, keys), size, head.weights.device)
-            assert self.problem is not None
-            # Under causal, rows before row r see no key from r on: pooled in runs of whole cells
-            # of rows, each only up to the last key its rows see (the others count as masked).
-            causal = self.problem.causal
-            step = max(1, rows // 8 // picture.blocks[0]) * picture.blocks[0] if causal else max(rows, 1)
-            for start in range(first_row, last_row, step):
-                stop = min(start + step, last_row)
-                seen = min(last_key, stop) if causal else last_key
-                if seen <= first_key:
-                    continue  # every key of the window is masked for these rows: their cells stay empty
-                # (n, W) views of the kept (Lq, Lk)
-                shut = None if head.blocked is None else head.blocked[start:stop, first_key:seen]
-                picture.pool(start - first_row, head.weights[start:stop, first_key:seen], shut)
+            picture = PictureSink((rows, keys), size, self.problem.query.device if self.problem else "cpu")
+            for block in head.blocks:
+                start, stop = max(block.start, first_row), min(block.stop, last_row)
+                seen = min(last_key, block.weights.shape[-1])  # under causal, W < Lk: the rest masked
+                if start >= stop or seen <= first_key:
+                    continue  # rows outside the window, or every key of the window masked for them
+                taken = slice(start - block.start, stop - block.start)
+                shut = block.blocked  # bool, broadcastable to (n, W)
+                if shut is not None and shut.shape[-2] > 1:
+                    shut = shut[taken]
+                if shut is not None and shut.shape[-1] > 1:
+                    shut = shut[..., first_key:seen]
+                # (n, W) -> (rows of the window, keys of the window it computed): a view
+                picture.pool(start - first_row, block.weights[taken, first_key:seen], shut)
         elif self.held is not None:
             picture = PictureSink((rows, keys), size, torch.device("cpu"))
             step = max(1, MAX_BLOCK_BYTES // max(1, lk * 8))
@@ -333,29 +336,15 @@ class Explorer:
         lq, lk = self.shape
         if lq * lk * max(int(self.problem.query.element_size()), 4) > HEAD_BYTES:
             return None
-        weights: torch.Tensor | None = None
-        shut: torch.Tensor | None = None
-        masks = self.problem.causal or self.problem.mask is not None
         # One problem for the whole matrix, causal left to the blocks (which compute no key past a
-        # block's last row), its rows computed a block at a time.
+        # block's last row), its rows computed a block at a time and kept as they come.
         sub = self.matrix_problem(index, outputs=False)
-        for block in blocks(sub, _rows_per_block(self.problem, lk)):
+        kept_blocks = []
+        for block in blocks(sub, min(HEAD_BLOCK_ROWS, _rows_per_block(self.problem, lk))):
             if stopped is not None and stopped():
                 raise StoppedError
-            if weights is None:  # the result dtype and device, known from the first block
-                # (Lq, Lk), every entry written below: the keys a block does not compute are set 0
-                weights = torch.empty(lq, lk, dtype=block.weights.dtype, device=block.weights.device)
-                if masks:
-                    shut = torch.empty(lq, lk, dtype=torch.bool, device=block.weights.device)
-            start, stop, seen = block.start, block.stop, block.weights.shape[-1]
-            weights[start:stop, :seen] = block.weights
-            weights[start:stop, seen:] = 0.0
-            if shut is not None:
-                shut[start:stop, :seen] = False if block.blocked is None else block.blocked
-                shut[start:stop, seen:] = True
-        if weights is None:  # no rows
-            return None
-        self._head = HeadWeights(index, weights, shut)
+            kept_blocks.append(block)
+        self._head = HeadWeights(index, kept_blocks)
         return self._head
 
     def window_weights(
