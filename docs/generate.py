@@ -358,7 +358,9 @@ walks from the overview to one weight:
    enough is drawn large, a row per line with its token; a larger one pooled, two rows a line.
 3. **Zoom and pan**: `+` and `-` halve or double the weights each cell pools, around the cursor,
    down to one weight per cell; the arrows move the cursor a cell at a time, and the window
-   follows it. Each step computes the rows on screen again and pools only the keys on screen.
+   follows it. Each step pools only the rows and keys on screen; while it is computed, the last
+   picture stays and the title line says which rows are coming. Shown plainly (`m`, where the
+   input masks some weights), a cell's mean is taken over all its weights, the masked ones as 0.
 
 | key | does |
 |---|---|
@@ -367,7 +369,8 @@ walks from the overview to one weight:
 | Enter / Escape | open the selected head / back to the grid |
 | `+` / `-` | zoom in / out around the cursor |
 | `h` / `H`, `l` / `L` | next / previous head, next / previous layer (the first axis of the matrices) |
-| `t` | the weights around the cursor as a table / the heatmap |
+| `t` | the weights around the cursor as a table (the cursor's cell in reverse video) / the heatmap |
+| `m` | masked weights (mask, causal) as masked (grey, `·` in a table) or plainly, as the 0 they are |
 | `s` | colour scale: `fixed` (0 to 1), `max`, `row`, `log` |
 | `p` | pooling of a cell: `max` or `mean` of its weights |
 | `b` | the next batch entry (text) of a capture of several |
@@ -375,12 +378,14 @@ walks from the overview to one weight:
 | `?` / `q` | the keys / quit |
 
 **Memory**: the weights of a long input never exist whole. The grid's thumbnails come from one run
-in blocks of query rows (as `attn compute` runs past its memory limit); a head's window is computed
-again on each zoom or pan step, its rows a block at a time, each block at most 16 MiB of scores
-(4,096 rows of 1,024 keys, 128 rows of 32,768), pooled into the picture as it comes. So a
-32,768-position head takes a few hundred MiB whatever the zoom, and the time of a step grows
-with the rows on screen: the whole matrix at the widest zoom, one screenful of rows at the
-narrowest. The cursor's panel computes its one row.
+in blocks of query rows (as `attn compute` runs past its memory limit). The head on screen has its
+weights kept whole where they fit 64 MiB (4,096 × 4,096 in float32), computed once, a block of
+rows at a time, when the head is opened: its zoom and pan steps then pool what is kept, and the
+next head replaces it. A longer head's window is computed again on each zoom or pan step, its
+rows a block at a time, each block at most 16 MiB of scores (4,096 rows of 1,024 keys, 128 rows
+of 32,768), pooled into the picture as it comes. So a 32,768-position head takes a few hundred
+MiB whatever the zoom, and the time of a step grows with the rows on screen: the whole matrix at
+the widest zoom, one screenful of rows at the narrowest. The cursor's panel computes its one row.
 
 Outside a terminal (stdout or stdin not one, or `TERM=dumb`) it refuses and points to
 `attn compute`; bad files are reported as `attn compute` reports them, before the interface starts.

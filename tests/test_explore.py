@@ -146,10 +146,15 @@ def _pooled(weights, blocked, blocks, how):
         (True, (0, 8), (12, 20)),  # rows 0-7 see none of the window's keys, rows 8-11 a few
     ],
 )
-def test_window_pools_only_the_visible_rows_and_keys(causal, origin, span):
-    explorer, inputs = _explorer(positions=40, causal=causal)
-    weights = _reference(inputs, causal=causal)[1, 0]
+@pytest.mark.parametrize("padded", [False, True], ids=["no mask", "padding mask"])
+def test_window_pools_only_the_visible_rows_and_keys(causal, origin, span, padded):
+    # batch entry 1 padded to 31 keys: its keys 31.. masked in every row
+    mask = np.arange(40)[None, None, None, :] < np.array([40, 31])[:, None, None, None] if padded else None
+    explorer, inputs = _explorer(positions=40, causal=causal, mask=mask)
+    weights = _reference(inputs, causal=causal, mask=mask)[1, 0]
     blocked = np.triu(np.ones((40, 40), dtype=bool), 1) if causal else np.zeros((40, 40), dtype=bool)
+    if padded:
+        blocked |= np.arange(40)[None, :] >= 31
     blocks = (4, 3)
     window = explorer.window((1, 0), origin, span, blocks)
     assert window.blocks == blocks
@@ -159,20 +164,69 @@ def test_window_pools_only_the_visible_rows_and_keys(causal, origin, span):
     for how, got in (("max", window.picture_max), ("mean", window.picture_mean)):
         expected = _pooled(weights[visible], blocked[visible], blocks, how)
         np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
+    # shown plainly (m): every weight of a cell counts, the masked ones as the reference's 0
+    nothing_masked = np.zeros(blocked.shape, dtype=bool)[visible]
+    expected_all = _pooled(weights[visible], nothing_masked, blocks, "mean")
+    np.testing.assert_allclose(window.picture_all_mean, expected_all, atol=1e-6)
 
 
-def test_window_of_a_long_input_is_computed_in_blocks_of_rows(monkeypatch):
-    """More rows than one block holds: the same picture as the reference, block after block."""
+@pytest.mark.parametrize("kept", [True, False], ids=["head kept", "rows computed"])
+def test_window_of_a_long_input_is_computed_in_blocks_of_rows(monkeypatch, kept):
+    """More rows than one block holds: the same picture as the reference, block after block, whether
+    the head's weights are kept whole (up to HEAD_BYTES) or each window's rows are computed."""
     import attncli.explore.session as session
 
     monkeypatch.setattr(session, "_rows_per_block", lambda problem, keys: 7)
+    if not kept:
+        monkeypatch.setattr(session, "HEAD_BYTES", 30 * 30 * 8 - 1)
     explorer, inputs = _explorer(positions=30, causal=True)
     weights = _reference(inputs, causal=True)[0, 1]
-    window = explorer.window((0, 1), (0, 0), (30, 30), (2, 2))
     blocked = np.triu(np.ones((30, 30), dtype=bool), 1)
-    np.testing.assert_allclose(
-        window.picture_max, _pooled(weights, blocked, (2, 2), "max"), atol=1e-6, equal_nan=True
-    )
+    for origin, span, blocks in [
+        ((0, 0), (30, 30), (2, 2)),
+        ((6, 4), (14, 18), (2, 3)),
+        ((10, 12), (8, 8), (1, 1)),
+    ]:
+        window = explorer.window((0, 1), origin, span, blocks)
+        visible = np.s_[origin[0] : origin[0] + span[0], origin[1] : origin[1] + span[1]]
+        for how, got in (("max", window.picture_max), ("mean", window.picture_mean)):
+            expected = _pooled(weights[visible], blocked[visible], blocks, how)
+            np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
+    assert (explorer._head is not None) == kept
+
+
+def test_windows_of_a_kept_head_compute_no_rows_again(monkeypatch):
+    """Zooming and panning over one head pool its kept weights: its rows are computed once; the
+    next head replaces it (one head kept)."""
+    import attncli.explore.session as session
+
+    computed: list[tuple[int, ...]] = []
+    matrix_problem, rows_problem = Explorer.matrix_problem, Explorer.rows_problem
+
+    def counted_matrix(self, index, **options):
+        computed.append(index)
+        return matrix_problem(self, index, **options)
+
+    def counted_rows(self, index, start, stop, *, trim=False):
+        computed.append(index)
+        return rows_problem(self, index, start, stop, trim=trim)
+
+    monkeypatch.setattr(session.Explorer, "matrix_problem", counted_matrix)
+    monkeypatch.setattr(session.Explorer, "rows_problem", counted_rows)
+    explorer, inputs = _explorer(positions=40, causal=True)
+    for origin, span, blocks in [
+        ((0, 0), (40, 40), (4, 4)),
+        ((8, 8), (20, 20), (2, 2)),
+        ((10, 9), (10, 10), (1, 1)),
+    ]:
+        explorer.window((1, 1), origin, span, blocks)
+    assert computed == [(1, 1)]  # the matrix computed for the first window only
+    window = explorer.window((0, 1), (8, 8), (20, 20), (2, 2))
+    assert computed == [(1, 1), (0, 1)]
+    weights = _reference(inputs, causal=True)[0, 1]
+    blocked = np.triu(np.ones((40, 40), dtype=bool), 1)
+    expected = _pooled(weights[8:28, 8:28], blocked[8:28, 8:28], (2, 2), "max")
+    np.testing.assert_allclose(window.picture_max, expected, atol=1e-6, equal_nan=True)
 
 
 def test_a_result_files_weights_are_explored_as_saved(tmp_path):
@@ -449,6 +503,140 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
             await pilot.press("q")
 
     asyncio.run(zoom())
+
+
+def test_the_last_picture_stays_while_a_zoomed_window_is_computed():
+    """`+` answers at once: the head's last picture stays drawn and the title line says which rows
+    are coming; the new picture replaces it when its thread is done."""
+    import threading
+
+    from attncli.explore.app import ExploreApp, HeadScreen
+
+    explorer, _ = _explorer(positions=300, heads=1, causal=True)
+    computed = explorer.window
+    release = threading.Event()
+
+    def held_back(*args, **options):
+        release.wait(timeout=30)
+        return computed(*args, **options)
+
+    async def zoom() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("enter")
+            await _settle(app, pilot)
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            fit = head.blocks
+            drawn = head.query_one("#map").content
+            explorer.window = held_back  # the next window waits for `release`
+            await pilot.press("plus")
+            await pilot.pause()
+            assert "computing rows" in _text(head.query_one("#title"))
+            assert head.query_one("#map").content is drawn
+            release.set()
+            await _settle(app, pilot)
+            assert "computing" not in _text(head.query_one("#title"))
+            assert head.query_one("#map").content is not drawn
+            assert head._window is not None
+            assert head._window.blocks != fit
+            await pilot.press("q")
+
+    asyncio.run(zoom())
+
+
+def _segments(widget) -> list:
+    """What a Static shows, as Rich's segments in true colour (their styles kept)."""
+    from rich.console import Console
+
+    console = Console(width=200, file=io.StringIO(), color_system="truecolor")
+    return list(console.render(widget.content))
+
+
+def test_the_pilot_shows_masked_weights_as_masked_or_plainly():
+    """`m` on a causal head: the heatmap's masked cells grey (the heatmaps' masked colour) and the
+    table's masked weights `·`, or, switched, every weight drawn as a weight (masked ones as the
+    reference's 0). The table's cursor cell is in reverse video, holding the reference's weight."""
+    from attncli.explore.app import ExploreApp, HeadScreen
+    from attncli.present.heatmap import MASKED_RGB
+    from attncli.present.style import MASKED
+
+    explorer, inputs = _explorer(positions=40, heads=1, causal=True)
+    weights = _reference(inputs, causal=True)[0, 0]
+    grey = "#{:02x}{:02x}{:02x}".format(*MASKED_RGB)
+
+    def greys(widget) -> int:
+        return sum(
+            1
+            for segment in _segments(widget)
+            if segment.style is not None
+            and any(
+                c is not None and c.triplet is not None and c.triplet.hex == grey
+                for c in (segment.style.color, segment.style.bgcolor)
+            )
+        )
+
+    def cursor_cells(widget) -> list[str]:
+        return [
+            segment.text.strip()
+            for segment in _segments(widget)
+            if segment.style is not None and segment.style.reverse and segment.text.strip()
+        ]
+
+    async def walk() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.press("enter")
+            await _settle(app, pilot)
+            head = app.screen
+            assert isinstance(head, HeadScreen)
+            assert "m mask" in _screen_text(app)
+            assert greys(head.query_one("#map")) > 0  # the triangle past the diagonal
+            await pilot.press("m")
+            await _settle(app, pilot)
+            assert not app.show_masked
+            assert greys(head.query_one("#map")) == 0
+            assert "masked weights shown as 0" in _text(head.query_one("#map"))
+            await pilot.press(*["down"] * 5, "right", "right", "t")
+            await _settle(app, pilot)
+            assert head.cursor == (5, 2)
+            table = _text(head.query_one("#map"))
+            assert MASKED not in table
+            assert cursor_cells(head.query_one("#map")) == [f"{weights[5, 2]:.4f}"]
+            await pilot.press(*["right"] * 4)  # key 6: masked for query 5
+            await _settle(app, pilot)
+            assert cursor_cells(head.query_one("#map")) == [f"{0.0:.4f}"]
+            await pilot.press("m")
+            await _settle(app, pilot)
+            assert app.show_masked
+            assert MASKED in _text(head.query_one("#map"))
+            assert cursor_cells(head.query_one("#map")) == [MASKED]
+            await pilot.press("left")  # key 5: open, on the diagonal
+            await _settle(app, pilot)
+            assert cursor_cells(head.query_one("#map")) == [f"{weights[5, 5]:.4f}"]
+            await pilot.press("q")
+
+    asyncio.run(walk())
+
+
+def test_the_mask_switch_is_hidden_where_nothing_is_masked():
+    from attncli.explore.app import ExploreApp, HeadScreen
+
+    explorer, _ = _explorer(positions=12, heads=1)
+
+    async def walk() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.press("enter")
+            await _settle(app, pilot)
+            assert isinstance(app.screen, HeadScreen)
+            assert "m mask" not in _screen_text(app)
+            await pilot.press("m")
+            await _settle(app, pilot)
+            assert app.show_masked
+            await pilot.press("q")
+
+    asyncio.run(walk())
 
 
 # --- the command -------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ HELP = """\
   h / H         next / previous head
   l / L         next / previous layer (or the first axis of the matrices)
   t             table of the weights around the cursor / heatmap
+  m             masked weights shown as masked (· grey) or plainly, as 0
+                (where the input has a mask or is causal)
   click         move the cursor to a cell
   escape        back to the grid
 
@@ -69,8 +71,10 @@ HELP = """\
   ?             this help
   q             quit
 
-Only the rows on screen are computed, a block at a time: memory stays bounded
-by one block of scores (16 MiB) and the picture, whatever the input's length.
+A head of up to 64 MiB of weights (4,096 x 4,096) is computed once and kept
+while it is shown; in a longer one only the rows on screen are computed, a
+block at a time: memory stays bounded by one block of scores (16 MiB), the
+kept head and the picture, whatever the input's length.
 """
 
 
@@ -104,6 +108,7 @@ class ExploreApp(App[None]):
         self.pool = pool
         self.batch = 0
         self.exported: list[Path] = []
+        self.show_masked = True  # masked weights drawn as masked (·, grey), else plainly as the 0 they are
         self.windows: OrderedDict[WindowKey, WindowPicture] = OrderedDict()  # the latest last
 
     def keep_window(self, key: WindowKey, window: WindowPicture) -> None:
@@ -349,6 +354,7 @@ class HeadScreen(Screen[None]):
         Binding("l", "layer(1)", "layer"),
         Binding("L", "layer(-1)", "layer -", show=False),
         Binding("t", "table", "table"),
+        Binding("m", "mask", "mask"),
     ]
 
     def __init__(self, index: tuple[int, ...]) -> None:
@@ -361,6 +367,7 @@ class HeadScreen(Screen[None]):
         self._window_key: WindowKey | None = None
         self._wanted: WindowKey | None = None
         self._window: WindowPicture | None = None
+        self._heatmap_shown = False  # the map shows a picture of this head (not a table or a note)
 
     @property
     def explorer(self) -> Explorer:
@@ -442,6 +449,7 @@ class HeadScreen(Screen[None]):
         target = self.query_one("#map", Static)
         if self.table:
             target.update(self._table())
+            self._heatmap_shown = False
             return
         origin, span = self.place()
         assert self.blocks is not None
@@ -458,6 +466,14 @@ class HeadScreen(Screen[None]):
             title = f"{_name(explorer, self.index)}  computing rows {origin[0]}–{last}…"
             if self._window is None or self._window_key is None or self._window_key[0] != self.index:
                 target.update(Text(title, style="bold"))
+                self._heatmap_shown = False
+                return
+            if self._heatmap_shown:
+                # This head's last picture stays as drawn (drawing it again would cost as much as
+                # the new one): the title line says what is being computed.
+                self.query_one("#title", Static).update(
+                    Text(f" {explorer.label}  ·  {title}", no_wrap=True, overflow="ellipsis")
+                )
                 return
         assert self._window is not None
         target.update(
@@ -470,8 +486,10 @@ class HeadScreen(Screen[None]):
                 cell_width=self.magnified(),
                 cell_lines=self.cell_lines(),
                 query_labels=explorer.labels(self.index),
+                show_masked=app.show_masked,
             )
         )
+        self._heatmap_shown = True
 
     @work(thread=True, exclusive=True, group="window")
     def _compute_window(self, key: WindowKey) -> None:
@@ -526,7 +544,13 @@ class HeadScreen(Screen[None]):
             key_labels=named(first_key, cols),
         )
         title = f"rows {first_row}–{first_row + rows - 1}, keys {first_key}–{first_key + cols - 1}"
-        return weight_table(weights, options=options, title=title, blocked=masked)
+        return weight_table(
+            weights,
+            options=options,
+            title=title,
+            blocked=masked if app.show_masked else None,
+            cursor=(self.cursor[0] - first_row, self.cursor[1] - first_key),
+        )
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -597,6 +621,20 @@ class HeadScreen(Screen[None]):
 
     def action_table(self) -> None:
         self.table = not self.table
+        self.redraw()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """`m` only where the input masks some weights (a mask or causal): hidden from the footer else."""
+        if action == "mask":
+            return self.explorer.has_mask
+        return True
+
+    def action_mask(self) -> None:
+        """Masked weights drawn as masked, or plainly as the 0 they are (heatmap and table)."""
+        app = self.app
+        assert isinstance(app, ExploreApp)
+        app.show_masked = not app.show_masked
+        self.notify("masked weights: " + ("shown as masked" if app.show_masked else "shown as 0"), timeout=2)
         self.redraw()
 
     def on_click(self, event: events.Click) -> None:

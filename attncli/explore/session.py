@@ -20,7 +20,7 @@ import torch
 from attncli import arrays
 from attncli.analysis.rows import row_entropy, row_stats, top_k
 from attncli.compute import MAX_BLOCK_BYTES, Prepared, causal_hidden, prepare, run
-from attncli.compute.blocks import blocks
+from attncli.compute.blocks import Block, blocks
 from attncli.compute.sinks import PictureSink
 from attncli.io.loaders import TensorFile
 from attncli.present.explore import CellFigures, WindowPicture
@@ -29,6 +29,13 @@ from attncli.selection import matrix_indices
 
 #: Keys listed in the side panel.
 TOP_KEYS = 5
+#: The weights of one head kept whole up to this size (a 4,096 x 4,096 float32 head): zooming and
+#: panning over it pool what is kept instead of computing its rows again; longer heads are computed
+#: again for each window, within MAX_BLOCK_BYTES.
+HEAD_BYTES = 64 * 2**20
+#: Rows of a kept head's blocks: under causal, a block computes the keys up to its last row only,
+#: so smaller blocks leave out more of the masked triangle (8 blocks: 9/16 of a matrix computed).
+HEAD_BLOCK_ROWS = 512
 
 
 class StoppedError(Exception):
@@ -44,6 +51,16 @@ class Grid:
     picture_mean: np.ndarray
     blocks: tuple[int, int]
     entropy: np.ndarray
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    """The weights of matrix `index` as the blocks of its rows computed them, kept: each block's
+    weights (n, W) and where they are masked (`Block`: under causal, W stops at the block's last
+    row, the keys after it 0 and masked). What its windows pool, with no copy made."""
+
+    index: tuple[int, ...]
+    blocks: list[Block]
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,7 @@ class Explorer:
     tokens: list[list[str]] | None = None
     held: HeldWeights | None = None
     _grid: Grid | None = None
+    _head: HeadWeights | None = None
 
     @property
     def weights_shape(self) -> tuple[int, ...]:
@@ -109,6 +127,13 @@ class Explorer:
         """(Lq, Lk) of each matrix."""
         lq, lk = self.weights_shape[-2:]
         return lq, lk
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the input masks any weights: a mask, or causal."""
+        if self.problem is not None:
+            return self.problem.causal or self.problem.mask is not None
+        return self.held is not None and self.held.causal
 
     @property
     def leading(self) -> tuple[int, ...]:
@@ -163,6 +188,35 @@ class Explorer:
             return None
         return self.tokens[entry]
 
+    def matrix_problem(self, index: tuple[int, ...], *, outputs: bool = True) -> Prepared:
+        """Matrix `index` as a problem of its own: its query (Lq, D), key and value (Lk, .), its
+        mask (Lq, Lk), causal as the input's. `outputs` False: a value of no features, for the
+        weights alone."""
+        p = self.problem
+        assert p is not None, "held weights have no problem to compute"
+        lead = self.leading
+        query = p.query.expand(*lead, *p.query.shape[-2:])[index]  # (Lq, D)
+        kv_lead, kv_index = lead, index
+        if p.group > 1:  # query head h reads key/value head h // group
+            kv_lead = (*lead[:-1], p.key.shape[-3])
+            kv_index = (*index[:-1], index[-1] // p.group)
+        key = p.key.expand(*kv_lead, *p.key.shape[-2:])[kv_index]  # (Lk, D)
+        value = p.value.expand(*kv_lead, *p.value.shape[-2:])[kv_index]  # (Lk, Dv)
+        mask = None if p.mask is None else torch.broadcast_to(p.mask, p.weights_shape)[index]  # (Lq, Lk)
+        if not outputs:
+            # (Lk, Dv) -> (Lk, 0): the blocks' weights @ value, as costly as the scores, costs nothing
+            value = value[:, :0]
+        return prepare(
+            query,
+            key,
+            value,
+            scale=p.scale,
+            mask=mask,
+            causal=p.causal,
+            dtype=p.query.dtype,
+            device=query.device,
+        )
+
     def rows_problem(self, index: tuple[int, ...], start: int, stop: int, *, trim: bool = False) -> Prepared:
         """Query rows [start, stop) of matrix `index` against every key, as a problem of their own:
         the matrix's mask rows and causal triangle (aligned to row `start`) as one mask. `trim`:
@@ -214,34 +268,52 @@ class Explorer:
         last_key = min(first_key + span[1], lk)
         rows, keys = last_row - first_row, last_key - first_key
         size = (max(1, math.ceil(rows / blocks_per_cell[0])), max(1, math.ceil(keys / blocks_per_cell[1])))
-        if self.held is not None:
+        head = self.head(index, stopped)
+        if head is not None:
+            picture = PictureSink((rows, keys), size, self.problem.query.device if self.problem else "cpu")
+            for block in head.blocks:
+                start, stop = max(block.start, first_row), min(block.stop, last_row)
+                seen = min(last_key, block.weights.shape[-1])  # under causal, W < Lk: the rest masked
+                if start >= stop or seen <= first_key:
+                    continue  # rows outside the window, or every key of the window masked for them
+                taken = slice(start - block.start, stop - block.start)
+                shut = block.blocked  # bool, broadcastable to (n, W)
+                if shut is not None and shut.shape[-2] > 1:
+                    shut = shut[taken]
+                if shut is not None and shut.shape[-1] > 1:
+                    shut = shut[..., first_key:seen]
+                # (n, W) -> (rows of the window, keys of the window it computed): a view
+                picture.pool(start - first_row, block.weights[taken, first_key:seen], shut)
+        elif self.held is not None:
             picture = PictureSink((rows, keys), size, torch.device("cpu"))
             step = max(1, MAX_BLOCK_BYTES // max(1, lk * 8))
-        else:
-            assert self.problem is not None
-            picture = PictureSink((rows, keys), size, self.problem.query.device)
-            step = _rows_per_block(self.problem, lk)
-        for start in range(first_row, last_row, step):
-            if stopped is not None and stopped():
-                raise StoppedError
-            stop = min(start + step, last_row)
-            if self.held is not None:
+            for start in range(first_row, last_row, step):
+                if stopped is not None and stopped():
+                    raise StoppedError
+                stop = min(start + step, last_row)
                 weights, blocked = self.held.rows(index, start, stop)  # (n, Lk)
                 if blocked is not None and blocked.shape[-1] > 1:
                     blocked = blocked[..., first_key:last_key]
                 picture.pool(start - first_row, weights[..., first_key:last_key], blocked)
-                continue
-            sub = self.rows_problem(index, start, stop, trim=True)
-            seen = sub.weights_shape[-1]  # under causal, keys from `stop` on are masked: not computed
-            if seen <= first_key:
-                continue  # every key of the window is masked for these rows: their cells stay empty
-            for block in blocks(sub, stop - start):
-                # (n, W) -> (n, keys or fewer): keys past W count as masked in the picture
-                weights = block.weights[..., first_key:last_key]
-                blocked = block.blocked
-                if blocked is not None and blocked.shape[-1] > 1:
-                    blocked = blocked[..., first_key:last_key]
-                picture.pool(start - first_row, weights, blocked)
+        else:
+            assert self.problem is not None
+            picture = PictureSink((rows, keys), size, self.problem.query.device)
+            step = _rows_per_block(self.problem, lk)
+            for start in range(first_row, last_row, step):
+                if stopped is not None and stopped():
+                    raise StoppedError
+                stop = min(start + step, last_row)
+                sub = self.rows_problem(index, start, stop, trim=True)
+                seen = sub.weights_shape[-1]  # under causal, keys from `stop` on are masked: not computed
+                if seen <= first_key:
+                    continue  # every key of the window is masked for these rows: their cells stay empty
+                for block in blocks(sub, stop - start):
+                    # (n, W) -> (n, keys or fewer): keys past W count as masked in the picture
+                    weights = block.weights[..., first_key:last_key]
+                    blocked = block.blocked
+                    if blocked is not None and blocked.shape[-1] > 1:
+                        blocked = blocked[..., first_key:last_key]
+                    picture.pool(start - first_row, weights, blocked)
         largest, mean = picture.arrays()
         return WindowPicture(
             picture_max=largest,
@@ -250,7 +322,31 @@ class Explorer:
             origin=(first_row, first_key),
             span=(rows, keys),
             shape=(lq, lk),
+            picture_all_mean=_all_mean(picture, (rows, keys)),
         )
+
+    def head(self, index: tuple[int, ...], stopped: Callable[[], bool] | None = None) -> HeadWeights | None:
+        """The weights of matrix `index` whole, computed once by the blocks of its rows and kept
+        (one head at a time) where they fit HEAD_BYTES; None where they do not, or for held weights
+        (already whole). `StoppedError` is raised between blocks once `stopped()` says so."""
+        kept = self._head
+        if kept is not None and kept.index == index:
+            return kept
+        if self.problem is None:
+            return None
+        lq, lk = self.shape
+        if lq * lk * max(int(self.problem.query.element_size()), 4) > HEAD_BYTES:
+            return None
+        # One problem for the whole matrix, causal left to the blocks (which compute no key past a
+        # block's last row), its rows computed a block at a time and kept as they come.
+        sub = self.matrix_problem(index, outputs=False)
+        kept_blocks = []
+        for block in blocks(sub, min(HEAD_BLOCK_ROWS, _rows_per_block(self.problem, lk))):
+            if stopped is not None and stopped():
+                raise StoppedError
+            kept_blocks.append(block)
+        self._head = HeadWeights(index, kept_blocks)
+        return self._head
 
     def window_weights(
         self, index: tuple[int, ...], rows: tuple[int, int], keys: tuple[int, int]
@@ -329,6 +425,18 @@ class Explorer:
         if sub.mask is not None and sub.mask.dtype != torch.bool:
             score += float(torch.broadcast_to(sub.mask, sub.weights_shape)[0, key])
         return score
+
+
+def _all_mean(picture: PictureSink, span: tuple[int, int]) -> np.ndarray:
+    """The mean over every weight of each cell of `picture` of `span` (rows, keys), masked ones
+    counted as the 0 they are: its sums over each cell's size (the last row and column ragged)."""
+    sums: np.ndarray = picture.sums.cpu().numpy() if isinstance(picture.sums, torch.Tensor) else picture.sums
+    cells_down, cells_across = sums.shape[-2:]
+    block_rows, block_cols = picture.blocks
+    rows_in = np.minimum(block_rows, span[0] - block_rows * np.arange(cells_down))  # (R,)
+    keys_in = np.minimum(block_cols, span[1] - block_cols * np.arange(cells_across))  # (C,)
+    mean: np.ndarray = (sums / np.outer(np.maximum(rows_in, 1), np.maximum(keys_in, 1))).astype(np.float32)
+    return mean
 
 
 def _block_rows(problem: Prepared) -> int:

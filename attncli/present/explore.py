@@ -40,7 +40,8 @@ CURSOR_LOWER = Style(bgcolor="#ff00ff")
 class WindowPicture:
     """The pooled picture of `span` (rows, keys) of an (Lq, Lk) matrix (`shape`) from `origin`
     (first row, first key): max and mean (R, C) of each `blocks` (rows, keys) cell, NaN where every
-    weight of a cell is masked."""
+    weight of a cell is masked; `picture_all_mean` the mean over every weight of a cell, masked ones
+    counted as the 0 they are (the mean drawn when masked keys are shown plainly)."""
 
     picture_max: np.ndarray
     picture_mean: np.ndarray
@@ -48,6 +49,7 @@ class WindowPicture:
     origin: tuple[int, int]
     span: tuple[int, int]
     shape: tuple[int, int]
+    picture_all_mean: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,21 @@ def window_heatmap(
     cell_width: int = 0,
     cell_lines: int = 1,
     query_labels: Sequence[str] | None = None,
+    show_masked: bool = True,
 ) -> Group:
     """The heatmap of `window`, pooled by `pool`, on colour `scale`, with the cell that holds the
     weight `cursor` (query, key) marked: in colour, magenta in its half of the line; without, in
     reverse video. `cell_width` > 0 draws each cell that many columns wide and `cell_lines` lines
-    tall, the rows named by `query_labels` (`magnified_cell`, `magnified_lines`)."""
-    values = window.picture_max if pool == "max" else window.picture_mean
-    masked = np.isnan(values)
-    known = np.where(masked, 0.0, values)
+    tall, the rows named by `query_labels` (`magnified_cell`, `magnified_lines`). `show_masked`
+    False draws masked weights plainly, as the 0 they are: no cell marked masked, and the mean
+    taken over every weight of a cell (`picture_all_mean`)."""
+    if show_masked:
+        values = window.picture_max if pool == "max" else window.picture_mean
+        masked = np.isnan(values)
+    else:
+        values = window.picture_max if pool == "max" else window.picture_all_mean
+        masked = np.zeros(values.shape, dtype=bool)
+    known = np.where(np.isnan(values), 0.0, values)
     largest = float(known.max()) if known.size else None
     codes = cell_codes(rescaled(known, scale, largest), masked, colour)
     block_rows, block_cols = window.blocks
@@ -179,7 +188,7 @@ def window_heatmap(
     cells = "one weight per cell" if window.blocks == (1, 1) else f"{pool} of {block_rows}×{block_cols}"
     legend = Text(
         f"rows {first_row}–{first_row + rows - 1} of {lq}, keys {first_key}–{first_key + keys - 1} of "
-        f"{lk} · {cells} · {SCALE_WORDS[scale]}",
+        f"{lk} · {cells} · {SCALE_WORDS[scale]}" + ("" if show_masked else " · masked weights shown as 0"),
         style="dim",
     )
     return Group(Text(title, style="bold", no_wrap=True, overflow="ellipsis"), ruler_line, *drawn, legend)

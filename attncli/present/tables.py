@@ -308,14 +308,17 @@ def weight_table(
     options: ViewOptions | None = None,
     title: str = "",
     blocked: np.ndarray | None = None,
+    cursor: tuple[int, int] | None = None,
 ) -> Group:
     """One (Lq, Lk) weight matrix as a heatmap table: the largest weight of each row in bold,
-    masked keys as a dim dot."""
+    masked keys as a dim dot, the cell (row, key) `cursor` in reverse video where it is shown."""
     options = options or ViewOptions()
     row_max = matrix.max(axis=1) if matrix.size else np.zeros(matrix.shape[0])
     shut = None if blocked is None else np.broadcast_to(blocked, matrix.shape)
     top = float(np.where(shut, -np.inf, matrix).max()) if shut is not None and matrix.size else None
-    return _weights_table(matrix, lambda row: float(row_max[row]), options, title, shut, matrix_max=top)
+    return _weights_table(
+        matrix, lambda row: float(row_max[row]), options, title, shut, matrix_max=top, cursor=cursor
+    )
 
 
 def table_window(shape: tuple[int, int], options: ViewOptions) -> tuple[list[int], list[int]]:
@@ -394,9 +397,10 @@ def _weights_table(
     window: tuple[tuple[int, int], list[int], list[int]] | None = None,
     matrix_max: float | None = None,
     padding_rows: np.ndarray | None = None,
+    cursor: tuple[int, int] | None = None,
 ) -> Group:
     """A weight table on `options.color_scale` (`matrix_max`: the matrix's largest weight, for
-    `max`), each row's largest weight (`row_max(row)`) in bold."""
+    `max`), each row's largest weight (`row_max(row)`) in bold, the cell `cursor` highlighted."""
 
     def shade(values: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         largest = np.array([row_max(i) for i in rows], dtype=np.float64).reshape(-1, 1)
@@ -422,6 +426,7 @@ def _weights_table(
         window=window,
         padding_rows=padding_rows,
         mark_bold=not options.colour,
+        cursor=cursor,
     )
 
 
@@ -654,6 +659,8 @@ def weights_legend(
 
 #: The mark after each row's largest weight where there are no colours (and so no bold).
 ROW_MAX_MARK = "*"
+#: The cell under `attn explore`'s cursor in a table: reverse video, in colour and without.
+CURSOR_CELL = Style(reverse=True, bold=True)
 
 
 def output_legend(limit: float, precision: int, padding: bool = False) -> Text:
@@ -755,12 +762,14 @@ def _matrix_table(
     window: tuple[tuple[int, int], list[int], list[int]] | None = None,
     padding_rows: np.ndarray | None = None,
     mark_bold: bool = False,
+    cursor: tuple[int, int] | None = None,
 ) -> Group:
     """A matrix as a table, cropped to what fits (all of it with --full, as wide as its columns).
     With `window` = (shape, rows, cols), `matrix` (and `blocked`) hold only those rows and columns
     of a matrix of that shape: the ones shown. `padding_rows` (bool, one per row of the matrix):
     rows of padding tokens, their numbers dim and uncoloured. `mark_bold`: the cells `shade` makes
-    bold also get ROW_MAX_MARK after them (the others a space), for output without styles."""
+    bold also get ROW_MAX_MARK after them (the others a space), for output without styles. `cursor`
+    (row, column of `matrix`): that cell drawn in reverse video, where it is shown."""
     precision = options.precision
     if window is None:
         shape = matrix.shape
@@ -805,6 +814,11 @@ def _matrix_table(
         (lengths.max(axis=0) if len(shown_row_list) else np.zeros(len(shown_col_list), int)).tolist(),
         anchors,
         None if padding_rows is None else np.asarray(padding_rows, dtype=bool)[shown_row_list].tolist(),
+        highlight=(
+            (shown_row_list.index(cursor[0]), shown_col_list.index(cursor[1]))
+            if cursor is not None and cursor[0] in shown_row_list and cursor[1] in shown_col_list
+            else None
+        ),
     )
     # Drawn itself, the table is as wide as its columns (--full, or --max-cols beyond what fits);
     # otherwise it is drawn so too where it fits, else as Rich's table, which shrinks to the width.
@@ -846,8 +860,10 @@ class _MatrixCells:
         widest: list[int],
         anchors: tuple[tuple[int, int, int], ...],
         quiet: list[bool] | None = None,
+        highlight: tuple[int, int] | None = None,
     ) -> None:
         self.corner, self.headers, self.labels = corner, headers, labels
+        self.highlight = highlight  # (row, column) position of the cell drawn in reverse video
         self.row_positions, self.col_positions = row_positions, col_positions
         self.texts, self.looks, self.blocked, self.widest = texts, looks, blocked, widest
         self.anchors = anchors
@@ -879,9 +895,14 @@ class _MatrixCells:
                 if c is None:
                     cells.append(ELLIPSIS)
                 elif self.blocked is not None and self.blocked[r][c]:
-                    cells.append(Text(MASKED, style="dim"))
+                    cells.append(Text(MASKED, style="dim reverse" if (r, c) == self.highlight else "dim"))
                 else:
-                    cells.append(Text(self.texts[r][c], style=self._style(looks[c])))
+                    style = self._style(looks[c])
+                    cells.append(
+                        Text(
+                            self.texts[r][c], style=style + CURSOR_CELL if (r, c) == self.highlight else style
+                        )
+                    )
             table.add_row(*cells)
         return table
 
@@ -981,8 +1002,11 @@ class _MatrixCells:
             blocked = None if self.blocked is None else self.blocked[r]
             for n, c, width, padding in columns:
                 yield between
+                here = (r, c) == self.highlight
                 if c is None:
                     yield from mark(False, n)
+                elif blocked is not None and blocked[c] and here:
+                    yield from cell(Text(MASKED, style="dim reverse"), n, value_style)
                 elif blocked is not None and blocked[c]:
                     yield from mark(True, n)
                 else:
@@ -990,6 +1014,8 @@ class _MatrixCells:
                     style = styles.get(look)
                     if style is None:
                         style = styles[look] = self._style(look)
+                    if here:
+                        style += CURSOR_CELL
                     text = texts[c].rjust(width)
                     # A row maximum's mark, or the space kept for it, ends each cell; the last
                     # column's space would end the line with blanks.
