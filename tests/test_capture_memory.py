@@ -120,7 +120,8 @@ print(json.dumps({
 """
 
 
-@pytest.mark.slow
+# Not marked slow: its figures are its own subprocess's peak resident memory, which tests running
+# beside it do not change, so it need not wait for the other slow tests (8-10 s of the suite).
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
 def test_a_capture_adds_at_most_one_and_a_half_layers_to_the_forward_pass(tmp_path):
     tests = Path(__file__).parent

@@ -335,7 +335,7 @@ class Explorer:
         if self.problem is None:
             return None
         lq, lk = self.shape
-        if lq * lk * max(int(self.problem.query.element_size()), 4) > HEAD_BYTES:
+        if lq * lk * max(arrays.itemsize(self.problem.query.dtype), 4) > HEAD_BYTES:
             return None
         # One problem for the whole matrix, causal left to the blocks (which compute no key past a
         # block's last row), its rows computed a block at a time and kept as they come.
