@@ -20,6 +20,7 @@ from attncli.errors import InputError
 DEVICE = "numpy"
 
 
+@np.errstate(all="ignore")
 def block(
     p: Prepared,
     q: np.ndarray,
@@ -34,19 +35,6 @@ def block(
     fields of that rows' `compute.blocks.Block`: weights, output, masked rows, blocked keys, scores.
     NumPy's floating-point warnings are off, as torch has none: an overflow of the scores is an
     error below, and what else is not finite is in the numbers, as the torch kernel leaves it."""
-    with np.errstate(all="ignore"):
-        return _block(p, q, k, v, mask, first_row, keep_scores)
-
-
-def _block(
-    p: Prepared,
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    mask: np.ndarray | None,
-    first_row: int,
-    keep_scores: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     n = q.shape[-2]
     q, k, v, mask, weights_shape = block_operands(p, q, k, v, mask, first_row)
     # Scaling the query (n x D numbers) costs less than scaling the scores (n x W); the Python float

@@ -189,7 +189,26 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss()
 
 
-class GridScreen(Screen[None]):
+class _ExplorerScreen(Screen[None]):
+    """A screen of the app's `Explorer`, drawn again (`redraw`) when shown and when resized."""
+
+    @property
+    def explorer(self) -> Explorer:
+        app = self.app
+        assert isinstance(app, ExploreApp)
+        return app.explorer
+
+    def redraw(self) -> None:
+        raise NotImplementedError
+
+    def on_mount(self) -> None:
+        self.redraw()
+
+    def on_resize(self, _: events.Resize) -> None:
+        self.redraw()
+
+
+class GridScreen(_ExplorerScreen):
     """Every matrix as a thumbnail (`present.grid.grid_view`), one selected."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -216,22 +235,10 @@ class GridScreen(Screen[None]):
         if not worker.is_cancelled:
             self.app.call_from_thread(self.redraw)
 
-    @property
-    def explorer(self) -> Explorer:
-        app = self.app
-        assert isinstance(app, ExploreApp)
-        return app.explorer
-
     def compose(self) -> ComposeResult:
         yield Static(id="title")
         yield Static(id="grid")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.redraw()
-
-    def on_resize(self, _: events.Resize) -> None:
-        self.redraw()
 
     def matrices(self) -> list[tuple[int, ...]]:
         app = self.app
@@ -333,7 +340,7 @@ class GridScreen(Screen[None]):
             self.selected = matrices.index(index)
 
 
-class HeadScreen(Screen[None]):
+class HeadScreen(_ExplorerScreen):
     """One matrix: the heatmap of the window around the cursor, or its weights as a table, and the
     figures of the weight under the cursor."""
 
@@ -369,24 +376,12 @@ class HeadScreen(Screen[None]):
         self._window: WindowPicture | None = None
         self._heatmap_shown = False  # the map shows a picture of this head (not a table or a note)
 
-    @property
-    def explorer(self) -> Explorer:
-        app = self.app
-        assert isinstance(app, ExploreApp)
-        return app.explorer
-
     def compose(self) -> ComposeResult:
         yield Static(id="title")
         with Horizontal():
             yield Static(id="map")
             yield Static(id="panel")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.redraw()
-
-    def on_resize(self, _: events.Resize) -> None:
-        self.redraw()
 
     def area(self) -> tuple[int, int]:
         """(width, height) of the heatmap's widget."""

@@ -188,20 +188,28 @@ class Explorer:
             return None
         return self.tokens[entry]
 
+    def _operands(self, index: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Matrix `index`'s query (Lq, D), key (Lk, D) and value (Lk, Dv): the inputs broadcast to
+        the weights' leading axes, a grouped query head reading key/value head h // group."""
+        p = self.problem
+        assert p is not None, "held weights have no problem to compute"
+        lead = self.leading
+        query = p.query.expand(*lead, *p.query.shape[-2:])[index]
+        kv_lead, kv_index = lead, index
+        if p.group > 1:
+            kv_lead = (*lead[:-1], p.key.shape[-3])
+            kv_index = (*index[:-1], index[-1] // p.group)
+        key = p.key.expand(*kv_lead, *p.key.shape[-2:])[kv_index]
+        value = p.value.expand(*kv_lead, *p.value.shape[-2:])[kv_index]
+        return query, key, value
+
     def matrix_problem(self, index: tuple[int, ...], *, outputs: bool = True) -> Prepared:
         """Matrix `index` as a problem of its own: its query (Lq, D), key and value (Lk, .), its
         mask (Lq, Lk), causal as the input's. `outputs` False: a value of no features, for the
         weights alone."""
         p = self.problem
         assert p is not None, "held weights have no problem to compute"
-        lead = self.leading
-        query = p.query.expand(*lead, *p.query.shape[-2:])[index]  # (Lq, D)
-        kv_lead, kv_index = lead, index
-        if p.group > 1:  # query head h reads key/value head h // group
-            kv_lead = (*lead[:-1], p.key.shape[-3])
-            kv_index = (*index[:-1], index[-1] // p.group)
-        key = p.key.expand(*kv_lead, *p.key.shape[-2:])[kv_index]  # (Lk, D)
-        value = p.value.expand(*kv_lead, *p.value.shape[-2:])[kv_index]  # (Lk, Dv)
+        query, key, value = self._operands(index)  # (Lq, D), (Lk, D), (Lk, Dv)
         mask = None if p.mask is None else torch.broadcast_to(p.mask, p.weights_shape)[index]  # (Lq, Lk)
         if not outputs:
             # (Lk, Dv) -> (Lk, 0): the blocks' weights @ value, as costly as the scores, costs nothing
@@ -224,15 +232,8 @@ class Explorer:
         blocks of a run leave the others out)."""
         p = self.problem
         assert p is not None, "held weights have no problem to compute"
-        lead = self.leading
-        # (..., Lq, D) broadcast to the weights' leading axes, then one matrix's rows: (n, D)
-        query = p.query.expand(*lead, *p.query.shape[-2:])[index][start:stop]
-        kv_lead, kv_index = lead, index
-        if p.group > 1:  # query head h reads key/value head h // group
-            kv_lead = (*lead[:-1], p.key.shape[-3])
-            kv_index = (*index[:-1], index[-1] // p.group)
-        key = p.key.expand(*kv_lead, *p.key.shape[-2:])[kv_index]  # (Lk, D)
-        value = p.value.expand(*kv_lead, *p.value.shape[-2:])[kv_index]  # (Lk, Dv)
+        query, key, value = self._operands(index)
+        query = query[start:stop]  # (n, D)
         seen = min(stop, key.shape[-2]) if trim and p.causal else key.shape[-2]
         key, value = key[:seen], value[:seen]  # (W, D), (W, Dv)
         rows, keys = stop - start, seen
