@@ -301,6 +301,18 @@ def _capture_explorer(path: Path) -> Explorer:
     return open_explorer([str(path)])
 
 
+@pytest.fixture
+def _quick_idle_checks(monkeypatch):
+    """`pilot.pause()` waits until the process is idle: a sleep of Textual's SLEEP_GRANULARITY
+    (20 ms) at a time, until one used under SLEEP_IDLE (1/20 of it) of CPU time. The same test in
+    5 ms steps: each pause about 10 ms instead of 40-50 (these tests pause about 100 times, 5 s of
+    the file's 14 s on an idle worker)."""
+    import textual._wait
+
+    monkeypatch.setattr(textual._wait, "SLEEP_GRANULARITY", 0.005)
+    monkeypatch.setattr(textual._wait, "SLEEP_IDLE", 0.005 / 20)
+
+
 async def _settle(app, pilot) -> None:
     """Wait until the screen has answered the keys pressed: their computations (threads) and redraws."""
     await pilot.pause()
@@ -317,6 +329,7 @@ def _text(widget) -> str:
     return console.export_text()
 
 
+@pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_pilot_walks_from_the_grid_to_one_weight_and_back(tmp_path, monkeypatch):
     from attncli.explore.app import ExploreApp, GridScreen, HeadScreen, HelpScreen
 
@@ -391,6 +404,7 @@ def _screen_text(app) -> str:
     return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 
+@pytest.mark.usefixtures("_quick_idle_checks")
 @pytest.mark.parametrize("size", [(160, 50), (80, 24)])
 def test_the_grid_and_head_screens_match_golden(tmp_path, size):
     """Snapshots of the screens as text (pytest-textual-snapshot needs a pytest older than this
@@ -421,6 +435,7 @@ def test_the_grid_and_head_screens_match_golden(tmp_path, size):
     check_golden(f"explore_head_{size[0]}.txt", head)
 
 
+@pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
     from attncli.explore.app import ExploreApp, GridScreen, HeadScreen
     from attncli.present.explore import gutter_width, magnified_cell, magnified_lines
@@ -459,6 +474,7 @@ def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
     asyncio.run(walk())
 
 
+@pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
     from attncli.explore.app import ExploreApp, HeadScreen
 
@@ -505,6 +521,7 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
     asyncio.run(zoom())
 
 
+@pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_last_picture_stays_while_a_zoomed_window_is_computed():
     """`+` answers at once: the head's last picture stays drawn and the title line says which rows
     are coming; the new picture replaces it when its thread is done."""
@@ -553,6 +570,7 @@ def _segments(widget) -> list:
     return list(console.render(widget.content))
 
 
+@pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_pilot_shows_masked_weights_as_masked_or_plainly():
     """`m` on a causal head: the heatmap's masked cells grey (the heatmaps' masked colour) and the
     table's masked weights `·`, or, switched, every weight drawn as a weight (masked ones as the
@@ -619,6 +637,7 @@ def test_the_pilot_shows_masked_weights_as_masked_or_plainly():
     asyncio.run(walk())
 
 
+@pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_mask_switch_is_hidden_where_nothing_is_masked():
     from attncli.explore.app import ExploreApp, HeadScreen
 
