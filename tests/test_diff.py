@@ -510,7 +510,8 @@ def test_weights_picked_by_name_against_a_single_tensor(tmp_path: Path) -> None:
     assert tensor["rows"]["top_k_same"] == 1.0
 
 
-@pytest.mark.slow
+# Not marked slow: its figure is its own subprocess's peak resident size (ru_maxrss), which tests
+# running beside it do not change, so it need not hold up the other slow tests (as the capture memory test).
 def test_two_large_files_compare_in_bounded_memory(tmp_path: Path) -> None:
     """Two sparse 100 MB .npy files of zeros, one with a single changed value: one block in memory."""
     script = r"""

@@ -536,7 +536,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
+# Not marked slow: its figure is its own subprocess's peak resident size (ru_maxrss), which tests
+# running beside it do not change, so it need not hold up the other slow tests (as the capture memory test).
 def test_memory_stays_bounded() -> None:
     """8192 positions: a full weights tensor is 256 MiB; the blocked path grows far less."""
     import json
