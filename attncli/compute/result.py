@@ -70,6 +70,7 @@ class AttentionResult:
     #: "blocks" (attncli's own maths, one or more blocks of query rows) or
     #: "scaled_dot_product_attention" (the fused kernel: the output alone).
     method: str = "blocks"
+    kernel: str = "torch"  # what made a run's blocks: "torch", or "numba" (compute/kernel_numba.py)
     stats: RowStats | None = None
     entropy: torch.Tensor | None = None  # (..., Lq) of every row, when kept without `stats`
     top_k: tuple[torch.Tensor, torch.Tensor] | None = None  # values (..., Lq, k), int64 keys (..., Lq, k)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attncli.compute import kernel_numba
 from attncli.compute.blocks import blocks
 from attncli.compute.prepare import (
     HALF_DTYPES,
@@ -152,8 +153,19 @@ def run(
     # The entropy from the scores saves a logarithm per weight; half-precision weights are rounded
     # from the float32 scores' softmax, so theirs comes from the weights themselves.
     keep_scores = stats and dtype not in HALF_DTYPES
+    # A run in blocks that keeps only the output, statistics and picture: the fused kernel's blocks,
+    # which carry those instead of weights, where it fits the problem (else, or when it is missing,
+    # the torch path's, which every sink reads).
+    summaries = block_rows is not None and all(
+        sink is None or type(sink) in (OutputSink, StatsSink, PictureSink) for sink in sinks
+    )
+    kernel = "numba" if summaries and kernel_numba.fits(p) else "torch"
+    if kernel == "numba":
+        computed = kernel_numba.fused_blocks(p, rows, None if pictures is None else pictures.block_cols)
+    else:
+        computed = blocks(p, rows, keep_scores=keep_scores)
     try:
-        for block in blocks(p, rows, keep_scores=keep_scores):
+        for block in computed:
             for sink in consumers:
                 sink.add(block)
             done = block.stop
@@ -186,6 +198,7 @@ def run(
         picture_blocks=(0, 0) if pictures is None else pictures.blocks,
         table=None if tables is None else tables.kept(),
         patterns=None if pattern_rows is None else pattern_rows.result(),
+        kernel=kernel,
     )
 
 

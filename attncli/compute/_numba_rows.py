@@ -1,0 +1,177 @@
+"""The row passes of the fused kernel, compiled by Numba (imported only where Numba is installed).
+
+One function, `summarise_rows`, over float32 scores rows (rows, W), each row's two passes made
+while it sits in cache: pass 1 the largest score of each picture cell (which give the row's
+largest, its key and each cell's largest weight) and, with a mask, the open keys of each cell;
+pass 2 each weight's numerator e = exp(score - largest) in place and every sum the statistics and
+the picture's means need. `cache=True` keeps the machine code on disk (beside this file, or in
+Numba's user cache directory where site-packages is read-only), so only the first process compiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+#: reassoc lets the sums split into vector lanes, nnan the maxima (the caller passes no NaN);
+#: no "ninf": masked scores are -inf.
+_FAST = {"nnan", "reassoc", "contract", "nsz", "arcp"}
+_MINUS_INF = np.float32(-np.inf)
+_ZERO = np.float32(0.0)
+#: exp(x) for x below this is under float32's smallest normal number: taken as 0 (as masked keys).
+_LOWEST = np.float32(-87.33)
+_LOG2E = np.float32(1.442695040888963)
+_LN2_HIGH = np.float32(0.693359375)
+_LN2_LOW = np.float32(-2.12194440e-4)
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):  # type: ignore[no-untyped-def]
+    """An int32's bits read as a float32 (2**n from its exponent field): vectorises, as ldexp does not."""
+    signature = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return signature, codegen
+
+
+@njit(inline="always", fastmath=_FAST, cache=True)
+def _exp(x: np.float32) -> np.float32:
+    """exp(x) for x <= 0 in float32, within about 1 ulp (Cephes' expf polynomial), 0 below _LOWEST
+    (and at -inf): Numba's own exp is a call per element since it dropped SVML (0.62)."""
+    clamped = x if x > _LOWEST else _LOWEST
+    n = np.floor(clamped * _LOG2E + np.float32(0.5))
+    r = clamped - n * _LN2_HIGH - n * _LN2_LOW  # |r| <= ln(2) / 2
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    exponent = (np.int32(n) + np.int32(127)) << np.int32(23)
+    power: np.float32 = _float_from_bits(exponent)  # type: ignore[call-arg]  # 2**n, n in [-126, 0]
+    return _ZERO if x < _LOWEST else p * power
+
+
+@njit(inline="always", fastmath=_FAST, cache=True)
+def _largest(values: np.ndarray, lanes: np.ndarray) -> np.float32:
+    """The largest of `values` (-inf when empty): 16 running maxima in `lanes`, which LLVM turns
+    into vector instructions (a single running maximum it leaves scalar)."""
+    count = values.shape[0]
+    whole = count - count % 16
+    lanes[:] = _MINUS_INF
+    for start in range(0, whole, 16):
+        for lane in range(16):
+            value = values[start + lane]
+            lanes[lane] = value if value > lanes[lane] else lanes[lane]
+    top = _MINUS_INF
+    for lane in range(16):
+        top = lanes[lane] if lanes[lane] > top else top
+    for key in range(whole, count):
+        top = values[key] if values[key] > top else top
+    return top
+
+
+@njit(inline="always", fastmath=_FAST, cache=True)
+def _open(values: np.ndarray) -> int:
+    """How many of `values` are above -inf (open keys)."""
+    count = 0
+    for key in range(values.shape[0]):
+        count += 1 if values[key] > _MINUS_INF else 0
+    return count
+
+
+@njit(inline="always", fastmath=_FAST, cache=True)
+def _exp_and_sums(
+    values: np.ndarray, best: np.float32, offset: np.float32
+) -> tuple[np.float32, np.float32, np.float32]:
+    """`values` (scores) replaced by e = exp(score - best); returns sum e, sum e (score - best) and
+    sum e |offset - key| (offset: the query's position less the first key's), in float32."""
+    z = _ZERO
+    weighted = _ZERO
+    distance = _ZERO
+    for key in range(values.shape[0]):
+        shifted = values[key] - best
+        e = _exp(shifted)
+        values[key] = e
+        z += e
+        weighted += e * (shifted if shifted > _LOWEST else _LOWEST)  # 0 * -inf would be NaN
+        distance += e * abs(offset - np.float32(np.int32(key)))
+    return z, weighted, distance
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy", boundscheck=False)
+def summarise_rows(
+    scores: np.ndarray,
+    first: int,
+    last: int,
+    query_of_row: np.ndarray,
+    causal: bool,
+    masked: bool,
+    cell_keys: int,
+    largest_of_row: np.ndarray,
+    argmax: np.ndarray,
+    open_keys: np.ndarray,
+    sink_open: np.ndarray,
+    totals: np.ndarray,
+    cell_largest: np.ndarray,
+    cell_sums: np.ndarray,
+    cell_open: np.ndarray,
+) -> None:
+    """Rows [first, last) of `scores` (rows, W) float32, masked keys at -inf, no NaN: each row's
+    numerators e = exp(score - largest) left in place (0 at masked keys, past a causal row's query
+    and across a row with every key masked). `query_of_row` (rows,) int64: each row's query
+    position (under `causal`, the keys after it are masked). Per row: `largest_of_row` the largest
+    score (-inf: every key masked), `argmax` its first key (-1), `open_keys` how many keys are
+    open (counted only when `masked`, else W or the causal row's), `sink_open` key 0 open, `totals`
+    (rows, 3) float64: Z = sum e, sum e (s - largest), sum e |query - key|. Per row and cell of
+    `cell_keys` keys (rows, C): the largest score, the sum of e, and (when `masked`) the open keys."""
+    width = scores.shape[1]
+    cells = cell_largest.shape[1]
+    lanes = np.empty(16, np.float32)
+    for row in range(first, last):
+        values = scores[row]
+        query = query_of_row[row]
+        limit = min(query + 1, width) if causal else width  # keys from here on are masked
+        # Pass 1: the largest score of each cell and of the row; the open keys.
+        best = _MINUS_INF
+        best_cell = -1
+        opened = 0
+        for cell in range(cells):
+            start = min(cell * cell_keys, limit)
+            stop = min(start + cell_keys, limit)
+            top = _largest(values[start:stop], lanes)
+            cell_largest[row, cell] = top
+            if masked:
+                count = _open(values[start:stop])
+                cell_open[row, cell] = count
+                opened += count
+            if top > best:
+                best, best_cell = top, cell
+        open_keys[row] = opened if masked else limit
+        sink_open[row] = limit > 0 and values[0] > _MINUS_INF
+        largest_of_row[row] = best
+        totals[row, :] = 0.0
+        cell_sums[row, :] = 0.0
+        if best_cell < 0:  # every key masked: no weights
+            argmax[row] = -1
+            values[:] = 0.0
+            continue
+        for key in range(best_cell * cell_keys, limit):
+            if values[key] == best:
+                argmax[row] = key
+                break
+        # Pass 2: e in place and the sums, float32 within a cell, float64 across cells.
+        for cell in range(cells):
+            start = min(cell * cell_keys, limit)
+            stop = min(start + cell_keys, limit)
+            sums = _exp_and_sums(values[start:stop], best, np.float32(query - start))
+            cell_sums[row, cell] = sums[0]
+            totals[row, 0] += sums[0]
+            totals[row, 1] += sums[1]
+            totals[row, 2] += sums[2]
+        values[limit:] = 0.0

@@ -1,0 +1,23 @@
+"""What the fused kernel gives for a block of query rows in place of its weights (no I/O, no printing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attncli.analysis.rows import RowStats
+
+
+@dataclass(frozen=True)
+class RowSummary:
+    """Per query row of a block (..., n): `stats`, the figures `analysis.rows.row_stats` gives of its
+    weights; per row and cell of `cell_keys` keys (..., n, C), C = ceil(W / cell_keys): the largest
+    weight (0 where none is open), the float64 sum of the weights and how many keys are open (for
+    the picture's max and mean: `PictureSink`)."""
+
+    stats: RowStats
+    cell_keys: int
+    cell_largest: torch.Tensor
+    cell_sums: torch.Tensor
+    cell_open: torch.Tensor
