@@ -18,6 +18,7 @@ both against the float64 reference). No I/O, no printing.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import os
@@ -62,7 +63,7 @@ def _load() -> str | None:
     if os.environ.get(ENV, "").strip().lower() == "torch":
         return f"{ENV}=torch"
     try:
-        from attncli.compute import _numba_rows
+        _numba_rows = importlib.import_module("attncli.compute._numba_rows")
     except Exception as error:  # ImportError, or a Numba that fails on this platform
         return f"numba did not import ({type(error).__name__}: {str(error)[:80]})"
     _state["rows"] = _numba_rows.summarise_rows
