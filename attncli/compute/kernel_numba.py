@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from attncli.analysis.rows import RowStats
+from attncli.compute import buffers
 from attncli.compute.blocks import Block
 from attncli.compute.prepare import Prepared, blocked_keys, causal_hidden
 from attncli.compute.summary import RowSummary
@@ -112,7 +113,8 @@ def fused_blocks(problem: Prepared, block_rows: int, cell_keys: int | None = Non
     mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
     workers = max(1, torch.get_num_threads())
     pool = _pool(workers)
-    buffer: torch.Tensor | None = None  # the scores of a full block, reused by the next
+    # The scores of the largest block, made once (huge pages where the platform has them), reused by each.
+    buffer = buffers.empty((math.prod(lead) * min(block_rows, lq) * lk,), torch.float32, query.device)
     for start in range(0, lq, block_rows):
         stop = min(start + block_rows, lq)
         n = stop - start
@@ -133,8 +135,6 @@ def fused_blocks(problem: Prepared, block_rows: int, cell_keys: int | None = Non
         scaled = q * p.scale  # n x D numbers to scale, not n x W
         product_lead = np.broadcast_shapes(tuple(scaled.shape[:-2]), tuple(k.shape[:-2]))
         product_shape = (*product_lead, n, width)
-        if buffer is None or buffer.numel() < math.prod(product_shape):
-            buffer = torch.empty(math.prod(product_shape), dtype=torch.float32)
         scores = buffer[: math.prod(product_shape)].view(product_shape)
         torch.matmul(scaled, k.transpose(-2, -1), out=scores)  # (..., n, D) @ (..., D, W) -> (..., n, W)
         if p.group > 1:
