@@ -38,6 +38,8 @@ from attncli.compute.summary import RowSummary
 
 #: ATTNCLI_KERNEL=torch: runs in blocks take the torch path even where Numba is installed.
 ENV = "ATTNCLI_KERNEL"
+#: Rows of a block are split into this many parts per thread.
+PARTS_PER_THREAD = 4
 #: Keys per cell of the kernel's pass 1 when no picture sets them: a few cache lines per maximum.
 CELL_KEYS = 256
 
@@ -203,7 +205,8 @@ def _summarise(
     cell_open = np.empty((rows, cells), np.int32)
     arguments: tuple[Any, ...] = (query_of_row, causal, masked, cell_keys, largest, argmax, open_keys)
     arguments += (sink_open, totals, cell_largest, cell_sums, cell_open)
-    bounds = np.linspace(0, rows, min(workers, rows) + 1).astype(int)
+    # More parts than threads, taken in turn: a thread slowed by a busy neighbour takes fewer of them.
+    bounds = np.linspace(0, rows, min(PARTS_PER_THREAD * workers, rows) + 1).astype(int)
     parts = [
         pool.submit(summarise, flat, int(first), int(last), *arguments)
         for first, last in itertools.pairwise(bounds)
