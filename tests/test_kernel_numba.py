@@ -8,7 +8,10 @@ Kept in one file with one compiled signature: each fresh test process pays Numba
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -208,3 +211,28 @@ def test_fallback_where_numba_does_not_import(monkeypatch: pytest.MonkeyPatch) -
     again = run(problem, block_rows=5, stats=True, picture=(3, 3))
     assert again.kernel == "numba"
     np.testing.assert_allclose(again.output.numpy(), result.output.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_runs_the_kernel() -> None:
+    """A child forked after a run (multiprocessing's default on Linux) has none of the parent's
+    threads: its runs get a pool of their own instead of waiting for the parent's forever."""
+    query, key, value = (_random(12, 8, seed=seed) for seed in (26, 27, 28))
+    problem = prepare(query, key, value)
+    expected = run(problem, block_rows=5, stats=True).output
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its run agrees
+        code = 1
+        try:
+            got = run(problem, block_rows=5, stats=True)
+            code = 0 if got.kernel == "numba" and torch.equal(got.output, expected) else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:  # stuck: the child waits for threads it does not have
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's run did not finish in 60 s")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

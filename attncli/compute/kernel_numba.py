@@ -259,12 +259,14 @@ def _summarise(
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One pool of `workers` threads for the process (a new one when the count changes)."""
+    """One pool of `workers` threads for the process: a new one when the count changes, or in a
+    child forked from the process that made it (a fork copies no thread, and the old pool would
+    wait for its threads forever)."""
     with _lock:
         pool: ThreadPoolExecutor | None = _state.get("pool")
-        if pool is None or _state.get("workers") != workers:
-            if pool is not None:
+        if pool is None or _state.get("pool_of") != (workers, os.getpid()):
+            if pool is not None and _state.get("pool_of", (0, 0))[1] == os.getpid():
                 pool.shutdown(wait=False)
             pool = ThreadPoolExecutor(workers, thread_name_prefix="attncli-kernel")
-            _state["pool"], _state["workers"] = pool, workers
+            _state["pool"], _state["pool_of"] = pool, (workers, os.getpid())
         return pool
