@@ -148,7 +148,7 @@ def fused_blocks(problem: Prepared, block_rows: int, cell_keys: int | None = Non
             if block_mask.dtype == torch.bool:
                 scores.masked_fill_(~block_mask, -math.inf)
             else:
-                scores.add_(block_mask)
+                scores.add_(block_mask.to(scores.dtype))
         summary, z = _summarise(
             summarise, pool, workers, scores, start, n, p.causal, mask is not None, keys_per_cell
         )
