@@ -140,7 +140,8 @@ def test_both_paths_agree_with_float64(name: str, block_rows: int, kernel: str) 
     case = _case(name)
     query, key, value = case["qkv"]
     problem = prepare(query, key, value, **{n: v for n, v in case.items() if n != "qkv"})
-    result = run(problem, block_rows=block_rows, stats=True, picture=(4, 6))
+    # a heatmap's title: the figures of a table that keeps no cell
+    result = run(problem, block_rows=block_rows, stats=True, picture=(4, 6), table=([], []))
     assert result.kernel == kernel
     weights64, output64 = reference_attention(
         query.double().numpy(),
@@ -168,6 +169,14 @@ def test_both_paths_agree_with_float64(name: str, block_rows: int, kernel: str) 
     assert (result.masked_rows is None) == ("mask" not in case)
     if result.masked_rows is not None:
         np.testing.assert_array_equal(result.masked_rows.numpy(), ~open_keys.any(axis=-1))
+    assert result.table is not None
+    live = open_keys.any(axis=-1)  # (..., Lq)
+    open_weights = np.where(open_keys, weights64, np.inf)
+    np.testing.assert_allclose(result.table.maximum, weights64.max(axis=(-2, -1)), **STATS)
+    np.testing.assert_allclose(result.table.minimum, open_weights.min(axis=(-2, -1)), rtol=2e-5, atol=1e-30)
+    np.testing.assert_array_equal(result.table.live, live.any(axis=-1))
+    assert float(result.table.deviation.max()) < 1e-6  # float32 weights' sums (torch), float64 (kernel)
+    assert result.table.any_blocked == bool((~open_keys).any())
     largest, mean = _expected_picture(weights64, open_keys, result.picture_blocks)
     np.testing.assert_allclose(result.picture_max, largest, **STATS)
     np.testing.assert_allclose(result.picture_mean, mean, **STATS)
@@ -181,6 +190,11 @@ def test_the_kernel_runs_only_what_it_computes(kernel: str) -> None:
     problem = prepare(query, key, value)
     assert run(problem, block_rows=5, stats=True).kernel == kernel
     assert run(problem, block_rows=5, picture=(2, 2)).kernel == kernel
+    entropy_alone = run(problem, block_rows=5, entropy=True)  # a heatmap's title without --stats
+    assert entropy_alone.kernel == kernel
+    assert entropy_alone.entropy is not None
+    torch.testing.assert_close(entropy_alone.entropy, run(problem, block_rows=5, stats=True).stats.entropy)
+    assert run(problem, block_rows=5, table=([1], [2])).kernel == "torch"  # a table's cells
     assert run(problem, block_rows=5, stats=True, top_k=2).kernel == "torch"
     assert run(problem, block_rows=5, stats=True, keep_weights=True).kernel == "torch"
     assert run(problem, stats=True).kernel == "torch"  # a whole run keeps its weights' path

@@ -19,6 +19,7 @@ from numba.extending import intrinsic
 #: no "ninf": masked scores are -inf.
 _FAST = {"nnan", "reassoc", "contract", "nsz", "arcp"}
 _MINUS_INF = np.float32(-np.inf)
+_PLUS_INF = np.float32(np.inf)
 _ZERO = np.float32(0.0)
 #: exp(x) for x below this is under float32's smallest normal number: taken as 0 (as masked keys).
 _LOWEST = np.float32(-87.33)
@@ -57,22 +58,29 @@ def _exp(x: np.float32) -> np.float32:
 
 
 @njit(inline="always", fastmath=_FAST, cache=True)
-def _largest(values: np.ndarray, lanes: np.ndarray) -> np.float32:
-    """The largest of `values` (-inf when empty): 16 running maxima in `lanes`, which LLVM turns
-    into vector instructions (a single running maximum it leaves scalar)."""
+def _extremes(values: np.ndarray, high: np.ndarray, low: np.ndarray) -> tuple[np.float32, np.float32]:
+    """The largest of `values` (-inf when empty) and the smallest above -inf (+inf when none): 16
+    running maxima and minima in `high` and `low`, which LLVM turns into vector instructions (a
+    single running one it leaves scalar)."""
     count = values.shape[0]
     whole = count - count % 16
-    lanes[:] = _MINUS_INF
+    high[:] = _MINUS_INF
+    low[:] = _PLUS_INF
     for start in range(0, whole, 16):
         for lane in range(16):
             value = values[start + lane]
-            lanes[lane] = value if value > lanes[lane] else lanes[lane]
+            high[lane] = value if value > high[lane] else high[lane]
+            low[lane] = value if value < low[lane] and value > _MINUS_INF else low[lane]
     top = _MINUS_INF
+    bottom = _PLUS_INF
     for lane in range(16):
-        top = lanes[lane] if lanes[lane] > top else top
+        top = high[lane] if high[lane] > top else top
+        bottom = low[lane] if low[lane] < bottom else bottom
     for key in range(whole, count):
-        top = values[key] if values[key] > top else top
-    return top
+        value = values[key]
+        top = value if value > top else top
+        bottom = value if value < bottom and value > _MINUS_INF else bottom
+    return top, bottom
 
 
 @njit(inline="always", fastmath=_FAST, cache=True)
@@ -116,6 +124,7 @@ def summarise_rows(
     masked: bool,
     cell_keys: int,
     largest_of_row: np.ndarray,
+    smallest_of_row: np.ndarray,
     argmax: np.ndarray,
     open_keys: np.ndarray,
     sink_open: np.ndarray,
@@ -128,25 +137,29 @@ def summarise_rows(
     numerators e = exp(score - largest) left in place (0 at masked keys, past a causal row's query
     and across a row with every key masked). `query_of_row` (rows,) int64: each row's query
     position (under `causal`, the keys after it are masked). Per row: `largest_of_row` the largest
-    score (-inf: every key masked), `argmax` its first key (-1), `open_keys` how many keys are
-    open (counted only when `masked`, else W or the causal row's), `sink_open` key 0 open, `totals`
-    (rows, 3) float64: Z = sum e, sum e (s - largest), sum e |query - key|. Per row and cell of
-    `cell_keys` keys (rows, C): the largest score, the sum of e, and (when `masked`) the open keys."""
+    score (-inf: every key masked), `smallest_of_row` the smallest open one (+inf: none), `argmax`
+    the largest's first key (-1), `open_keys` how many keys are open (counted only when `masked`,
+    else W or the causal row's), `sink_open` key 0 open, `totals` (rows, 3) float64: Z = sum e,
+    sum e (s - largest), sum e |query - key|. Per row and cell of `cell_keys` keys (rows, C): the
+    largest score, the sum of e, and (when `masked`) the open keys."""
     width = scores.shape[1]
     cells = cell_largest.shape[1]
-    lanes = np.empty(16, np.float32)
+    high = np.empty(16, np.float32)
+    low = np.empty(16, np.float32)
     for row in range(first, last):
         values = scores[row]
         query = query_of_row[row]
         limit = min(query + 1, width) if causal else width  # keys from here on are masked
-        # Pass 1: the largest score of each cell and of the row; the open keys.
+        # Pass 1: the largest score of each cell and of the row, its smallest open one; the open keys.
         best = _MINUS_INF
+        worst = _PLUS_INF
         best_cell = -1
         opened = 0
         for cell in range(cells):
             start = min(cell * cell_keys, limit)
             stop = min(start + cell_keys, limit)
-            top = _largest(values[start:stop], lanes)
+            top, bottom = _extremes(values[start:stop], high, low)
+            worst = bottom if bottom < worst else worst
             cell_largest[row, cell] = top
             if masked:
                 count = _open(values[start:stop])
@@ -157,6 +170,7 @@ def summarise_rows(
         open_keys[row] = opened if masked else limit
         sink_open[row] = limit > 0 and values[0] > _MINUS_INF
         largest_of_row[row] = best
+        smallest_of_row[row] = worst
         totals[row, :] = 0.0
         cell_sums[row, :] = 0.0
         if best_cell < 0:  # every key masked: no weights

@@ -196,6 +196,7 @@ def _summarise(
     cells = max(1, math.ceil(width / cell_keys))
     query_of_row = np.arange(rows, dtype=np.int64) % n + first_row
     largest = np.empty(rows, np.float32)
+    smallest = np.empty(rows, np.float32)
     argmax = np.full(rows, -1, np.int64)
     open_keys = np.empty(rows, np.int64)
     sink_open = np.empty(rows, np.bool_)
@@ -203,7 +204,16 @@ def _summarise(
     cell_largest = np.empty((rows, cells), np.float32)
     cell_sums = np.empty((rows, cells), np.float32)
     cell_open = np.empty((rows, cells), np.int32)
-    arguments: tuple[Any, ...] = (query_of_row, causal, masked, cell_keys, largest, argmax, open_keys)
+    arguments: tuple[Any, ...] = (
+        query_of_row,
+        causal,
+        masked,
+        cell_keys,
+        largest,
+        smallest,
+        argmax,
+        open_keys,
+    )
     arguments += (sink_open, totals, cell_largest, cell_sums, cell_open)
     # More parts than threads, taken in turn: a thread slowed by a busy neighbour takes fewer of them.
     bounds = np.linspace(0, rows, min(PARTS_PER_THREAD * workers, rows) + 1).astype(int)
@@ -231,6 +241,9 @@ def _summarise(
         sink = np.where(sink_open, flat[:, 0] * inverse, np.nan)
         distance = np.where(live, totals[:, 2] * inverse, np.nan)
         max_weight = np.where(live, inverse, np.nan)
+        # the smallest open weight of each row (inf where none is open), as the torch path's float32
+        # weights hold it: exp below float32's range is 0
+        row_smallest = np.where(live, np.exp(smallest.astype(np.float64) - largest) * inverse, np.inf)
         weights_largest = np.where(
             cell_largest > -np.inf, np.exp(cell_largest.astype(np.float64) - largest[:, None]), 0.0
         )
@@ -248,11 +261,15 @@ def _summarise(
         distance=field(distance),
     )
     cell_shape = (*lead, n, cells)
+    cell_totals = cell_sums.astype(np.float64) * inverse[:, None]  # (rows, C): the weights' sums
     summary = RowSummary(
         stats=stats,
+        keys=width,
+        smallest=field(row_smallest.astype(np.float32)),
+        row_sums=torch.from_numpy(cell_totals.sum(axis=-1)).reshape(shape),
         cell_keys=cell_keys,
         cell_largest=torch.from_numpy(weights_largest * inverse[:, None]).float().reshape(cell_shape),
-        cell_sums=torch.from_numpy(cell_sums.astype(np.float64) * inverse[:, None]).reshape(cell_shape),
+        cell_sums=torch.from_numpy(cell_totals).reshape(cell_shape),
         cell_open=torch.from_numpy(cell_open.astype(np.int64)).reshape(cell_shape),
     )
     return summary, torch.from_numpy(inverse.astype(np.float32)).reshape(shape)

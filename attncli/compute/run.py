@@ -153,11 +153,14 @@ def run(
     # The entropy from the scores saves a logarithm per weight; half-precision weights are rounded
     # from the float32 scores' softmax, so theirs comes from the weights themselves.
     keep_scores = stats and dtype not in HALF_DTYPES
-    # A run in blocks that keeps only the output, statistics and picture: the fused kernel's blocks,
-    # which carry those instead of weights, where it fits the problem (else, or when it is missing,
-    # the torch path's, which every sink reads).
+    # A run in blocks that keeps only the output, statistics, picture and a title's figures: the
+    # fused kernel's blocks, which carry those instead of weights, where it fits the problem (else,
+    # or where Numba is missing, the torch path's, which every sink reads).
     summaries = block_rows is not None and all(
-        sink is None or type(sink) in (OutputSink, StatsSink, PictureSink) for sink in sinks
+        sink is None
+        or type(sink) in (OutputSink, StatsSink, PictureSink, EntropySink)
+        or (isinstance(sink, TableSink) and sink.figures_only)  # a heatmap's title
+        for sink in sinks
     )
     kernel = "numba" if summaries and kernel_numba.fits(p) else "torch"
     if kernel == "numba":

@@ -21,6 +21,7 @@ from attncli.analysis.heads import PATTERN_NAMES, pattern_rows
 from attncli.analysis.rows import RowStats
 from attncli.compute.blocks import Block
 from attncli.compute.result import KeptTable, as_array
+from attncli.compute.summary import RowSummary
 
 _FloatArray = npt.NDArray[np.float32]
 _STAT_FIELDS = ("entropy", "entropy_normalised", "max_weight", "argmax", "sink", "distance")
@@ -102,6 +103,9 @@ class EntropySink:
         self.entropy = _Rows(weights_shape[-2], axis=-1)
 
     def add(self, block: Block) -> None:
+        if block.summary is not None:  # the fused kernel's block: its entropy comes computed
+            self.entropy.put(block.summary.stats.entropy, block.start, block.stop)
+            return
         self.entropy.put(analysis.row_entropy(block.weights, block.blocked), block.start, block.stop)
 
 
@@ -317,7 +321,41 @@ class TableSink:
         self.live = torch.zeros(lead, dtype=torch.bool, device=device)
 
     def add(self, block: Block) -> None:
+        if block.summary is not None:
+            self.keep_figures(block.summary, block.blocked, block.masked_rows)
+            return
         self.keep(block.start, block.weights, block.blocked, block.masked_rows)
+
+    @property
+    def figures_only(self) -> bool:
+        """No cell is kept, only the figures of a title (a heatmap's): what a fused block gives."""
+        return not self.rows and not self.cols
+
+    def keep_figures(
+        self, summary: RowSummary, blocked: torch.Tensor | None, masked_rows: torch.Tensor | None
+    ) -> None:
+        """The title's figures from a fused kernel's block (`figures_only` tables): the largest and
+        smallest weight over open keys, the largest |row sum - 1| and which matrices have an open key,
+        as `keep` finds them in weights."""
+        if not self.figures_only:
+            raise ValueError("a fused block holds no weights: a table of cells needs the torch path")
+        n = summary.smallest.shape[-1]
+        if not n or not summary.keys:
+            return
+        if not self.any_blocked:
+            self.any_blocked = summary.keys < self.keys or (blocked is not None and bool(blocked.any()))
+        largest = summary.stats.max_weight.nan_to_num(0.0)  # a row with no open key: weights 0
+        self.maximum = torch.maximum(self.maximum, largest.amax(dim=-1).double())
+        self.minimum = torch.minimum(self.minimum, summary.smallest.amin(dim=-1).double())
+        off = (summary.row_sums - 1).abs()  # (..., n)
+        live = None if masked_rows is None else ~masked_rows
+        if live is not None:
+            off = off.masked_fill(~live, 0.0)
+        self.deviation = torch.maximum(self.deviation, off.amax(dim=-1))
+        if live is None:
+            self.live.fill_(True)
+        else:
+            self.live |= live.any(dim=-1)
 
     def keep(
         self,

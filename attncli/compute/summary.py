@@ -11,12 +11,17 @@ from attncli.analysis.rows import RowStats
 
 @dataclass(frozen=True)
 class RowSummary:
-    """Per query row of a block (..., n): `stats`, the figures `analysis.rows.row_stats` gives of its
-    weights; per row and cell of `cell_keys` keys (..., n, C), C = ceil(W / cell_keys): the largest
-    weight (0 where none is open), the float64 sum of the weights and how many keys are open (for
-    the picture's max and mean: `PictureSink`)."""
+    """Per query row of a block (..., n) of `keys` keys: `stats`, the figures `analysis.rows.row_stats`
+    gives of its weights; `smallest`, its smallest weight over open keys (inf where none is open);
+    `row_sums`, the float64 sum of its weights (0 where none is open; the kernel never rounds the
+    weights to float32, so this is 1 within float64 rounding). Per row and cell of `cell_keys` keys
+    (..., n, C), C = ceil(W / cell_keys): the largest weight (0 where none is open), the float64 sum
+    of the weights and how many keys are open (the picture's max and mean: `PictureSink`)."""
 
     stats: RowStats
+    keys: int
+    smallest: torch.Tensor
+    row_sums: torch.Tensor
     cell_keys: int
     cell_largest: torch.Tensor
     cell_sums: torch.Tensor
