@@ -250,3 +250,17 @@ def test_a_forked_child_runs_the_kernel() -> None:
         os.waitpid(pid, 0)
         pytest.fail("the forked child's run did not finish in 60 s")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_one_thread_runs_the_kernel_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With torch on one thread the kernel runs in the calling thread: the same numbers as the pool's."""
+    query, key, value = (_random(2, 21, 8, seed=seed) for seed in (29, 30, 31))
+    problem = prepare(query, key, value, causal=True)
+    pooled = run(problem, block_rows=8, stats=True, picture=(3, 3))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    inline = run(problem, block_rows=8, stats=True, picture=(3, 3))
+    assert pooled.kernel == inline.kernel == "numba"
+    torch.testing.assert_close(inline.output, pooled.output, rtol=0, atol=0)
+    assert pooled.stats is not None
+    assert inline.stats is not None
+    torch.testing.assert_close(inline.stats.distance, pooled.stats.distance, rtol=0, atol=0)

@@ -216,13 +216,16 @@ def _summarise(
     )
     arguments += (sink_open, totals, cell_largest, cell_sums, cell_open)
     # More parts than threads, taken in turn: a thread slowed by a busy neighbour takes fewer of them.
-    bounds = np.linspace(0, rows, min(PARTS_PER_THREAD * workers, rows) + 1).astype(int)
-    parts = [
-        pool.submit(summarise, flat, int(first), int(last), *arguments)
-        for first, last in itertools.pairwise(bounds)
-    ]
-    for part in parts:
-        part.result()
+    if workers == 1:  # torch runs on one thread: so does the kernel, without the pool
+        summarise(flat, 0, rows, *arguments)
+    else:
+        bounds = np.linspace(0, rows, min(PARTS_PER_THREAD * workers, rows) + 1).astype(int)
+        parts = [
+            pool.submit(summarise, flat, int(first), int(last), *arguments)
+            for first, last in itertools.pairwise(bounds)
+        ]
+        for part in parts:
+            part.result()
     if not masked and not causal:
         cell_open[:] = cell_keys
         cell_open[:, -1] = width - cell_keys * (cells - 1)
