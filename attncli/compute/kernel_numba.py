@@ -1,0 +1,292 @@
+"""The fused kernel of a run in blocks: per block, the output, the statistics and the picture's cells
+in two passes over each row of scores while it sits in cache, instead of the weights.
+
+The torch path (`blocks.blocks`) makes the weights of a block and hands them to each sink, which
+passes over them again (softmax, the entropy's product, maxima, the distance's sums, the picture's
+pooling: about fourteen passes over memory besides the two matrix products). Here the scores of a
+block come from the same product (`torch.matmul`, into one buffer reused for every block); then
+Numba's `_numba_rows.summarise_rows` makes, row by row, pass 1 (each picture cell's largest score,
+which give the row's largest, its key and the cells' largest weights) and pass 2 (e = exp(s - largest)
+in place and every sum); then output = (E @ V) / Z. Blocks carry a `RowSummary` instead of weights,
+which `StatsSink`, `PictureSink` and `OutputSink` read; a run takes this path only when those are
+all it feeds (`fits`).
+
+Where Numba is missing or fails to import, or ATTNCLI_KERNEL=torch is set, `available()` is False
+and runs take the torch path: the same numbers within rounding (tests/test_kernel_numba.py holds
+both against the float64 reference). No I/O, no printing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from attncli.analysis.rows import RowStats
+from attncli.compute import buffers
+from attncli.compute.blocks import Block
+from attncli.compute.prepare import Prepared, blocked_keys, causal_hidden
+from attncli.compute.summary import RowSummary
+
+#: ATTNCLI_KERNEL=torch: runs in blocks take the torch path even where Numba is installed.
+ENV = "ATTNCLI_KERNEL"
+#: Rows of a block are split into this many parts per thread.
+PARTS_PER_THREAD = 4
+#: Keys per cell of the kernel's pass 1 when no picture sets them: a few cache lines per maximum.
+CELL_KEYS = 256
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def available() -> bool:
+    """Numba imports and compiles (or loads from its cache) the row passes, and ATTNCLI_KERNEL is not
+    "torch". Found once per process; `why_not()` says what failed."""
+    return why_not() is None
+
+
+def why_not() -> str | None:
+    """None when the kernel can run; else why runs take the torch path, in a few words."""
+    with _lock:
+        if "why_not" not in _state:
+            _state["why_not"] = _load()
+        reason: str | None = _state["why_not"]
+        return reason
+
+
+def _load() -> str | None:
+    if os.environ.get(ENV, "").strip().lower() == "torch":
+        return f"{ENV}=torch"
+    try:
+        _numba_rows = importlib.import_module("attncli.compute._numba_rows")
+    except Exception as error:  # ImportError, or a Numba that fails on this platform
+        return f"numba did not import ({type(error).__name__}: {str(error)[:80]})"
+    _state["rows"] = _numba_rows.summarise_rows
+    return None
+
+
+def path_name() -> str:
+    """The kernel a run in blocks takes when it may (`fits`): "numba", or "torch (why)"."""
+    reason = why_not()
+    return "numba" if reason is None else f"torch ({reason})"
+
+
+def fits(problem: Prepared) -> bool:
+    """The kernel computes `problem`: Numba is there, on the CPU, float32, keys and query rows, scores
+    that cannot overflow and no NaN or infinity in the inputs (the kernel assumes none: its
+    maxima are vectorised without NaN tests), a float mask's entries either -inf or finite and far
+    from float32's lowest (so that a score plus the mask never reaches -inf unless masked)."""
+    p = problem
+    if p.query.device.type != "cpu" or p.query.dtype != torch.float32 or p.may_overflow:
+        return False
+    if 0 in p.weights_shape[-2:]:
+        return False
+    if p.query.requires_grad or p.key.requires_grad or p.value.requires_grad:
+        return False
+    if not all(bool(torch.isfinite(x).all()) for x in (p.query, p.key, p.value)):
+        return False
+    if p.mask is not None and p.mask.is_floating_point():
+        finite = torch.isfinite(p.mask)
+        if bool((~finite & (p.mask != -math.inf)).any()):  # NaN or +inf
+            return False
+        if bool((finite & (p.mask < -1e30)).any()):
+            return False
+    return available()
+
+
+def fused_blocks(problem: Prepared, block_rows: int, cell_keys: int | None = None) -> Iterator[Block]:
+    """The blocks of `block_rows` query rows of `problem` (which `fits`), each with its output, fully
+    masked rows, masked keys and a `RowSummary` (statistics; the picture's cells of `cell_keys` keys,
+    default CELL_KEYS) in place of weights: its `weights` is empty (..., n, 0)."""
+    summarise = _state["rows"]
+    p = problem
+    query, key, value = p.query, p.key, p.value
+    *lead, lq, lk = p.weights_shape
+    keys_per_cell = CELL_KEYS if cell_keys is None else cell_keys
+    mask = p.mask
+    mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
+    workers = max(1, torch.get_num_threads())
+    pool = _pool(workers)
+    # The scores of the largest block, made once (huge pages where the platform has them), reused by each.
+    buffer = buffers.empty((math.prod(lead) * min(block_rows, lq) * lk,), torch.float32, query.device)
+    for start in range(0, lq, block_rows):
+        stop = min(start + block_rows, lq)
+        n = stop - start
+        block_mask = mask[..., start:stop, :] if mask is not None and mask_rows else mask
+        q = query[..., start:stop, :]
+        k, v = key, value
+        width = lk
+        if p.causal and stop < lk:
+            # Rows up to stop - 1 see no key past it: those columns get no work.
+            width = stop
+            k, v = k[..., :width, :], v[..., :width, :]
+            if block_mask is not None and block_mask.ndim and block_mask.shape[-1] > 1:
+                block_mask = block_mask[..., :width]
+        if p.group > 1:
+            # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
+            q = q.reshape(*q.shape[:-3], k.shape[-3], p.group, n, q.shape[-1])  # (..., Hkv, G, n, D)
+            k, v = k.unsqueeze(-3), v.unsqueeze(-3)  # (..., Hkv, 1, W, D)
+        scaled = q * p.scale  # n x D numbers to scale, not n x W
+        product_lead = np.broadcast_shapes(tuple(scaled.shape[:-2]), tuple(k.shape[:-2]))
+        product_shape = (*product_lead, n, width)
+        scores = buffer[: math.prod(product_shape)].view(product_shape)
+        torch.matmul(scaled, k.transpose(-2, -1), out=scores)  # (..., n, D) @ (..., D, W) -> (..., n, W)
+        if p.group > 1:
+            scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, W) -> (..., Hq, n, W)
+        weights_shape = (*lead, n, width)
+        if tuple(scores.shape) != weights_shape:
+            scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes
+        if block_mask is not None:
+            if block_mask.dtype == torch.bool:
+                scores.masked_fill_(~block_mask, -math.inf)
+            else:
+                scores.add_(block_mask.to(scores.dtype))
+        summary, z = _summarise(
+            summarise, pool, workers, scores, start, n, p.causal, mask is not None, keys_per_cell
+        )
+        if p.group > 1:
+            # (..., Hkv, G, n, W) @ (..., Hkv, 1, W, Dv) -> (..., Hkv, G, n, Dv) -> (..., Hq, n, Dv)
+            grouped = scores.reshape(*scores.shape[:-3], k.shape[-4], p.group, n, width)
+            output = torch.matmul(grouped, v).flatten(-4, -3)
+        else:
+            output = torch.matmul(scores, v)  # (..., n, W) @ (..., W, Dv) -> (..., n, Dv)
+        output.mul_(z.unsqueeze(-1))  # E @ V / Z; 0 where every key is masked
+        blocked = None
+        masked_rows = None
+        if mask is not None:
+            blocked = blocked_keys(block_mask, p.causal, n, width, start, device=scores.device)
+            masked_rows = summary.stats.argmax < 0  # (..., n)
+        elif p.causal:
+            blocked = causal_hidden(n, width, start, scores.device)
+        yield Block(
+            start=start,
+            stop=stop,
+            weights=scores.new_empty((*lead, n, 0)),
+            output=output,
+            masked_rows=masked_rows,
+            blocked=blocked,
+            summary=summary,
+        )
+
+
+def _summarise(
+    summarise: Any,
+    pool: ThreadPoolExecutor,
+    workers: int,
+    scores: torch.Tensor,
+    first_row: int,
+    n: int,
+    causal: bool,
+    masked: bool,
+    cell_keys: int,
+) -> tuple[RowSummary, torch.Tensor]:
+    """The kernel over every row of `scores` (..., n, W), split among `workers` threads (Numba
+    releases the GIL); the summary, and 1 / Z per row (0 where every key is masked), (..., n)."""
+    *lead, _, width = scores.shape
+    flat = scores.numpy().reshape(-1, width)  # (..., n, W) -> (rows, W), a view
+    rows = flat.shape[0]
+    cells = max(1, math.ceil(width / cell_keys))
+    query_of_row = np.arange(rows, dtype=np.int64) % n + first_row
+    largest = np.empty(rows, np.float32)
+    smallest = np.empty(rows, np.float32)
+    argmax = np.full(rows, -1, np.int64)
+    open_keys = np.empty(rows, np.int64)
+    sink_open = np.empty(rows, np.bool_)
+    totals = np.empty((rows, 3), np.float64)
+    cell_largest = np.empty((rows, cells), np.float32)
+    cell_sums = np.empty((rows, cells), np.float32)
+    cell_open = np.empty((rows, cells), np.int32)
+    arguments: tuple[Any, ...] = (
+        query_of_row,
+        causal,
+        masked,
+        cell_keys,
+        largest,
+        smallest,
+        argmax,
+        open_keys,
+    )
+    arguments += (sink_open, totals, cell_largest, cell_sums, cell_open)
+    # More parts than threads, taken in turn: a thread slowed by a busy neighbour takes fewer of them.
+    if workers == 1:  # torch runs on one thread: so does the kernel, without the pool
+        summarise(flat, 0, rows, *arguments)
+    else:
+        bounds = np.linspace(0, rows, min(PARTS_PER_THREAD * workers, rows) + 1).astype(int)
+        parts = [
+            pool.submit(summarise, flat, int(first), int(last), *arguments)
+            for first, last in itertools.pairwise(bounds)
+        ]
+        for part in parts:
+            part.result()
+    if not masked and not causal:
+        cell_open[:] = cell_keys
+        cell_open[:, -1] = width - cell_keys * (cells - 1)
+    elif not masked:
+        # Under causal alone, a row's open keys in a cell are those before its limit.
+        starts = np.arange(cells) * cell_keys
+        limits = np.minimum(query_of_row + 1, width)[:, None]
+        cell_open[:] = np.clip(limits - starts, 0, cell_keys)
+    live = largest > -np.inf
+    z = totals[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse = np.where(live, 1.0 / z, 0.0)  # (rows,) float64
+        entropy = np.where(live, np.log(z) - totals[:, 1] * inverse, np.nan)
+        spread = np.log(open_keys.astype(np.float64))
+        normalised = np.where(open_keys >= 2, entropy / spread, np.nan)
+        sink = np.where(sink_open, flat[:, 0] * inverse, np.nan)
+        distance = np.where(live, totals[:, 2] * inverse, np.nan)
+        max_weight = np.where(live, inverse, np.nan)
+        # the smallest open weight of each row (inf where none is open), as the torch path's float32
+        # weights hold it: exp below float32's range is 0
+        row_smallest = np.where(live, np.exp(smallest.astype(np.float64) - largest) * inverse, np.inf)
+        weights_largest = np.where(
+            cell_largest > -np.inf, np.exp(cell_largest.astype(np.float64) - largest[:, None]), 0.0
+        )
+    shape = (*lead, n)
+
+    def field(values: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values)).to(dtype).reshape(shape)
+
+    stats = RowStats(
+        entropy=field(entropy),
+        entropy_normalised=field(normalised),
+        max_weight=field(max_weight),
+        argmax=field(argmax, torch.int64),
+        sink=field(sink),
+        distance=field(distance),
+    )
+    cell_shape = (*lead, n, cells)
+    cell_totals = cell_sums.astype(np.float64) * inverse[:, None]  # (rows, C): the weights' sums
+    summary = RowSummary(
+        stats=stats,
+        keys=width,
+        smallest=field(row_smallest.astype(np.float32)),
+        row_sums=torch.from_numpy(cell_totals.sum(axis=-1)).reshape(shape),
+        cell_keys=cell_keys,
+        cell_largest=torch.from_numpy(weights_largest * inverse[:, None]).float().reshape(cell_shape),
+        cell_sums=torch.from_numpy(cell_totals).reshape(cell_shape),
+        cell_open=torch.from_numpy(cell_open.astype(np.int64)).reshape(cell_shape),
+    )
+    return summary, torch.from_numpy(inverse.astype(np.float32)).reshape(shape)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One pool of `workers` threads for the process: a new one when the count changes, or in a
+    child forked from the process that made it (a fork copies no thread, and the old pool would
+    wait for its threads forever)."""
+    with _lock:
+        pool: ThreadPoolExecutor | None = _state.get("pool")
+        if pool is None or _state.get("pool_of") != (workers, os.getpid()):
+            if pool is not None and _state.get("pool_of", (0, 0))[1] == os.getpid():
+                pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="attncli-kernel")
+            _state["pool"], _state["pool_of"] = pool, (workers, os.getpid())
+        return pool
