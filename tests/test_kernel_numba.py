@@ -69,10 +69,29 @@ def _case(name: str) -> dict[str, Any]:
             "mask": mask,
             "heads": 2,
         }
+    if name == "wide_causal_mask":  # rows longer than the kernel's pieces; cells of 434 keys; causal, Lq < Lk
+        mask = torch.rand(1, 2600, generator=torch.Generator().manual_seed(38)) < 0.9
+        return {
+            "qkv": (_random(2, 24, 8, seed=39), _random(2, 2600, 8, seed=40), _random(2, 2600, 4, seed=41)),
+            "mask": mask,
+            "causal": True,
+        }
+    if name == "wide":
+        return {
+            "qkv": (_random(2, 20, 16, seed=42), _random(2, 2100, 16, seed=43), _random(2, 2100, 4, seed=44))
+        }
     raise AssertionError(name)
 
 
-CASES = ("plain", "causal_tall", "bool_mask_masked_rows", "gqa_causal_float_mask", "mask_extra_axes_heads")
+CASES = (
+    "plain",
+    "causal_tall",
+    "bool_mask_masked_rows",
+    "gqa_causal_float_mask",
+    "mask_extra_axes_heads",
+    "wide_causal_mask",
+    "wide",
+)
 
 
 @pytest.fixture(params=["numba", "torch"])
@@ -284,3 +303,50 @@ def test_one_thread_runs_the_kernel_inline(monkeypatch: pytest.MonkeyPatch) -> N
     assert pooled.stats is not None
     assert inline.stats is not None
     torch.testing.assert_close(inline.stats.distance, pooled.stats.distance, rtol=0, atol=0)
+
+
+def test_the_pool_leaves_torch_threads_as_they_were() -> None:
+    """Blocks computed side by side run torch on one thread in each pool thread; the caller's thread,
+    and threads started after, keep the count they had."""
+    import threading
+
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("torch runs on one thread here: the kernel runs without the pool")
+    query, key, value = (_random(2, 40, 8, seed=seed) for seed in (32, 33, 34))
+    result = run(prepare(query, key, value), block_rows=4, stats=True)
+    assert result.kernel == "numba"
+    assert torch.get_num_threads() == before
+    seen: list[int] = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [before]
+    pool = kernel_numba._pool(before)
+    assert {pool.submit(torch.get_num_threads).result() for _ in range(4 * before)} == {1}
+
+
+def test_an_abandoned_run_starts_no_more_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that stops taking blocks (an error in a sink, Ctrl-C) leaves none queued: of 20
+    blocks, only those already running when it stopped are computed."""
+    import threading
+
+    workers = max(1, torch.get_num_threads())
+    query, key, value = (_random(60, 8, seed=seed) for seed in (35, 36, 37))
+    computed_rows: list[int] = []
+    real = kernel_numba._fused_block
+
+    def counted(*arguments: Any) -> Any:
+        computed_rows.append(arguments[3])  # the block's first row
+        return real(*arguments)
+
+    monkeypatch.setattr(kernel_numba, "_fused_block", counted)
+    blocks = kernel_numba.fused_blocks(prepare(query, key, value), 3)
+    first = next(blocks)
+    assert (first.start, first.stop) == (0, 3)
+    blocks.close()  # as a for loop left by an exception does
+    if workers > 1:  # every pool thread free again: the blocks that were running are done
+        free = threading.Barrier(workers)
+        for done in [kernel_numba._pool(workers).submit(free.wait) for _ in range(workers)]:
+            done.result(timeout=30)
+    assert 1 <= len(computed_rows) <= workers + 1 < 20

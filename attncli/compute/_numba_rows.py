@@ -114,6 +114,74 @@ def _exp_and_sums(
     return z, weighted, distance
 
 
+#: Keys per piece of pass 2: summed in float32 within a piece (vector lanes), float64 across pieces.
+_PIECE = 1024
+_INT_LOWEST = np.int32(-(2**31))
+_INT_HIGHEST = np.int32(2**31 - 1)
+_SIGN_OFF = np.int32(0x7FFFFFFF)
+#: -inf's bits as `_ordered` maps them
+_ORDERED_MINUS_INF = np.int32(np.array([-np.inf], np.float32).view(np.int32)[0] ^ 0x7FFFFFFF)
+
+
+@njit(inline="always", cache=True)
+def _ordered(bits: np.int32) -> np.int32:
+    """A float32's bits (as int32) mapped to an int32 that orders as the floats do (no NaN): the
+    negative ones' magnitude bits flipped. Its own inverse. Integer maxima vectorise; float ones
+    here did not."""
+    return bits ^ ((bits >> np.int32(31)) & _SIGN_OFF)
+
+
+@njit(inline="always", cache=True)
+def _int_extremes(bits: np.ndarray) -> tuple[np.int32, np.int32]:
+    """The largest of float32 `bits` (int32 view) and the smallest above -inf, both `_ordered`
+    (_INT_LOWEST when empty, _INT_HIGHEST when nothing is open)."""
+    top = _INT_LOWEST
+    bottom = _INT_HIGHEST
+    for key in range(bits.shape[0]):
+        ordered = _ordered(bits[key])
+        top = max(top, ordered)
+        bottom = min(bottom, ordered if ordered != _ORDERED_MINUS_INF else _INT_HIGHEST)
+    return top, bottom
+
+
+@njit(inline="always", cache=True)
+def _as_float(ordered: np.int32) -> np.float32:
+    """The float32 an `_ordered` int stands for."""
+    return _float_from_bits(_ordered(ordered))  # type: ignore[call-arg]
+
+
+@njit(inline="always", fastmath=_FAST, cache=True)
+def _piece_sums(
+    values: np.ndarray, best: np.float32, offset: np.float32
+) -> tuple[np.float32, np.float32, np.float32]:
+    """`values` (scores) replaced by e = exp(score - best); returns sum e, sum e (score - best) and
+    sum e |offset - key| (offset: the query's position less the first key's), in float32."""
+    z = _ZERO
+    weighted = _ZERO
+    distance = _ZERO
+    position = offset  # offset - key, counted down: no integer-to-float conversion per key
+    for key in range(values.shape[0]):
+        shifted = values[key] - best
+        # exp of a score below _LOWEST (a masked key's -inf among them) is taken as 0; the entropy's
+        # product takes the clamped score, as 0 * -inf would be NaN. One clamp for both.
+        clamped = shifted if shifted > _LOWEST else _LOWEST
+        e = _ZERO if shifted < _LOWEST else _exp(clamped)
+        values[key] = e
+        z += e
+        weighted += e * clamped
+        distance += e * abs(position)
+        position -= np.float32(1.0)
+    return z, weighted, distance
+
+
+@njit(inline="always", fastmath=_FAST, cache=True)
+def _sum(values: np.ndarray) -> np.float32:
+    total = _ZERO
+    for key in range(values.shape[0]):
+        total += values[key]
+    return total
+
+
 @njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy", boundscheck=False)
 def summarise_rows(
     scores: np.ndarray,
@@ -141,36 +209,42 @@ def summarise_rows(
     the largest's first key (-1), `open_keys` how many keys are open (counted only when `masked`,
     else W or the causal row's), `sink_open` key 0 open, `totals` (rows, 3) float64: Z = sum e,
     sum e (s - largest), sum e |query - key|. Per row and cell of `cell_keys` keys (rows, C): the
-    largest score, the sum of e, and (when `masked`) the open keys."""
+    largest score, the sum of e, and (when `masked`) the open keys.
+
+    Pass 1, per cell, finds the largest and smallest open score on the scores' bits as ordered
+    integers; pass 2, over the whole row in pieces of _PIECE keys, makes e and the row's sums; pass
+    3, per cell, sums e (in cache: the row was just written)."""
     width = scores.shape[1]
     cells = cell_largest.shape[1]
-    high = np.empty(16, np.float32)
-    low = np.empty(16, np.float32)
+    bits = scores.view(np.int32)
     for row in range(first, last):
         values = scores[row]
+        row_bits = bits[row]
         query = query_of_row[row]
         limit = min(query + 1, width) if causal else width  # keys from here on are masked
         # Pass 1: the largest score of each cell and of the row, its smallest open one; the open keys.
-        best = _MINUS_INF
-        worst = _PLUS_INF
+        best = _INT_LOWEST
+        worst = _INT_HIGHEST
         best_cell = -1
         opened = 0
         for cell in range(cells):
             start = min(cell * cell_keys, limit)
             stop = min(start + cell_keys, limit)
-            top, bottom = _extremes(values[start:stop], high, low)
-            worst = bottom if bottom < worst else worst
-            cell_largest[row, cell] = top
+            top, bottom = _int_extremes(row_bits[start:stop])
+            worst = min(worst, bottom)
+            top_value = _as_float(top) if stop > start else _MINUS_INF
+            cell_largest[row, cell] = top_value
             if masked:
                 count = _open(values[start:stop])
                 cell_open[row, cell] = count
                 opened += count
-            if top > best:
+            if top_value > _MINUS_INF and top > best:
                 best, best_cell = top, cell
         open_keys[row] = opened if masked else limit
         sink_open[row] = limit > 0 and values[0] > _MINUS_INF
-        largest_of_row[row] = best
-        smallest_of_row[row] = worst
+        largest = _as_float(best) if best_cell >= 0 else _MINUS_INF
+        largest_of_row[row] = largest
+        smallest_of_row[row] = _as_float(worst) if worst != _INT_HIGHEST else _PLUS_INF
         totals[row, :] = 0.0
         cell_sums[row, :] = 0.0
         if best_cell < 0:  # every key masked: no weights
@@ -178,16 +252,19 @@ def summarise_rows(
             values[:] = 0.0
             continue
         for key in range(best_cell * cell_keys, limit):
-            if values[key] == best:
+            if row_bits[key] == _ordered(best):
                 argmax[row] = key
                 break
-        # Pass 2: e in place and the sums, float32 within a cell, float64 across cells.
-        for cell in range(cells):
-            start = min(cell * cell_keys, limit)
-            stop = min(start + cell_keys, limit)
-            sums = _exp_and_sums(values[start:stop], best, np.float32(query - start))
-            cell_sums[row, cell] = sums[0]
+        # Pass 2: e in place and the row's sums, float32 within a piece, float64 across pieces.
+        for start in range(0, limit, _PIECE):
+            stop = min(start + _PIECE, limit)
+            sums = _piece_sums(values[start:stop], largest, np.float32(query - start))
             totals[row, 0] += sums[0]
             totals[row, 1] += sums[1]
             totals[row, 2] += sums[2]
         values[limit:] = 0.0
+        # Pass 3: each cell's sum of e.
+        for cell in range(cells):
+            start = min(cell * cell_keys, limit)
+            stop = min(start + cell_keys, limit)
+            cell_sums[row, cell] = _sum(values[start:stop])

@@ -18,13 +18,13 @@ both against the float64 reference). No I/O, no printing.
 
 from __future__ import annotations
 
+import collections
 import importlib
-import itertools
 import math
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -33,13 +33,11 @@ import torch
 from attncli.analysis.rows import RowStats
 from attncli.compute import buffers
 from attncli.compute.blocks import Block
-from attncli.compute.prepare import Prepared, blocked_keys, causal_hidden
+from attncli.compute.prepare import Prepared, block_operands, blocked_keys, causal_hidden
 from attncli.compute.summary import RowSummary
 
 #: ATTNCLI_KERNEL=torch: runs in blocks take the torch path even where Numba is installed.
 ENV = "ATTNCLI_KERNEL"
-#: Rows of a block are split into this many parts per thread.
-PARTS_PER_THREAD = 4
 #: Keys per cell of the kernel's pass 1 when no picture sets them: a few cache lines per maximum.
 CELL_KEYS = 256
 
@@ -103,84 +101,110 @@ def fits(problem: Prepared) -> bool:
 
 
 def fused_blocks(problem: Prepared, block_rows: int, cell_keys: int | None = None) -> Iterator[Block]:
-    """The blocks of `block_rows` query rows of `problem` (which `fits`), each with its output, fully
-    masked rows, masked keys and a `RowSummary` (statistics; the picture's cells of `cell_keys` keys,
-    default CELL_KEYS) in place of weights: its `weights` is empty (..., n, 0)."""
+    """The blocks of `block_rows` query rows of `problem` (which `fits`), in order, each with its output,
+    fully masked rows, masked keys and a `RowSummary` (statistics; the picture's cells of `cell_keys`
+    keys, default CELL_KEYS) in place of weights: its `weights` is empty (..., n, 0).
+
+    With torch on several threads and several blocks, each block is computed whole (product, row
+    passes, product) by one of as many threads of a pool, each running torch on one thread: the
+    blocks run side by side instead of each step's work being split among threads (torch's
+    OpenMP workers, waiting spun after each product, slowed the row passes between them by half
+    on a 2-core machine). At most one block more than threads is computed ahead of the one given."""
     summarise = _state["rows"]
     p = problem
-    query, key, value = p.query, p.key, p.value
-    *lead, lq, lk = p.weights_shape
+    lq = p.weights_shape[-2]
     keys_per_cell = CELL_KEYS if cell_keys is None else cell_keys
+    starts = range(0, lq, block_rows)
+    workers = max(1, torch.get_num_threads())
+    local = threading.local()  # each thread's scores buffer for this run
+
+    def compute(start: int) -> Block:
+        buffer = getattr(local, "buffer", None)
+        if buffer is None:
+            # The scores of the largest block, made once per thread (huge pages where the platform
+            # has them), reused by each of its blocks.
+            size = math.prod(p.weights_shape[:-2]) * min(block_rows, lq) * p.weights_shape[-1]
+            buffer = local.buffer = buffers.empty((size,), torch.float32, p.query.device)
+        return _fused_block(p, summarise, buffer, start, min(start + block_rows, lq), keys_per_cell)
+
+    if workers == 1 or len(starts) == 1:  # torch on one thread, or one block: in the calling thread
+        for start in starts:
+            yield compute(start)
+        return
+    pool = _pool(workers)
+    pending: collections.deque[Future[Block]] = collections.deque()
+    # This thread's torch work between blocks (the sinks') on one thread too: a team of threads
+    # would wait for cores the pool's threads hold (measured: the picture's pooling 0.1 -> 4 s).
+    torch.set_num_threads(1)
+    try:
+        for start in starts:
+            pending.append(pool.submit(compute, start))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # stopped early (an error, Ctrl-C, a caller that gave up): no more blocks are started
+        for future in pending:
+            future.cancel()
+        torch.set_num_threads(workers)
+
+
+def _fused_block(
+    p: Prepared, summarise: Any, buffer: torch.Tensor, start: int, stop: int, cell_keys: int
+) -> Block:
+    """Query rows [start, stop) of `p`: their scores made in `buffer`, the row passes, the output."""
+    lead = p.weights_shape[:-2]
+    n = stop - start
     mask = p.mask
     mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
-    workers = max(1, torch.get_num_threads())
-    pool = _pool(workers)
-    # The scores of the largest block, made once (huge pages where the platform has them), reused by each.
-    buffer = buffers.empty((math.prod(lead) * min(block_rows, lq) * lk,), torch.float32, query.device)
-    for start in range(0, lq, block_rows):
-        stop = min(start + block_rows, lq)
-        n = stop - start
-        block_mask = mask[..., start:stop, :] if mask is not None and mask_rows else mask
-        q = query[..., start:stop, :]
-        k, v = key, value
-        width = lk
-        if p.causal and stop < lk:
-            # Rows up to stop - 1 see no key past it: those columns get no work.
-            width = stop
-            k, v = k[..., :width, :], v[..., :width, :]
-            if block_mask is not None and block_mask.ndim and block_mask.shape[-1] > 1:
-                block_mask = block_mask[..., :width]
-        if p.group > 1:
-            # Query head h uses key/value head h // group, as scaled_dot_product_attention(enable_gqa=True).
-            q = q.reshape(*q.shape[:-3], k.shape[-3], p.group, n, q.shape[-1])  # (..., Hkv, G, n, D)
-            k, v = k.unsqueeze(-3), v.unsqueeze(-3)  # (..., Hkv, 1, W, D)
-        scaled = q * p.scale  # n x D numbers to scale, not n x W
-        product_lead = np.broadcast_shapes(tuple(scaled.shape[:-2]), tuple(k.shape[:-2]))
-        product_shape = (*product_lead, n, width)
-        scores = buffer[: math.prod(product_shape)].view(product_shape)
-        torch.matmul(scaled, k.transpose(-2, -1), out=scores)  # (..., n, D) @ (..., D, W) -> (..., n, W)
-        if p.group > 1:
-            scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, W) -> (..., Hq, n, W)
-        weights_shape = (*lead, n, width)
-        if tuple(scores.shape) != weights_shape:
-            scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes
-        if block_mask is not None:
-            if block_mask.dtype == torch.bool:
-                scores.masked_fill_(~block_mask, -math.inf)
-            else:
-                scores.add_(block_mask.to(scores.dtype))
-        summary, z = _summarise(
-            summarise, pool, workers, scores, start, n, p.causal, mask is not None, keys_per_cell
-        )
-        if p.group > 1:
-            # (..., Hkv, G, n, W) @ (..., Hkv, 1, W, Dv) -> (..., Hkv, G, n, Dv) -> (..., Hq, n, Dv)
-            grouped = scores.reshape(*scores.shape[:-3], k.shape[-4], p.group, n, width)
-            output = torch.matmul(grouped, v).flatten(-4, -3)
+    block_mask = mask[..., start:stop, :] if mask is not None and mask_rows else mask
+    # the keys a causal block can see, the heads grouped under their key/value head: as the torch path
+    q, k, v, block_mask, weights_shape = block_operands(
+        p, p.query[..., start:stop, :], p.key, p.value, block_mask, start
+    )
+    width = weights_shape[-1]
+    scaled = q * p.scale  # n x D numbers to scale, not n x W
+    product_lead = np.broadcast_shapes(tuple(scaled.shape[:-2]), tuple(k.shape[:-2]))
+    product_shape = (*product_lead, n, width)
+    scores = buffer[: math.prod(product_shape)].view(product_shape)
+    torch.matmul(scaled, k.transpose(-2, -1), out=scores)  # (..., n, D) @ (..., D, W) -> (..., n, W)
+    if p.group > 1:
+        scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, W) -> (..., Hq, n, W)
+    if tuple(scores.shape) != weights_shape:
+        scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes
+    if block_mask is not None:
+        if block_mask.dtype == torch.bool:
+            scores.masked_fill_(~block_mask, -math.inf)
         else:
-            output = torch.matmul(scores, v)  # (..., n, W) @ (..., W, Dv) -> (..., n, Dv)
-        output.mul_(z.unsqueeze(-1))  # E @ V / Z; 0 where every key is masked
-        blocked = None
-        masked_rows = None
-        if mask is not None:
-            blocked = blocked_keys(block_mask, p.causal, n, width, start, device=scores.device)
-            masked_rows = summary.stats.argmax < 0  # (..., n)
-        elif p.causal:
-            blocked = causal_hidden(n, width, start, scores.device)
-        yield Block(
-            start=start,
-            stop=stop,
-            weights=scores.new_empty((*lead, n, 0)),
-            output=output,
-            masked_rows=masked_rows,
-            blocked=blocked,
-            summary=summary,
-        )
+            scores.add_(block_mask.to(scores.dtype))
+    summary, z = _summarise(summarise, scores, start, n, p.causal, mask is not None, cell_keys)
+    if p.group > 1:
+        # (..., Hkv, G, n, W) @ (..., Hkv, 1, W, Dv) -> (..., Hkv, G, n, Dv) -> (..., Hq, n, Dv)
+        grouped = scores.reshape(*scores.shape[:-3], k.shape[-4], p.group, n, width)
+        output = torch.matmul(grouped, v).flatten(-4, -3)
+    else:
+        output = torch.matmul(scores, v)  # (..., n, W) @ (..., W, Dv) -> (..., n, Dv)
+    output.mul_(z.unsqueeze(-1))  # E @ V / Z; 0 where every key is masked
+    blocked = None
+    masked_rows = None
+    if mask is not None:
+        blocked = blocked_keys(block_mask, p.causal, n, width, start, device=scores.device)
+        masked_rows = summary.stats.argmax < 0  # (..., n)
+    elif p.causal:
+        blocked = causal_hidden(n, width, start, scores.device)
+    return Block(
+        start=start,
+        stop=stop,
+        weights=scores.new_empty((*lead, n, 0)),
+        output=output,
+        masked_rows=masked_rows,
+        blocked=blocked,
+        summary=summary,
+    )
 
 
 def _summarise(
     summarise: Any,
-    pool: ThreadPoolExecutor,
-    workers: int,
     scores: torch.Tensor,
     first_row: int,
     n: int,
@@ -188,8 +212,8 @@ def _summarise(
     masked: bool,
     cell_keys: int,
 ) -> tuple[RowSummary, torch.Tensor]:
-    """The kernel over every row of `scores` (..., n, W), split among `workers` threads (Numba
-    releases the GIL); the summary, and 1 / Z per row (0 where every key is masked), (..., n)."""
+    """The row passes over every row of `scores` (..., n, W), in the calling thread (Numba releases
+    the GIL); the summary, and 1 / Z per row (0 where every key is masked), (..., n)."""
     *lead, _, width = scores.shape
     flat = scores.numpy().reshape(-1, width)  # (..., n, W) -> (rows, W), a view
     rows = flat.shape[0]
@@ -204,7 +228,10 @@ def _summarise(
     cell_largest = np.empty((rows, cells), np.float32)
     cell_sums = np.empty((rows, cells), np.float32)
     cell_open = np.empty((rows, cells), np.int32)
-    arguments: tuple[Any, ...] = (
+    summarise(
+        flat,
+        0,
+        rows,
         query_of_row,
         causal,
         masked,
@@ -213,19 +240,12 @@ def _summarise(
         smallest,
         argmax,
         open_keys,
+        sink_open,
+        totals,
+        cell_largest,
+        cell_sums,
+        cell_open,
     )
-    arguments += (sink_open, totals, cell_largest, cell_sums, cell_open)
-    # More parts than threads, taken in turn: a thread slowed by a busy neighbour takes fewer of them.
-    if workers == 1:  # torch runs on one thread: so does the kernel, without the pool
-        summarise(flat, 0, rows, *arguments)
-    else:
-        bounds = np.linspace(0, rows, min(PARTS_PER_THREAD * workers, rows) + 1).astype(int)
-        parts = [
-            pool.submit(summarise, flat, int(first), int(last), *arguments)
-            for first, last in itertools.pairwise(bounds)
-        ]
-        for part in parts:
-            part.result()
     if not masked and not causal:
         cell_open[:] = cell_keys
         cell_open[:, -1] = width - cell_keys * (cells - 1)
@@ -279,14 +299,29 @@ def _summarise(
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One pool of `workers` threads for the process: a new one when the count changes, or in a
-    child forked from the process that made it (a fork copies no thread, and the old pool would
-    wait for its threads forever)."""
+    """One pool of `workers` threads for the process, each running torch on one thread: a new one when
+    the count changes, or in a child forked from the process that made it (a fork copies no thread,
+    and the old pool would wait for its threads forever)."""
     with _lock:
         pool: ThreadPoolExecutor | None = _state.get("pool")
         if pool is None or _state.get("pool_of") != (workers, os.getpid()):
             if pool is not None and _state.get("pool_of", (0, 0))[1] == os.getpid():
                 pool.shutdown(wait=False)
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="attncli-kernel")
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="attncli-kernel", initializer=_one_thread)
+            # Every thread started (and set to one torch thread) before the count is put back below.
+            started = threading.Barrier(workers + 1)
+            for _ in range(workers):
+                pool.submit(started.wait)
+            started.wait()
+            # torch.set_num_threads is per thread (OpenMP's and MKL's counts) but also sets the count
+            # threads started later take: put back as it was (this thread's own count, `workers`).
+            torch.set_num_threads(workers)
             _state["pool"], _state["pool_of"] = pool, (workers, os.getpid())
         return pool
+
+
+def _one_thread() -> None:
+    """A pool thread's set-up: torch on this thread alone (its first call sets the thread up with the
+    process's count, which would undo a count set before it)."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)

@@ -212,10 +212,28 @@ def torch_path():
         del os.environ[kernel_numba.ENV]
         kernel_numba._state.pop("why_not", None)
 
+def side_by_side():
+    # the same products arranged as the fused kernel arranges its blocks: side by side, each in a
+    # thread of one torch thread (what torch's own threads give is the baseline; this, for comparison)
+    from concurrent.futures import ThreadPoolExecutor
+    threads = torch.get_num_threads()
+
+    def one_thread():
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def block(start):
+        torch.matmul(torch.matmul(query[..., start:start + rows, :], key.transpose(-2, -1)), value)
+
+    with ThreadPoolExecutor(threads, initializer=one_thread) as pool:
+        list(pool.map(block, range(0, query.shape[-2], rows)))
+    torch.set_num_threads(threads)
+
 kernel = blocked()  # also Numba's first load (from its cache), which a process pays once
 variants = {"attncli": blocked, "products": products}
 if kernel == "numba":
     variants["torch path"] = torch_path
+    variants["products side by side"] = side_by_side
 samples = {name: [] for name in variants}
 warmup = 1 if cuda else 0
 for round_ in range(warmup + int(sys.argv[2])):
@@ -594,6 +612,9 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
             case = f"long {label}: the same on the torch path (ATTNCLI_KERNEL=torch)"
             fallback = timed_rows(inside, [(case, "torch path", "products")], LONG_INSIDE_TARGET)
             rows += [dataclasses.replace(row, target="-", verdict="info") for row in fallback]
+            case = f"long {label}: attncli vs the products side by side as the kernel runs its blocks"
+            arranged = timed_rows(inside, [(case, "attncli", "products side by side")], LONG_INSIDE_TARGET)
+            rows += [dataclasses.replace(row, target="-", verdict="info") for row in arranged]
         print(f"  long sequences, {label}: {repeats} rounds of whole processes", file=sys.stderr)
         samples = interleaved(
             f"long {label}",
