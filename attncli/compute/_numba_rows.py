@@ -1,11 +1,12 @@
 """The row passes of the fused kernel, compiled by Numba (imported only where Numba is installed).
 
-One function, `summarise_rows`, over float32 scores rows (rows, W), each row's two passes made
-while it sits in cache: pass 1 the largest score of each picture cell (which give the row's
-largest, its key and each cell's largest weight) and, with a mask, the open keys of each cell;
-pass 2 each weight's numerator e = exp(score - largest) in place and every sum the statistics and
-the picture's means need. `cache=True` keeps the machine code on disk (beside this file, or in
-Numba's user cache directory where site-packages is read-only), so only the first process compiles.
+One function, `summarise_rows`, over float32 scores rows (rows, W), three passes over each row,
+the last two while it sits in cache: pass 1 the largest score of each picture cell (which give the
+row's largest, its key and each cell's largest weight) and, with a mask, the open keys of each
+cell; pass 2 each weight's numerator e = exp(score - largest) in place and the row's sums the
+statistics need; pass 3 each cell's sum of e, for the picture's means. `cache=True` keeps the
+machine code on disk (beside this file, or in Numba's user cache directory where site-packages is
+read-only), so only the first process compiles.
 """
 
 from __future__ import annotations
@@ -58,60 +59,12 @@ def _exp(x: np.float32) -> np.float32:
 
 
 @njit(inline="always", fastmath=_FAST, cache=True)
-def _extremes(values: np.ndarray, high: np.ndarray, low: np.ndarray) -> tuple[np.float32, np.float32]:
-    """The largest of `values` (-inf when empty) and the smallest above -inf (+inf when none): 16
-    running maxima and minima in `high` and `low`, which LLVM turns into vector instructions (a
-    single running one it leaves scalar)."""
-    count = values.shape[0]
-    whole = count - count % 16
-    high[:] = _MINUS_INF
-    low[:] = _PLUS_INF
-    for start in range(0, whole, 16):
-        for lane in range(16):
-            value = values[start + lane]
-            high[lane] = value if value > high[lane] else high[lane]
-            low[lane] = value if value < low[lane] and value > _MINUS_INF else low[lane]
-    top = _MINUS_INF
-    bottom = _PLUS_INF
-    for lane in range(16):
-        top = high[lane] if high[lane] > top else top
-        bottom = low[lane] if low[lane] < bottom else bottom
-    for key in range(whole, count):
-        value = values[key]
-        top = value if value > top else top
-        bottom = value if value < bottom and value > _MINUS_INF else bottom
-    return top, bottom
-
-
-@njit(inline="always", fastmath=_FAST, cache=True)
 def _open(values: np.ndarray) -> int:
     """How many of `values` are above -inf (open keys)."""
     count = 0
     for key in range(values.shape[0]):
         count += 1 if values[key] > _MINUS_INF else 0
     return count
-
-
-@njit(inline="always", fastmath=_FAST, cache=True)
-def _exp_and_sums(
-    values: np.ndarray, best: np.float32, offset: np.float32
-) -> tuple[np.float32, np.float32, np.float32]:
-    """`values` (scores) replaced by e = exp(score - best); returns sum e, sum e (score - best) and
-    sum e |offset - key| (offset: the query's position less the first key's), in float32."""
-    z = _ZERO
-    weighted = _ZERO
-    distance = _ZERO
-    for key in range(values.shape[0]):
-        shifted = values[key] - best
-        # exp of a score below _LOWEST (a masked key's -inf among them) is taken as 0; the entropy's
-        # product takes the clamped score, as 0 * -inf would be NaN. One clamp for both: 15% faster.
-        clamped = shifted if shifted > _LOWEST else _LOWEST
-        e = _ZERO if shifted < _LOWEST else _exp(clamped)
-        values[key] = e
-        z += e
-        weighted += e * clamped
-        distance += e * abs(offset - np.float32(np.int32(key)))
-    return z, weighted, distance
 
 
 #: Keys per piece of pass 2: summed in float32 within a piece (vector lanes), float64 across pieces.

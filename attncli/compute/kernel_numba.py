@@ -1,15 +1,16 @@
 """The fused kernel of a run in blocks: per block, the output, the statistics and the picture's cells
-in two passes over each row of scores while it sits in cache, instead of the weights.
+from passes over each row of scores, two of them while it sits in cache, instead of the weights.
 
 The torch path (`blocks.blocks`) makes the weights of a block and hands them to each sink, which
 passes over them again (softmax, the entropy's product, maxima, the distance's sums, the picture's
 pooling: about fourteen passes over memory besides the two matrix products). Here the scores of a
-block come from the same product (`torch.matmul`, into one buffer reused for every block); then
-Numba's `_numba_rows.summarise_rows` makes, row by row, pass 1 (each picture cell's largest score,
-which give the row's largest, its key and the cells' largest weights) and pass 2 (e = exp(s - largest)
-in place and every sum); then output = (E @ V) / Z. Blocks carry a `RowSummary` instead of weights,
-which `StatsSink`, `PictureSink` and `OutputSink` read; a run takes this path only when those are
-all it feeds (`fits`).
+block come from the same product (`torch.matmul`, into a buffer each thread reuses); then Numba's
+`_numba_rows.summarise_rows` makes, row by row, pass 1 (each picture cell's largest score, which
+give the row's largest, its key and the cells' largest weights), pass 2 (e = exp(s - largest) in
+place and the row's sums) and pass 3 (each cell's sum); then output = (E @ V) / Z. Blocks run side
+by side, each whole in one thread of a pool (`fused_blocks`). They carry a `RowSummary` instead of
+weights, which `StatsSink`, `PictureSink` and `OutputSink` read; a run takes this path only when
+those are all it feeds (`fits`).
 
 Where Numba is missing or fails to import, or ATTNCLI_KERNEL=torch is set, `available()` is False
 and runs take the torch path: the same numbers within rounding (tests/test_kernel_numba.py holds
