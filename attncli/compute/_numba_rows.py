@@ -11,6 +11,8 @@ read-only), so only the first process compiles.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -160,9 +162,11 @@ def summarise_rows(
     position (under `causal`, the keys after it are masked). Per row: `largest_of_row` the largest
     score (-inf: every key masked), `smallest_of_row` the smallest open one (+inf: none), `argmax`
     the largest's first key (-1), `open_keys` how many keys are open (counted only when `masked`,
-    else W or the causal row's), `sink_open` key 0 open, `totals` (rows, 3) float64: Z = sum e,
-    sum e (s - largest), sum e |query - key|. Per row and cell of `cell_keys` keys (rows, C): the
-    largest score, the sum of e, and (when `masked`) the open keys.
+    else W or the causal row's), `sink_open` key 0 open, `totals` (rows, 4) float64: Z = sum e,
+    sum e (s - largest), sum e |query - key|, and the sum of the cells' weights (1 within float64
+    rounding; 0 where every key is masked). Per row and cell of `cell_keys` keys (rows, C), as the
+    picture pools them: the largest weight (float32, 0 where no key is open), the sum of the
+    weights (float64) and the open keys (int64).
 
     Pass 1, per cell, finds the largest and smallest open score on the scores' bits as ordered
     integers; pass 2, over the whole row in pieces of _PIECE keys, makes e and the row's sums; pass
@@ -186,11 +190,10 @@ def summarise_rows(
             top, bottom = _int_extremes(row_bits[start:stop])
             worst = min(worst, bottom)
             top_value = _as_float(top) if stop > start else _MINUS_INF
-            cell_largest[row, cell] = top_value
-            if masked:
-                count = _open(values[start:stop])
-                cell_open[row, cell] = count
-                opened += count
+            cell_largest[row, cell] = top_value  # a score here; a weight after pass 2
+            count = _open(values[start:stop]) if masked else stop - start
+            cell_open[row, cell] = count
+            opened += count
             if top_value > _MINUS_INF and top > best:
                 best, best_cell = top, cell
         open_keys[row] = opened if masked else limit
@@ -203,6 +206,7 @@ def summarise_rows(
         if best_cell < 0:  # every key masked: no weights
             argmax[row] = -1
             values[:] = 0.0
+            cell_largest[row, :] = 0.0
             continue
         for key in range(best_cell * cell_keys, limit):
             if row_bits[key] == _ordered(best):
@@ -216,8 +220,16 @@ def summarise_rows(
             totals[row, 1] += sums[1]
             totals[row, 2] += sums[2]
         values[limit:] = 0.0
-        # Pass 3: each cell's sum of e.
+        # Pass 3: each cell's sum of e; the cells' largest scores become weights.
+        z = totals[row, 0]
         for cell in range(cells):
             start = min(cell * cell_keys, limit)
             stop = min(start + cell_keys, limit)
-            cell_sums[row, cell] = _sum(values[start:stop])
+            share = _sum(values[start:stop]) / z
+            cell_sums[row, cell] = share
+            totals[row, 3] += share
+            top_score = cell_largest[row, cell]
+            if top_score > _MINUS_INF:
+                cell_largest[row, cell] = math.exp(np.float64(top_score) - np.float64(largest)) / z
+            else:
+                cell_largest[row, cell] = 0.0

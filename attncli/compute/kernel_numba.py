@@ -90,7 +90,9 @@ def fits(problem: Prepared) -> bool:
         return False
     if p.query.requires_grad or p.key.requires_grad or p.value.requires_grad:
         return False
-    if not all(bool(torch.isfinite(x).all()) for x in (p.query, p.key, p.value)):
+    # A finite sum has no NaN or infinity among its terms (finite ones that overflow it send the
+    # run to the torch path, which is safe): one pass, no (Lq x D) temporary of flags.
+    if not all(bool(torch.isfinite(x.sum())) for x in (p.query, p.key, p.value)):
         return False
     if p.mask is not None and p.mask.is_floating_point():
         finite = torch.isfinite(p.mask)
@@ -225,10 +227,10 @@ def _summarise(
     argmax = np.full(rows, -1, np.int64)
     open_keys = np.empty(rows, np.int64)
     sink_open = np.empty(rows, np.bool_)
-    totals = np.empty((rows, 3), np.float64)
+    totals = np.empty((rows, 4), np.float64)
     cell_largest = np.empty((rows, cells), np.float32)
-    cell_sums = np.empty((rows, cells), np.float32)
-    cell_open = np.empty((rows, cells), np.int32)
+    cell_sums = np.empty((rows, cells), np.float64)
+    cell_open = np.empty((rows, cells), np.int64)
     summarise(
         flat,
         0,
@@ -247,14 +249,6 @@ def _summarise(
         cell_sums,
         cell_open,
     )
-    if not masked and not causal:
-        cell_open[:] = cell_keys
-        cell_open[:, -1] = width - cell_keys * (cells - 1)
-    elif not masked:
-        # Under causal alone, a row's open keys in a cell are those before its limit.
-        starts = np.arange(cells) * cell_keys
-        limits = np.minimum(query_of_row + 1, width)[:, None]
-        cell_open[:] = np.clip(limits - starts, 0, cell_keys)
     live = largest > -np.inf
     z = totals[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -268,13 +262,10 @@ def _summarise(
         # the smallest open weight of each row (inf where none is open), as the torch path's float32
         # weights hold it: exp below float32's range is 0
         row_smallest = np.where(live, np.exp(smallest.astype(np.float64) - largest) * inverse, np.inf)
-        weights_largest = np.where(
-            cell_largest > -np.inf, np.exp(cell_largest.astype(np.float64) - largest[:, None]), 0.0
-        )
     shape = (*lead, n)
 
     def field(values: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values)).to(dtype).reshape(shape)
+        return torch.from_numpy(values).to(dtype).reshape(shape)
 
     stats = RowStats(
         entropy=field(entropy),
@@ -285,16 +276,15 @@ def _summarise(
         distance=field(distance),
     )
     cell_shape = (*lead, n, cells)
-    cell_totals = cell_sums.astype(np.float64) * inverse[:, None]  # (rows, C): the weights' sums
     summary = RowSummary(
         stats=stats,
         keys=width,
-        smallest=field(row_smallest.astype(np.float32)),
-        row_sums=torch.from_numpy(cell_totals.sum(axis=-1)).reshape(shape),
+        smallest=field(row_smallest),
+        row_sums=torch.from_numpy(totals[:, 3]).reshape(shape),
         cell_keys=cell_keys,
-        cell_largest=torch.from_numpy(weights_largest * inverse[:, None]).float().reshape(cell_shape),
-        cell_sums=torch.from_numpy(cell_totals).reshape(cell_shape),
-        cell_open=torch.from_numpy(cell_open.astype(np.int64)).reshape(cell_shape),
+        cell_largest=torch.from_numpy(cell_largest).reshape(cell_shape),
+        cell_sums=torch.from_numpy(cell_sums).reshape(cell_shape),
+        cell_open=torch.from_numpy(cell_open).reshape(cell_shape),
     )
     return summary, torch.from_numpy(inverse.astype(np.float32)).reshape(shape)
 
