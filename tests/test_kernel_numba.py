@@ -292,17 +292,50 @@ def test_a_forked_child_runs_the_kernel() -> None:
 
 
 def test_one_thread_runs_the_kernel_inline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With torch on one thread the kernel runs in the calling thread: the same numbers as the pool's."""
+    """With torch on one thread the kernel runs in the calling thread: the same blocks, with the same
+    numbers, as the pool's; and a run takes it."""
     query, key, value = (_random(2, 21, 8, seed=seed) for seed in (29, 30, 31))
     problem = prepare(query, key, value, causal=True)
-    pooled = run(problem, block_rows=8, stats=True, picture=(3, 3))
+    pooled = list(kernel_numba.fused_blocks(problem, 8, cell_keys=3))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    inline = run(problem, block_rows=8, stats=True, picture=(3, 3))
-    assert pooled.kernel == inline.kernel == "numba"
-    torch.testing.assert_close(inline.output, pooled.output, rtol=0, atol=0)
-    assert pooled.stats is not None
-    assert inline.stats is not None
-    torch.testing.assert_close(inline.stats.distance, pooled.stats.distance, rtol=0, atol=0)
+    inline = list(kernel_numba.fused_blocks(problem, 8, cell_keys=3))
+    assert (
+        [(b.start, b.stop) for b in inline]
+        == [(b.start, b.stop) for b in pooled]
+        == [(0, 8), (8, 16), (16, 21)]
+    )
+    for ours, theirs in zip(inline, pooled, strict=True):
+        torch.testing.assert_close(ours.output, theirs.output, rtol=0, atol=0)
+        assert ours.summary is not None
+        assert theirs.summary is not None
+        torch.testing.assert_close(ours.summary.stats.distance, theirs.summary.stats.distance, rtol=0, atol=0)
+        torch.testing.assert_close(ours.summary.cell_sums, theirs.summary.cell_sums, rtol=0, atol=0)
+    assert run(problem, block_rows=8, stats=True, picture=(3, 3)).kernel == "numba"
+
+
+def test_fused_blocks_are_as_large_as_the_memory_of_a_torch_block_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel holds a block's scores and no weights: the memory a block of the torch path may take
+    (BLOCK_OVERHEAD times its scores) holds a fused block for each thread, twice over, up to
+    MAX_BLOCK_BYTES a block."""
+    from attncli.compute.run import BLOCK_OVERHEAD
+
+    query, key, value = (_random(2, 1000, 8, seed=seed) for seed in (45, 46, 47))
+    problem = prepare(query, key, value)  # a row of scores: 2 x 1,000 float32 = 8,000 bytes
+    for threads in (1, 2, 3, 8):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        rows = kernel_numba.block_rows_for(problem, 10, BLOCK_OVERHEAD)
+        assert rows == max(1, 10 * BLOCK_OVERHEAD // (2 * threads))
+        assert threads * rows * 8000 * 2 <= 10 * BLOCK_OVERHEAD * 8000  # within the torch block's memory
+    assert kernel_numba.block_rows_for(problem, 10**6, BLOCK_OVERHEAD) == 1000  # never more than every row
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(kernel_numba, "MAX_BLOCK_BYTES", 80_000)
+    assert kernel_numba.block_rows_for(problem, 100, BLOCK_OVERHEAD) == 10  # 80,000 bytes of scores
+    monkeypatch.undo()
+    result = run(problem, block_rows=10, stats=True)  # the result says the blocks it was made in
+    expected = min(1000, max(1, 10 * BLOCK_OVERHEAD // (2 * max(1, torch.get_num_threads()))))
+    assert (result.kernel, result.block_rows) == ("numba", expected)
 
 
 def test_the_pool_leaves_torch_threads_as_they_were() -> None:

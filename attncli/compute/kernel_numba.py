@@ -41,6 +41,11 @@ from attncli.compute.summary import RowSummary
 ENV = "ATTNCLI_KERNEL"
 #: Keys per cell of the kernel's pass 1 when no picture sets them: a few cache lines per maximum.
 CELL_KEYS = 256
+#: The scores of one fused block, at most (each thread of the pool holds one block's): larger blocks
+#: spread each block's fixed costs (the calls, the hand-over between threads, the sinks) over more
+#: rows. Measured on 2 cores, 8 x 8,192 x 64: blocks of 16 MiB took 1.15-1.23x the products, 32 MiB
+#: 1.03-1.04x (1 x 32,768: 0.81-0.91x and 0.74-0.82x).
+MAX_BLOCK_BYTES = 32 << 20
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -101,6 +106,19 @@ def fits(problem: Prepared) -> bool:
         if bool((finite & (p.mask < -1e30)).any()):
             return False
     return available()
+
+
+def block_rows_for(problem: Prepared, rows: int, overhead: int) -> int:
+    """Query rows per fused block of a run asked to go `rows` at a time, where a block of the torch
+    path may take `overhead` times its scores (the temporaries of statistics and picture): that
+    memory shared among the pool's threads, each holding one block's scores and as much again for
+    the rest (the kernel makes no weights and no temporaries of their size), up to MAX_BLOCK_BYTES a
+    block; at least 1 row, at most every row."""
+    *lead, lq, lk = problem.weights_shape
+    row_bytes = max(1, math.prod(lead) * lk * 4)  # float32 scores
+    threads = max(1, torch.get_num_threads())
+    budget = rows * row_bytes * overhead // (2 * threads)
+    return max(1, min(lq, budget // row_bytes, MAX_BLOCK_BYTES // row_bytes))
 
 
 def fused_blocks(problem: Prepared, block_rows: int, cell_keys: int | None = None) -> Iterator[Block]:

@@ -183,6 +183,8 @@ def run(
 
         if kernel_numba.fits(p):
             kernel = "numba"
+            # the memory a torch block may take holds larger fused blocks, one for each thread
+            rows = kernel_numba.block_rows_for(p, rows, BLOCK_OVERHEAD)
             computed = kernel_numba.fused_blocks(p, rows, None if pictures is None else pictures.block_cols)
     if computed is None:
         computed = blocks(p, rows, keep_scores=keep_scores)
