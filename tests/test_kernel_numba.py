@@ -23,6 +23,17 @@ from attncli.compute import kernel_numba, prepare, run
 
 pytestmark = pytest.mark.skipif(not kernel_numba.available(), reason=f"no kernel: {kernel_numba.why_not()}")
 
+
+@pytest.fixture(autouse=True)
+def two_threads() -> Any:
+    """torch on two threads at least, so that the fused kernel's blocks go through its pool of
+    threads (a parallel test run gives each worker process one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
 #: float32 against float64: a few units of float32 rounding in sums of up to 100 terms.
 OUTPUT = {"rtol": 1e-5, "atol": 2e-6}
 STATS = {"rtol": 2e-5, "atol": 2e-6}
@@ -343,9 +354,7 @@ def test_the_pool_leaves_torch_threads_as_they_were() -> None:
     and threads started after, keep the count they had."""
     import threading
 
-    before = torch.get_num_threads()
-    if before < 2:
-        pytest.skip("torch runs on one thread here: the kernel runs without the pool")
+    before = torch.get_num_threads()  # 2 or more: two_threads
     query, key, value = (_random(2, 40, 8, seed=seed) for seed in (32, 33, 34))
     result = run(prepare(query, key, value), block_rows=4, stats=True)
     assert result.kernel == "numba"
