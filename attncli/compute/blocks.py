@@ -18,6 +18,7 @@ import numpy as np
 
 from attncli.arrays import Array
 from attncli.compute.prepare import Prepared, block_operands, blocked_keys, causal_hidden
+from attncli.compute.summary import RowSummary
 from attncli.errors import InputError
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ class Block:
     bool (True = masked), broadcastable to the weights, None when nothing is masked. `scores`, when
     asked for: each row less its largest score, in the compute dtype (float32 for half inputs): <= 0,
     exactly 0 at the largest, the dtype's lowest finite number at masked keys (where the weights are
-    0), 0 across a fully masked row; log(weights) is these less log(sum of exp).
+    0), 0 across a fully masked row; log(weights) is these less log(sum of exp). `summary`: a block
+    of the fused kernel (`kernel_numba`) holds its rows' statistics and picture cells there instead,
+    and no weights (shape (..., n, 0)): only sinks that read the summary are fed it.
     """
 
     start: int
@@ -44,6 +47,7 @@ class Block:
     masked_rows: Array | None
     blocked: Array | None
     scores: Array | None = None
+    summary: RowSummary | None = None  # the fused kernel's blocks only (torch tensors)
 
 
 def blocks(problem: Prepared, block_rows: int, *, keep_scores: bool = False) -> Iterator[Block]:

@@ -74,6 +74,9 @@ class AttentionResult:
     #: "blocks" (attncli's own maths, one or more blocks of query rows) or
     #: "scaled_dot_product_attention" (the fused kernel: the output alone).
     method: str = "blocks"
+    #: What made a run's blocks: "torch", "numpy" (compute/numpy_kernel.py) or "numba" (the fused
+    #: kernel of runs in blocks, compute/kernel_numba.py).
+    kernel: str = "torch"
     stats: RowStats | None = None
     entropy: Array | None = None  # (..., Lq) of every row, when kept without `stats`
     top_k: tuple[Array, Array] | None = None  # values (..., Lq, k), int64 keys (..., Lq, k)

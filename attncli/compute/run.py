@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attncli import arrays
-from attncli.compute.blocks import blocks
+from attncli.compute.blocks import Block, blocks
 from attncli.compute.prepare import (
     HALF_NAMES,
     Prepared,
@@ -161,8 +161,35 @@ def run(
     # The entropy from the scores saves a logarithm per weight; half-precision weights are rounded
     # from the float32 scores' softmax, so theirs comes from the weights themselves.
     keep_scores = stats and not half
+    # A run in blocks on the torch kernel that keeps only the output, statistics, picture and a
+    # title's figures: the fused kernel's blocks, which carry those instead of weights, where it fits
+    # the problem (else, or where Numba is missing, the torch path's, which every sink reads). A
+    # problem prepared for the NumPy kernel (`kernels.choose`, before `prepare`) keeps its own blocks:
+    # the fused kernel is for long runs, and importing it (torch, Numba) is what that kernel avoids.
+    summaries = (
+        p.kernel == "torch"
+        and block_rows is not None
+        and all(
+            sink is None
+            or type(sink) in (OutputSink, StatsSink, PictureSink, EntropySink)
+            or (isinstance(sink, TableSink) and sink.figures_only)  # a heatmap's title
+            for sink in sinks
+        )
+    )
+    kernel = p.kernel  # "numpy" or "torch"; "numba" where the fused kernel makes the blocks
+    computed: Iterator[Block] | None = None
+    if summaries:
+        from attncli.compute import kernel_numba  # imports torch: only for the torch kernel's problems
+
+        if kernel_numba.fits(p):
+            kernel = "numba"
+            # the memory a torch block may take holds larger fused blocks, one for each thread
+            rows = kernel_numba.block_rows_for(p, rows, BLOCK_OVERHEAD)
+            computed = kernel_numba.fused_blocks(p, rows, None if pictures is None else pictures.block_cols)
+    if computed is None:
+        computed = blocks(p, rows, keep_scores=keep_scores)
     try:
-        for block in blocks(p, rows, keep_scores=keep_scores):
+        for block in computed:
             for sink in consumers:
                 sink.add(block)
             done = block.stop
@@ -198,6 +225,7 @@ def run(
         picture_blocks=(0, 0) if pictures is None else pictures.blocks,
         table=None if tables is None else tables.kept(),
         patterns=None if pattern_rows is None else pattern_rows.result(),
+        kernel=kernel,
     )
 
 

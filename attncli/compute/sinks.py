@@ -24,6 +24,7 @@ from attncli.analysis.rows import RowStats
 from attncli.arrays import Array
 from attncli.compute.blocks import Block
 from attncli.compute.result import KeptTable, as_array
+from attncli.compute.summary import RowSummary
 
 if TYPE_CHECKING:
     import torch
@@ -108,6 +109,9 @@ class EntropySink:
         self.entropy = _Rows(weights_shape[-2], axis=-1)
 
     def add(self, block: Block) -> None:
+        if block.summary is not None:  # the fused kernel's block: its entropy comes computed
+            self.entropy.put(block.summary.stats.entropy, block.start, block.stop)
+            return
         self.entropy.put(analysis.row_entropy(block.weights, block.blocked), block.start, block.stop)
 
 
@@ -120,6 +124,9 @@ class StatsSink:
         self.fields = [_Rows(weights_shape[-2], axis=-1) for _ in _STAT_FIELDS]
 
     def add(self, block: Block) -> None:
+        if block.summary is not None:  # the fused kernel's block: its statistics come computed
+            self.put(block.summary.stats, block.start, block.stop)
+            return
         stats = analysis.row_stats(
             block.weights,
             block.blocked,
@@ -129,8 +136,11 @@ class StatsSink:
             overwrite_scores=True,  # the block's scores are not needed after
             non_negative=True,
         )
+        self.put(stats, block.start, block.stop)
+
+    def put(self, stats: RowStats, start: int, stop: int) -> None:
         for field, name in zip(self.fields, _STAT_FIELDS, strict=True):
-            field.put(getattr(stats, name), block.start, block.stop)
+            field.put(getattr(stats, name), start, stop)
 
     def result(self) -> RowStats | None:
         tensors = [field.tensor for field in self.fields if field.tensor is not None]
@@ -242,14 +252,21 @@ class PictureSink:
         self.counts = torch.zeros(grid, dtype=torch.int64, device=device)
 
     def add(self, block: Block) -> None:
-        self.pool(block.start, block.weights, block.blocked)
+        summary = block.summary
+        if summary is None:
+            self.pool(block.start, block.weights, block.blocked)
+            return
+        # The fused kernel's block: its cells' maxima, sums and open keys come computed.
+        if summary.cell_keys != self.block_cols:
+            raise ValueError(f"a block pooled by {summary.cell_keys} keys, the picture by {self.block_cols}")
+        self._add_cells(block.start, summary.cell_largest, summary.cell_sums, summary.cell_open)
 
     def pool(self, start: int, weights: Array, blocked: Array | None) -> None:
         """Pool weights (..., n, W) of query rows start.. into the picture (W <= Lk: the keys past W
         are masked, as causal leaves them out of a block). The weights are 0 at every blocked key
         (softmax gives exp(-inf) = 0, and fully masked rows are zeroed), so they pool as they are:
         `blocked` only decides how many weights each cell's mean divides by."""
-        n, width = weights.shape[-2:]
+        width = weights.shape[-1]
         columns = math.ceil(width / self.block_cols)  # the picture's columns these keys reach
         if columns == 0:
             return  # no keys: nothing to pool
@@ -260,18 +277,27 @@ class PictureSink:
 
         values = weights.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
         # (..., n, W) -> (..., n, c), then each row added to its picture row
-        row_of = torch.arange(start, start + n, device=weights.device) // self.block_rows
         row_largest = self._columns(values, analysis.amax_non_negative).float()  # weights are >= 0
-        spread = row_of.view(-1, 1).expand(row_largest.shape)  # (..., n, c): each row's picture row
-        self.largest[..., :columns].scatter_reduce_(-2, spread, row_largest, reduce="amax")
-        self.sums[..., :columns].index_add_(-2, row_of, self._columns(values, torch.sum).double())
         if blocked is None:
             open_count = torch.full((columns,), self.block_cols, device=weights.device)
             open_count[-1] = width - self.block_cols * (columns - 1)
         else:
             # counted on the blocked keys' own shape (a causal triangle is (n, W)), then broadcast
             open_count = self._columns(~blocked, analysis.count_true)
-        self.counts[..., :columns].index_add_(-2, row_of, open_count.expand(*weights.shape[:-1], columns))
+        sums = self._columns(values, torch.sum).double()
+        self._add_cells(start, row_largest, sums, open_count.expand(*weights.shape[:-1], columns))
+
+    def _add_cells(self, start: int, largest: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Each row's cells (..., n, c) of query rows start.. added to the picture's rows: the largest
+        weight (float32), the sum of weights (float64) and the open keys (int64) of each."""
+        import torch
+
+        n, columns = largest.shape[-2:]
+        row_of = torch.arange(start, start + n, device=largest.device) // self.block_rows
+        spread = row_of.view(-1, 1).expand(largest.shape)  # (..., n, c): each row's picture row
+        self.largest[..., :columns].scatter_reduce_(-2, spread, largest, reduce="amax")
+        self.sums[..., :columns].index_add_(-2, row_of, sums)
+        self.counts[..., :columns].index_add_(-2, row_of, counts)
 
     def _pool_numpy(self, start: int, weights: np.ndarray, blocked: np.ndarray | None, columns: int) -> None:
         """`pool` of NumPy weights: the rows of one picture row are consecutive, so each picture
@@ -363,7 +389,45 @@ class TableSink:
         self.made = True
 
     def add(self, block: Block) -> None:
+        if block.summary is not None:
+            self.keep_figures(block.summary, block.blocked, block.masked_rows)
+            return
         self.keep(block.start, block.weights, block.blocked, block.masked_rows)
+
+    @property
+    def figures_only(self) -> bool:
+        """No cell is kept, only the figures of a title (a heatmap's): what a fused block gives."""
+        return not self.rows and not self.cols
+
+    def keep_figures(
+        self, summary: RowSummary, blocked: torch.Tensor | None, masked_rows: torch.Tensor | None
+    ) -> None:
+        """The title's figures from a fused kernel's block (`figures_only` tables): the largest and
+        smallest weight over open keys, the largest |row sum - 1| and which matrices have an open key,
+        as `keep` finds them in weights."""
+        if not self.figures_only:
+            raise ValueError("a fused block holds no weights: a table of cells needs the torch path")
+        import torch
+
+        if not self.made:
+            self._make(summary.smallest)  # the fused kernel's tensors: torch, on the CPU
+        n = summary.smallest.shape[-1]
+        if not n or not summary.keys:
+            return
+        if not self.any_blocked:
+            self.any_blocked = summary.keys < self.keys or (blocked is not None and bool(blocked.any()))
+        largest = summary.stats.max_weight.nan_to_num(0.0)  # a row with no open key: weights 0
+        self.maximum = torch.maximum(self.maximum, largest.amax(dim=-1).double())
+        self.minimum = torch.minimum(self.minimum, summary.smallest.amin(dim=-1).double())
+        off = (summary.row_sums - 1).abs()  # (..., n)
+        live = None if masked_rows is None else ~masked_rows
+        if live is not None:
+            off = off.masked_fill(~live, 0.0)
+        self.deviation = torch.maximum(self.deviation, off.amax(dim=-1))
+        if live is None:
+            self.live.fill_(True)
+        else:
+            self.live |= live.any(dim=-1)
 
     def keep(
         self,

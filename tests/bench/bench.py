@@ -44,7 +44,7 @@ MEMORY_TARGET = 1.15  # memory added by the call vs bytes of inputs + weights + 
 HALF_TARGET = 2.0  # float16/bfloat16 vs float32, both attncli
 LONG_CASES = ((1, 32768), (8, 8192))  # (heads, positions), 64 features, float32
 LONG_TIME_TARGET = 1.3  # attn compute --stats --view heatmap vs the two matrix products, whole processes
-LONG_INSIDE_TARGET = 1.15  # the same computation in-process (issue 18)
+LONG_INSIDE_TARGET = 1.15  # the same computation vs the same products inside one process (CPU; issue 18)
 LONG_MEMORY_TARGET = 1.5 * 2**30  # peak RSS of that whole process, bytes
 
 MIB = 2**20
@@ -180,10 +180,10 @@ for start in range(0, query.shape[-2], rows):
 LONG_IN_PROCESS = (
     ALLOCATOR
     + """\
-import json, sys, time, warnings
+import json, os, sys, time, warnings
 import torch
 from safetensors.torch import load_file
-from attncli.compute import MAX_BLOCK_BYTES, choose_block_rows, prepare, run
+from attncli.compute import MAX_BLOCK_BYTES, choose_block_rows, kernel_numba, prepare, run
 device = sys.argv[3]
 cuda = device.startswith("cuda")
 tensors = load_file(sys.argv[1], device=device)
@@ -200,12 +200,44 @@ def products():
         torch.matmul(torch.matmul(query[..., start:start + rows, :], key.transpose(-2, -1)), value)
 
 def blocked():
-    run(problem, block_rows=rows, stats=True, picture=(64, 160))
+    return run(problem, block_rows=rows, stats=True, picture=(64, 160)).kernel
 
-samples = {"attncli": [], "products": []}
+def torch_path():
+    # the fallback where Numba is missing, forced as ATTNCLI_KERNEL=torch forces it
+    os.environ[kernel_numba.ENV] = "torch"
+    kernel_numba._state.pop("why_not", None)
+    try:
+        assert blocked() == "torch"
+    finally:
+        del os.environ[kernel_numba.ENV]
+        kernel_numba._state.pop("why_not", None)
+
+def side_by_side():
+    # the same products arranged as the fused kernel arranges its blocks: side by side, each in a
+    # thread of one torch thread (what torch's own threads give is the baseline; this, for comparison)
+    from concurrent.futures import ThreadPoolExecutor
+    threads = torch.get_num_threads()
+
+    def one_thread():
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def block(start):
+        torch.matmul(torch.matmul(query[..., start:start + rows, :], key.transpose(-2, -1)), value)
+
+    with ThreadPoolExecutor(threads, initializer=one_thread) as pool:
+        list(pool.map(block, range(0, query.shape[-2], rows)))
+    torch.set_num_threads(threads)
+
+kernel = blocked()  # also Numba's first load (from its cache), which a process pays once
+variants = {"attncli": blocked, "products": products}
+if kernel == "numba":
+    variants["torch path"] = torch_path
+    variants["products side by side"] = side_by_side
+samples = {name: [] for name in variants}
 warmup = 1 if cuda else 0
 for round_ in range(warmup + int(sys.argv[2])):
-    for name, call in sorted({"attncli": blocked, "products": products}.items(), reverse=round_ % 2 == 1):
+    for name, call in sorted(variants.items(), reverse=round_ % 2 == 1):
         sync()
         start = time.perf_counter()
         call()
@@ -220,7 +252,8 @@ if cuda:
         blocked()
     torch.cuda.set_sync_debug_mode("default")
     waits = sum("synchroniz" in str(warning.message) for warning in caught)
-print(json.dumps({"samples": samples, "block_rows": rows, "waits": waits}))
+path = kernel_numba.path_name() if kernel == "torch" and device == "cpu" else kernel  # "torch (why)"
+print(json.dumps({"samples": samples, "block_rows": rows, "waits": waits, "kernel": path}))
 """
 )
 
@@ -569,6 +602,19 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
         def products_run(products: list[str] = products) -> float:
             return run_process_peak(products, env, workdir)[0]
 
+        args = [str(path), str(max(4, repeats)), "cpu"]
+        report = script_json(LONG_IN_PROCESS, args, env, f"long {label} in one process")
+        inside, kernel = report["samples"], report["kernel"]
+        RUNS[f"long {label} in-process"] = len(inside["attncli"])
+        case = f"long {label}: stats + picture vs 2 products (in-process, {kernel} kernel)"
+        rows += timed_rows(inside, [(case, "attncli", "products")], LONG_INSIDE_TARGET)
+        if "torch path" in inside:  # what runs where Numba is missing: for comparison, no target
+            case = f"long {label}: the same on the torch path (ATTNCLI_KERNEL=torch)"
+            fallback = timed_rows(inside, [(case, "torch path", "products")], LONG_INSIDE_TARGET)
+            rows += [dataclasses.replace(row, target="-", verdict="info") for row in fallback]
+            case = f"long {label}: attncli vs the products side by side as the kernel runs its blocks"
+            arranged = timed_rows(inside, [(case, "attncli", "products side by side")], LONG_INSIDE_TARGET)
+            rows += [dataclasses.replace(row, target="-", verdict="info") for row in arranged]
         print(f"  long sequences, {label}: {repeats} rounds of whole processes", file=sys.stderr)
         samples = interleaved(
             f"long {label}",
@@ -576,7 +622,7 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
             repeats,
             0,
         )
-        case = f"long {label}: attn --stats --view heatmap vs 2 products (processes)"
+        case = f"long {label}: attn --stats --view heatmap vs 2 products (processes, {kernel} kernel)"
         rows += timed_rows(samples, [(case, "attn", "products")], LONG_TIME_TARGET)
         peak = max(peaks)
         verdict = "pass" if peak < LONG_MEMORY_TARGET else "FAIL"
@@ -590,11 +636,6 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
                 verdict,
             )
         )
-        args = [str(path), str(max(4, repeats)), "cpu"]
-        inside = script_json(LONG_IN_PROCESS, args, env, f"long {label} in one process")["samples"]
-        RUNS[f"long {label} in-process"] = len(inside["attncli"])
-        case = f"long {label}: stats + picture vs 2 products (in-process)"
-        rows += timed_rows(inside, [(case, "attncli", "products")], LONG_INSIDE_TARGET)
         path.unlink()
     return rows
 
