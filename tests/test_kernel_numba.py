@@ -25,6 +25,12 @@ pytestmark = pytest.mark.skipif(not kernel_numba.available(), reason=f"no kernel
 
 
 @pytest.fixture(autouse=True)
+def small_problems_take_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The problems here are small: the kernel takes them even before it has run in the process."""
+    monkeypatch.setattr(kernel_numba, "MIN_WEIGHTS_TO_LOAD", 0)
+
+
+@pytest.fixture(autouse=True)
 def two_threads() -> Any:
     """torch on two threads at least, so that the fused kernel's blocks go through its pool of
     threads (a parallel test run gives each worker process one)."""
@@ -392,3 +398,19 @@ def test_an_abandoned_run_starts_no_more_blocks(monkeypatch: pytest.MonkeyPatch)
         for done in [kernel_numba._pool(workers).submit(free.wait) for _ in range(workers)]:
             done.result(timeout=30)
     assert 1 <= len(computed_rows) <= workers + 1 < 20
+
+
+def test_a_small_run_loads_no_numba_but_takes_the_kernel_once_it_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Below MIN_WEIGHTS_TO_LOAD weights, loading Numba would cost more than the kernel saves: such a
+    run takes the torch path, until the kernel has run in the process (its load paid)."""
+    problem = prepare(*(_random(2, 40, 8, seed=seed) for seed in (48, 49, 50)))  # 3,200 weights
+    monkeypatch.setattr(kernel_numba, "MIN_WEIGHTS_TO_LOAD", 3201)
+    monkeypatch.setitem(kernel_numba._state, "ran", False)
+    assert not kernel_numba.fits(problem)
+    assert run(problem, block_rows=8, stats=True).kernel == "torch"
+    monkeypatch.setattr(kernel_numba, "MIN_WEIGHTS_TO_LOAD", 3200)
+    assert run(problem, block_rows=8, stats=True).kernel == "numba"  # large enough: loads and runs it
+    monkeypatch.setattr(kernel_numba, "MIN_WEIGHTS_TO_LOAD", 10**9)
+    assert run(problem, block_rows=8, stats=True).kernel == "numba"  # loaded: worth it at any size

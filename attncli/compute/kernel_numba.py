@@ -41,6 +41,11 @@ from attncli.compute.summary import RowSummary
 ENV = "ATTNCLI_KERNEL"
 #: Keys per cell of the kernel's pass 1 when no picture sets them: a few cache lines per maximum.
 CELL_KEYS = 256
+#: Weights a run needs before the kernel is loaded in a process that has not run it yet (Numba's
+#: import, 0.2-0.3 s, and its first call's set-up of its compiler's types, 0.3 s, on 2 cores): below
+#: this the torch path's extra passes cost less than that. Measured in-process over the two
+#: products: 8 x 8,192 (2^29 weights) the torch path +0.9 s, the kernel +0.0 s; at 2^28 half that.
+MIN_WEIGHTS_TO_LOAD = 2**29
 #: The scores of one fused block, at most (each thread of the pool holds one block's): larger blocks
 #: spread each block's fixed costs (the calls, the hand-over between threads, the sinks) over more
 #: rows. Measured on 2 cores, 8 x 8,192 x 64: blocks of 16 MiB took 1.15-1.23x the products, 32 MiB
@@ -84,7 +89,9 @@ def path_name() -> str:
 
 
 def fits(problem: Prepared) -> bool:
-    """The kernel computes `problem`: Numba is there, on the CPU, float32, keys and query rows, scores
+    """The kernel computes `problem`, and faster than the torch path: Numba is there, at least
+    MIN_WEIGHTS_TO_LOAD weights unless the kernel has run in this process already (its load is paid),
+    on the CPU, float32, keys and query rows, scores
     that cannot overflow and no NaN or infinity in the inputs (the kernel assumes none: its
     maxima are vectorised without NaN tests), a float mask's entries either -inf or finite and far
     from float32's lowest (so that a score plus the mask never reaches -inf unless masked)."""
@@ -93,6 +100,8 @@ def fits(problem: Prepared) -> bool:
         return False
     if 0 in p.weights_shape[-2:]:
         return False
+    if not _state.get("ran") and math.prod(p.weights_shape) < MIN_WEIGHTS_TO_LOAD:
+        return False  # not worth loading Numba for
     if p.query.requires_grad or p.key.requires_grad or p.value.requires_grad:
         return False
     # A finite sum has no NaN or infinity among its terms (finite ones that overflow it send the
@@ -267,6 +276,7 @@ def _summarise(
         cell_sums,
         cell_open,
     )
+    _state["ran"] = True  # Numba is loaded: smaller runs take the kernel too
     live = largest > -np.inf
     z = totals[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
