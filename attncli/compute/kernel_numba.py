@@ -138,7 +138,7 @@ def fused_blocks(problem: Prepared, block_rows: int, cell_keys: int | None = Non
     With torch on several threads and several blocks, each block is computed whole (product, row
     passes, product) by one of as many threads of a pool, each running torch on one thread: the
     blocks run side by side instead of each step's work being split among threads (torch's
-    OpenMP workers, waiting spun after each product, slowed the row passes between them by half
+    OpenMP workers, spinning while they wait after each product, slowed the row passes between them by half
     on a 2-core machine). At most one block more than threads is computed ahead of the one given."""
     summarise = _state["rows"]
     p = problem
