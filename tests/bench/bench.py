@@ -615,15 +615,20 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
             case = f"long {label}: attncli vs the products side by side as the kernel runs its blocks"
             arranged = timed_rows(inside, [(case, "attncli", "products side by side")], LONG_INSIDE_TARGET)
             rows += [dataclasses.replace(row, target="-", verdict="info") for row in arranged]
+        variants = {"attn": attn_run, "products": products_run}
+        if kernel == "numba":  # the same command where Numba is missing: for comparison, no target
+            torch_env = {**env, "ATTNCLI_KERNEL": "torch"}
+            variants["attn, torch path"] = lambda attn=attn, torch_env=torch_env: run_process_peak(
+                attn, torch_env, workdir
+            )[0]
         print(f"  long sequences, {label}: {repeats} rounds of whole processes", file=sys.stderr)
-        samples = interleaved(
-            f"long {label}",
-            {"attn": attn_run, "products": products_run},
-            repeats,
-            0,
-        )
+        samples = interleaved(f"long {label}", variants, repeats, 0)
         case = f"long {label}: attn --stats --view heatmap vs 2 products (processes, {kernel} kernel)"
         rows += timed_rows(samples, [(case, "attn", "products")], LONG_TIME_TARGET)
+        if "attn, torch path" in samples:
+            case = f"long {label}: the same command on the torch path (processes, ATTNCLI_KERNEL=torch)"
+            fallback = timed_rows(samples, [(case, "attn, torch path", "products")], LONG_TIME_TARGET)
+            rows += [dataclasses.replace(row, target="-", verdict="info") for row in fallback]
         peak = max(peaks)
         verdict = "pass" if peak < LONG_MEMORY_TARGET else "FAIL"
         rows.append(
