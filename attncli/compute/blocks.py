@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attncli.arrays import Array
-from attncli.compute.prepare import Prepared, block_operands, blocked_keys, causal_hidden
+from attncli.compute.prepare import Prepared, block_operands, blocked_keys, causal_hidden, mask_rows
 from attncli.compute.summary import RowSummary
 from attncli.errors import InputError
 
@@ -64,12 +65,9 @@ def blocks(problem: Prepared, block_rows: int, *, keep_scores: bool = False) -> 
             first_row = inputs[-2]
             return Block(first_row, first_row + q.shape[-2], *numpy_kernel.block(p, q, *inputs))
 
-    mask = problem.mask
-    # The mask's query axis, when it has one longer than 1, is cut to the block's rows.
-    mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
     for start in range(0, max(lq, 1), block_rows):
         stop = min(start + block_rows, lq)
-        block_mask = mask[..., start:stop, :] if mask is not None and mask_rows else mask
+        block_mask = mask_rows(problem.mask, start, stop)
         yield make_block(problem, query[..., start:stop, :], key, value, block_mask, start, keep_scores)
 
 
@@ -91,36 +89,22 @@ def _block(
 
     n = q.shape[-2]
     q, k, v, mask, weights_shape = block_operands(p, q, k, v, mask, first_row)
-    # Scaling the query (n x D numbers) costs less than scaling the scores (n x W).
-    scaled = q * p.scale
     whole = first_row == 0 and n == p.weights_shape[-2]  # one block: its weights are the result's
-    if scaled.requires_grad or k.requires_grad or not whole:  # out= takes no part in autograd
-        # blocks of a longer run reuse the buffers malloc kept from the block before
-        scores = torch.matmul(scaled, k.transpose(-2, -1))
-    else:  # (..., n, D) @ (..., D, W) -> (..., n, W), into a buffer of huge pages where it is large
-        # NumPy's: torch.broadcast_shapes imports sympy (0.8 s) on its first call
-        lead = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]))
-        buffer = buffers.empty((*lead, n, k.shape[-2]), scaled.dtype, scaled.device)
-        scores = torch.matmul(scaled, k.transpose(-2, -1), out=buffer)
+    into = None
+    if whole and not (q.requires_grad or k.requires_grad):  # out= takes no part in autograd
+        # a buffer of huge pages where it is large; blocks of a longer run reuse what malloc kept
+        into = partial(buffers.empty, dtype=q.dtype, device=q.device)
+    scores = block_scores(p, q, k, weights_shape, into)
     if p.may_overflow and not bool(torch.isfinite(scores).all()):
         wider = "" if scores.dtype == torch.float64 else ", or use --dtype float64"
         raise InputError(
             f"query . key scores overflow {str(scores.dtype).removeprefix('torch.')} with these inputs "
             f"(finite, but too large): scale them down or pass a smaller --scale{wider}"
         )
-    if p.group > 1:
-        scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, W) -> (..., Hq, n, W)
-    if tuple(scores.shape) != weights_shape:
-        scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes than the inputs
-
+    apply_mask(scores, mask)
     width = weights_shape[-1]
     blocked = blocked_keys(mask, p.causal, n, width, first_row, device=scores.device)
     masked_rows = None
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores.masked_fill_(~mask, -math.inf)
-        else:
-            scores.add_(mask.to(scores.dtype))
     if p.causal:
         # Keys up to first_row are seen by every row: only those after it can lie past the diagonal.
         edge = min(first_row + 1, width)
@@ -159,3 +143,43 @@ def _block(
         blocked=blocked,
         scores=scores if keep_scores else None,
     )
+
+
+def block_scores(
+    p: Prepared,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    weights_shape: tuple[int, ...],
+    into: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """query @ key^T x scale of one block's operands (`prepare.block_operands`): (..., n, W) as
+    `weights_shape`, a group's query heads flattened into the heads' axis, expanded where a mask adds
+    batch axes. The product goes into `into(shape)` when given (a buffer to reuse), else a new tensor."""
+    import torch
+
+    scaled = q * p.scale  # scaling the query (n x D numbers) costs less than scaling the scores (n x W)
+    if into is None:
+        scores = torch.matmul(scaled, k.transpose(-2, -1))
+    else:
+        # NumPy's: torch.broadcast_shapes imports sympy (0.8 s) on its first call
+        lead = np.broadcast_shapes(tuple(scaled.shape[:-2]), tuple(k.shape[:-2]))
+        out = into((*lead, scaled.shape[-2], k.shape[-2]))
+        scores = torch.matmul(scaled, k.transpose(-2, -1), out=out)  # (..., n, D) @ (..., D, W)
+    if p.group > 1:
+        scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, W) -> (..., Hq, n, W)
+    if tuple(scores.shape) != weights_shape:
+        scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes than the inputs
+    return scores
+
+
+def apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """A block's mask applied to its scores in place: -inf where a bool mask is False, a float mask added
+    (in the scores' dtype)."""
+    import torch
+
+    if mask is None:
+        return
+    if mask.dtype == torch.bool:
+        scores.masked_fill_(~mask, -math.inf)
+    else:
+        scores.add_(mask.to(scores.dtype))

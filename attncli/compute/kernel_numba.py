@@ -33,8 +33,8 @@ import torch
 
 from attncli.analysis.rows import RowStats
 from attncli.compute import buffers
-from attncli.compute.blocks import Block
-from attncli.compute.prepare import Prepared, block_operands, blocked_keys, causal_hidden
+from attncli.compute.blocks import Block, apply_mask, block_scores
+from attncli.compute.prepare import Prepared, block_operands, blocked_keys, causal_hidden, mask_rows
 from attncli.compute.summary import RowSummary
 
 #: ATTNCLI_KERNEL=torch: runs in blocks take the torch path even where Numba is installed.
@@ -186,27 +186,14 @@ def _fused_block(
     lead = p.weights_shape[:-2]
     n = stop - start
     mask = p.mask
-    mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
-    block_mask = mask[..., start:stop, :] if mask is not None and mask_rows else mask
+    block_mask = mask_rows(mask, start, stop)
     # the keys a causal block can see, the heads grouped under their key/value head: as the torch path
     q, k, v, block_mask, weights_shape = block_operands(
         p, p.query[..., start:stop, :], p.key, p.value, block_mask, start
     )
     width = weights_shape[-1]
-    scaled = q * p.scale  # n x D numbers to scale, not n x W
-    product_lead = np.broadcast_shapes(tuple(scaled.shape[:-2]), tuple(k.shape[:-2]))
-    product_shape = (*product_lead, n, width)
-    scores = buffer[: math.prod(product_shape)].view(product_shape)
-    torch.matmul(scaled, k.transpose(-2, -1), out=scores)  # (..., n, D) @ (..., D, W) -> (..., n, W)
-    if p.group > 1:
-        scores = scores.flatten(-4, -3)  # (..., Hkv, G, n, W) -> (..., Hq, n, W)
-    if tuple(scores.shape) != weights_shape:
-        scores = scores.expand(weights_shape).contiguous()  # a mask with more batch axes
-    if block_mask is not None:
-        if block_mask.dtype == torch.bool:
-            scores.masked_fill_(~block_mask, -math.inf)
-        else:
-            scores.add_(block_mask.to(scores.dtype))
+    scores = block_scores(p, q, k, weights_shape, lambda shape: buffer[: math.prod(shape)].view(shape))
+    apply_mask(scores, block_mask)
     summary, z = _summarise(summarise, scores, start, n, p.causal, mask is not None, cell_keys)
     if p.group > 1:
         # (..., Hkv, G, n, W) @ (..., Hkv, 1, W, Dv) -> (..., Hkv, G, n, Dv) -> (..., Hq, n, Dv)

@@ -553,6 +553,14 @@ def blocked_keys(
     return blocked
 
 
+def mask_rows(mask: Array | None, start: int, stop: int) -> Array | None:
+    """The mask of query rows [start, stop): its query axis cut where it has one longer than 1 (a
+    mask without one, or of one row, holds for every row as it is)."""
+    if mask is None or mask.ndim < 2 or mask.shape[-2] <= 1:
+        return mask
+    return mask[..., start:stop, :]
+
+
 def block_operands(
     p: Prepared, q: Array, k: Array, v: Array, mask: Array | None, first_row: int
 ) -> tuple[Array, Array, Array, Array | None, tuple[int, ...]]:

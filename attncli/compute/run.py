@@ -27,6 +27,7 @@ from attncli.compute.prepare import (
     TensorLike,
     broadcast_shapes,
     causal_hidden,
+    mask_rows,
     memory_message,
     prepare,
 )
@@ -272,7 +273,6 @@ def fused(
 
     q, k, v = four_axes(q, lq), four_axes(k, lk), four_axes(v, lk)
     mask = p.mask
-    rows_axis = mask is not None and mask.ndim >= 2 and mask.shape[-2] > 1
     masked_rows = None if mask is None else torch.zeros((*lead, lq), dtype=torch.bool, device=device)
     step = lq if (mask is None and not p.causal) or block_rows is None else block_rows
     parts = []
@@ -282,7 +282,7 @@ def fused(
         keys = min(stop, lk) if p.causal else lk
         block_mask = None
         if mask is not None or p.causal:
-            block_mask = _block_mask(mask, rows_axis, p.causal, start, stop, lk, device)[..., :keys]
+            block_mask = _block_mask(mask, p.causal, start, stop, lk, device)[..., :keys]
             if block_mask.is_floating_point():
                 block_mask = block_mask.to(q.dtype)  # the kernel takes a float mask in its own dtype
         kernel_mask = None
@@ -307,7 +307,6 @@ def fused(
 
 def _block_mask(
     mask: torch.Tensor | None,
-    rows_axis: bool,
     causal: bool,
     start: int,
     stop: int,
@@ -318,7 +317,7 @@ def _block_mask(
     scaled_dot_product_attention takes it (bool True = may attend, or float added to the scores)."""
     import torch
 
-    part = None if mask is None else (mask[..., start:stop, :] if rows_axis else mask)
+    part: torch.Tensor | None = mask_rows(mask, start, stop)
     if not causal:
         assert part is not None
         return part
