@@ -320,6 +320,17 @@ async def _settle(app, pilot) -> None:
     await pilot.pause()
 
 
+async def _open_head(app, pilot):
+    """Enter from the grid: the head screen of the selected head, drawn."""
+    from attncli.explore.app import HeadScreen
+
+    await pilot.press("enter")
+    await _settle(app, pilot)
+    head = app.screen
+    assert isinstance(head, HeadScreen)
+    return head
+
+
 def _text(widget) -> str:
     """What a Static shows, as plain text."""
     from rich.console import Console
@@ -437,7 +448,7 @@ def test_the_grid_and_head_screens_match_golden(tmp_path, size):
 
 @pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
-    from attncli.explore.app import ExploreApp, GridScreen, HeadScreen
+    from attncli.explore.app import ExploreApp, GridScreen
     from attncli.present.explore import gutter_width, magnified_cell, magnified_lines
 
     tokens = [list("abcdefghijkl"), list("mnopqrstuvwx")]
@@ -452,10 +463,7 @@ def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
             grid = app.screen
             assert isinstance(grid, GridScreen)
             assert grid.matrices()[grid.selected] == (1, 1)
-            await pilot.press("enter")
-            await _settle(app, pilot)
-            head = app.screen
-            assert isinstance(head, HeadScreen)
+            head = await _open_head(app, pilot)
             assert head.index == (1, 1)
             width, height = head.area()
             cell = magnified_cell(width, height, (12, 12), tokens[1])
@@ -476,7 +484,7 @@ def test_the_pilot_clicks_a_cell_and_switches_the_batch_entry():
 
 @pytest.mark.usefixtures("_quick_idle_checks")
 def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
-    from attncli.explore.app import ExploreApp, HeadScreen
+    from attncli.explore.app import ExploreApp
 
     explorer, inputs = _explorer(positions=300, heads=1, causal=True)
     weights = _reference(inputs, causal=True)[0, 0]
@@ -484,10 +492,7 @@ def test_the_pilot_zooms_a_long_head_down_to_one_weight_per_cell():
     async def zoom() -> None:
         app = ExploreApp(explorer)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("enter")
-            await _settle(app, pilot)
-            head = app.screen
-            assert isinstance(head, HeadScreen)
+            head = await _open_head(app, pilot)
             fit = head.blocks
             assert fit is not None
             assert fit[0] > 1
@@ -527,7 +532,7 @@ def test_the_last_picture_stays_while_a_zoomed_window_is_computed():
     are coming; the new picture replaces it when its thread is done."""
     import threading
 
-    from attncli.explore.app import ExploreApp, HeadScreen
+    from attncli.explore.app import ExploreApp
 
     explorer, _ = _explorer(positions=300, heads=1, causal=True)
     computed = explorer.window
@@ -540,10 +545,7 @@ def test_the_last_picture_stays_while_a_zoomed_window_is_computed():
     async def zoom() -> None:
         app = ExploreApp(explorer)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("enter")
-            await _settle(app, pilot)
-            head = app.screen
-            assert isinstance(head, HeadScreen)
+            head = await _open_head(app, pilot)
             fit = head.blocks
             drawn = head.query_one("#map").content
             explorer.window = held_back  # the next window waits for `release`
@@ -575,7 +577,7 @@ def test_the_pilot_shows_masked_weights_as_masked_or_plainly():
     """`m` on a causal head: the heatmap's masked cells grey (the heatmaps' masked colour) and the
     table's masked weights `·`, or, switched, every weight drawn as a weight (masked ones as the
     reference's 0). The table's cursor cell is in reverse video, holding the reference's weight."""
-    from attncli.explore.app import ExploreApp, HeadScreen
+    from attncli.explore.app import ExploreApp
     from attncli.present.heatmap import MASKED_RGB
     from attncli.present.style import MASKED
 
@@ -604,10 +606,7 @@ def test_the_pilot_shows_masked_weights_as_masked_or_plainly():
     async def walk() -> None:
         app = ExploreApp(explorer)
         async with app.run_test(size=(160, 50)) as pilot:
-            await pilot.press("enter")
-            await _settle(app, pilot)
-            head = app.screen
-            assert isinstance(head, HeadScreen)
+            head = await _open_head(app, pilot)
             assert "m mask" in _screen_text(app)
             assert greys(head.query_one("#map")) > 0  # the triangle past the diagonal
             await pilot.press("m")
