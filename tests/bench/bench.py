@@ -323,10 +323,9 @@ def run_process(argv: Sequence[str], env: dict[str, str], expect_output: bool = 
     return seconds
 
 
-def script_json(script: str, args: Sequence[str], env: dict[str, str], what: str) -> Any:
-    """Run `python -c script args...` (stdin closed) and return the JSON of its last line of output;
-    BenchError naming `what` when it fails or prints nothing."""
-    done = subprocess.run(
+def run_script(script: str, args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -c script args...` in the repository, stdin closed, its output captured as text."""
+    return subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=REPO,
         env=env,
@@ -335,6 +334,12 @@ def script_json(script: str, args: Sequence[str], env: dict[str, str], what: str
         text=True,
         check=False,
     )
+
+
+def script_json(script: str, args: Sequence[str], env: dict[str, str], what: str) -> Any:
+    """Run `python -c script args...` (stdin closed) and return the JSON of its last line of output;
+    BenchError naming `what` when it fails or prints nothing."""
+    done = run_script(script, args, env)
     if done.returncode != 0 or not done.stdout.strip():
         raise BenchError(f"{what}: exit {done.returncode}: {done.stderr.strip()[-200:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -471,15 +476,7 @@ print("KERNEL-CHECK", "torch" if "torch" in sys.modules else "numpy", code, file
 
 def small_job_kernel(env: dict[str, str], args: Sequence[str]) -> Row:
     """Which kernel `attn ARGS` ran: the NumPy one (torch never imported) is what a small job should get."""
-    done = subprocess.run(
-        [sys.executable, "-c", KERNEL_PROBE, *args],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_script(KERNEL_PROBE, args, env)
     found = [line.split() for line in done.stderr.splitlines() if line.startswith("KERNEL-CHECK ")]
     if not found:
         raise BenchError(f"attn {' '.join(args)}: no kernel (exit {done.returncode}): {done.stderr[-100:]}")
