@@ -1,7 +1,5 @@
 """`attn capture`: run a local Transformers model over texts and save what its attention used."""
 
-from __future__ import annotations
-
 import sys
 import time
 from collections.abc import Iterator

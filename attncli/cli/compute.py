@@ -1,7 +1,5 @@
 """`attn compute`: load query, key and value, compute attention, show it, save it."""
 
-from __future__ import annotations
-
 from dataclasses import replace
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`attn demo`: the textbook example attncli grew from, and attncli agreeing with it."""
 
-from __future__ import annotations
-
 from attncli.cli._app import AttnCommand, ColorMode, app
 from attncli.cli._app import console as make_console
 from attncli.cli._display import (

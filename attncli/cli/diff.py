@@ -1,7 +1,5 @@
 """`attn diff`: compare the tensors of two files, like cmp for tensors."""
 
-from __future__ import annotations
-
 import math
 import sys
 from typing import Annotated

@@ -1,7 +1,5 @@
 """`attn explore`: walk through attention interactively, from the grid of every head to one weight."""
 
-from __future__ import annotations
-
 import os
 import sys
 from typing import Annotated

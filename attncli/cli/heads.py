@@ -1,8 +1,6 @@
 """`attn heads`: what every head does, one score per head, for a capture's layers or any input;
 `attn rollout`: how attention flows from the input tokens through every layer of a capture."""
 
-from __future__ import annotations
-
 import json
 import sys
 from collections.abc import Sequence
@@ -296,15 +294,15 @@ def rollout_command(
 
 
 def _capture_problems(
-    source: TensorFile,
+    source: "TensorFile",
     numbers: Sequence[int],
     *,
     scale: float | None = None,
-    mask: np.ndarray | None = None,
+    mask: "np.ndarray | None" = None,
     causal: bool = False,
     dtype: str = "auto",
     device: str = "cpu",
-) -> tuple[list[tuple[int, Prepared]], list[list[str]] | None]:
+) -> "tuple[list[tuple[int, Prepared]], list[list[str]] | None]":
     """Each chosen layer of a capture as a problem to compute, with the layer's own scale and mask
     unless `scale` or `mask` replace them; and the capture's tokens."""
     from attncli.compute import prepare
@@ -330,7 +328,7 @@ def _capture_problems(
     return layers, tokens
 
 
-def _texts(layers: Sequence[tuple[int, Prepared]], batch: int | None) -> int:
+def _texts(layers: "Sequence[tuple[int, Prepared]]", batch: int | None) -> int:
     """How many texts the capture holds (its batch), with --batch checked against it."""
     shape = layers[0][1].weights_shape
     texts = shape[0] if len(shape) == 4 else 1

@@ -1,7 +1,5 @@
 """`attn inspect`: what tensor files hold, read header first and data a block at a time."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

@@ -1,8 +1,6 @@
 """`attn model`: capture a layer of a local Transformers model and show it as `attn compute` would,
 with a line saying whether attncli's weights agree with the model's own probabilities."""
 
-from __future__ import annotations
-
 from dataclasses import replace
 from typing import Annotated, Any
 

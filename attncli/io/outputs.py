@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import secrets
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +162,8 @@ def temporary_beside(target: Path) -> tuple[int, str]:
     outputs = _outputs.get()
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        suffix = "".join(secrets.choice(_NAME_CHARACTERS) for _ in range(8))
+        # os.urandom, not the secrets module, whose import (hmac, hashlib) costs `attn --help` 5 ms
+        suffix = "".join(_NAME_CHARACTERS[byte % len(_NAME_CHARACTERS)] for byte in os.urandom(8))
         path = os.path.join(target.parent, f".{target.name}.{suffix}.partial")
         if outputs is not None:
             outputs.pending.add(path)
