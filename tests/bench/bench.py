@@ -5,6 +5,10 @@ Run by `make bench` (not part of the tests): `.venv/bin/python tests/bench/bench
 The machines are shared and noisy, so every figure is a ratio against a baseline measured in the same
 run: the variants of a comparison are interleaved (their order rotating from round to round), each
 figure is the median of its repeats, and peak memory is measured per case in a fresh subprocess.
+attncli's modules are compiled to bytecode first and the commands run with Python's bytecode cache on,
+as an installed package runs: an environment that sets PYTHONDONTWRITEBYTECODE (as this project's
+machines do) would otherwise have every `attn` process compile attncli's source again, 0.03-0.1 s,
+which the baselines (Typer, torch and NumPy, compiled when installed) never pay.
 Exits 1 when a target is missed (0 with --no-fail). The targets come from the baselines in the
 project's PERF-NOTES.md (shared/ beside the checkout); many are expected to be missed before the
 performance work.
@@ -612,7 +616,7 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
             case = f"long {label}: attncli vs the products side by side as the kernel runs its blocks"
             arranged = timed_rows(inside, [(case, "attncli", "products side by side")], LONG_INSIDE_TARGET)
             rows += [dataclasses.replace(row, target="-", verdict="info") for row in arranged]
-        variants = {"attn": attn_run, "products": products_run}
+        variants: dict[str, Callable[[], float]] = {"attn": attn_run, "products": products_run}
         if kernel == "numba":  # the same command where Numba is missing: for comparison, no target
             torch_env = {**env, "ATTNCLI_KERNEL": "torch"}
             variants["attn, torch path"] = lambda attn=attn, torch_env=torch_env: run_process_peak(
@@ -865,6 +869,17 @@ def bench_weights_memory(device: str, env: dict[str, str], repeats: int) -> list
 
 
 # --- the report ----------------------------------------------------------------------------------------
+
+
+def compile_package() -> None:
+    """attncli's modules compiled to bytecode where they lie (an editable install's source folder;
+    an installed wheel's were compiled at install), as the first run of each would with the cache on."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("attncli")
+    if spec is not None and spec.origin is not None:
+        compileall.compile_dir(Path(spec.origin).parent, quiet=1)
 
 
 def machine_line() -> str:
@@ -1252,7 +1267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         start_n, job_n, time_n, memory_n, long_n = 15, 7, 7, 3, 3
     budget_s = TIME_BUDGET_S[1 if options.quick else 0]
-    env = {name: value for name, value in os.environ.items() if name not in ("TYPER_USE_RICH",)}
+    unset = ("TYPER_USE_RICH", "PYTHONDONTWRITEBYTECODE")
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    compile_package()
 
     print(f"attncli benchmark ({'--quick' if options.quick else 'full'}): {time.strftime('%Y-%m-%d %H:%M')}")
     print(machine_line(), flush=True)
