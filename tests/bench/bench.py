@@ -619,9 +619,11 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
         variants: dict[str, Callable[[], float]] = {"attn": attn_run, "products": products_run}
         if kernel == "numba":  # the same command where Numba is missing: for comparison, no target
             torch_env = {**env, "ATTNCLI_KERNEL": "torch"}
-            variants["attn, torch path"] = lambda attn=attn, torch_env=torch_env: run_process_peak(
-                attn, torch_env, workdir
-            )[0]
+
+            def torch_path(attn: list[str] = attn, torch_env: dict[str, str] = torch_env) -> float:
+                return run_process_peak(attn, torch_env, workdir)[0]
+
+            variants["attn, torch path"] = torch_path
         print(f"  long sequences, {label}: {repeats} rounds of whole processes", file=sys.stderr)
         samples = interleaved(f"long {label}", variants, repeats, 0)
         case = f"long {label}: attn --stats --view heatmap vs 2 products (processes, {kernel} kernel)"
