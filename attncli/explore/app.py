@@ -252,7 +252,7 @@ class GridScreen(_ExplorerScreen):
         matrices = self.matrices()
         if not explorer.grid_ready:  # computed in a thread; this screen answers keys meanwhile
             lq, lk = explorer.shape
-            self.query_one("#title", Static).update(Text(f" {explorer.label}", no_wrap=True))
+            self.query_one("#title", Static).update(Text(f" {explorer.label}", no_wrap=True), layout=False)
             self.query_one("#grid", Static).update(
                 Text(f"computing the thumbnails of {len(explorer.matrices(None))} matrices of {lq}×{lk}…")
             )
@@ -297,7 +297,8 @@ class GridScreen(_ExplorerScreen):
                 f" {explorer.label}  {len(matrices)} matrices of {lq}×{lk}  ·  {where}{rows_note}",
                 no_wrap=True,
                 overflow="ellipsis",
-            )
+            ),
+            layout=False,
         )
         self.query_one("#grid", Static).update(view)
 
@@ -437,13 +438,12 @@ class HeadScreen(_ExplorerScreen):
         assert isinstance(app, ExploreApp)
         explorer = self.explorer
         self.query_one("#title", Static).update(
-            Text(f" {explorer.label}  ·  {_name(explorer, self.index)}", no_wrap=True)
+            Text(f" {explorer.label}  ·  {_name(explorer, self.index)}", no_wrap=True), layout=False
         )
-        figures = explorer.cell(self.index, *self.cursor)
-        self.query_one("#panel", Static).update(cell_panel(figures))
         target = self.query_one("#map", Static)
         if self.table:
-            target.update(self._table())
+            self._panel()
+            target.update(self._table(), layout=False)
             self._heatmap_shown = False
             return
         origin, span = self.place()
@@ -460,17 +460,22 @@ class HeadScreen(_ExplorerScreen):
             last = min(origin[0] + span[0], explorer.shape[0]) - 1
             title = f"{_name(explorer, self.index)}  computing rows {origin[0]}–{last}…"
             if self._window is None or self._window_key is None or self._window_key[0] != self.index:
-                target.update(Text(title, style="bold"))
+                # Another matrix (or none): map and panel wait for this one's window, whose thread
+                # has the cores meanwhile (the panel's row, computed here, slowed it by a third).
+                target.update(Text(title, style="bold"), layout=False)
+                self.query_one("#panel", Static).update("", layout=False)
                 self._heatmap_shown = False
                 return
+            self._panel()
             if self._heatmap_shown:
                 # This head's last picture stays as drawn (drawing it again would cost as much as
                 # the new one): the title line says what is being computed.
                 self.query_one("#title", Static).update(
-                    Text(f" {explorer.label}  ·  {title}", no_wrap=True, overflow="ellipsis")
+                    Text(f" {explorer.label}  ·  {title}", no_wrap=True, overflow="ellipsis"), layout=False
                 )
                 return
         assert self._window is not None
+        self._panel()
         target.update(
             window_heatmap(
                 self._window,
@@ -482,9 +487,15 @@ class HeadScreen(_ExplorerScreen):
                 cell_lines=self.cell_lines(),
                 query_labels=explorer.labels(self.index),
                 show_masked=app.show_masked,
-            )
+            ),
+            layout=False,
         )
         self._heatmap_shown = True
+
+    def _panel(self) -> None:
+        """The figures of the weight under the cursor, beside the map."""
+        figures = self.explorer.cell(self.index, *self.cursor)
+        self.query_one("#panel", Static).update(cell_panel(figures), layout=False)
 
     @work(thread=True, exclusive=True, group="window")
     def _compute_window(self, key: WindowKey) -> None:
