@@ -385,7 +385,9 @@ next head replaces it. A longer head's window is computed again on each zoom or 
 rows a block at a time, each block at most 16 MiB of scores (4,096 rows of 1,024 keys, 128 rows
 of 32,768), pooled into the picture as it comes. So a 32,768-position head takes a few hundred
 MiB whatever the zoom, and the time of a step grows with the rows on screen: the whole matrix at
-the widest zoom, one screenful of rows at the narrowest. The cursor's panel computes its one row.
+the widest zoom, one screenful of rows at the narrowest. The cursor's panel computes its one row;
+while another head's window is computed, the map names the rows being computed and the panel waits
+for the window (computing its row meanwhile slowed the window by about a third).
 
 Outside a terminal (stdout or stdin not one, or `TERM=dumb`) it refuses and points to
 `attn compute`; bad files are reported as `attn compute` reports them, before the interface starts.
