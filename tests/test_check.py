@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from attncli.cli import app
 from attncli.compute import attend, fused, prepare
+from attncli.compute import check as check_module
 from attncli.compute.check import (
     TOLERANCES,
     Comparison,
@@ -197,18 +198,29 @@ def figures(comparison: ReferenceCheck) -> dict:
     return {name: getattr(comparison, name) for name in whole_comparison([0.0], [0.0], None, 1, 1)}
 
 
-def fed_in_blocks(actual, expected, dead, rtol, atol, rows) -> ReferenceCheck:
-    """`Comparison` fed `rows` query rows (axis -2) at a time."""
+def fed_in_blocks(actual, expected, dead, rtol, atol, rows, part=None) -> ReferenceCheck:
+    """`Comparison` fed `rows` query rows (axis -2) at a time, each taken in parts of about `part`
+    elements (None: check's own); arrays with a single row or fewer axes broadcast along them."""
+
+    def block(array, start, stop, axis):
+        if array is None or array.ndim < -axis or array.shape[axis] == 1:
+            return array
+        return array[..., start:stop, :] if axis == -2 else array[..., start:stop]
+
     comparison = Comparison("weights", "test", "test", rtol, atol)
-    for start in range(0, actual.shape[-2], rows):
-        stop = start + rows
-        dead_rows = None if dead is None else torch.from_numpy(dead[..., start:stop])
-        comparison.add(
-            torch.from_numpy(actual[..., start:stop, :]),
-            torch.from_numpy(expected[..., start:stop, :]),
-            dead_rows,
-            start,
-        )
+    with pytest.MonkeyPatch.context() as patch:
+        if part is not None:
+            patch.setattr(check_module, "PART_ELEMENTS", part)
+        lq = np.broadcast_shapes(actual.shape, expected.shape)[-2]
+        for start in range(0, lq, rows):
+            stop = start + rows
+            dead_rows = block(dead, start, stop, -1)
+            comparison.add(
+                torch.from_numpy(block(actual, start, stop, -2)),
+                torch.from_numpy(block(expected, start, stop, -2)),
+                None if dead_rows is None else torch.from_numpy(dead_rows),
+                start,
+            )
     return comparison.result()
 
 
@@ -230,23 +242,31 @@ def awkward_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return actual, expected, dead
 
 
+#: Parts of a block, in elements: one row of (2, 3, rows, 5) at a time (30 elements), two rows,
+#: and check's own (the whole block here).
+PARTS = [1, 60, None]
+
+
+@pytest.mark.parametrize("part", PARTS)
 @pytest.mark.parametrize("rows", [1, 2, 3, 7])
-def test_blocks_give_the_whole_comparisons_figures(rows):
+def test_blocks_give_the_whole_comparisons_figures(rows, part):
     actual, expected, dead = awkward_pair()
     whole = whole_comparison(actual, expected, dead, 1.3e-6, 1e-5)
     assert whole["outside"] == 5
     assert whole["worst_index"] == (0, 0, 4, 0)
-    np.testing.assert_equal(figures(fed_in_blocks(actual, expected, dead, 1.3e-6, 1e-5, rows)), whole)
+    comparison = fed_in_blocks(actual, expected, dead, 1.3e-6, 1e-5, rows, part)
+    np.testing.assert_equal(figures(comparison), whole)
 
 
+@pytest.mark.parametrize("part", PARTS)
 @pytest.mark.parametrize("rows", [1, 3, 7])
-def test_blocks_give_the_whole_comparisons_figures_when_all_are_inside(rows):
+def test_blocks_give_the_whole_comparisons_figures_when_all_are_inside(rows, part):
     _, expected, _ = awkward_pair()
     expected = np.nan_to_num(expected)
     inside = (expected + np.linspace(-9e-6, 9e-6, expected.size).reshape(expected.shape)).astype(np.float32)
     for dead in (None, np.arange(2 * 3 * 7).reshape(2, 3, 7) % 4 == 1):
         whole = whole_comparison(inside, expected, dead, 1.3e-6, 1e-5)
-        comparison = fed_in_blocks(inside, expected, dead, 1.3e-6, 1e-5, rows)
+        comparison = fed_in_blocks(inside, expected, dead, 1.3e-6, 1e-5, rows, part)
         np.testing.assert_equal(figures(comparison), whole)
         assert comparison.passed
         assert comparison.worst_abs <= comparison.worst_allowed
@@ -257,7 +277,102 @@ def test_ties_of_the_worst_element_go_to_the_first_in_row_major_order():
     actual = expected.copy()
     actual[1, 0, 0] = actual[0, 3, 2] = 1.0  # the same share: (0, 3, 2) comes first in the whole
     for rows in (1, 2, 4):
-        assert fed_in_blocks(actual, expected, None, 0.0, 0.5, rows).worst_index == (0, 3, 2)
+        for part in (1, 6, None):  # parts of one row, two rows, the whole block
+            assert fed_in_blocks(actual, expected, None, 0.0, 0.5, rows, part).worst_index == (0, 3, 2)
+
+
+@pytest.mark.parametrize("sizes", [(1, 3, 2, 1), (2, 5), (4, 1, 1, 1)])
+def test_blocks_of_any_sizes_give_the_whole_comparisons_figures(sizes):
+    """Blocks larger than the first (the comparison's buffers grow), smaller, and in parts."""
+    actual, expected, dead = awkward_pair()
+    whole = whole_comparison(actual, expected, dead, 1.3e-6, 1e-5)
+    for part in (1, 60, None):
+        with pytest.MonkeyPatch.context() as patch:
+            if part is not None:
+                patch.setattr(check_module, "PART_ELEMENTS", part)
+            comparison = Comparison("weights", "test", "test", 1.3e-6, 1e-5)
+            for start, stop in zip(np.cumsum((0, *sizes[:-1])), np.cumsum(sizes), strict=True):
+                comparison.add(
+                    torch.from_numpy(actual[..., start:stop, :]),
+                    torch.from_numpy(expected[..., start:stop, :]),
+                    torch.from_numpy(dead[..., start:stop]),
+                    int(start),
+                )
+        np.testing.assert_equal(figures(comparison.result()), whole)
+
+
+def infinite_pair(dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(actual in `dtype`, expected float64, dead rows) over (3, 6, 4), every element inside but
+    for infinities: on the expected side only (|a - b| and its tolerance both infinite), on both
+    sides alike (|a - b| NaN), on both sides opposite (infinite), on the actual side only; a dead
+    row holding infinities; the largest finite share tied at (0, 4, 1) and (2, 1, 3)."""
+    rng = np.random.default_rng(3)
+    expected = rng.uniform(-1, 1, (3, 6, 4))
+    actual = (expected + rng.uniform(-4e-6, 4e-6, expected.shape)).astype(dtype)
+    expected = expected.copy()
+    expected[1, 2, 0] = np.inf
+    actual[1, 4, 2] = expected[1, 4, 2] = -np.inf
+    actual[2, 0, 1], expected[2, 0, 1] = np.inf, -np.inf
+    actual[0, 5, 3] = np.inf
+    dead = np.zeros((3, 6), bool)
+    dead[0, 1] = dead[2, 5] = True
+    actual[0, 1, :] = np.inf
+    expected[2, 5, :] = -np.inf
+    expected[0, 4, 1] = expected[2, 1, 3] = 0.5
+    actual[0, 4, 1] = actual[2, 1, 3] = 0.5 + 8e-6  # twice the other gaps at most
+    return actual, expected, dead
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("part", [1, 8, None])
+@pytest.mark.parametrize("rows", [1, 2, 4, 6])
+def test_infinities_on_either_side_are_outside_as_the_whole_comparison_says(rows, part, dtype):
+    actual, expected, dead = infinite_pair(dtype)
+    whole = whole_comparison(actual, expected, dead, 1.3e-6, 1e-5)
+    assert whole["outside"] == 4
+    assert whole["worst_index"] == (0, 5, 3)  # the first of the four in row-major order
+    assert math.isnan(whole["max_abs"])
+    np.testing.assert_equal(figures(fed_in_blocks(actual, expected, dead, 1.3e-6, 1e-5, rows, part)), whole)
+    # without them every element is inside, and the worst is the largest finite share
+    finite = ~np.isinf(actual) & ~np.isinf(expected)
+    actual, expected = np.where(finite, actual, 0), np.where(finite, expected, 0)
+    whole = whole_comparison(actual, expected, dead, 1.3e-6, 1e-5)
+    assert (whole["outside"], whole["worst_index"]) == (0, (0, 4, 1))
+    np.testing.assert_equal(figures(fed_in_blocks(actual, expected, dead, 1.3e-6, 1e-5, rows, part)), whole)
+
+
+@pytest.mark.parametrize("part", [1, 5, 40, None])
+@pytest.mark.parametrize("rows", [1, 3, 5, 8])
+def test_many_ties_and_failures_in_parts_give_the_whole_comparisons_figures(rows, part):
+    """Gaps and expected values on coarse grids, so that hundreds of elements tie for the worst
+    share and many are outside, some where the subtraction rounds; dead rows everywhere."""
+    rng = np.random.default_rng(17)
+    expected = rng.integers(-8, 9, (2, 3, 8, 5)) / 8
+    actual = (expected + rng.integers(-3, 4, expected.shape) * 2.0**-10).astype(np.float32)
+    dead = rng.random((2, 3, 8)) < 0.2
+    live = np.broadcast_to(~dead[..., None], expected.shape)
+    for rtol, atol in ((0.0, 2.0**-10), (2.0**-9, 2.0**-11), (1.3e-6, 1e-5)):
+        whole = whole_comparison(actual, expected, dead, rtol, atol)
+        assert 0 < whole["outside"] < whole["compared"]
+        share = np.abs(actual - expected) / (atol + rtol * np.abs(expected))
+        assert (share[live] == share[live].max()).sum() > 1  # ties for the worst (59 with rtol 0)
+        comparison = fed_in_blocks(actual, expected, dead, rtol, atol, rows, part)
+        np.testing.assert_equal(figures(comparison), whole)
+
+
+@pytest.mark.parametrize("part", [1, 5, None])
+@pytest.mark.parametrize("rows", [1, 2, 7])
+def test_an_expected_side_and_dead_rows_that_broadcast(rows, part):
+    """Expected values with fewer axes, and with one row for every query row; dead rows with fewer
+    axes: the figures of the whole comparison over the broadcast shape."""
+    actual, expected, _ = awkward_pair()
+    dead = np.zeros(7, bool)
+    dead[[2, 5]] = True
+    for shared in (expected[1, 0], expected[1, 0, :1], expected[:, :1]):
+        whole = whole_comparison(actual, shared, dead, 1.3e-6, 1e-5)
+        assert whole["outside"] > 0
+        comparison = fed_in_blocks(actual, shared, dead, 1.3e-6, 1e-5, rows, part)
+        np.testing.assert_equal(figures(comparison), whole)
 
 
 def test_nothing_to_compare_passes_with_no_worst_element():
