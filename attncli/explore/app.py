@@ -19,6 +19,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import ModalScreen, Screen
+from textual.visual import VisualType
 from textual.widgets import Footer, Static
 from textual.worker import Worker, get_current_worker
 
@@ -201,6 +202,11 @@ class _ExplorerScreen(Screen[None]):
     def redraw(self) -> None:
         raise NotImplementedError
 
+    def put(self, selector: str, content: VisualType) -> None:
+        """New content for one of the screen's widgets whose size the layout fixes (the title line,
+        the map, the panel): drawn again without a layout pass."""
+        self.query_one(selector, Static).update(content, layout=False)
+
     def on_mount(self) -> None:
         self.redraw()
 
@@ -252,7 +258,7 @@ class GridScreen(_ExplorerScreen):
         matrices = self.matrices()
         if not explorer.grid_ready:  # computed in a thread; this screen answers keys meanwhile
             lq, lk = explorer.shape
-            self.query_one("#title", Static).update(Text(f" {explorer.label}", no_wrap=True), layout=False)
+            self.put("#title", Text(f" {explorer.label}", no_wrap=True))
             self.query_one("#grid", Static).update(
                 Text(f"computing the thumbnails of {len(explorer.matrices(None))} matrices of {lq}×{lk}…")
             )
@@ -292,13 +298,13 @@ class GridScreen(_ExplorerScreen):
         view = grid_view(pictures, grid.blocks, explorer.shape, entropy, options, selected=shown)
         lq, lk = explorer.shape
         where = _name(explorer, selected) if selected is not None else ""
-        self.query_one("#title", Static).update(
+        self.put(
+            "#title",
             Text(
                 f" {explorer.label}  {len(matrices)} matrices of {lq}×{lk}  ·  {where}{rows_note}",
                 no_wrap=True,
                 overflow="ellipsis",
             ),
-            layout=False,
         )
         self.query_one("#grid", Static).update(view)
 
@@ -437,13 +443,10 @@ class HeadScreen(_ExplorerScreen):
         app = self.app
         assert isinstance(app, ExploreApp)
         explorer = self.explorer
-        self.query_one("#title", Static).update(
-            Text(f" {explorer.label}  ·  {_name(explorer, self.index)}", no_wrap=True), layout=False
-        )
-        target = self.query_one("#map", Static)
+        self.put("#title", Text(f" {explorer.label}  ·  {_name(explorer, self.index)}", no_wrap=True))
         if self.table:
             self._panel()
-            target.update(self._table(), layout=False)
+            self.put("#map", self._table())
             self._heatmap_shown = False
             return
         origin, span = self.place()
@@ -462,21 +465,20 @@ class HeadScreen(_ExplorerScreen):
             if self._window is None or self._window_key is None or self._window_key[0] != self.index:
                 # Another matrix (or none): map and panel wait for this one's window, whose thread
                 # has the cores meanwhile (the panel's row, computed here, slowed it by a third).
-                target.update(Text(title, style="bold"), layout=False)
-                self.query_one("#panel", Static).update("", layout=False)
+                self.put("#map", Text(title, style="bold"))
+                self.put("#panel", "")
                 self._heatmap_shown = False
                 return
-            self._panel()
             if self._heatmap_shown:
                 # This head's last picture stays as drawn (drawing it again would cost as much as
                 # the new one): the title line says what is being computed.
-                self.query_one("#title", Static).update(
-                    Text(f" {explorer.label}  ·  {title}", no_wrap=True, overflow="ellipsis"), layout=False
-                )
+                self._panel()
+                self.put("#title", Text(f" {explorer.label}  ·  {title}", no_wrap=True, overflow="ellipsis"))
                 return
         assert self._window is not None
         self._panel()
-        target.update(
+        self.put(
+            "#map",
             window_heatmap(
                 self._window,
                 title=title,
@@ -488,14 +490,13 @@ class HeadScreen(_ExplorerScreen):
                 query_labels=explorer.labels(self.index),
                 show_masked=app.show_masked,
             ),
-            layout=False,
         )
         self._heatmap_shown = True
 
     def _panel(self) -> None:
         """The figures of the weight under the cursor, beside the map."""
         figures = self.explorer.cell(self.index, *self.cursor)
-        self.query_one("#panel", Static).update(cell_panel(figures), layout=False)
+        self.put("#panel", cell_panel(figures))
 
     @work(thread=True, exclusive=True, group="window")
     def _compute_window(self, key: WindowKey) -> None:
