@@ -366,6 +366,11 @@ def timed_rows(
     return rows
 
 
+def info_rows(rows: Sequence[Row]) -> list[Row]:
+    """`rows` for comparison only: no target, never a miss."""
+    return [dataclasses.replace(row, target="-", verdict="info") for row in rows]
+
+
 def _ratio_row(case: str, measured: str, baseline: str, ratio: float, target: float) -> Row:
     return Row(case, measured, baseline, ratio, f"<= {target:g}", "pass" if ratio <= target else "FAIL")
 
@@ -612,10 +617,10 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
         if "torch path" in inside:  # what runs where Numba is missing: for comparison, no target
             case = f"long {label}: the same on the torch path (ATTNCLI_KERNEL=torch)"
             fallback = timed_rows(inside, [(case, "torch path", "products")], LONG_INSIDE_TARGET)
-            rows += [dataclasses.replace(row, target="-", verdict="info") for row in fallback]
+            rows += info_rows(fallback)
             case = f"long {label}: attncli vs the products side by side as the kernel runs its blocks"
             arranged = timed_rows(inside, [(case, "attncli", "products side by side")], LONG_INSIDE_TARGET)
-            rows += [dataclasses.replace(row, target="-", verdict="info") for row in arranged]
+            rows += info_rows(arranged)
         variants: dict[str, Callable[[], float]] = {"attn": attn_run, "products": products_run}
         if kernel == "numba":  # the same command where Numba is missing: for comparison, no target
             torch_env = {**env, "ATTNCLI_KERNEL": "torch"}
@@ -631,7 +636,7 @@ def bench_long(env: dict[str, str], workdir: Path, repeats: int) -> list[Row]:
         if "attn, torch path" in samples:
             case = f"long {label}: the same command on the torch path (processes, ATTNCLI_KERNEL=torch)"
             fallback = timed_rows(samples, [(case, "attn, torch path", "products")], LONG_TIME_TARGET)
-            rows += [dataclasses.replace(row, target="-", verdict="info") for row in fallback]
+            rows += info_rows(fallback)
         peak = max(peaks)
         verdict = "pass" if peak < LONG_MEMORY_TARGET else "FAIL"
         rows.append(
@@ -1088,19 +1093,14 @@ def bench_api(env: dict[str, str], repeats: int) -> list[Row]:
     rows = []
     for shape in SHAPES:
         for name in FULL_DTYPES:
-            pair = (
-                f"api {_shape(shape)} {name} vs SDPA (plain script)",
-                f"api {list(shape)} {name}",
-                f"sdpa {list(shape)} {name}",
+            run, label = f"{list(shape)} {name}", f"api {_shape(shape)} {name}"
+            rows += timed_rows(
+                samples, [(f"{label} vs SDPA (plain script)", f"api {run}", f"sdpa {run}")], API_TARGET
             )
-            rows += timed_rows(samples, [pair], API_TARGET)
             # The same weights and output by torch's three calls as a script writes them (fresh buffers,
             # a softmax out of place), against the same SDPA: what the library's own buffers save.
-            case = f"api {_shape(shape)} {name}: torch's matmul, softmax, matmul in a script vs SDPA"
-            plain = timed_rows(
-                samples, [(case, f"bare {list(shape)} {name}", f"sdpa {list(shape)} {name}")], API_TARGET
-            )
-            rows += [dataclasses.replace(row, target="-", verdict="info") for row in plain]
+            case = f"{label}: torch's matmul, softmax, matmul in a script vs SDPA"
+            rows += info_rows(timed_rows(samples, [(case, f"bare {run}", f"sdpa {run}")], API_TARGET))
     return rows
 
 
