@@ -192,12 +192,13 @@ def test_window_of_a_long_input_is_computed_in_blocks_of_rows(monkeypatch, kept)
         for how, got in (("max", window.picture_max), ("mean", window.picture_mean)):
             expected = _pooled(weights[visible], blocked[visible], blocks, how)
             np.testing.assert_allclose(got, expected, atol=1e-6, equal_nan=True)
-    assert (explorer._head is not None) == kept
+    assert explorer.kept_heads() == ([(0, 1)] if kept else [])
 
 
 def test_windows_of_a_kept_head_compute_no_rows_again(monkeypatch):
-    """Zooming and panning over one head pool its kept weights: its rows are computed once; the
-    next head replaces it (one head kept)."""
+    """Zooming and panning over one head pool its kept weights: its rows are computed once. Two
+    heads are kept (the one shown and the one computed ahead): going back to the first computes
+    nothing, a third replaces the one used least lately."""
     import attncli.explore.session as session
 
     computed: list[tuple[int, ...]] = []
@@ -226,6 +227,15 @@ def test_windows_of_a_kept_head_compute_no_rows_again(monkeypatch):
     weights = _reference(inputs, causal=True)[0, 1]
     blocked = np.triu(np.ones((40, 40), dtype=bool), 1)
     expected = _pooled(weights[8:28, 8:28], blocked[8:28, 8:28], (2, 2), "max")
+    np.testing.assert_allclose(window.picture_max, expected, atol=1e-6, equal_nan=True)
+    explorer.window((1, 1), (0, 0), (40, 40), (4, 4))  # kept: nothing computed
+    assert computed == [(1, 1), (0, 1)]
+    assert explorer.kept_heads() == [(0, 1), (1, 1)]
+    explorer.window((0, 0), (0, 0), (40, 40), (4, 4))  # a third: (0, 1), used least lately, goes
+    assert computed == [(1, 1), (0, 1), (0, 0)]
+    assert explorer.kept_heads() == [(1, 1), (0, 0)]
+    window = explorer.window((0, 1), (8, 8), (20, 20), (2, 2))  # computed again
+    assert computed == [(1, 1), (0, 1), (0, 0), (0, 1)]
     np.testing.assert_allclose(window.picture_max, expected, atol=1e-6, equal_nan=True)
 
 
@@ -444,6 +454,142 @@ def test_the_grid_and_head_screens_match_golden(tmp_path, size):
     grid, head = asyncio.run(screens())
     check_golden(f"explore_grid_{size[0]}.txt", grid)
     check_golden(f"explore_head_{size[0]}.txt", head)
+
+
+def _record_windows(monkeypatch) -> list[tuple]:
+    """Every window the explorer computes from now on, (index, origin, span, blocks), in order."""
+    computed: list[tuple] = []
+    window = Explorer.window
+
+    def recorded(self, index, origin, span, blocks, stopped=None):
+        computed.append((index, origin, span, blocks))
+        return window(self, index, origin, span, blocks, stopped)
+
+    monkeypatch.setattr(Explorer, "window", recorded)
+    return computed
+
+
+@pytest.mark.usefixtures("_quick_idle_checks")
+def test_the_next_head_is_computed_ahead_and_h_draws_it_at_once(monkeypatch):
+    """Once a head is drawn, the window that `h` will ask for (the next head's, same place and zoom)
+    is computed in a thread of its own: `h` then computes no window of its own, and draws the same
+    screen as an app that computes nothing ahead. The last head's next is the first."""
+    from attncli.explore.app import ExploreApp
+
+    explorer, inputs = _explorer(positions=40, heads=3, causal=True)
+    weights = _reference(inputs, causal=True)
+    blocked = np.triu(np.ones((40, 40), dtype=bool), 1)
+    computed = _record_windows(monkeypatch)
+
+    async def walk(look_ahead: bool) -> tuple[list[str], list[list[tuple]]]:
+        app = ExploreApp(explorer, look_ahead=look_ahead)
+        screens, windows = [], []
+        async with app.run_test(size=(120, 40)) as pilot:
+            await _settle(app, pilot)
+            head = await _open_head(app, pilot)  # head (0, 0)
+            for _ in range(3):  # (0, 1), (0, 2), then (0, 0) again
+                windows.append(computed[:])
+                computed.clear()
+                await pilot.press("h")
+                await _settle(app, pilot)
+                screens.append(_screen_text(app))
+            assert head.index == (0, 0)
+            if look_ahead:
+                for key, window in app.windows.items():  # the windows computed ahead among them
+                    (batch, h), origin, span, blocks = key
+                    visible = np.s_[origin[0] : origin[0] + span[0], origin[1] : origin[1] + span[1]]
+                    expected = _pooled(weights[batch, h][visible], blocked[visible], blocks, "max")
+                    np.testing.assert_allclose(window.picture_max, expected, atol=1e-6, equal_nan=True)
+        return screens, windows
+
+    ahead_screens, ahead = asyncio.run(walk(True))
+    plain_screens, plain = asyncio.run(walk(False))
+    assert ahead_screens == plain_screens
+    for screen, head in zip(ahead_screens, (1, 2, 0), strict=True):
+        assert f"batch 0, head {head}  (+/- zoom" in screen
+    # Before each h: the shown head's window, and the next one's, computed ahead (the first head's
+    # from the grid's enter); with nothing computed ahead, each h computes its head's window itself.
+    rest = plain[0][0][1:]  # (origin, span, blocks): the whole matrix, the same for every head
+    # The third h goes back to (0, 0), whose window and its next one's are kept: nothing computed.
+    assert [[index for index, *_ in keys] for keys in ahead] == [[(0, 0), (0, 1)], [(0, 2)], []]
+    assert all(tuple(key[1:]) == rest for keys in ahead for key in keys)
+    assert [[index for index, *_ in keys] for keys in plain] == [[(0, 0)], [(0, 1)], [(0, 2)]]
+
+
+@pytest.mark.usefixtures("_quick_idle_checks")
+@pytest.mark.parametrize("key", ["plus", "h"])
+def test_a_key_while_the_next_head_is_computed_ahead(monkeypatch, key):
+    """A key pressed while the next head's window is being computed ahead. A zoom (another window):
+    that computation stops between its blocks, the zoomed window is drawn, and the next head's is
+    computed ahead at the new zoom. `h` (that very window): it is not computed a second time; the
+    screen waits for it and draws it once done."""
+    import threading
+    import time
+
+    from attncli.explore.app import ExploreApp
+    from attncli.explore.session import StoppedError
+
+    explorer, _ = _explorer(positions=300, heads=2)  # too many to draw one weight a cell: + zooms
+    stops: list[tuple] = []
+    computed: list[tuple] = []
+    release = threading.Event()
+    window = Explorer.window
+
+    held_stopped: list = []  # the held window's stopped()
+    stopped_first: list[bool] = []  # for each window after it: had the held one been told to stop?
+
+    def held(self, index, origin, span, blocks, stopped=None):
+        computed.append((index, origin, span, blocks))
+        if held_stopped:
+            stopped_first.append(held_stopped[0]())
+        if index == (0, 1) and len(computed) == 2:  # the first window computed ahead: held
+            held_stopped.append(stopped)
+            deadline = time.monotonic() + 10
+            while not stopped() and not release.is_set():
+                assert time.monotonic() < deadline, "the window computed ahead was neither stopped nor let go"
+                time.sleep(0.002)
+            if stopped():
+                stops.append((index, origin, span, blocks))
+                raise StoppedError
+        return window(self, index, origin, span, blocks, stopped)
+
+    monkeypatch.setattr(Explorer, "window", held)
+
+    async def walk() -> None:
+        app = ExploreApp(explorer)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await _settle(app, pilot)
+            await pilot.press("enter")
+            head = app.screen
+            for _ in range(500):  # the head's window drawn, the next one's being computed ahead
+                await pilot.pause()
+                if head._window_key is not None and head._ahead is not None:
+                    break
+            shown, ahead = head._window_key, head._ahead
+            assert ahead is not None
+            assert ahead[0] == (0, 1)
+            assert ahead[1:] == shown[1:]
+            await pilot.press(key)
+            if key == "plus":
+                await _settle(app, pilot)
+                assert stops == [ahead]
+                assert stopped_first == [True, True]  # before the zoomed window was computed
+                assert head._window_key[0] == (0, 0)
+                assert head._window_key != shown  # zoomed in
+                assert ahead not in app.windows
+                assert ((0, 1), *head._window_key[1:]) in app.windows  # ahead again, at this zoom
+                return
+            await pilot.pause()
+            assert "computing rows" in _text(head.query_one("#map"))  # waiting for the window ahead
+            release.set()
+            await _settle(app, pilot)
+            assert stops == []
+            assert head._window_key == ahead
+            # computed once; (0, 0), next again (two heads), is kept at this zoom: nothing ahead
+            assert [index for index, *_ in computed] == [(0, 0), (0, 1)]
+            assert "batch 0, head 1  (+/- zoom" in _screen_text(app)
+
+    asyncio.run(walk())
 
 
 @pytest.mark.usefixtures("_quick_idle_checks")

@@ -11,6 +11,8 @@ triangle for those rows turned into one mask, so that the softmax is the one `at
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +35,9 @@ TOP_KEYS = 5
 #: panning over it pool what is kept instead of computing its rows again; longer heads are computed
 #: again for each window, within MAX_BLOCK_BYTES.
 HEAD_BYTES = 64 * 2**20
+#: Heads kept whole at once, the latest used last: the one shown and the next one, which the head
+#: screen computes ahead while the first is looked at (so that `h` finds it computed).
+KEPT_HEADS = 2
 #: Rows of a kept head's blocks: under causal, a block computes the keys up to its last row only,
 #: so smaller blocks leave out more of the masked triangle (8 blocks: 9/16 of a matrix computed).
 HEAD_BLOCK_ROWS = 512
@@ -113,7 +118,10 @@ class Explorer:
     tokens: list[list[str]] | None = None
     held: HeldWeights | None = None
     _grid: Grid | None = None
-    _head: HeadWeights | None = None
+    #: Heads kept whole (`head`), the latest used last; windows are computed in threads, two at once
+    #: where one is computed ahead, hence the lock (held for the dictionary, not the computing).
+    _heads: OrderedDict[tuple[int, ...], HeadWeights] = field(default_factory=OrderedDict)
+    _heads_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def weights_shape(self) -> tuple[int, ...]:
@@ -328,11 +336,13 @@ class Explorer:
 
     def head(self, index: tuple[int, ...], stopped: Callable[[], bool] | None = None) -> HeadWeights | None:
         """The weights of matrix `index` whole, computed once by the blocks of its rows and kept
-        (one head at a time) where they fit HEAD_BYTES; None where they do not, or for held weights
-        (already whole). `StoppedError` is raised between blocks once `stopped()` says so."""
-        kept = self._head
-        if kept is not None and kept.index == index:
-            return kept
+        (KEPT_HEADS heads at a time) where they fit HEAD_BYTES; None where they do not, or for held
+        weights (already whole). `StoppedError` is raised between blocks once `stopped()` says so."""
+        with self._heads_lock:
+            kept = self._heads.get(index)
+            if kept is not None:
+                self._heads.move_to_end(index)
+                return kept
         if self.problem is None:
             return None
         lq, lk = self.shape
@@ -346,8 +356,18 @@ class Explorer:
             if stopped is not None and stopped():
                 raise StoppedError
             kept_blocks.append(block)
-        self._head = HeadWeights(index, kept_blocks)
-        return self._head
+        head = HeadWeights(index, kept_blocks)
+        with self._heads_lock:
+            self._heads[index] = head
+            self._heads.move_to_end(index)
+            while len(self._heads) > KEPT_HEADS:
+                self._heads.popitem(last=False)
+        return head
+
+    def kept_heads(self) -> list[tuple[int, ...]]:
+        """The matrices whose weights are kept whole, the latest used last."""
+        with self._heads_lock:
+            return list(self._heads)
 
     def window_weights(
         self, index: tuple[int, ...], rows: tuple[int, int], keys: tuple[int, int]
