@@ -380,17 +380,20 @@ walks from the overview to one weight:
 **Memory**: the weights of a long input never exist whole. The grid's thumbnails come from one run
 in blocks of query rows (as `attn compute` runs past its memory limit). The head on screen has its
 weights kept whole where they fit 64 MiB (4,096 × 4,096 in float32), computed once, a block of
-rows at a time, when the head is opened: its zoom and pan steps then pool what is kept. Once a
-head is drawn, the window that `h` will show (the next head's, at the same zoom and place) is
-computed ahead in the background, its weights kept too (two heads at most, 128 MiB), so that `h`
-draws it at once (measured on 4,096 causal positions: 64 ms to the last frame, 113 ms without);
-an `h` pressed sooner waits for it, and any other window asked for stops it. A longer head's window is computed again on each zoom or pan step, its
-rows a block at a time, each block at most 16 MiB of scores (4,096 rows of 1,024 keys, 128 rows
-of 32,768), pooled into the picture as it comes. So a 32,768-position head takes a few hundred
-MiB whatever the zoom, and the time of a step grows with the rows on screen: the whole matrix at
-the widest zoom, one screenful of rows at the narrowest. The cursor's panel computes its one row;
-while another head's window is computed, the map names the rows being computed and the panel waits
-for the window (computing its row meanwhile slowed the window by about a third).
+rows at a time, when the head is opened: its zoom and pan steps then pool what is kept. A longer
+head's window is computed again on each zoom or pan step, its rows a block at a time, each block
+at most 16 MiB of scores (4,096 rows of 1,024 keys, 128 rows of 32,768), pooled into the picture
+as it comes. So a 32,768-position head takes a few hundred MiB whatever the zoom, and the time of
+a step grows with the rows on screen: the whole matrix at the widest zoom, one screenful of rows
+at the narrowest. The cursor's panel computes its one row; while another head's window is
+computed, the map names the rows being computed and the panel waits for the window (computing its
+row meanwhile slowed the window by about a third).
+
+**Computed ahead**: once a head is drawn, the window that `h` will show (the next head's, at the
+same zoom and place) is computed in the background, the way it would be once asked for (a head
+that fits 64 MiB is kept too: two at most, 128 MiB). `h` then draws it at once: on 4,096 causal
+positions, 64 ms to its last frame against 113 ms without. An `h` pressed sooner waits for it
+rather than computing it again; any other window asked for stops it between two blocks.
 
 Outside a terminal (stdout or stdin not one, or `TERM=dumb`) it refuses and points to
 `attn compute`; bad files are reported as `attn compute` reports them, before the interface starts.

@@ -542,6 +542,8 @@ class HeadScreen(_ExplorerScreen):
         leading = self.explorer.leading
         if not app.look_ahead or not leading or self._window_key is None or self.table:
             return
+        if app.screen is not self:
+            return  # closed, or under the help (called after a refresh: the screen may have changed)
         if self._wanted is not None and self._wanted != self._window_key:
             return  # another window is being computed: this is asked for again once it is drawn
         index = list(self.index)
