@@ -120,8 +120,8 @@ class Explorer:
     _grid: Grid | None = None
     #: Heads kept whole (`head`), the latest used last; windows are computed in threads, two at once
     #: where one is computed ahead, hence the lock (held for the dictionary, not the computing).
-    _heads: OrderedDict[tuple[int, ...], HeadWeights] = field(default_factory=OrderedDict)
-    _heads_lock: threading.Lock = field(default_factory=threading.Lock)
+    _heads: OrderedDict[tuple[int, ...], HeadWeights] = field(default_factory=OrderedDict, repr=False)
+    _heads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def weights_shape(self) -> tuple[int, ...]:
