@@ -89,6 +89,9 @@ INVALID = [
     '{"a": [1], "b": [[1,2],[3]]}',
 ]
 
+#: Piece sizes (bytes of text): one row a piece, a few rows, and the module's own.
+PIECES = [1, 12, None]
+
 
 @pytest.fixture(autouse=True)
 def _every_size(monkeypatch):
@@ -102,8 +105,11 @@ def _reference(text: str) -> np.ndarray | dict[str, np.ndarray]:
     return np.array(document)
 
 
+@pytest.mark.parametrize("chunk", PIECES)
 @pytest.mark.parametrize("text", VALID)
-def test_valid_arrays_read_exactly_as_the_general_path(text):
+def test_valid_arrays_read_exactly_as_the_general_path(text, chunk, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
     got = json_numbers.parse(text.encode())
     expected = _reference(text)
     assert isinstance(got, np.ndarray)
@@ -117,8 +123,37 @@ def test_what_it_cannot_prove_it_leaves_to_the_general_path(text):
     assert json_numbers.parse(text.encode()) is None
 
 
-@pytest.mark.parametrize("text", INVALID)
-def test_malformed_or_ragged_text_is_never_accepted(text):
+#: Malformed between two rows: each one also at a boundary between pieces when pieces are small.
+INVALID_BETWEEN_ROWS = [
+    "[[1,2],,[3,4]]",
+    "[[1,2][3,4]]",
+    "[[1,2] [3,4]]",
+    "[[1,2],5,[3,4]]",
+    "[[1,2],5 [3,4]]",
+    "[[1,2] 5,[3,4]]",
+    "[[1,2],-,[3,4]]",
+    "[[1,2]],[[3,4]]",
+    "[[1,2],[[3,4]]",
+    "[[[1,2]],,[[3,4]]]",
+    "[[[1,2]][[3,4]]]",
+    "[[[1,2]],[3,4]]]",
+    "[[[1,2]] , ,[[3,4]]]",
+    "[[[1,2]],],[[3,4]]]",
+    "[[[1,2]],[,[3,4]]]",
+    "[[[1,2]],1,[[3,4]]]",
+    "[[[1,2],[3,4]],[[5,6]],[[7,8]]]",
+    "[[[1,2],[3,4]],[[5,6],,[7,8]]]",
+    "[[[1,2],[3,4]] ,[[5,6][7,8]]]",
+    "[[[[1]],[[2]]],,[[[3]],[[4]]]]",
+    "[[[[1]],[[2]]],[[[3]][[4]]]]",
+]
+
+
+@pytest.mark.parametrize("chunk", PIECES)
+@pytest.mark.parametrize("text", INVALID + INVALID_BETWEEN_ROWS)
+def test_malformed_or_ragged_text_is_never_accepted(text, chunk, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
     try:
         _reference(text)
     except ValueError:  # json.JSONDecodeError, or np.array of ragged lists
@@ -197,15 +232,21 @@ _TOKENS = [
     "00",
     "[1,2]",
     "[[1.5],[2]]",
+    "],[",
+    "]],[[",
+    "], [",
 ]
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=40).map("".join))
-def test_fuzzed_text_is_read_as_json_reads_it_or_declined(text):
-    """Texts from JSON's number and array alphabet: whatever json_numbers accepts, json.loads and
-    np.array read as the same array."""
-    got = json_numbers.parse(text.encode())
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=40).map("".join), st.sampled_from(PIECES))
+def test_fuzzed_text_is_read_as_json_reads_it_or_declined(text, chunk):
+    """Texts from JSON's number and array alphabet, read in pieces of every size: whatever
+    json_numbers accepts, json.loads and np.array read as the same array."""
+    with pytest.MonkeyPatch.context() as patch:  # hypothesis runs examples without new fixtures
+        if chunk is not None:
+            patch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
+        got = json_numbers.parse(text.encode())
     if got is None:
         return
     expected = _reference(text)  # raises if json_numbers accepted what JSON refuses

@@ -85,6 +85,10 @@ def numeric_array(span: bytes) -> np.ndarray | None:
     rows_per_chunk = max(1, int(starts.size * _CHUNK_BYTES // max(len(span), 1)))
     for first in range(0, starts.size, rows_per_chunk):
         last = min(first + rows_per_chunk, starts.size) - 1
+        # Between two pieces, what the regular expression would have rewritten inside one: it must
+        # be exactly '],[' but for brackets and whitespace.
+        if first and not _BETWEEN_ROWS.fullmatch(span, ends[first - 1], starts[first] + 1):
+            return None
         text = span[starts[first] : ends[last] + 1]
         if integers and _LONG_RUN.search(text):
             return None
