@@ -9,6 +9,7 @@ small documents take it too.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -84,6 +85,11 @@ INVALID = [
     "[[[1,2],[3,4]] [[5,6],[7,8]]]",
     "[[[1,2],[3,4]],[[5,6]],[[7,8]]]",
     "[[[1,2],[3,4]],[[5,6],[7,8]],]",
+    "[1,[2,3]]",
+    "[[2,3],1]",
+    "[[2,3] 1]",
+    "[[[1,2]],3]",
+    "[-,[[1,2]]]",
     '{"a": [1] "b": [2]}',
     '{"a": [1],}',
     '{"a": [1], "b": [[1,2],[3]]}',
@@ -187,6 +193,59 @@ def test_rows_split_into_many_pieces_give_the_same_array(monkeypatch):
     monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", 64)
     array = np.arange(2 * 3 * 50 * 7).reshape(2, 3, 50, 7) / 8
     np.testing.assert_array_equal(json_numbers.parse(json.dumps(array.tolist()).encode()), array)
+
+
+#: Shapes whose pieces are runs of rows, of lists of rows, or of lists of those, by piece size.
+SHAPES = [(5,), (1, 7), (7, 3), (2, 3, 4), (3, 1, 2, 5), (2, 2, 2, 2, 3), (1, 1, 1, 4), (4, 1, 1, 2)]
+#: json.dumps's spacing, none, and one number or bracket a line.
+LAYOUTS = [{}, {"separators": (",", ":")}, {"indent": 1}, {"indent": "\t", "separators": (" ,", " : ")}]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("chunk", [1, 10, 40, 100, 1000, None])
+@pytest.mark.parametrize("layout", range(len(LAYOUTS)))
+@pytest.mark.parametrize("floats", [False, True])
+def test_pieces_at_every_depth_give_the_general_paths_array(shape, chunk, layout, floats, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
+    array = np.arange(-30, math.prod(shape) - 30).reshape(shape)
+    text = json.dumps((array / 4 if floats else array).tolist(), **LAYOUTS[layout])
+    got = json_numbers.parse(text.encode())
+    expected = _reference(text)
+    assert isinstance(got, np.ndarray)
+    assert (got.dtype, got.shape) == (expected.dtype, expected.shape)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("chunk", [1, 20, None])
+@pytest.mark.parametrize("where", [0, 5, 11])
+@pytest.mark.parametrize("number", ["12345678901234567890", "-9223372036854775809", "18446744073709551616"])
+def test_a_long_integer_among_floats_is_left_to_the_general_path(chunk, where, number, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
+    for values in ([repr(value / 8) for value in range(12)], [str(value) for value in range(12)]):
+        values[where] = number
+        pairs = zip(values[::2], values[1::2], strict=True)
+        text = "[" + ", ".join(f"[{a}, {b}]" for a, b in pairs) + "]"
+        json.loads(text)  # valid JSON
+        assert json_numbers.parse(text.encode()) is None
+
+
+@pytest.mark.parametrize("chunk", [1, 20, None])
+@pytest.mark.parametrize(
+    "number", ["1234567890123456789012.5", "-12345678901234567890e-3", "98765432109876543210E2"]
+)
+def test_a_float_of_many_digits_among_integers_reads_as_the_general_path(chunk, number, monkeypatch):
+    """19 digits or more before a fraction or an exponent make a float, whichever numbers share its
+    piece, for json.loads and orjson alike."""
+    if chunk is not None:
+        monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
+    text = f"[[1, 2], [{number}, 3], [4, 5.5]]"
+    got = json_numbers.parse(text.encode())
+    expected = _reference(text)
+    assert isinstance(got, np.ndarray)
+    assert (got.dtype, got.shape) == (expected.dtype, expected.shape)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_the_cli_reads_a_large_json_file_as_the_same_tensors_as_npy(tmp_path, monkeypatch):

@@ -35,9 +35,11 @@ _CHUNK_BYTES = 4 << 20
 _MAX_AXES = 64
 #: An integer of 19 digits or more: the general path keeps those exact and refuses one past 64
 #: bits, where orjson would round it to a float (or give uint64). Among integers alone, a run of 19
-#: digits says as much, and is quicker to find.
+#: digits says as much, and is quicker to find. A float's 19 digits before its '.' or exponent are
+#: no integer (both paths read the same float), so that whether a piece is declined does not depend
+#: on which other numbers share it.
 _LONG_RUN = re.compile(rb"[0-9]{19}")
-_LONG_INTEGER = re.compile(rb"(?<![.0-9eE+-])-?[0-9]{19,}")
+_LONG_INTEGER = re.compile(rb"(?<![.0-9eE+-])-?[0-9]{19,}(?![.0-9eE])")
 
 
 def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] | np.ndarray | None:
