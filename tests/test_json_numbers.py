@@ -217,6 +217,30 @@ def test_pieces_at_every_depth_give_the_general_paths_array(shape, chunk, layout
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("shape", [(600, 3), (30, 20, 3), (2, 3, 100, 3), (1, 600, 1, 3)])
+@pytest.mark.parametrize("chunk", [100, 1000, 5000])
+def test_each_piece_holds_about_a_pieces_worth_of_text(shape, chunk, monkeypatch):
+    """The memory bound: orjson builds the Python objects of one piece at a time, and a piece is
+    about _CHUNK_BYTES of text (its rows here are 13 bytes), while all of them parse the whole."""
+    import orjson
+
+    monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
+    pieces: list[int] = []
+    loads = orjson.loads
+
+    def counted(text):
+        pieces.append(len(text))
+        return loads(text)
+
+    monkeypatch.setattr(orjson, "loads", counted)
+    array = np.arange(math.prod(shape)).reshape(shape) % 10
+    text = json.dumps(array.tolist())
+    np.testing.assert_array_equal(json_numbers.parse(text.encode()), array)
+    assert max(pieces) <= chunk + 16
+    assert sum(pieces) >= len(text) * 0.9
+    assert len(pieces) <= 2 * len(text) / chunk + 2
+
+
 @pytest.mark.parametrize("chunk", [1, 20, None])
 @pytest.mark.parametrize("where", [0, 5, 11])
 @pytest.mark.parametrize("number", ["12345678901234567890", "-9223372036854775809", "18446744073709551616"])

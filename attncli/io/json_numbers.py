@@ -3,7 +3,7 @@
 A JSON parser builds a Python float (24 bytes) and a list slot (8 bytes) for each number before
 NumPy sees it: a 500 MB JSON file of tensors took 8 GB. `parse` reads a document of that shape, a
 nested array of numbers or an object of them (plus small values such as "meta"), into arrays a few
-MB of text at a time: its brackets give the shape, and orjson parses the innermost rows in pieces.
+MB of text at a time: its brackets give the shape, and orjson parses it in pieces of whole lists.
 Memory is the text, the arrays, and one piece's Python objects.
 
 It accepts only what it can prove is valid JSON of the same meaning, and gives the same arrays as
@@ -62,10 +62,10 @@ def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] | np.ndar
 def numeric_array(span: bytes) -> np.ndarray | None:
     """The nested array of numbers that `span` (from its '[' to its ']') holds, or None.
 
-    The brackets alone give the shape of the lists of lists; the innermost rows are then parsed
-    by orjson a few MB at a time, the text between each two rows rewritten to '],[' (which its
-    regular expression allows only with exactly one comma), so that each piece is a plain JSON
-    array of rows, checked strictly by orjson and then by its shape.
+    The brackets alone give the shape of the lists of lists; orjson then parses the text a few MB
+    at a time, each piece a run of whole lists that are items of one list, as it stands in the text
+    (its own brackets checked strictly by orjson), and the pieces' array checked by its shape. The
+    text between two pieces is checked to be exactly '],[' but for brackets and whitespace.
     """
     import orjson
 
@@ -83,33 +83,53 @@ def numeric_array(span: bytes) -> np.ndarray | None:
         return None  # a comma or a number outside the rows
     integers = not any(mark in span for mark in (b".", b"e", b"E"))
     dtype = np.int64 if integers else np.float64
-    output: np.ndarray | None = None
+    expected = (np.int64,) if integers else (np.int64, np.float64)
+    # A piece is a run of items of one list (never crossing into the next list, whose brackets
+    # would not balance), each item `item_rows` rows: the largest items that a piece of about
+    # _CHUNK_BYTES of text holds. `lists` counts the whole array as one item of a list of one.
     rows_per_chunk = max(1, int(starts.size * _CHUNK_BYTES // max(len(span), 1)))
-    for first in range(0, starts.size, rows_per_chunk):
-        last = min(first + rows_per_chunk, starts.size) - 1
-        # Between two pieces, what the regular expression would have rewritten inside one: it must
-        # be exactly '],[' but for brackets and whitespace.
-        if first and not _BETWEEN_ROWS.fullmatch(span, ends[first - 1], starts[first] + 1):
-            return None
-        text = span[starts[first] : ends[last] + 1]
-        if integers and _LONG_RUN.search(text):
-            return None
-        try:
-            rows = np.array(orjson.loads(b"[" + _BETWEEN_ROWS.sub(b"],[", text) + b"]"))
-        except (orjson.JSONDecodeError, ValueError):
-            return None  # malformed, or ragged rows
-        # A number without '.' may be an integer past 64 bits, which orjson rounds to a float: the
-        # general path keeps it exact and refuses it. JSON floats of Python and NumPy all hold a '.'.
-        if not integers and text.count(b".") != rows.size and _LONG_INTEGER.search(text):
-            return None
-        expected = (np.int64,) if integers else (np.int64, np.float64)
-        if rows.dtype not in expected or rows.ndim != 2 or rows.shape[0] != last - first + 1:
-            return None  # booleans, strings, nested lists, or a gap between rows that is not one comma
-        if output is None:
-            output = np.empty((starts.size, rows.shape[1]), dtype)
-        if rows.shape[1] != output.shape[1] or rows.shape[1] == 0:
-            return None
-        output[first : last + 1] = rows
+    lists = (1, *sizes)
+    level = len(sizes)  # the items of lists[level] are rows
+    item_rows = 1
+    while level > 0 and item_rows * lists[level] <= rows_per_chunk:
+        item_rows *= lists[level]
+        level -= 1
+    # The text from a piece's first row to its last lacks its first item's opening brackets and its
+    # last item's closing ones (the gaps between pieces), plus one pair around the run.
+    depth = len(lists) - level
+    opening, closing = b"[" * depth, b"]" * depth
+    list_rows = item_rows * lists[level]
+    piece_rows = item_rows * max(1, rows_per_chunk // item_rows)  # past a list's end: to its end
+    output: np.ndarray | None = None
+    for list_start in range(0, starts.size, list_rows):
+        for first in range(list_start, list_start + list_rows, piece_rows):
+            last = min(first + piece_rows, list_start + list_rows) - 1
+            if first and not _BETWEEN_ROWS.fullmatch(span, ends[first - 1], starts[first] + 1):
+                return None  # not one comma between two lists, brackets and whitespace apart
+            text = span[starts[first] : ends[last] + 1]
+            if integers and _LONG_RUN.search(text):
+                return None
+            try:
+                rows = np.array(orjson.loads(opening + text + closing))
+            except (orjson.JSONDecodeError, ValueError):
+                return None  # malformed, or ragged rows
+            # A number without '.' may be an integer past 64 bits, which orjson rounds to a float:
+            # the general path keeps it exact and refuses it. JSON floats of Python and NumPy all
+            # hold a '.'. NumPy counts the dots several times faster than bytes.count.
+            if (
+                not integers
+                and np.count_nonzero(np.frombuffer(text, np.uint8) == ord(".")) != rows.size
+                and _LONG_INTEGER.search(text)
+            ):
+                return None
+            items = (last - first + 1) // item_rows
+            if rows.dtype not in expected or rows.shape[:-1] != (items, *lists[level + 1 :]):
+                return None  # booleans, strings, nested lists, or not the brackets' shape
+            if output is None:
+                output = np.empty((starts.size, rows.shape[-1]), dtype)
+            if rows.shape[-1] != output.shape[1] or rows.shape[-1] == 0:
+                return None
+            output[first : last + 1] = rows.reshape(-1, rows.shape[-1])
     assert output is not None
     return output.reshape(*sizes, output.shape[1])
 
