@@ -16,7 +16,6 @@ words the error.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
@@ -27,7 +26,6 @@ MIN_BYTES = 1 << 20
 #: Bytes that a numeric array's text may hold.
 _ALLOWED = b"0123456789+-.eE[], \t\n\r"
 _WHITESPACE = b" \t\n\r"
-_ALL_BUT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]")))
 #: Between two innermost rows: their ']', the closing and opening of the lists around, one comma.
 _BETWEEN_ROWS = re.compile(rb"\][\s\]]*,[\s\[]*\[")
 #: Rows of about this much text are parsed at a time.
@@ -71,12 +69,10 @@ def numeric_array(span: bytes) -> np.ndarray | None:
 
     if span.translate(None, _ALLOWED):
         return None  # letters (true, NaN, strings) or other characters: not ours
-    sizes = _list_sizes(span)
-    if sizes is None:
+    structure = _structure(span)
+    if structure is None:
         return None
-    starts, ends = _rows(span)
-    if starts.size != math.prod(sizes) or ends.size != starts.size:
-        return None
+    sizes, starts, ends = structure
     if span[: starts[0]].translate(None, b"[" + _WHITESPACE) or span[ends[-1] + 1 :].translate(
         None, b"]" + _WHITESPACE
     ):
@@ -91,7 +87,8 @@ def numeric_array(span: bytes) -> np.ndarray | None:
     lists = (1, *sizes)
     level = len(sizes)  # the items of lists[level] are rows
     item_rows = 1
-    while level > 0 and item_rows * lists[level] <= rows_per_chunk:
+    # A piece's array has len(lists) - level + 1 axes, which NumPy allows up to 64.
+    while level > 0 and item_rows * lists[level] <= rows_per_chunk and len(lists) - level < _MAX_AXES - 1:
         item_rows *= lists[level]
         level -= 1
     # The text from a piece's first row to its last lacks its first item's opening brackets and its
@@ -134,40 +131,28 @@ def numeric_array(span: bytes) -> np.ndarray | None:
     return output.reshape(*sizes, output.shape[1])
 
 
-def _list_sizes(span: bytes) -> tuple[int, ...] | None:
+def _structure(span: bytes) -> tuple[tuple[int, ...], np.ndarray, np.ndarray] | None:
     """The sizes of a regular nested array's lists of lists (all axes but the last), from its
-    brackets alone; None when they are not those of a regular array."""
-    skeleton = span.translate(None, _ALL_BUT_BRACKETS)
-    if not skeleton.startswith(b"[") or len(skeleton) % 2:
-        return None
-    marks = np.frombuffer(skeleton, dtype=np.uint8)
-    depth = np.cumsum(np.where(marks == ord("["), 1, -1).astype(np.int8), dtype=np.int16)
-    if depth.min() < 0 or depth[-1] != 0 or np.count_nonzero(depth == 0) != 1:
-        return None
+    brackets alone, and where each innermost list (a row) has its '[' and its ']'; None when the
+    brackets are not those of a regular array."""
+    marks = np.frombuffer(span, dtype=np.uint8)
+    # One pass finds every bracket: the skeleton of brackets and the rows' places both come of it.
+    where = np.flatnonzero((marks == ord("[")) | (marks == ord("]")))
+    brackets = marks[where]
+    opening = brackets == ord("[")
+    depth = np.cumsum(np.where(opening, 1, -1).astype(np.int8), dtype=np.int16)
+    if depth.min() < 0 or depth[-1] != 0:
+        return None  # unbalanced; the skeleton's comparison below decides the rest
     axes = int(depth.max())
     if axes > _MAX_AXES:
         return None
-    lists = np.bincount(depth[marks == ord("[")], minlength=axes + 1)[1:]  # lists at each depth
+    lists = np.bincount(depth[opening], minlength=axes + 1)[1:]  # lists at each depth
     sizes = tuple(int(lists[k + 1] // lists[k]) for k in range(axes - 1))
-    if skeleton != _skeleton(sizes):
+    if brackets.tobytes() != _skeleton(sizes):
         return None
-    return sizes
-
-
-def _rows(span: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Where each innermost row's '[' and ']' are: the '[' that no '[' follows (past whitespace),
-    and the first ']' after it."""
-    marks = np.frombuffer(span, dtype=np.uint8)
-    opening = np.flatnonzero(marks == ord("["))
-    following = marks[opening + 1]  # the span ends with ']', so every '[' has a next byte
-    spaced = np.isin(following, np.frombuffer(_WHITESPACE, dtype=np.uint8))
-    for index in np.flatnonzero(spaced):  # '[ [' or '[ 1': look past the whitespace, for those alone
-        rest = span[int(opening[index]) + 1 :].lstrip(_WHITESPACE)
-        following[index] = rest[0] if rest else 0
-    starts = opening[following != ord("[")]
-    closing = np.flatnonzero(marks == ord("]"))
-    ends = closing[np.minimum(np.searchsorted(closing, starts), closing.size - 1)]
-    return starts, ends
+    # In a regular array the rows are the '[' that a ']' follows among the brackets.
+    rows = np.flatnonzero(opening[:-1] & ~opening[1:])
+    return sizes, where[rows], where[rows + 1]
 
 
 def _skeleton(sizes: tuple[int, ...]) -> bytes:
