@@ -79,7 +79,6 @@ def numeric_array(span: bytes) -> np.ndarray | None:
         return None  # a comma or a number outside the rows
     integers = not any(mark in span for mark in (b".", b"e", b"E"))
     dtype = np.int64 if integers else np.float64
-    expected = (np.int64,) if integers else (np.int64, np.float64)
     # A piece is a run of items of one list (never crossing into the next list, whose brackets
     # would not balance), each item `item_rows` rows: the largest items that a piece of about
     # _CHUNK_BYTES of text holds. `lists` counts the whole array as one item of a list of one.
@@ -107,7 +106,10 @@ def numeric_array(span: bytes) -> np.ndarray | None:
             if integers and _LONG_RUN.search(text):
                 return None
             try:
-                rows = np.array(orjson.loads(opening + text + closing))
+                # Numbers alone (the bytes were checked above, and no integer is too long for
+                # int64): NumPy converts them straight to the dtype, without first looking for the
+                # type that holds them all, as np.array of mixed ints and floats would give.
+                rows = np.array(orjson.loads(opening + text + closing), dtype=dtype)
             except (orjson.JSONDecodeError, ValueError):
                 return None  # malformed, or ragged rows
             # A number without '.' may be an integer past 64 bits, which orjson rounds to a float:
@@ -120,8 +122,8 @@ def numeric_array(span: bytes) -> np.ndarray | None:
             ):
                 return None
             items = (last - first + 1) // item_rows
-            if rows.dtype not in expected or rows.shape[:-1] != (items, *lists[level + 1 :]):
-                return None  # booleans, strings, nested lists, or not the brackets' shape
+            if rows.shape[:-1] != (items, *lists[level + 1 :]):
+                return None  # not the brackets' shape
             if output is None:
                 output = np.empty((starts.size, rows.shape[-1]), dtype)
             if rows.shape[-1] != output.shape[1] or rows.shape[-1] == 0:
