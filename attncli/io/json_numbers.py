@@ -27,7 +27,7 @@ MIN_BYTES = 1 << 20
 _ALLOWED = b"0123456789+-.eE[], \t\n\r"
 _WHITESPACE = b" \t\n\r"
 #: Between two innermost rows: their ']', the closing and opening of the lists around, one comma.
-_BETWEEN_ROWS = re.compile(rb"\][\s\]]*,[\s\[]*\[")
+_BETWEEN_ROWS = re.compile(rb"\][ \t\n\r\]]*,[ \t\n\r\[]*\[")
 #: Rows of about this much text are parsed at a time.
 _CHUNK_BYTES = 4 << 20
 _MAX_AXES = 64
@@ -46,8 +46,8 @@ def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] | np.ndar
     if len(data) < MIN_BYTES:
         return None
     text = data.removeprefix(b"\xef\xbb\xbf")
-    start = len(text) - len(text.lstrip())
-    end = len(text.rstrip())
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    end = len(text.rstrip(_WHITESPACE))
     if start >= end:
         return None
     if text[start : start + 1] == b"[":
@@ -165,8 +165,9 @@ def _skeleton(sizes: tuple[int, ...]) -> bytes:
     return inner
 
 
-_KEY = re.compile(rb'\s*("(?:[^"\\]|\\.)*")\s*:\s*', re.DOTALL)
-_GAP = re.compile(rb"\s*(,|\})", re.DOTALL)
+# JSON's whitespace is these four: a regular expression's \s also takes \x0b and \x0c.
+_KEY = re.compile(rb'[ \t\n\r]*("(?:[^"\\]|\\.)*")[ \t\n\r]*:[ \t\n\r]*', re.DOTALL)
+_GAP = re.compile(rb"[ \t\n\r]*(,|\})")
 _SCALAR = re.compile(rb'"(?:[^"\\]|\\.)*"|[^,}]*', re.DOTALL)  # a string, or a value up to , or }
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')  # what bracket matching inside an object looks at
 
@@ -176,8 +177,6 @@ def _object(text: bytes, start: int, end: int) -> tuple[dict[str, np.ndarray], d
     arrays: dict[str, np.ndarray] = {}
     others: dict[str, Any] = {}
     position = start + 1
-    if not text[position:end].strip(b" \t\n\r").startswith(b'"'):
-        return None
     while True:
         key = _KEY.match(text, position)
         if key is None:
