@@ -53,6 +53,13 @@ DECLINED = [
     "[[1, null]]",
     "[NaN]",
     '[["a"]]',
+    "[[1,2],[3,true]]",
+    "[[true,1],[2,3]]",
+    "[[1,2],[false,4],[5,6]]",
+    "[[1,2],[NaN,4]]",
+    "[[1.5,2],[3,-Infinity]]",
+    '[[1,2],["3",4]]',
+    '[[[1,2]],[[3,"]"]]]',
     "[" * 65 + "1" + "]" * 65,  # more axes than NumPy's 64
 ]
 INVALID = [
@@ -138,8 +145,11 @@ def test_valid_arrays_read_exactly_as_the_general_path(text, chunk, monkeypatch)
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("chunk", PIECES)
 @pytest.mark.parametrize("text", DECLINED)
-def test_what_it_cannot_prove_it_leaves_to_the_general_path(text):
+def test_what_it_cannot_prove_it_leaves_to_the_general_path(text, chunk, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(json_numbers, "_CHUNK_BYTES", chunk)
     json.loads(text)  # valid JSON
     assert json_numbers.parse(text.encode()) is None
 
@@ -187,6 +197,30 @@ def test_malformed_or_ragged_text_is_never_accepted(text, chunk, monkeypatch):
     else:
         pytest.fail(f"{text!r} is valid for the reference")
     assert json_numbers.parse(text.encode()) is None
+
+
+@pytest.mark.parametrize("before", ["", " ", "\n\t \r\n", "\ufeff", "\ufeff\n "])
+@pytest.mark.parametrize("after", ["", "\n", " \r\n\t  "])
+@pytest.mark.parametrize("document", ["[[1.5, 2], [3, 4]]", '{"q": [[1, 2]], "k": [3]}'])
+def test_whitespace_and_a_byte_order_mark_around_the_document(before, after, document):
+    data = (before + document + after).encode()
+    got = json_numbers.parse(data)
+    expected = _reference(data.decode("utf-8-sig"))  # as the general path decodes it
+    if isinstance(expected, dict):
+        assert isinstance(got, tuple)
+        assert list(got[0]) == list(expected)
+        for name, array in expected.items():
+            assert got[0][name].dtype == array.dtype
+            np.testing.assert_array_equal(got[0][name], array)
+    else:
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("data", [b"", b" \n", b"\xef\xbb\xbf", b"\xef\xbb\xbf \r\n"])
+def test_nothing_but_whitespace_is_left_to_the_general_path(data):
+    assert json_numbers.parse(data) is None
 
 
 def test_an_object_of_arrays_and_metadata():

@@ -45,20 +45,24 @@ def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] | np.ndar
     when the general parser must read `data`."""
     if len(data) < MIN_BYTES:
         return None
-    text = data.removeprefix(b"\xef\xbb\xbf")
-    start = len(text) - len(text.lstrip(_WHITESPACE))
-    end = len(text.rstrip(_WHITESPACE))
+    # Positions in `data`, never a copy of it: stripping or slicing 500 MB costs as much again.
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    end = len(data)
+    while start < end and data[start] in _WHITESPACE:  # none, or a newline or so: a few steps
+        start += 1
+    while end > start and data[end - 1] in _WHITESPACE:
+        end -= 1
     if start >= end:
         return None
-    if text[start : start + 1] == b"[":
-        return numeric_array(text[start:end])
-    if text[start : start + 1] == b"{" and text[end - 1 : end] == b"}":
-        return _object(text, start, end)
+    if data[start : start + 1] == b"[":
+        return numeric_array(data, start, end)
+    if data[start : start + 1] == b"{" and data[end - 1 : end] == b"}":
+        return _object(data, start, end)
     return None
 
 
-def numeric_array(span: bytes) -> np.ndarray | None:
-    """The nested array of numbers that `span` (from its '[' to its ']') holds, or None.
+def numeric_array(text: bytes, start: int, end: int) -> np.ndarray | None:
+    """The nested array of numbers that `text[start:end]` (from its '[' to its ']') holds, or None.
 
     The brackets alone give the shape of the lists of lists; orjson then parses the text a few MB
     at a time, each piece a run of whole lists that are items of one list, as it stands in the text
@@ -67,22 +71,19 @@ def numeric_array(span: bytes) -> np.ndarray | None:
     """
     import orjson
 
-    if span.translate(None, _ALLOWED):
-        return None  # letters (true, NaN, strings) or other characters: not ours
-    structure = _structure(span)
+    structure = _structure(text, start, end)
     if structure is None:
         return None
     sizes, starts, ends = structure
-    if span[: starts[0]].translate(None, b"[" + _WHITESPACE) or span[ends[-1] + 1 :].translate(
-        None, b"]" + _WHITESPACE
-    ):
+    head, tail = text[start : starts[0]], text[ends[-1] + 1 : end]
+    if head.translate(None, b"[" + _WHITESPACE) or tail.translate(None, b"]" + _WHITESPACE):
         return None  # a comma or a number outside the rows
-    integers = not any(mark in span for mark in (b".", b"e", b"E"))
+    integers = all(text.find(mark, start, end) < 0 for mark in (b".", b"e", b"E"))
     dtype = np.int64 if integers else np.float64
     # A piece is a run of items of one list (never crossing into the next list, whose brackets
     # would not balance), each item `item_rows` rows: the largest items that a piece of about
     # _CHUNK_BYTES of text holds. `lists` counts the whole array as one item of a list of one.
-    rows_per_chunk = max(1, int(starts.size * _CHUNK_BYTES // max(len(span), 1)))
+    rows_per_chunk = max(1, int(starts.size * _CHUNK_BYTES // (end - start)))
     lists = (1, *sizes)
     level = len(sizes)  # the items of lists[level] are rows
     item_rows = 1
@@ -100,16 +101,21 @@ def numeric_array(span: bytes) -> np.ndarray | None:
     for list_start in range(0, starts.size, list_rows):
         for first in range(list_start, list_start + list_rows, piece_rows):
             last = min(first + piece_rows, list_start + list_rows) - 1
-            if first and not _BETWEEN_ROWS.fullmatch(span, ends[first - 1], starts[first] + 1):
+            if first and not _BETWEEN_ROWS.fullmatch(text, ends[first - 1], starts[first] + 1):
                 return None  # not one comma between two lists, brackets and whitespace apart
-            text = span[starts[first] : ends[last] + 1]
-            if integers and _LONG_RUN.search(text):
+            # The piece's text with its brackets, made in one copy (slicing, then adding the
+            # brackets, made three). Its bytes, those between two pieces and those outside them are
+            # all checked: each piece's while it is in the cache, not in a pass of their own.
+            piece = b"".join((opening, memoryview(text)[starts[first] : ends[last] + 1], closing))
+            if piece.translate(None, _ALLOWED):
+                return None  # letters (true, NaN, strings) or other characters: not ours
+            if integers and _LONG_RUN.search(piece):
                 return None
             try:
                 # Numbers alone (the bytes were checked above, and no integer is too long for
                 # int64): NumPy converts them straight to the dtype, without first looking for the
                 # type that holds them all, as np.array of mixed ints and floats would give.
-                rows = np.array(orjson.loads(opening + text + closing), dtype=dtype)
+                rows = np.array(orjson.loads(piece), dtype=dtype)
             except (orjson.JSONDecodeError, ValueError):
                 return None  # malformed, or ragged rows
             # A number without '.' may be an integer past 64 bits, which orjson rounds to a float:
@@ -117,8 +123,8 @@ def numeric_array(span: bytes) -> np.ndarray | None:
             # hold a '.'. NumPy counts the dots several times faster than bytes.count.
             if (
                 not integers
-                and np.count_nonzero(np.frombuffer(text, np.uint8) == ord(".")) != rows.size
-                and _LONG_INTEGER.search(text)
+                and np.count_nonzero(np.frombuffer(piece, np.uint8) == ord(".")) != rows.size
+                and _LONG_INTEGER.search(piece)
             ):
                 return None
             items = (last - first + 1) // item_rows
@@ -133,11 +139,11 @@ def numeric_array(span: bytes) -> np.ndarray | None:
     return output.reshape(*sizes, output.shape[1])
 
 
-def _structure(span: bytes) -> tuple[tuple[int, ...], np.ndarray, np.ndarray] | None:
-    """The sizes of a regular nested array's lists of lists (all axes but the last), from its
-    brackets alone, and where each innermost list (a row) has its '[' and its ']'; None when the
+def _structure(text: bytes, start: int, end: int) -> tuple[tuple[int, ...], np.ndarray, np.ndarray] | None:
+    """The sizes of `text[start:end]`'s lists of lists (all axes but the last), from its brackets
+    alone, and where in `text` each innermost list (a row) has its '[' and its ']'; None when the
     brackets are not those of a regular array."""
-    marks = np.frombuffer(span, dtype=np.uint8)
+    marks = np.frombuffer(text, dtype=np.uint8, count=end - start, offset=start)
     # One pass finds every bracket: the skeleton of brackets and the rows' places both come of it.
     where = np.flatnonzero((marks == ord("[")) | (marks == ord("]")))
     brackets = marks[where]
@@ -154,7 +160,7 @@ def _structure(span: bytes) -> tuple[tuple[int, ...], np.ndarray, np.ndarray] | 
         return None
     # In a regular array the rows are the '[' that a ']' follows among the brackets.
     rows = np.flatnonzero(opening[:-1] & ~opening[1:])
-    return sizes, where[rows], where[rows + 1]
+    return sizes, where[rows] + start, where[rows + 1] + start
 
 
 def _skeleton(sizes: tuple[int, ...]) -> bytes:
@@ -192,17 +198,16 @@ def _object(text: bytes, start: int, end: int) -> tuple[dict[str, np.ndarray], d
             value_end = _value_end(text, value_start, end)
         if value_end is None:
             return None
-        value = text[value_start:value_end]
         arrays.pop(name, None)
         others.pop(name, None)  # a repeated name: the last one counts, as for json.loads
-        if value.startswith(b"["):
-            array = numeric_array(value)
+        if text[value_start : value_start + 1] == b"[":
+            array = numeric_array(text, value_start, value_end)
             if array is None:
                 return None
             arrays[name] = array
         else:
             try:
-                others[name] = json.loads(value)
+                others[name] = json.loads(text[value_start:value_end])
             except (ValueError, RecursionError):
                 return None
         gap = _GAP.match(text, value_end)
