@@ -122,10 +122,12 @@ def numeric_array(text: bytes, start: int, end: int) -> np.ndarray | None:
                 return None  # malformed, or ragged rows
             # A number without '.' may be an integer past 64 bits, which orjson rounds to a float:
             # the general path keeps it exact and refuses it. JSON floats of Python and NumPy all
-            # hold a '.'. NumPy counts the dots several times faster than bytes.count.
+            # hold a '.' (NumPy counts them several times faster than bytes.count); JavaScript
+            # writes 1.0 as 1, and then a run of 19 digits is looked for before the slow pattern.
             if (
                 not integers
                 and np.count_nonzero(np.frombuffer(piece, np.uint8) == ord(".")) != rows.size
+                and _long_digit_run(piece)
                 and _LONG_INTEGER.search(piece)
             ):
                 return None
