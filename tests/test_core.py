@@ -997,6 +997,38 @@ def test_a_freed_weights_buffer_is_reused_once_no_tensor_uses_it(monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="huge-page mappings are Linux's")
+def test_half_precision_weights_and_calls_of_another_dtype_reuse_kept_buffers(monkeypatch):
+    """A float16 call's weights, rounded from its float32 scores, are a kept mapping too: the next
+    call reuses both (the scores' and the weights', KEEP of them), fresh pages for neither. A float32
+    call after a float64 one of the same shape reuses the latter's mapping, twice its size. Results
+    equal the float64 reference within each dtype's tolerance."""
+    from attncli.compute import buffers
+
+    monkeypatch.setattr(buffers, "_free", [])
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal((4, 1024, 16)) for _ in range(3))  # float16 weights: 8 MiB
+    weights, output = reference_attention(q, k, v)
+    addresses = []
+    for _ in range(2):
+        result = attention(q, k, v, dtype=torch.float16)
+        assert result.weights.dtype == torch.float16
+        assert result.weights.untyped_storage().data_ptr() % mmap.PAGESIZE == 0  # a mapping of its own
+        np.testing.assert_allclose(result.weights.double().numpy(), weights, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(result.output.double().numpy(), output, rtol=1e-3, atol=2e-3)
+        addresses.append(result.weights.data_ptr())
+        del result
+        assert len(buffers._free) == 2  # the scores', freed during the call, and the weights'
+    assert addresses[0] == addresses[1]
+    buffers.release()
+    wide = attention(q, k, v, dtype=torch.float64)  # 32 MiB of weights
+    address = wide.weights.data_ptr()
+    del wide
+    narrow = attention(q, k, v, dtype=torch.float32)
+    assert narrow.weights.data_ptr() == address  # 16 MiB in the float64 call's mapping
+    np.testing.assert_allclose(narrow.weights.numpy(), weights, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="huge-page mappings are Linux's")
 def test_threads_computing_at_once_never_share_a_weights_buffer():
     """attention() from several threads at once, each result kept while the others run and freed
     after: no two live results share memory, and each equals the float64 reference."""

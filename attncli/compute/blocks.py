@@ -134,10 +134,12 @@ def _block(
     else:
         output = torch.matmul(weights, v)  # (..., n, W) @ (..., W, Dv) -> (..., n, Dv)
     result_dtype = p.query.dtype
+    if weights.dtype != result_dtype:  # half precision, computed in float32: rounded into a kept mapping
+        weights = buffers.empty(tuple(weights.shape), result_dtype, weights.device).copy_(weights)
     return Block(
         start=first_row,
         stop=first_row + n,
-        weights=weights.to(result_dtype),
+        weights=weights,
         output=output.to(result_dtype),
         masked_rows=masked_rows,
         blocked=blocked,
