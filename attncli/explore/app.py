@@ -501,8 +501,7 @@ class HeadScreen(_ExplorerScreen):
         )
         self._heatmap_shown = True
         if key == self._window_key:
-            # once drawn: its thread, started sooner, took the cores from Textual's drawing of this
-            # one (measured: `h` 110 -> 156 ms where the window was computed ahead)
+            # once drawn: started sooner, its thread would take the cores from the drawing of this one
             self.call_after_refresh(self.look_ahead)
 
     def _panel(self) -> None:
@@ -555,6 +554,7 @@ class HeadScreen(_ExplorerScreen):
         self._compute_ahead(key)
 
     def _stop_ahead(self) -> None:
+        """Cancel the window being computed ahead (it stops between two of its blocks)."""
         if self._ahead is not None:
             self.workers.cancel_group(self, "ahead")
             self._ahead = None
