@@ -6,7 +6,6 @@ the panel of its weight, zoom and pan. The drawings come from present/ (`grid.gr
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import replace
 from itertools import count
 from pathlib import Path
@@ -23,7 +22,7 @@ from textual.visual import VisualType
 from textual.widgets import Footer, Static
 from textual.worker import Worker, get_current_worker
 
-from attncli.explore.session import Explorer, StoppedError
+from attncli.explore.session import Explorer, Recent, StoppedError
 from attncli.present.explore import (
     WindowPicture,
     cell_panel,
@@ -114,13 +113,7 @@ class ExploreApp(App[None]):
         self.batch = 0
         self.exported: list[Path] = []
         self.show_masked = True  # masked weights drawn as masked (·, grey), else plainly as the 0 they are
-        self.windows: OrderedDict[WindowKey, WindowPicture] = OrderedDict()  # the latest last
-
-    def keep_window(self, key: WindowKey, window: WindowPicture) -> None:
-        self.windows[key] = window
-        self.windows.move_to_end(key)
-        while len(self.windows) > KEPT_WINDOWS:
-            self.windows.popitem(last=False)
+        self.windows: Recent[WindowKey, WindowPicture] = Recent(KEPT_WINDOWS)
 
     def on_mount(self) -> None:
         self.push_screen(GridScreen())
@@ -458,10 +451,10 @@ class HeadScreen(_ExplorerScreen):
         assert self.blocks is not None
         key = (self.index, origin, span, self.blocks)
         title = f"{_name(explorer, self.index)}  (+/- zoom, arrows move)"
-        if key != self._window_key and key in app.windows:
-            self._window, self._window_key = app.windows[key], key
+        kept = app.windows.take(key) if key != self._window_key else None
+        if kept is not None:
+            self._window, self._window_key = kept, key
             self._wanted = key  # not one still being computed: that one is no longer wanted
-            app.windows.move_to_end(key)
         if key != self._window_key:
             if key != self._wanted:  # computed in a thread; the last picture stays meanwhile
                 self._wanted = key
@@ -545,9 +538,7 @@ class HeadScreen(_ExplorerScreen):
             return  # closed, or under the help (called after a refresh: the screen may have changed)
         if self._wanted is not None and self._wanted != self._window_key:
             return  # another window is being computed: this is asked for again once it is drawn
-        index = list(self.index)
-        index[-1] = (index[-1] + 1) % leading[-1]
-        key = (tuple(index), *self._window_key[1:])
+        key = (self._stepped(len(leading) - 1, 1), *self._window_key[1:])
         if key == self._window_key or key == self._ahead or key in app.windows:
             return
         self._ahead = key
@@ -566,7 +557,7 @@ class HeadScreen(_ExplorerScreen):
     ) -> None:
         app = self.app
         assert isinstance(app, ExploreApp)
-        app.keep_window(key, window)
+        app.windows.keep(key, window)
         if key == self._ahead:
             self._ahead = None
         if key == self._wanted:
@@ -651,14 +642,18 @@ class HeadScreen(_ExplorerScreen):
             self.origin = (-(10**9), -(10**9))  # centre the new window on the cursor
             self.redraw()
 
-    def _step(self, axis: int, steps: int) -> None:
-        """The matrix `steps` further along leading axis `axis`, the other indices kept."""
-        leading = self.explorer.leading
-        if not leading:
-            return
+    def _stepped(self, axis: int, steps: int) -> tuple[int, ...]:
+        """The index of the matrix `steps` further along leading axis `axis` (round to its start
+        past its end), the other indices kept."""
         index = list(self.index)
-        index[axis] = (index[axis] + steps) % leading[axis]
-        self.index = tuple(index)
+        index[axis] = (index[axis] + steps) % self.explorer.leading[axis]
+        return tuple(index)
+
+    def _step(self, axis: int, steps: int) -> None:
+        """Show the matrix `steps` further along leading axis `axis`."""
+        if not self.explorer.leading:
+            return
+        self.index = self._stepped(axis, steps)
         self.redraw()
 
     def action_head(self, steps: int) -> None:

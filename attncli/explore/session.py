@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +46,32 @@ HEAD_BLOCK_ROWS = 512
 
 class StoppedError(Exception):
     """A computation given up between two blocks: its result is no longer wanted."""
+
+
+_Key = TypeVar("_Key", bound=Hashable)
+_Value = TypeVar("_Value")
+
+
+class Recent(OrderedDict[_Key, _Value]):
+    """The `limit` entries used last, the latest last: the kept heads here, the app's windows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def take(self, key: _Key) -> _Value | None:
+        """The entry of `key`, now the latest used; None when none is kept."""
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def keep(self, key: _Key, value: _Value) -> None:
+        """`value` for `key`, the latest; those used least lately go past `limit`."""
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -120,7 +147,9 @@ class Explorer:
     _grid: Grid | None = None
     #: Heads kept whole (`head`), the latest used last; windows are computed in threads, two at once
     #: where one is computed ahead, hence the lock (held for the dictionary, not the computing).
-    _heads: OrderedDict[tuple[int, ...], HeadWeights] = field(default_factory=OrderedDict, repr=False)
+    _heads: Recent[tuple[int, ...], HeadWeights] = field(
+        default_factory=lambda: Recent(KEPT_HEADS), repr=False
+    )
     _heads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -339,10 +368,9 @@ class Explorer:
         (KEPT_HEADS heads at a time) where they fit HEAD_BYTES; None where they do not, or for held
         weights (already whole). `StoppedError` is raised between blocks once `stopped()` says so."""
         with self._heads_lock:
-            kept = self._heads.get(index)
-            if kept is not None:
-                self._heads.move_to_end(index)
-                return kept
+            kept = self._heads.take(index)
+        if kept is not None:
+            return kept
         if self.problem is None:
             return None
         lq, lk = self.shape
@@ -358,10 +386,7 @@ class Explorer:
             kept_blocks.append(block)
         head = HeadWeights(index, kept_blocks)
         with self._heads_lock:
-            self._heads[index] = head
-            self._heads.move_to_end(index)
-            while len(self._heads) > KEPT_HEADS:
-                self._heads.popitem(last=False)
+            self._heads.keep(index, head)
         return head
 
     def kept_heads(self) -> list[tuple[int, ...]]:
