@@ -1161,8 +1161,6 @@ keys, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
 generator = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(1, 16, 4096, 64, generator=generator) for _ in range(3))
 problem = prepare(q, k, v, causal=True)
-samples = {key: [] for key in [*keys, "h, nothing ahead"]}
-
 async def idle(pilot):
     await pilot.pause(0)
     while True:  # Textual's loop (keys, layout, drawing: the main thread) idle for 1/50 s
@@ -1171,7 +1169,8 @@ async def idle(pilot):
         if time.thread_time() - before < 1 / 50 / 20:
             break
 
-async def main(look_ahead, keys, names):
+async def main(look_ahead, keys):
+    samples = {key: [] for key in keys}
     app = ExploreApp(Explorer(problem, axes_of(problem, None), label="bench"), look_ahead=look_ahead)
     frames = []
     display = app._display
@@ -1198,13 +1197,12 @@ async def main(look_ahead, keys, names):
                 if not frames:
                     raise SystemExit(f"key {key!r} painted nothing")
                 if round_:
-                    samples[names.get(key, key)].append(frames[-1] - start)
+                    samples[key].append(frames[-1] - start)
                 await app.workers.wait_for_complete()  # the window ahead, if any
             await pilot.press("up", "left")  # back where the round began
+    return samples
 
-asyncio.run(main(True, keys, {}))
-asyncio.run(main(False, ["h"], {"h": "h, nothing ahead"}))
-print(json.dumps(samples))
+print(json.dumps({"ahead": asyncio.run(main(True, keys)), "cold": asyncio.run(main(False, ["h"]))}))
 """
 
 
@@ -1245,9 +1243,10 @@ def bench_explore(env: dict[str, str], workdir: Path, repeats: int, warmup: int)
     )
     presses = script_json(EXPLORE_KEYS_SCRIPT, [json.dumps(EXPLORE_KEYS), str(repeats)], env, "pilot keys")
     RUNS["explore keys"] = repeats
-    for key in [*EXPLORE_KEYS, "h, nothing ahead"]:
-        answered = statistics.median(presses[key])
-        name = "key 'h', its window not computed ahead" if key == "h, nothing ahead" else f"key {key!r}"
+    cases = [(f"key {key!r}", presses["ahead"][key]) for key in EXPLORE_KEYS]
+    cases.append(("key 'h', its window not computed ahead", presses["cold"]["h"]))
+    for name, seconds in cases:
+        answered = statistics.median(seconds)
         rows.append(
             Row(
                 f"explore: {name}, 4096 positions (pilot)",
